@@ -1,0 +1,220 @@
+"""I/O contracts shared by the exporter, the engine builders and the runtime.
+
+Everything here is plain data (frozen dataclasses that round-trip through JSON) so that the torch side, the builder
+and the torch-free runtime all read the same description of a model package instead of repeating shape literals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Dim = int | str
+"""A tensor dimension: a fixed size, or the name of a symbolic dimension (see ``SYMBOLIC_DIMS``)."""
+
+SYMBOLIC_DIMS = ("batch", "latent_height", "latent_width", "image_height", "image_width")
+"""The symbolic dimension names a package may use; all derive from (batch, image height, image width)."""
+
+NUMPY_DTYPES = ("float32", "float16", "int64", "int32")
+
+
+def symbolic_dims(batch: int, height: int, width: int, vae_scale_factor: int) -> dict[str, int]:
+    """Values of every symbolic dimension for one request of ``batch`` images of ``height`` x ``width`` pixels."""
+    return {
+        "batch": batch,
+        "image_height": height,
+        "image_width": width,
+        "latent_height": height // vae_scale_factor,
+        "latent_width": width // vae_scale_factor,
+    }
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named input or output of a component: numpy dtype name and a shape of sizes and symbolic names."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def __post_init__(self) -> None:
+        if self.dtype not in NUMPY_DTYPES:
+            raise ValueError(f"tensor {self.name!r}: dtype {self.dtype!r} is not one of {', '.join(NUMPY_DTYPES)}")
+        for dim in self.shape:
+            if isinstance(dim, str) and dim not in SYMBOLIC_DIMS:
+                raise ValueError(f"tensor {self.name!r}: unknown symbolic dimension {dim!r}")
+
+    def resolve(self, dims: Mapping[str, int]) -> tuple[int, ...]:
+        """The concrete shape for the given symbolic dimension values."""
+        return tuple(dims[d] if isinstance(d, str) else d for d in self.shape)
+
+    def mismatch(self, shape: Sequence[int]) -> str | None:
+        """Why ``shape`` cannot feed this tensor, or None when it can."""
+        if len(shape) != len(self.shape):
+            return f"expected {len(self.shape)} dimensions {self.pretty_shape()}, got shape {tuple(shape)}"
+        for axis, (want, got) in enumerate(zip(self.shape, shape, strict=True)):
+            if isinstance(want, int) and want != got:
+                return f"dimension {axis} must be {want} (shape {self.pretty_shape()}), got shape {tuple(shape)}"
+        return None
+
+    def pretty_shape(self) -> str:
+        return "[" + ", ".join(str(d) for d in self.shape) + "]"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
+        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """The export boundary of one component (text_encoder, unet, vae_decoder, vae_encoder)."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input(self, name: str) -> TensorSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"{self.name} has no input {name!r} (inputs: {', '.join(s.name for s in self.inputs)})")
+
+    def with_float_dtype(self, dtype: str) -> ComponentSpec:
+        """The same boundary with every floating tensor in ``dtype``, except ``timestep`` which stays float32."""
+
+        def convert(spec: TensorSpec) -> TensorSpec:
+            if spec.dtype.startswith("float") and spec.name != "timestep":
+                return TensorSpec(spec.name, dtype, spec.shape)
+            return spec
+
+        return ComponentSpec(self.name, tuple(map(convert, self.inputs)), tuple(map(convert, self.outputs)))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs]}
+
+    @classmethod
+    def from_json(cls, name: str, data: Mapping[str, Any]) -> ComponentSpec:
+        return cls(
+            name=name,
+            inputs=tuple(TensorSpec.from_json(s) for s in data["inputs"]),
+            outputs=tuple(TensorSpec.from_json(s) for s in data["outputs"]),
+        )
+
+
+@dataclass(frozen=True)
+class PipelineConstants:
+    """What the runtime needs to drive a Stable Diffusion package; read from the manifest, never from literals."""
+
+    latent_channels: int
+    vae_scale_factor: int
+    scaling_factor: float
+    prediction_type: str
+    default_height: int
+    default_width: int
+    text_max_length: int
+    text_hidden_size: int
+    pad_token: str
+    spatial_multiple: int
+    """Height and width must be multiples of this many pixels (VAE factor x the UNet's 2**num_upsamplers)."""
+    shift_factor: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PipelineConstants:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Range:
+    """An inclusive integer range with the value engines are tuned for (``opt``)."""
+
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.min <= self.opt <= self.max):
+            raise ValueError(f"range needs 1 <= min <= opt <= max, got min={self.min} opt={self.opt} max={self.max}")
+
+    @classmethod
+    def fixed(cls, value: int) -> Range:
+        return cls(value, value, value)
+
+
+@dataclass(frozen=True)
+class ShapeRequest:
+    """What a user asks engines to support: images per UNet call, and pixel height/width ranges."""
+
+    batch: Range
+    height: Range
+    width: Range
+
+    @property
+    def static(self) -> bool:
+        return all(r.min == r.max for r in (self.batch, self.height, self.width))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ShapeRequest:
+        return cls(Range(**data["batch"]), Range(**data["height"]), Range(**data["width"]))
+
+
+@dataclass(frozen=True)
+class ShapeProfile:
+    """min/opt/max shape of every input of one component: what a TensorRT optimisation profile holds."""
+
+    component: str
+    shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+    def batch_range(self, input_name: str) -> tuple[int, int]:
+        low, _, high = self.shapes[input_name]
+        return low[0], high[0]
+
+    def violation(self, input_name: str, shape: Sequence[int]) -> str | None:
+        """Why ``shape`` lies outside this profile for ``input_name``, or None when it lies inside."""
+        low, _, high = self.shapes[input_name]
+        if len(shape) != len(low) or any(not (lo <= s <= hi) for lo, s, hi in zip(low, shape, high, strict=True)):
+            return (
+                f"{self.component} input {input_name!r} shape {tuple(shape)} is outside the engine's profile "
+                f"(min {tuple(low)}, max {tuple(high)}); rebuild the engines with a wider --batch/--min-size/--max-size"
+            )
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: {"min": list(lo), "opt": list(op), "max": list(hi)} for name, (lo, op, hi) in self.shapes.items()}
+
+    @classmethod
+    def from_json(cls, component: str, data: Mapping[str, Any]) -> ShapeProfile:
+        return cls(
+            component,
+            {name: (tuple(v["min"]), tuple(v["opt"]), tuple(v["max"])) for name, v in data.items()},
+        )
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """How to build engines: which library, which precision, which GPUs, how hard the builder may try."""
+
+    backend: str
+    """``trt`` (full TensorRT, for the GPU it runs on) or ``trt-rtx`` (TensorRT-RTX, ahead of time for ``archs``)."""
+    precision: str = "fp16"
+    archs: tuple[str, ...] = ()
+    """Compute-capability targets such as ``sm89``; empty means the GPU of this machine."""
+    optimization_level: int = 3
+    workspace_bytes: int | None = None
+    timing_cache: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["archs"] = list(self.archs)
+        data["extra"] = dict(self.extra)
+        return data

@@ -1,0 +1,174 @@
+"""torch module -> ``model.onnx`` (+ ``model.onnx.data`` when over 2 GB), with the I/O named as in its ComponentSpec.
+
+torch.onnx's dynamo exporter is the default; the legacy TorchScript exporter stays available (it is faster on big
+models). Whichever runs, the result is re-saved once so that the graph's inputs and outputs carry the spec's
+symbolic dimension names and all weights land in one external-data file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+
+from engines.specs import ComponentSpec
+
+log = logging.getLogger(__name__)
+
+EXPORTERS = ("dynamo", "legacy")
+DEFAULT_OPSET = 18
+PROTOBUF_LIMIT = 2**31 - 1
+ONNX_NAME = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    exporter: str = "dynamo"
+    opset: int = DEFAULT_OPSET
+
+    def __post_init__(self) -> None:
+        if self.exporter not in EXPORTERS:
+            raise ValueError(f"unknown exporter {self.exporter!r}; choose {' or '.join(EXPORTERS)}")
+        if self.opset < 18:
+            # At opset 17 the dynamo exporter's down-conversion leaves Split(num_outputs) that ONNX Runtime rejects.
+            raise ValueError(f"opset {self.opset} is not supported; use 18 or newer")
+
+
+def export_component(
+    module: torch.nn.Module,
+    spec: ComponentSpec,
+    example: tuple[torch.Tensor, ...],
+    out_dir: Path,
+    options: ExportOptions,
+    multiples: Mapping[str, int],
+    file_name: str = ONNX_NAME,
+) -> list[Path]:
+    """Export ``module`` into ``out_dir/file_name``; returns the files written (the ONNX file first)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="diffship-onnx-", dir=out_dir) as scratch:
+        raw_path = Path(scratch) / "raw.onnx"
+        with _quiet_exporter():
+            if options.exporter == "dynamo":
+                _export_dynamo(module, spec, example, raw_path, options.opset, multiples)
+            else:
+                _export_legacy(module, spec, example, raw_path, options.opset)
+        return _finalize(raw_path, spec, out_dir / file_name)
+
+
+def _export_dynamo(
+    module: torch.nn.Module,
+    spec: ComponentSpec,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    opset: int,
+    multiples: Mapping[str, int],
+) -> None:
+    from torch.export import Dim
+
+    dims: dict[str, object] = {}
+
+    def dim(name: str) -> object:
+        if name not in dims:
+            multiple = multiples.get(name, 1)
+            # Dims are declared as multiples so that torch.export can prove the UNet's up/down sampling lines up.
+            dims[name] = Dim(name, min=1) if multiple == 1 else multiple * Dim(f"{name}_blocks", min=1)
+        return dims[name]
+
+    dynamic_shapes = {
+        tensor.name: {axis: dim(d) for axis, d in enumerate(tensor.shape) if isinstance(d, str)}
+        for tensor in spec.inputs
+    }
+    program = torch.onnx.export(
+        module,
+        example,
+        dynamo=True,
+        opset_version=opset,
+        input_names=[t.name for t in spec.inputs],
+        output_names=[t.name for t in spec.outputs],
+        dynamic_shapes=dynamic_shapes,
+        verbose=False,
+    )
+    assert program is not None
+    program.save(str(path))
+
+
+def _export_legacy(
+    module: torch.nn.Module, spec: ComponentSpec, example: tuple[torch.Tensor, ...], path: Path, opset: int
+) -> None:
+    dynamic_axes = {
+        tensor.name: {axis: d for axis, d in enumerate(tensor.shape) if isinstance(d, str)}
+        for tensor in (*spec.inputs, *spec.outputs)
+    }
+    torch.onnx.export(
+        module,
+        example,
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[t.name for t in spec.inputs],
+        output_names=[t.name for t in spec.outputs],
+        dynamic_axes=dynamic_axes,
+        do_constant_folding=True,
+    )
+
+
+def _finalize(raw_path: Path, spec: ComponentSpec, dest: Path) -> list[Path]:
+    """Name the graph's I/O dimensions as in ``spec`` and save, with one external-data file when over 2 GB."""
+    model = onnx.load(str(raw_path), load_external_data=True)
+    graph_io = {v.name: v for v in (*model.graph.input, *model.graph.output)}
+    for tensor in (*spec.inputs, *spec.outputs):
+        value = graph_io.get(tensor.name)
+        if value is None:
+            raise RuntimeError(f"exported graph has no {tensor.name!r}; it has {', '.join(graph_io)}")
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) != len(tensor.shape):
+            raise RuntimeError(f"exported {tensor.name!r} has rank {len(dims)}, spec says {tensor.pretty_shape()}")
+        for proto_dim, want in zip(dims, tensor.shape, strict=True):
+            if isinstance(want, str):
+                proto_dim.dim_param = want
+            else:
+                proto_dim.dim_value = want
+    weights_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
+    data_name = dest.name + ".data"
+    for stale in (dest, dest.with_name(data_name)):
+        stale.unlink(missing_ok=True)
+    if weights_bytes + (1 << 20) >= PROTOBUF_LIMIT:
+        onnx.save_model(
+            model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name,
+            size_threshold=1024,
+        )
+        return [dest, dest.with_name(data_name)]
+    onnx.save_model(model, str(dest))
+    return [dest]
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """torch.onnx prints progress banners and tracer warnings that say nothing to our users; log them instead."""
+    exporter_logger = logging.getLogger("torch.onnx")
+    previous = exporter_logger.level
+    exporter_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(_LogWriter()):
+                yield
+    finally:
+        exporter_logger.setLevel(previous)
+
+
+class _LogWriter:
+    def write(self, text: str) -> int:
+        if text.strip():
+            log.debug("torch.onnx: %s", text.strip())
+        return len(text)
+
+    def flush(self) -> None:
+        pass

@@ -1,0 +1,317 @@
+"""Write a model package: export every component, verify it, and move the finished package into place.
+
+The package is assembled in a hidden staging folder beside ``--out`` and renamed into place only when every file
+is written and hashed, so a crash or a failed verification never leaves something a later run would take for a
+complete package. A re-run with identical inputs (same weights, dtypes, exporter, opset, library versions) is
+skipped unless ``force``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engines.package import (
+    DTYPES,
+    MANIFEST_NAME,
+    NUMPY_FLOAT,
+    ComponentVariant,
+    Manifest,
+    ModelPackage,
+    PackageError,
+    current_umask,
+    is_package,
+)
+from engines.specs import PipelineConstants, symbolic_dims
+from exporter.onnx_export import ExportOptions, export_component
+from exporter.sources import SourceModels, load_source
+from exporter.verify import Verification, check_onnx, random_inputs, verification_dims, verify_component
+from exporter.wrappers import COMPONENTS, boundary_module, component_specs, derive_constants, dim_multiples
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+VERSIONED_LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy")
+
+
+class ExportError(Exception):
+    """The export cannot proceed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    out: Path
+    model: str | None = None
+    model_path: Path | None = None
+    random_weights: bool = False
+    seed: int = 0
+    dtypes: tuple[str, ...] = ("fp32",)
+    options: ExportOptions = field(default_factory=ExportOptions)
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class ComponentReport:
+    component: str
+    dtype: str
+    file_bytes: int
+    seconds: dict[str, float]
+    verification: Verification
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    skipped: bool
+    reports: tuple[ComponentReport, ...]
+    seconds: float
+    peak_rss_bytes: int
+
+
+def onnx_file_name(dtype: str) -> str:
+    return "model.onnx" if dtype == "fp32" else f"model_{dtype}.onnx"
+
+
+def export_package(request: ExportRequest, on_progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Export ``request``'s model into a verified package at ``request.out`` (see module docstring)."""
+    started = time.perf_counter()
+
+    def progress(message: str) -> None:
+        line = f"[{time.perf_counter() - started:7.1f}s] {message}"
+        log.info(line)
+        if on_progress is not None:
+            on_progress(line)
+
+    for dtype in request.dtypes:
+        if dtype not in DTYPES:
+            raise ExportError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    out = Path(request.out)
+    _check_destination(out)
+    progress(f"loading {request.model or request.model_path}{' (random weights)' if request.random_weights else ''}")
+    source = load_source(request.model, request.model_path, request.random_weights, request.seed)
+    try:
+        progress("hashing weights")
+        key, key_inputs = _export_key(source, request)
+        if not request.force and _is_up_to_date(out, key):
+            progress(f"{out} is up to date (same weights, dtypes, exporter and versions): skipping; --force re-exports")
+            return ExportResult(out, True, (), time.perf_counter() - started, _peak_rss())
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        os.chmod(staging, 0o777 & ~current_umask())
+        try:
+            reports, manifest = _write_package(source, request, staging, key, key_inputs, progress)
+            _move_into_place(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        source.close()
+    progress(f"package written to {out}")
+    return ExportResult(out, False, tuple(reports), time.perf_counter() - started, _peak_rss())
+
+
+def _check_destination(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} exists and is a file; choose a folder path")
+    if out.is_dir() and not is_package(out) and any(out.iterdir()):
+        raise ExportError(
+            f"--out {out} exists and is not a diffship package (no {MANIFEST_NAME}); "
+            "choose a new folder or empty this one"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create --out {out}: {exc.strerror or exc}") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.is_dir() and not os.access(out, os.W_OK | os.X_OK)):
+        raise ExportError(f"--out {out} is not writable (no write permission on {out if out.is_dir() else out.parent})")
+
+
+def _library_versions() -> dict[str, str]:
+    versions = {}
+    for name in VERSIONED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    try:
+        versions["diffship"] = metadata.version("diffship")
+    except metadata.PackageNotFoundError:
+        versions["diffship"] = "source"
+    return versions
+
+
+def _export_key(source: SourceModels, request: ExportRequest) -> tuple[str, dict[str, Any]]:
+    inputs = {
+        "source": source.info,
+        "weights_sha256": source.weights_sha256(),
+        "dtypes": list(request.dtypes),
+        "exporter": request.options.exporter,
+        "opset": request.options.opset,
+        "components": list(COMPONENTS),
+        "versions": _library_versions(),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(), inputs
+
+
+def _is_up_to_date(out: Path, key: str) -> bool:
+    if not is_package(out):
+        return False
+    try:
+        package = ModelPackage.open(out)
+    except PackageError:
+        return False
+    if package.manifest.export.get("key") != key:
+        return False
+    # Sizes are cheap to check and catch truncated files; a full digest check is `diffship`'s runtime's job.
+    return all(
+        package.path(rel).is_file() and package.path(rel).stat().st_size == entry.bytes
+        for rel, entry in package.manifest.files.items()
+    )
+
+
+def _write_package(
+    source: SourceModels,
+    request: ExportRequest,
+    staging: Path,
+    key: str,
+    key_inputs: dict[str, Any],
+    progress: Callable[[str], None],
+) -> tuple[list[ComponentReport], Manifest]:
+    constants = derive_constants(source)
+    specs = component_specs(constants)
+    multiples = dim_multiples(constants)
+    cases = verification_dims(constants)
+    vocab_size = int(source.text_encoder.config.vocab_size)
+    written = _copy_tokenizer(source.tokenizer_dir, staging / "tokenizer")
+    (staging / "scheduler").mkdir()
+    shutil.copyfile(source.scheduler_config_path, staging / "scheduler" / "scheduler_config.json")
+    written.append("scheduler/scheduler_config.json")
+
+    reports: list[ComponentReport] = []
+    variants: dict[str, dict[str, ComponentVariant]] = {}
+    for component in COMPONENTS:
+        reference = boundary_module(component, source)
+        example = random_inputs(specs[component], _example_dims(constants), torch.Generator().manual_seed(0), vocab_size)
+        for dtype in request.dtypes:
+            label = f"{component} {dtype}"
+            spec = specs[component].with_float_dtype(NUMPY_FLOAT[dtype])
+            module = reference if dtype == "fp32" else copy.deepcopy(reference).half()
+            module_example = tuple(
+                x.half() if dtype == "fp16" and x.is_floating_point() and t.name != "timestep" else x
+                for t, x in zip(spec.inputs, example, strict=True)
+            )
+            seconds: dict[str, float] = {}
+            progress(f"{label}: exporting ({request.options.exporter} exporter, opset {request.options.opset})")
+            tick = time.perf_counter()
+            files = export_component(
+                module, spec, module_example, staging / "onnx" / component, request.options, multiples,
+                file_name=onnx_file_name(dtype),
+            )
+            seconds["export"] = time.perf_counter() - tick
+            size = sum(f.stat().st_size for f in files)
+            progress(f"{label}: exported {_megabytes(size)} in {seconds['export']:.1f}s; running onnx.checker")
+            tick = time.perf_counter()
+            check_onnx(files[0])
+            seconds["check"] = time.perf_counter() - tick
+            progress(f"{label}: checker passed in {seconds['check']:.1f}s; verifying against torch in ONNX Runtime")
+            tick = time.perf_counter()
+            verification = verify_component(files[0], reference, specs[component], dtype, cases, vocab_size)
+            seconds["verify"] = time.perf_counter() - tick
+            progress(f"{label}: {'verified' if verification.passed else 'FAILED'}: {verification.describe()}")
+            if not verification.passed:
+                raise ExportError(
+                    f"{label} misses the parity bar ({verification.bar}): " + "; ".join(verification.failures)
+                )
+            if module is not reference:
+                del module
+            relative = [str(f.relative_to(staging)) for f in files]
+            written += relative
+            variants.setdefault(component, {})[dtype] = ComponentVariant(
+                component=component,
+                dtype=dtype,
+                onnx=relative[0],
+                files=tuple(relative),
+                spec=spec,
+                verification=verification.to_json(),
+            )
+            reports.append(ComponentReport(component, dtype, size, seconds, verification))
+
+    manifest = Manifest(
+        family=source.family,
+        source={**source.info, "weights_sha256": source.weights_sha256()},
+        constants=constants,
+        export={
+            "key": key,
+            "dtypes": list(request.dtypes),
+            "exporter": request.options.exporter,
+            "opset": request.options.opset,
+            "versions": key_inputs["versions"],
+            "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+        components=variants,
+        files={},
+    ).with_files(staging, written)
+    ModelPackage(staging, manifest).write_manifest(manifest)
+    return reports, manifest
+
+
+def _example_dims(constants: PipelineConstants) -> dict[str, int]:
+    # Batch 2 (the dynamo exporter specialises batch 1 in the VAE) and spatial sizes of 2 and 3 blocks, so no
+    # symbolic dimension is traced at the special values 0 or 1.
+    multiple = constants.spatial_multiple
+    return symbolic_dims(2, 2 * multiple, 3 * multiple, constants.vae_scale_factor)
+
+
+def _copy_tokenizer(source_dir: Path, dest: Path) -> list[str]:
+    """The source's tokenizer files verbatim; vocab.json/merges.txt derived from tokenizer.json when absent."""
+    dest.mkdir(parents=True)
+    written = []
+    for name in TOKENIZER_FILES:
+        if (source_dir / name).is_file():
+            shutil.copyfile(source_dir / name, dest / name)
+            written.append(f"tokenizer/{name}")
+    if not (dest / "vocab.json").is_file() or not (dest / "merges.txt").is_file():
+        tokenizer_json = source_dir / "tokenizer.json"
+        if not tokenizer_json.is_file():
+            raise ExportError(f"{source_dir} has neither vocab.json/merges.txt nor tokenizer.json")
+        model = json.loads(tokenizer_json.read_text(encoding="utf-8"))["model"]
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+        (dest / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
+        (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        written += ["tokenizer/vocab.json", "tokenizer/merges.txt"]
+    if not (dest / "tokenizer_config.json").is_file():
+        raise ExportError(f"{source_dir} has no tokenizer_config.json")
+    return sorted(set(written))
+
+
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Swap the finished staging folder in; an old package (``--force``) or empty folder is removed after."""
+    trash = None
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, trash / "package")
+    os.replace(staging, out)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"

@@ -1,0 +1,249 @@
+"""Where the torch modules come from: tiny models, full-size presets, the Hugging Face cache/hub, or a local folder.
+
+Every source yields the same ``SourceModels`` (text encoder, UNet, VAE, tokenizer files, scheduler config) and a
+JSON-able ``info`` dict that is written into the manifest, so benchmarks and parity reports can rebuild the very
+same diffusers pipeline later (``load_source_from_info``) and prove it by the weights digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from exporter.vocab import write_clip_tokenizer
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_SEED = 0
+
+
+class SourceError(Exception):
+    """The requested model cannot be loaded; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    name: str
+    family: str
+    hub_id: str | None
+    """None for models that only exist locally (the tiny ones)."""
+    description: str
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "tiny": ModelPreset("tiny", "sd1", None, "SD 1.x architecture at tiny widths, seeded random weights"),
+    "tiny-v": ModelPreset("tiny-v", "sd2", None, "SD 2.x (v-prediction) architecture at tiny widths, seeded random weights"),
+    "sd15": ModelPreset("sd15", "sd1", "stable-diffusion-v1-5/stable-diffusion-v1-5", "Stable Diffusion 1.5"),
+    "sd21-base": ModelPreset("sd21-base", "sd2", "stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1 base (512px)"),
+    "sd21": ModelPreset("sd21", "sd2", "stabilityai/stable-diffusion-2-1", "Stable Diffusion 2.1 (768px, v-prediction)"),
+}
+
+HUB_PATTERNS = [
+    "model_index.json",
+    "scheduler/*.json",
+    "tokenizer/*",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+]
+
+
+@dataclass
+class SourceModels:
+    family: str
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    tokenizer_dir: Path
+    scheduler_config_path: Path
+    info: dict[str, Any]
+    _scratch: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    _digest: str | None = field(default=None, repr=False)
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
+
+    def weights_sha256(self) -> str:
+        """Digest of every parameter and buffer (name, dtype, shape, bytes) of the three models."""
+        if self._digest is None:
+            digest = hashlib.sha256()
+            for module_name, module in self.modules().items():
+                for name, tensor in sorted(module.state_dict().items()):
+                    array = tensor.detach().cpu().contiguous().numpy()
+                    digest.update(f"{module_name}.{name}:{array.dtype}:{array.shape}".encode())
+                    digest.update(memoryview(array).cast("B"))
+            self._digest = digest.hexdigest()
+        return self._digest
+
+    def scheduler_config(self) -> dict[str, Any]:
+        return json.loads(self.scheduler_config_path.read_text(encoding="utf-8"))
+
+    def diffusers_pipeline(self) -> StableDiffusionPipeline:
+        """The reference diffusers pipeline over these very modules (for parity and benchmarks)."""
+        import diffusers
+        from transformers import CLIPTokenizer
+
+        config = self.scheduler_config()
+        scheduler_class = getattr(diffusers, config.get("_class_name", ""), None)
+        if scheduler_class is None:
+            raise SourceError(f"{self.scheduler_config_path} names no diffusers scheduler class")
+        return diffusers.StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=CLIPTokenizer.from_pretrained(str(self.tokenizer_dir)),
+            unet=self.unet,
+            scheduler=scheduler_class.from_config(config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+    def close(self) -> None:
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
+
+def load_source(
+    model: str | None = None,
+    model_path: str | os.PathLike[str] | None = None,
+    random_weights: bool = False,
+    seed: int = DEFAULT_SEED,
+) -> SourceModels:
+    """Resolve ``--model``/``--model-path``/``--random-weights`` into torch modules (float32, eval mode)."""
+    if (model is None) == (model_path is None):
+        raise SourceError("give exactly one of --model NAME or --model-path DIR")
+    if model_path is not None:
+        if random_weights:
+            raise SourceError("--random-weights applies to --model presets, not to --model-path")
+        return _load_diffusers_dir(Path(model_path), {"kind": "path", "path": str(Path(model_path).resolve())})
+    assert model is not None
+    preset = PRESETS.get(model)
+    if preset is None:
+        raise SourceError(f"unknown model {model!r}; choose one of: {', '.join(PRESETS)} (or use --model-path DIR)")
+    if preset.hub_id is None or random_weights:
+        return _build_from_configs(preset, seed)
+    return _load_hub(preset)
+
+
+def load_source_from_info(info: dict[str, Any]) -> SourceModels:
+    """Rebuild the source recorded in a manifest (``manifest.source``)."""
+    kind = info.get("kind")
+    if kind == "path":
+        return load_source(model_path=info["path"])
+    if kind in ("tiny", "random"):
+        return load_source(model=info["model"], random_weights=kind == "random", seed=info.get("seed", DEFAULT_SEED))
+    if kind == "hub":
+        return load_source(model=info["model"])
+    raise SourceError(f"cannot rebuild a source of kind {kind!r}")
+
+
+def _read_config(preset: str, name: str) -> dict[str, Any]:
+    return json.loads((CONFIG_DIR / preset / f"{name}.json").read_text(encoding="utf-8"))
+
+
+def _build_from_configs(preset: ModelPreset, seed: int) -> SourceModels:
+    """The preset's architecture with seeded random weights: the same seed gives the same bytes every time."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    log.info("building %s from committed configs with random weights (seed %d)", preset.name, seed)
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_read_config(preset.name, "text_encoder")))
+    torch.manual_seed(seed + 1)
+    unet = UNet2DConditionModel.from_config(_read_config(preset.name, "unet"))
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKL.from_config(_read_config(preset.name, "vae"))
+
+    scratch = tempfile.TemporaryDirectory(prefix="diffship-source-")
+    tokenizer_dir = write_clip_tokenizer(Path(scratch.name) / "tokenizer", _read_config(preset.name, "tokenizer_config"))
+    scheduler_path = Path(scratch.name) / "scheduler" / "scheduler_config.json"
+    scheduler_path.parent.mkdir()
+    shutil.copyfile(CONFIG_DIR / preset.name / "scheduler_config.json", scheduler_path)
+    kind = "tiny" if preset.hub_id is None else "random"
+    return SourceModels(
+        family=preset.family,
+        text_encoder=text_encoder.eval(),
+        unet=unet.eval(),
+        vae=vae.eval(),
+        tokenizer_dir=tokenizer_dir,
+        scheduler_config_path=scheduler_path,
+        info={"kind": kind, "model": preset.name, "seed": seed, "hub_id": preset.hub_id, "random_weights": True},
+        _scratch=scratch,
+    )
+
+
+def _load_hub(preset: ModelPreset) -> SourceModels:
+    from huggingface_hub import snapshot_download
+
+    assert preset.hub_id is not None
+    try:
+        folder = snapshot_download(preset.hub_id, allow_patterns=HUB_PATTERNS, local_files_only=True)
+        log.info("found %s in the Hugging Face cache: %s", preset.hub_id, folder)
+    except Exception:
+        try:
+            log.info("downloading %s from the Hugging Face hub", preset.hub_id)
+            folder = snapshot_download(preset.hub_id, allow_patterns=HUB_PATTERNS)
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SourceError(
+                f"weights for {preset.name} ({preset.hub_id}) are neither in the Hugging Face cache nor reachable on "
+                f"the hub ({reason}); use --model-path DIR for a local diffusers folder, or --random-weights for the "
+                "full-size architecture with random weights"
+            ) from None
+    revision = Path(folder).name
+    info = {"kind": "hub", "model": preset.name, "hub_id": preset.hub_id, "revision": revision, "random_weights": False}
+    return _load_diffusers_dir(Path(folder), info, family=preset.family)
+
+
+def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None = None) -> SourceModels:
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise SourceError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    pipeline_class = index.get("_class_name", "?")
+    if pipeline_class != "StableDiffusionPipeline":
+        raise SourceError(
+            f"{folder} holds a {pipeline_class}; diffship exports StableDiffusionPipeline folders (SD 1.x / 2.x)"
+        )
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (folder / sub).is_dir():
+            raise SourceError(f"{folder} has no {sub}/ folder; it is not a complete StableDiffusionPipeline")
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    try:
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"cannot load the models in {folder}: {str(exc).splitlines()[0]}") from exc
+    if family is None:
+        family = "sd2" if unet.config.get("use_linear_projection") else "sd1"
+    return SourceModels(
+        family=family,
+        text_encoder=text_encoder.eval(),
+        unet=unet.eval(),
+        vae=vae.eval(),
+        tokenizer_dir=folder / "tokenizer",
+        scheduler_config_path=folder / "scheduler" / "scheduler_config.json",
+        info=info,
+    )

@@ -1,0 +1,157 @@
+"""One small module per export boundary, and the I/O contract (ComponentSpec) each one is exported with.
+
+The wrappers fix what crosses into ONNX: plain tensors in, plain tensors out, no dicts, no ``return_dict`` flags,
+no optional arguments. The specs are built from the pipeline constants so the runtime reads the same names and
+shapes from the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from engines.specs import ComponentSpec, PipelineConstants, TensorSpec
+from exporter.sources import SourceModels
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+
+class TextEncoderBoundary(nn.Module):
+    """input_ids -> (last_hidden_state, pooler_output); no attention mask, as diffusers' SD pipelines call it."""
+
+    def __init__(self, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+    def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.text_encoder(input_ids=input_ids, return_dict=True)
+        return output.last_hidden_state, output.pooler_output
+
+
+class UNetBoundary(nn.Module):
+    """(sample, timestep[batch], encoder_hidden_states) -> model output (noise, or v for v-prediction)."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+
+
+class VaeDecoderBoundary(nn.Module):
+    """Scaled latents -> image in [-1, 1] (post_quant_conv and decoder). Unscaling stays in the runtime."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent_sample, return_dict=False)[0]
+
+
+class VaeEncoderBoundary(nn.Module):
+    """Image in [-1, 1] -> latent distribution parameters (mean and log-variance stacked on channels)."""
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(sample).latent_dist.parameters
+
+
+def boundary_module(component: str, source: SourceModels) -> nn.Module:
+    if component == "text_encoder":
+        return TextEncoderBoundary(source.text_encoder).eval()
+    if component == "unet":
+        return UNetBoundary(source.unet).eval()
+    if component == "vae_decoder":
+        return VaeDecoderBoundary(source.vae).eval()
+    if component == "vae_encoder":
+        return VaeEncoderBoundary(source.vae).eval()
+    raise ValueError(f"unknown component {component!r}; components are {', '.join(COMPONENTS)}")
+
+
+def derive_constants(source: SourceModels) -> PipelineConstants:
+    """The numbers the runtime needs, read from the models' own configs (never assumed)."""
+    unet_config, vae_config = source.unet.config, source.vae.config
+    vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
+    up_factor = 2 ** (len(unet_config.block_out_channels) - 1)
+    tokenizer_config = json.loads((source.tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    pad_token = tokenizer_config.get("pad_token", "<|endoftext|>")
+    if isinstance(pad_token, dict):
+        pad_token = pad_token["content"]
+    sample_size = unet_config.sample_size
+    height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
+    return PipelineConstants(
+        latent_channels=int(unet_config.in_channels),
+        vae_scale_factor=vae_scale_factor,
+        scaling_factor=float(vae_config.scaling_factor),
+        shift_factor=getattr(vae_config, "shift_factor", None),
+        prediction_type=source.scheduler_config().get("prediction_type", "epsilon"),
+        default_height=int(height) * vae_scale_factor,
+        default_width=int(width) * vae_scale_factor,
+        text_max_length=int(tokenizer_config.get("model_max_length", source.text_encoder.config.max_position_embeddings)),
+        text_hidden_size=int(source.text_encoder.config.hidden_size),
+        pad_token=str(pad_token),
+        spatial_multiple=vae_scale_factor * up_factor,
+    )
+
+
+def component_specs(constants: PipelineConstants) -> dict[str, ComponentSpec]:
+    """The fp32 I/O contract of every component, with symbolic batch and spatial dimensions."""
+    latent = ("batch", constants.latent_channels, "latent_height", "latent_width")
+    image = ("batch", 3, "image_height", "image_width")
+    tokens = ("batch", constants.text_max_length)
+    hidden = ("batch", constants.text_max_length, constants.text_hidden_size)
+    specs = [
+        ComponentSpec(
+            "text_encoder",
+            inputs=(TensorSpec("input_ids", "int64", tokens),),
+            outputs=(
+                TensorSpec("last_hidden_state", "float32", hidden),
+                TensorSpec("pooler_output", "float32", ("batch", constants.text_hidden_size)),
+            ),
+        ),
+        ComponentSpec(
+            "unet",
+            inputs=(
+                TensorSpec("sample", "float32", latent),
+                TensorSpec("timestep", "float32", ("batch",)),
+                TensorSpec("encoder_hidden_states", "float32", hidden),
+            ),
+            outputs=(TensorSpec("model_output", "float32", latent),),
+        ),
+        ComponentSpec(
+            "vae_decoder",
+            inputs=(TensorSpec("latent_sample", "float32", latent),),
+            outputs=(TensorSpec("sample", "float32", image),),
+        ),
+        ComponentSpec(
+            "vae_encoder",
+            inputs=(TensorSpec("sample", "float32", image),),
+            outputs=(
+                TensorSpec(
+                    "latent_parameters", "float32", ("batch", 2 * constants.latent_channels, "latent_height", "latent_width")
+                ),
+            ),
+        ),
+    ]
+    return {spec.name: spec for spec in specs}
+
+
+def dim_multiples(constants: PipelineConstants) -> dict[str, int]:
+    """Symbolic dimensions are exported as multiples of these, so the UNet's skip connections always line up."""
+    latent_multiple = constants.spatial_multiple // constants.vae_scale_factor
+    return {
+        "batch": 1,
+        "latent_height": latent_multiple,
+        "latent_width": latent_multiple,
+        "image_height": constants.spatial_multiple,
+        "image_width": constants.spatial_multiple,
+    }

@@ -1,0 +1,260 @@
+"""CLIP's byte-level BPE tokenizer over numpy, giving the ids diffusers gets from transformers' ``CLIPTokenizer``.
+
+Matches transformers 5.x ``CLIPTokenizer`` (the Rust ``tokenizers`` backend) as diffusers' Stable Diffusion pipelines
+call it (``padding="max_length", truncation=True``). Where that differs from OpenAI's original ``SimpleTokenizer``,
+transformers wins, because its ids are what diffusers users get:
+
+- Text is NFC-normalised, every run of whitespace (``\\s`` as Oniguruma defines it: tab to carriage return, NEL,
+  space separators, line and paragraph separators) becomes one space, and each character is lower-cased on its own
+  (so a final capital sigma becomes ``σ``, not ``ς``). There is no ftfy repair and no HTML unescaping: ``&amp;``
+  stays four characters, as in transformers 5. ``do_lower_case: false`` is ignored, as transformers 5 ignores it.
+- Special tokens (bos, eos, pad, unk and any added tokens the config names) are matched case-sensitively in the raw
+  text before normalisation, leftmost-longest, and map straight to their ids. SD 2.x pads with ``!``, which makes
+  every ``!`` in a prompt that special token (id 0) rather than BPE text, exactly as transformers does.
+- The remaining text is split with CLIP's pattern (contractions, letter runs, single digits, runs of other
+  non-space characters), each piece is mapped byte-by-byte to unicode and merged by BPE rank.
+
+Character classes (whitespace, letters, numbers) and the lower-case map are the reference's own, generated from
+``tokenizers`` into ``data/clip_unicode.json`` by ``scripts/make_unicode_tables.py``; Python's ``regex`` module and
+``unicodedata`` follow other Unicode versions and disagree on ~17,000 recently assigned characters. Known limit:
+NFC comes from this Python's ``unicodedata``, so a composition pair introduced after its Unicode version (e.g.
+Unicode 16's Tulu-Tigalari vowel signs on Python 3.11) stays decomposed here while transformers composes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import unicodedata
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import regex
+
+log = logging.getLogger(__name__)
+
+_TABLES_PATH = Path(__file__).parent / "data" / "clip_unicode.json"
+_CONFIG_TOKENS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+# The same pattern for pure-ASCII text, where every Unicode version agrees; large explicit classes make the
+# general pattern several times slower, and most prompts are ASCII.
+_ASCII_WHITESPACE_RUN = regex.compile(r"[\t\n\v\f\r ]+")
+_ASCII_PIECE = regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[A-Za-z]+|[0-9]|[^\t\n\v\f\r A-Za-z0-9]+")
+
+
+@dataclass(frozen=True)
+class _TextRules:
+    whitespace_run: regex.Pattern[str]
+    piece: regex.Pattern[str]
+    lowercase: dict[int, str]
+
+
+def _character_class(ranges: list[list[int]]) -> str:
+    return "".join(f"\\U{lo:08x}" if lo == hi else f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges)
+
+
+@lru_cache(maxsize=1)
+def _text_rules() -> _TextRules:
+    """CLIP's patterns over the reference's own character classes (see scripts/make_unicode_tables.py)."""
+    tables = json.loads(_TABLES_PATH.read_text(encoding="utf-8"))
+    space = _character_class(tables["whitespace"])
+    letter = _character_class(tables["letters"])
+    number = _character_class(tables["numbers"])
+    return _TextRules(
+        whitespace_run=regex.compile(f"[{space}]+"),
+        piece=regex.compile(f"'s|'t|'re|'ve|'m|'ll|'d|[{letter}]+|[{number}]|[^{space}{letter}{number}]+"),
+        lowercase={int(cp): lowered for cp, lowered in tables["lowercase"].items()},
+    )
+
+
+class TokenizerError(ValueError):
+    """The tokenizer folder is incomplete or inconsistent, or the input is not text."""
+
+
+@lru_cache(maxsize=1)
+def bytes_to_unicode() -> dict[int, str]:
+    """The reversible byte -> printable character map of GPT-2 and CLIP."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    byte_values, code_points = printable[:], printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in byte_values:
+            byte_values.append(byte)
+            code_points.append(256 + extra)
+            extra += 1
+    return dict(zip(byte_values, (chr(c) for c in code_points), strict=True))
+
+
+@dataclass(frozen=True)
+class TokenizedBatch:
+    input_ids: np.ndarray
+    """[batch, max_length] int64: start token, tokens, end token, then padding."""
+    attention_mask: np.ndarray
+    """[batch, max_length] int64: 1 over start/tokens/end, 0 over padding."""
+    truncated: tuple[int, ...]
+    """How many tokens of each text did not fit into the window and were dropped."""
+
+
+def _config_token(value: object) -> str | None:
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+class CLIPTokenizer:
+    """Byte-level BPE with CLIP's normalisation and pre-tokenisation (see the module docstring)."""
+
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        merges: Sequence[tuple[str, str]],
+        *,
+        bos_token: str = "<|startoftext|>",
+        eos_token: str = "<|endoftext|>",
+        pad_token: str = "<|endoftext|>",
+        unk_token: str = "<|endoftext|>",
+        special_tokens: Iterable[str] = (),
+        max_length: int = 77,
+    ) -> None:
+        self.encoder = vocab
+        self.decoder = {index: token for token, index in vocab.items()}
+        self.bpe_ranks = {pair: rank for rank, pair in enumerate(merges)}
+        self.byte_encoder = bytes_to_unicode()
+        if max_length < 2:
+            raise TokenizerError(f"max_length must leave room for the start and end tokens, got {max_length}")
+        self.max_length = max_length
+        specials = {bos_token, eos_token, pad_token, unk_token, *special_tokens}
+        missing = sorted(t for t in specials if t not in vocab)
+        if missing:
+            raise TokenizerError(f"special tokens {missing} are not in the vocabulary")
+        self.bos_token_id = vocab[bos_token]
+        self.eos_token_id = vocab[eos_token]
+        self.pad_token_id = vocab[pad_token]
+        self.unk_token_id = vocab[unk_token]
+        self.pad_token = pad_token
+        # Longest first, so that Python's leftmost-first alternation behaves as transformers' leftmost-longest.
+        ordered = sorted(specials, key=lambda t: (-len(t), t))
+        self._specials = regex.compile("|".join(regex.escape(t) for t in ordered))
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike[str], max_length: int | None = None) -> CLIPTokenizer:
+        """Load ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` as a diffusers tokenizer folder holds them."""
+        folder = Path(path)
+        files = {name: folder / name for name in ("vocab.json", "merges.txt", "tokenizer_config.json")}
+        for name, file in files.items():
+            if not file.is_file():
+                raise TokenizerError(f"tokenizer folder {folder} has no {name}")
+        vocab = json.loads(files["vocab.json"].read_text(encoding="utf-8"))
+        merge_lines = files["merges.txt"].read_text(encoding="utf-8").split("\n")
+        merges = []
+        for line in merge_lines:
+            if not line or line.startswith("#version"):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                raise TokenizerError(f"{files['merges.txt']}: malformed merge line {line!r}")
+            merges.append((parts[0], parts[1]))
+        config = json.loads(files["tokenizer_config.json"].read_text(encoding="utf-8"))
+        tokens = {key: _config_token(config.get(key)) for key in _CONFIG_TOKENS}
+        bos = tokens["bos_token"] or "<|startoftext|>"
+        eos = tokens["eos_token"] or "<|endoftext|>"
+        pad = tokens["pad_token"] or eos
+        added = [t for t in (_config_token(v) for v in config.get("added_tokens_decoder", {}).values()) if t]
+        added += [t for t in (_config_token(v) for v in config.get("additional_special_tokens", [])) if t]
+        unk = tokens["unk_token"] or "<|endoftext|>"
+        if config.get("do_lower_case") is False:
+            log.warning("%s sets do_lower_case false; CLIP lower-cases anyway (as transformers 5 does)", folder)
+        length = max_length if max_length is not None else config.get("model_max_length")
+        if not isinstance(length, int) or length > 100_000:
+            raise TokenizerError(f"{files['tokenizer_config.json']} gives no usable model_max_length ({length!r})")
+        return cls(vocab, merges, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk, special_tokens=added, max_length=length)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` without start/end tokens, truncation or padding."""
+        if not isinstance(text, str):
+            raise TokenizerError(f"prompts must be str, got {type(text).__name__}")
+        ids: list[int] = []
+        position = 0
+        for match in self._specials.finditer(text):
+            ids += self._tokenize_plain(text[position : match.start()])
+            ids.append(self.encoder[match.group()])
+            position = match.end()
+        ids += self._tokenize_plain(text[position:])
+        return ids
+
+    def encode(self, texts: str | Sequence[str]) -> TokenizedBatch:
+        """Start token, tokens, end token, padding to ``max_length``; texts too long are cut (see ``truncated``)."""
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        width = self.max_length
+        input_ids = np.full((len(batch), width), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(batch), width), dtype=np.int64)
+        truncated = []
+        for row, text in enumerate(batch):
+            tokens = self.tokenize(text)
+            kept = tokens[: width - 2]
+            truncated.append(len(tokens) - len(kept))
+            sequence = [self.bos_token_id, *kept, self.eos_token_id]
+            input_ids[row, : len(sequence)] = sequence
+            attention_mask[row, : len(sequence)] = 1
+        return TokenizedBatch(input_ids, attention_mask, tuple(truncated))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids`` (special tokens dropped, word ends as spaces); for messages, not for round trips."""
+        byte_decoder = {c: b for b, c in self.byte_encoder.items()}
+        specials = {self.bos_token_id, self.eos_token_id, self.pad_token_id}
+        text = "".join(self.decoder[i] for i in ids if i not in specials)
+        raw = bytearray(byte_decoder[c] for c in text.replace("</w>", " ") if c in byte_decoder)
+        return raw.decode("utf-8", errors="replace").replace("\x00", "").strip()
+
+    def _tokenize_plain(self, text: str) -> list[int]:
+        if not text:
+            return []
+        if text.isascii():
+            pieces = _ASCII_PIECE.findall(_ASCII_WHITESPACE_RUN.sub(" ", text).lower())
+        else:
+            rules = _text_rules()
+            normalized = rules.whitespace_run.sub(" ", unicodedata.normalize("NFC", text))
+            # Character by character from the reference's table, as the Rust normaliser does: no context-dependent
+            # final sigma, and the same answer for characters newer than this Python's unicodedata.
+            pieces = rules.piece.findall(normalized.translate(rules.lowercase))
+        ids: list[int] = []
+        for piece in pieces:
+            cached = self._cache.get(piece)
+            if cached is None:
+                cached = self._bpe(piece)
+                if len(self._cache) < 100_000:
+                    self._cache[piece] = cached
+            ids += cached
+        return ids
+
+    def _bpe(self, piece: str) -> tuple[int, ...]:
+        symbols = [self.byte_encoder[b] for b in piece.encode("utf-8")]
+        symbols[-1] += "</w>"
+        ranks = self.bpe_ranks
+        while len(symbols) > 1:
+            best_rank, best = None, None
+            for pair in zip(symbols, symbols[1:]):
+                rank = ranks.get(pair)
+                if rank is not None and (best_rank is None or rank < best_rank):
+                    best_rank, best = rank, pair
+            if best is None:
+                break
+            first, second = best
+            merged: list[str] = []
+            index = 0
+            while index < len(symbols):
+                if index < len(symbols) - 1 and symbols[index] == first and symbols[index + 1] == second:
+                    merged.append(first + second)
+                    index += 2
+                else:
+                    merged.append(symbols[index])
+                    index += 1
+            symbols = merged
+        return tuple(self.encoder.get(symbol, self.unk_token_id) for symbol in symbols)

@@ -1,0 +1,270 @@
+"""What every scheduler shares: the interface, config resolution, noise schedules, timestep spacings, sigma helpers.
+
+Arithmetic follows diffusers' float32 torch code step for step (same operations in the same order, float32
+scalars), so trajectories agree to float32 rounding. Tables diffusers builds in float64 numpy (interpolated sigmas,
+Karras sigmas, sigma -> timestep) are built in float64 here too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+F32 = np.float32
+
+
+class SchedulerError(ValueError):
+    """A scheduler was asked for something it cannot do (unsupported config value, bad step index, ...)."""
+
+
+class UnsupportedConfigError(SchedulerError):
+    """A scheduler config key holds a value this implementation does not support."""
+
+
+def resolve_config(
+    class_name: str,
+    config: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    choices: Mapping[str, tuple[Any, ...]],
+    fixed: Mapping[str, Any],
+) -> dict[str, Any]:
+    """``defaults`` overridden by the keys of ``config`` this class knows, checked against what we implement.
+
+    ``choices``: keys whose value must be one of the listed ones. ``fixed``: diffusers options we do not implement;
+    any value but the listed default is refused, naming the key and value, never silently ignored. Keys diffusers'
+    class does not have are ignored, as ``from_config`` ignores them.
+    """
+    resolved = dict(defaults)
+    for key in (*defaults, *fixed):
+        if key in config:
+            resolved[key] = config[key]
+    for key, allowed in choices.items():
+        if resolved.get(key) not in allowed:
+            raise UnsupportedConfigError(
+                f"{class_name}: {key}={resolved.get(key)!r} is not supported; supported values: "
+                + ", ".join(repr(a) for a in allowed)
+            )
+    for key, default in fixed.items():
+        value = resolved.get(key, default)
+        if not _same_default(value, default):
+            raise UnsupportedConfigError(
+                f"{class_name}: {key}={value!r} is not supported by diffship's runtime (only {default!r})"
+            )
+        resolved[key] = default
+    return resolved
+
+
+def _same_default(value: Any, default: Any) -> bool:
+    # None, False and [] all mean "off" in diffusers configs.
+    if _is_off(value) and _is_off(default):
+        return True
+    return bool(value == default)
+
+
+def _is_off(value: Any) -> bool:
+    return value is None or value is False or (isinstance(value, (list, tuple)) and not value)
+
+
+BETA_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.0001,
+    "beta_end": 0.02,
+    "beta_schedule": "linear",
+    "trained_betas": None,
+}
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+SPACINGS = ("leading", "trailing", "linspace")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _linspace_f32(start: float, end: float, count: int) -> np.ndarray:
+    """torch.linspace(start, end, count, dtype=float32), bit for bit.
+
+    torch's CPU kernel computes ``start + step * i`` for the first half and ``end - step * (count - 1 - i)`` for the
+    second, in float32 with a fused multiply-add (one rounding); float64 arithmetic rounded once to float32 is that
+    same fused operation. numpy's own linspace differs from it in the last bit of ~30% of the betas.
+    """
+    start32, end32 = F32(start), F32(end)
+    step = F32((end32 - start32) / F32(count - 1))
+    index = np.arange(count, dtype=np.float64)
+    first = np.float64(start32) + np.float64(step) * index
+    second = np.float64(end32) - np.float64(step) * (count - 1 - index)
+    return np.where(index < count // 2, first, second).astype(F32)
+
+
+def _betas_for_alpha_bar(count: int, max_beta: float = 0.999) -> np.ndarray:
+    def alpha_bar(t: float) -> float:
+        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    return np.array(
+        [min(1 - alpha_bar((i + 1) / count) / alpha_bar(i / count), max_beta) for i in range(count)], dtype=F32
+    )
+
+
+def cumprod_f32(values: np.ndarray) -> np.ndarray:
+    """torch.cumprod on float32 CPU tensors accumulates in double; so do we."""
+    return np.cumprod(values.astype(np.float64)).astype(F32)
+
+
+def _rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+    alphas_bar_sqrt = np.sqrt(cumprod_f32(F32(1.0) - betas))
+    first, last = alphas_bar_sqrt[0].copy(), alphas_bar_sqrt[-1].copy()
+    alphas_bar_sqrt = alphas_bar_sqrt - last
+    alphas_bar_sqrt = alphas_bar_sqrt * (first / (first - last))
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = np.concatenate([alphas_bar[0:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return (F32(1.0) - alphas).astype(F32)
+
+
+def make_betas(config: Mapping[str, Any], class_name: str) -> np.ndarray:
+    """float32 betas from ``trained_betas`` or ``beta_schedule``, rescaled to zero terminal SNR when asked."""
+    count = int(config["num_train_timesteps"])
+    if config.get("trained_betas") is not None:
+        betas = np.asarray(config["trained_betas"], dtype=F32)
+    elif config["beta_schedule"] == "linear":
+        betas = _linspace_f32(config["beta_start"], config["beta_end"], count)
+    elif config["beta_schedule"] == "scaled_linear":
+        betas = _linspace_f32(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, count) ** 2
+    elif config["beta_schedule"] == "squaredcos_cap_v2":
+        betas = _betas_for_alpha_bar(count)
+    else:
+        raise UnsupportedConfigError(
+            f"{class_name}: beta_schedule={config['beta_schedule']!r} is not supported; supported values: "
+            + ", ".join(repr(s) for s in BETA_SCHEDULES)
+        )
+    if config.get("rescale_betas_zero_snr"):
+        betas = _rescale_zero_terminal_snr(betas)
+    return betas
+
+
+def make_alphas_cumprod(config: Mapping[str, Any], class_name: str, zero_snr_floor: bool = False) -> np.ndarray:
+    """Cumulative alpha products; with zero terminal SNR, the sigma-based schedulers floor the last at 2**-24."""
+    alphas_cumprod = cumprod_f32(F32(1.0) - make_betas(config, class_name))
+    if zero_snr_floor and config.get("rescale_betas_zero_snr"):
+        alphas_cumprod[-1] = F32(2.0**-24)
+    return alphas_cumprod
+
+
+def spaced_timesteps(
+    spacing: str, num_train_timesteps: int, count: int, steps_offset: int, last_timestep: int | None = None
+) -> np.ndarray:
+    """``count`` descending float64 timesteps with diffusers' leading/trailing/linspace spacing (not rounded)."""
+    last = num_train_timesteps if last_timestep is None else last_timestep
+    if spacing == "linspace":
+        return np.linspace(0, last - 1, count)[::-1].copy()
+    if spacing == "leading":
+        step_ratio = last // count
+        return (np.arange(0, count) * step_ratio).round()[::-1].copy() + steps_offset
+    if spacing == "trailing":
+        step_ratio = num_train_timesteps / count
+        return np.round(np.arange(last, 0, -step_ratio)) - 1
+    raise SchedulerError(f"unknown timestep_spacing {spacing!r}")
+
+
+def multistep_timesteps(
+    spacing: str, num_train_timesteps: int, count: int, steps_offset: int, last_timestep: int | None = None
+) -> np.ndarray:
+    """DPM-Solver/UniPC spacing: ``count + 1`` points with the last (t = 0 end) dropped; int64."""
+    last = num_train_timesteps if last_timestep is None else last_timestep
+    if spacing == "linspace":
+        timesteps = np.linspace(0, last - 1, count + 1).round()[::-1][:-1].copy()
+    elif spacing == "leading":
+        step_ratio = last // (count + 1)
+        timesteps = (np.arange(0, count + 1) * step_ratio).round()[::-1][:-1].copy() + steps_offset
+    elif spacing == "trailing":
+        step_ratio = num_train_timesteps / count
+        timesteps = np.arange(last, 0, -step_ratio).round() - 1
+    else:
+        raise SchedulerError(f"unknown timestep_spacing {spacing!r}")
+    return timesteps.astype(np.int64)
+
+
+def train_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
+    """Per-train-timestep sigmas, float32 (torch computes them from float32 alphas_cumprod)."""
+    return np.sqrt((F32(1.0) - alphas_cumprod) / alphas_cumprod).astype(F32)
+
+
+def sigma_to_t(sigma: np.ndarray | float, log_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional train timestep of ``sigma`` by interpolation in log-sigma (diffusers' ``_sigma_to_t``)."""
+    sigma = np.asarray(sigma)
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low_idx = np.cumsum((dists >= 0), axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high_idx = low_idx + 1
+    low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+    weight = np.clip((low - log_sigma) / (low - high), 0, 1)
+    return ((1 - weight) * low_idx + weight * high_idx).reshape(sigma.shape)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, count: int, rho: float = 7.0) -> np.ndarray:
+    """Karras et al. (2022) noise levels, float64 like diffusers' ``_convert_to_karras``."""
+    ramp = np.linspace(0, 1, count)
+    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
+
+
+def alpha_sigma(sigma: np.float32) -> tuple[np.float32, np.float32]:
+    """VP alpha_t, sigma_t of a VE sigma (diffusers' ``_sigma_to_alpha_sigma_t``), in float32."""
+    alpha_t = F32(1.0) / np.sqrt(sigma**2 + F32(1.0))
+    return F32(alpha_t), F32(sigma * alpha_t)
+
+
+def log_snr(alpha_t: np.float32, sigma_t: np.float32) -> np.float32:
+    """lambda = log(alpha) - log(sigma); +inf at sigma = 0 (the final step), as in torch."""
+    with np.errstate(divide="ignore"):
+        return F32(np.log(alpha_t) - np.log(sigma_t))
+
+
+class Scheduler:
+    """The shared interface: ``timesteps``, ``init_noise_sigma``, ``scale_model_input``, ``step``.
+
+    ``i`` is the step index into ``timesteps``. Stochastic schedulers take their Gaussian draw from ``noise`` when
+    given (so callers can inject it), otherwise from the numpy Generator given at construction. Multistep
+    schedulers keep their history explicitly and must be stepped in order 0, 1, 2, ...
+    """
+
+    class_name: ClassVar[str] = ""
+    stochastic: ClassVar[bool] = False
+    """Whether ``step`` consumes a Gaussian draw (then the pipeline supplies ``noise`` at every step)."""
+
+    timesteps: np.ndarray
+    """The values the UNet receives, one per step (int64, or float32 for the Euler family)."""
+    init_noise_sigma: float
+    config: dict[str, Any]
+
+    def __init__(self, num_inference_steps: int, generator: np.random.Generator | None = None) -> None:
+        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+            raise SchedulerError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        self.num_inference_steps = int(num_inference_steps)
+        self.generator = generator
+        self.steps_taken = 0
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+    def scale_model_input(self, sample: np.ndarray, i: int) -> np.ndarray:
+        return sample
+
+    def step(self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check_index(self, i: int, in_order: bool = False) -> None:
+        if not 0 <= i < len(self.timesteps):
+            raise SchedulerError(f"step index {i} is outside 0..{len(self.timesteps) - 1}")
+        if in_order and i != self.steps_taken:
+            raise SchedulerError(
+                f"{self.class_name} keeps a multistep history: expected step {self.steps_taken}, got {i}; "
+                "step in order 0, 1, 2, ... or build a new scheduler"
+            )
+
+    def _draw(self, noise: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+        if noise is not None:
+            if noise.shape != shape:
+                raise SchedulerError(f"noise shape {noise.shape} does not match the sample's {shape}")
+            return noise.astype(F32, copy=False)
+        if self.generator is None:
+            raise SchedulerError(f"{self.class_name} is stochastic: pass noise= or build it with a numpy Generator")
+        return self.generator.standard_normal(shape, dtype=F32)

@@ -1,0 +1,188 @@
+"""DPM-Solver++ multistep (Lu et al. 2022): matches diffusers 0.42 ``DPMSolverMultistepScheduler``.
+
+``dpmpp_2m`` is this class at its defaults (second order, midpoint); ``dpmpp_2m_karras`` adds
+``use_karras_sigmas``. Honours beta_schedule, trained_betas, prediction_type (epsilon, v_prediction, sample),
+timestep_spacing (leading, trailing, linspace), steps_offset, solver_order (1-3), solver_type (midpoint, heun;
+bh1/bh2/logrho are read as midpoint, as diffusers does), lower_order_final, euler_at_final, use_karras_sigmas,
+final_sigmas_type (zero, sigma_min), lambda_min_clipped, rescale_betas_zero_snr. Limitations: only the
+``dpmsolver++`` algorithm (``deis`` is read as it, as diffusers does); SDE variants, thresholding, Lu lambdas,
+exponential/beta/flow sigmas and learned variance are refused. Multistep: step in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from runtime.schedulers.common import (
+    BETA_DEFAULTS,
+    BETA_SCHEDULES,
+    F32,
+    PREDICTION_TYPES,
+    SPACINGS,
+    Scheduler,
+    alpha_sigma,
+    karras_sigmas,
+    log_snr,
+    make_alphas_cumprod,
+    multistep_timesteps,
+    resolve_config,
+    sigma_to_t,
+    train_sigmas,
+)
+
+DEFAULTS: dict[str, Any] = {
+    **BETA_DEFAULTS,
+    "solver_order": 2,
+    "prediction_type": "epsilon",
+    "algorithm_type": "dpmsolver++",
+    "solver_type": "midpoint",
+    "lower_order_final": True,
+    "euler_at_final": False,
+    "use_karras_sigmas": False,
+    "final_sigmas_type": "zero",
+    "lambda_min_clipped": -float("inf"),
+    "timestep_spacing": "linspace",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+}
+CHOICES = {
+    "prediction_type": PREDICTION_TYPES,
+    "timestep_spacing": SPACINGS,
+    "beta_schedule": BETA_SCHEDULES,
+    "solver_order": (1, 2, 3),
+    "algorithm_type": ("dpmsolver++",),
+    "solver_type": ("midpoint", "heun"),
+    "final_sigmas_type": ("zero", "sigma_min"),
+    "use_karras_sigmas": (False, True, None),
+}
+FIXED = {
+    "thresholding": False,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "use_lu_lambdas": False,
+    "use_flow_sigmas": False,
+    "variance_type": None,
+    "use_dynamic_shifting": False,
+}
+# diffusers silently maps these onto what it implements; so do we.
+ALIASES = {"algorithm_type": {"deis": "dpmsolver++"}, "solver_type": {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}}
+
+
+def apply_aliases(config: Mapping[str, Any], aliases: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
+    resolved = dict(config)
+    for key, mapping in aliases.items():
+        if resolved.get(key) in mapping:
+            resolved[key] = mapping[resolved[key]]
+    return resolved
+
+
+class DPMSolverMultistep(Scheduler):
+    class_name = "DPMSolverMultistepScheduler"
+
+    def __init__(
+        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
+    ) -> None:
+        super().__init__(num_inference_steps, generator)
+        cfg = resolve_config(self.class_name, apply_aliases(config, ALIASES), DEFAULTS, CHOICES, FIXED)
+        self.config = cfg
+        train_steps = cfg["num_train_timesteps"]
+        self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
+        lambdas = log_snr(np.sqrt(self.alphas_cumprod), np.sqrt(F32(1.0) - self.alphas_cumprod))
+        clipped = int(np.searchsorted(lambdas[::-1], cfg["lambda_min_clipped"]))
+        timesteps = multistep_timesteps(
+            cfg["timestep_spacing"], train_steps, num_inference_steps, cfg["steps_offset"], train_steps - clipped
+        )
+        base_sigmas = train_sigmas(self.alphas_cumprod)
+        if cfg["use_karras_sigmas"]:
+            flipped = base_sigmas[::-1]
+            sigmas = karras_sigmas(flipped[-1].item(), flipped[0].item(), num_inference_steps)
+            log_sigmas = np.log(base_sigmas)
+            timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
+            if cfg["beta_schedule"] != "squaredcos_cap_v2":
+                timesteps = timesteps.round()
+        else:
+            sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
+        if cfg["final_sigmas_type"] == "sigma_min":
+            last = np.sqrt((F32(1.0) - self.alphas_cumprod[0]) / self.alphas_cumprod[0])
+        else:
+            last = 0.0
+        self.sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
+        self.timesteps = timesteps.astype(np.int64)
+        self.init_noise_sigma = 1.0
+        self._outputs: list[np.ndarray] = []
+        """Converted (x0) model outputs of the last ``solver_order`` steps, oldest first."""
+
+    def step(self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        self._check_index(i, in_order=True)
+        cfg, count = self.config, len(self.timesteps)
+        short_schedule = cfg["lower_order_final"] and count < 15
+        first_order_final = i == count - 1 and (
+            cfg["euler_at_final"] or short_schedule or cfg["final_sigmas_type"] == "zero"
+        )
+        second_order_final = i == count - 2 and short_schedule
+        x0 = self._x0(model_output, sample, self.sigmas[i])
+        self._outputs = [*self._outputs, x0][-cfg["solver_order"] :]
+        warm = min(self.steps_taken, cfg["solver_order"])
+        with np.errstate(over="ignore"):
+            if cfg["solver_order"] == 1 or warm < 1 or first_order_final:
+                previous = self._first_order(x0, i, sample)
+            elif cfg["solver_order"] == 2 or warm < 2 or second_order_final:
+                previous = self._second_order(i, sample)
+            else:
+                previous = self._third_order(i, sample)
+        self.steps_taken += 1
+        return previous.astype(F32, copy=False)
+
+    def _x0(self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32) -> np.ndarray:
+        prediction = self.config["prediction_type"]
+        if prediction == "sample":
+            return model_output
+        alpha_t, sigma_t = alpha_sigma(sigma)
+        if prediction == "epsilon":
+            return (sample - sigma_t * model_output) / alpha_t
+        return alpha_t * sample - sigma_t * model_output
+
+    def _lambda(self, index: int) -> tuple[np.float32, np.float32, np.float32]:
+        alpha, sigma = alpha_sigma(self.sigmas[index])
+        return alpha, sigma, log_snr(alpha, sigma)
+
+    def _first_order(self, x0: np.ndarray, i: int, sample: np.ndarray) -> np.ndarray:
+        alpha_t, sigma_t, lambda_t = self._lambda(i + 1)
+        _, sigma_s, lambda_s = self._lambda(i)
+        h = lambda_t - lambda_s
+        return (sigma_t / sigma_s) * sample - (alpha_t * (np.exp(-h) - F32(1.0))) * x0
+
+    def _second_order(self, i: int, sample: np.ndarray) -> np.ndarray:
+        alpha_t, sigma_t, lambda_t = self._lambda(i + 1)
+        _, sigma_s0, lambda_s0 = self._lambda(i)
+        _, _, lambda_s1 = self._lambda(i - 1)
+        m0, m1 = self._outputs[-1], self._outputs[-2]
+        h, h_0 = lambda_t - lambda_s0, lambda_s0 - lambda_s1
+        r0 = h_0 / h
+        d0, d1 = m0, (F32(1.0) / r0) * (m0 - m1)
+        decay = alpha_t * (np.exp(-h) - F32(1.0))
+        if self.config["solver_type"] == "midpoint":
+            return (sigma_t / sigma_s0) * sample - decay * d0 - F32(0.5) * decay * d1
+        return (sigma_t / sigma_s0) * sample - decay * d0 + (alpha_t * ((np.exp(-h) - F32(1.0)) / h + F32(1.0))) * d1
+
+    def _third_order(self, i: int, sample: np.ndarray) -> np.ndarray:
+        alpha_t, sigma_t, lambda_t = self._lambda(i + 1)
+        _, sigma_s0, lambda_s0 = self._lambda(i)
+        _, _, lambda_s1 = self._lambda(i - 1)
+        _, _, lambda_s2 = self._lambda(i - 2)
+        m0, m1, m2 = self._outputs[-1], self._outputs[-2], self._outputs[-3]
+        h, h_0, h_1 = lambda_t - lambda_s0, lambda_s0 - lambda_s1, lambda_s1 - lambda_s2
+        r0, r1 = h_0 / h, h_1 / h
+        d1_0, d1_1 = (F32(1.0) / r0) * (m0 - m1), (F32(1.0) / r1) * (m1 - m2)
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+        d2 = (F32(1.0) / (r0 + r1)) * (d1_0 - d1_1)
+        exp_h = np.exp(-h)
+        return (
+            (sigma_t / sigma_s0) * sample
+            - (alpha_t * (exp_h - F32(1.0))) * m0
+            + (alpha_t * ((exp_h - F32(1.0)) / h + F32(1.0))) * d1
+            - (alpha_t * ((exp_h - F32(1.0) + h) / h**2 - F32(0.5))) * d2
+        )

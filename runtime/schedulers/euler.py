@@ -1,0 +1,122 @@
+"""Euler (Karras et al. 2022, Algorithm 2 without churn): matches diffusers 0.42 ``EulerDiscreteScheduler``.
+
+Honours beta_schedule, trained_betas, prediction_type (epsilon, v_prediction, sample), timestep_spacing (leading,
+trailing, linspace), steps_offset, use_karras_sigmas with sigma_min/sigma_max, final_sigmas_type (zero,
+sigma_min), rescale_betas_zero_snr. Timesteps are float32 and may be fractional. Limitations: exponential and beta
+sigma schedules, ``interpolation_type: log_linear``, continuous timesteps, and step-time churn (``s_churn``, which
+SD pipelines never pass) are not implemented; the first three are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from runtime.schedulers.common import (
+    BETA_DEFAULTS,
+    BETA_SCHEDULES,
+    F32,
+    PREDICTION_TYPES,
+    SPACINGS,
+    Scheduler,
+    karras_sigmas,
+    make_alphas_cumprod,
+    resolve_config,
+    sigma_to_t,
+    spaced_timesteps,
+    train_sigmas,
+)
+
+DEFAULTS: dict[str, Any] = {
+    **BETA_DEFAULTS,
+    "prediction_type": "epsilon",
+    "interpolation_type": "linear",
+    "use_karras_sigmas": False,
+    "sigma_min": None,
+    "sigma_max": None,
+    "timestep_spacing": "linspace",
+    "timestep_type": "discrete",
+    "steps_offset": 0,
+    "rescale_betas_zero_snr": False,
+    "final_sigmas_type": "zero",
+}
+CHOICES = {
+    "prediction_type": PREDICTION_TYPES,
+    "timestep_spacing": SPACINGS,
+    "beta_schedule": BETA_SCHEDULES,
+    "interpolation_type": ("linear",),
+    "timestep_type": ("discrete",),
+    "final_sigmas_type": ("zero", "sigma_min"),
+    "use_karras_sigmas": (False, True, None),
+}
+FIXED = {"use_exponential_sigmas": False, "use_beta_sigmas": False}
+
+
+def euler_timesteps(config: Mapping[str, Any], count: int) -> np.ndarray:
+    """float32 timesteps of the Euler family; linspace spacing keeps fractional values."""
+    train_steps = config["num_train_timesteps"]
+    return spaced_timesteps(config["timestep_spacing"], train_steps, count, config["steps_offset"]).astype(np.float32)
+
+
+def init_noise_sigma(sigmas: np.ndarray, spacing: str) -> float:
+    """The initial latents' scale: the largest sigma, or sqrt(sigma^2 + 1) with leading spacing (as diffusers)."""
+    max_sigma = sigmas.max()
+    if spacing in ("linspace", "trailing"):
+        return float(max_sigma)
+    return float(np.sqrt(max_sigma**2 + F32(1.0)))
+
+
+class SigmaScheduler(Scheduler):
+    """Schedulers over VE noise levels: inputs scaled by 1/sqrt(sigma^2 + 1), outputs turned into x0 estimates."""
+
+    sigmas: np.ndarray
+
+    def scale_model_input(self, sample: np.ndarray, i: int) -> np.ndarray:
+        self._check_index(i)
+        sigma = self.sigmas[i]
+        return (sample / np.sqrt(sigma**2 + F32(1.0))).astype(F32, copy=False)
+
+    def predict_original(self, model_output: np.ndarray, sigma: np.float32, sample: np.ndarray) -> np.ndarray:
+        prediction = self.config["prediction_type"]
+        if prediction == "epsilon":
+            return sample - sigma * model_output
+        if prediction == "v_prediction":
+            return model_output * (-sigma / np.sqrt(sigma**2 + F32(1.0))) + (sample / (sigma**2 + F32(1.0)))
+        return model_output
+
+
+class Euler(SigmaScheduler):
+    class_name = "EulerDiscreteScheduler"
+
+    def __init__(
+        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
+    ) -> None:
+        super().__init__(num_inference_steps, generator)
+        self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED)
+        self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
+        timesteps = euler_timesteps(cfg, num_inference_steps)
+        base_sigmas = train_sigmas(self.alphas_cumprod)
+        sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
+        if cfg["use_karras_sigmas"]:
+            sigma_min = cfg["sigma_min"] if cfg["sigma_min"] is not None else sigmas[-1].item()
+            sigma_max = cfg["sigma_max"] if cfg["sigma_max"] is not None else sigmas[0].item()
+            sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
+            log_sigmas = np.log(base_sigmas)
+            timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
+        if cfg["final_sigmas_type"] == "sigma_min":
+            last = np.sqrt((F32(1.0) - self.alphas_cumprod[0]) / self.alphas_cumprod[0])
+        else:
+            last = 0.0
+        self.sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
+        self.timesteps = timesteps.astype(np.float32)
+        self.init_noise_sigma = init_noise_sigma(self.sigmas, cfg["timestep_spacing"])
+
+    def step(self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        self._check_index(i)
+        sigma = self.sigmas[i]
+        x0 = self.predict_original(model_output, sigma, sample)
+        derivative = (sample - x0) / sigma
+        dt = self.sigmas[i + 1] - sigma
+        return (sample + derivative * dt).astype(F32, copy=False)

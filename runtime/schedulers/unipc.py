@@ -1,0 +1,211 @@
+"""UniPC multistep predictor-corrector (Zhao et al. 2023): matches diffusers 0.42 ``UniPCMultistepScheduler``.
+
+Honours beta_schedule, trained_betas, prediction_type (epsilon, v_prediction, sample), predict_x0, solver_type
+(bh1, bh2; midpoint/heun/logrho are read as bh2, as diffusers does), solver_order (1-3), lower_order_final,
+disable_corrector, use_karras_sigmas with sigma_min/sigma_max, timestep_spacing (leading, trailing, linspace),
+steps_offset, final_sigmas_type (zero, sigma_min), rescale_betas_zero_snr. Limitations: an external predictor
+(``solver_p``), thresholding, exponential/beta/flow sigmas and dynamic shifting are refused. Multistep: step in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from runtime.schedulers.common import (
+    BETA_DEFAULTS,
+    BETA_SCHEDULES,
+    F32,
+    PREDICTION_TYPES,
+    SPACINGS,
+    Scheduler,
+    alpha_sigma,
+    karras_sigmas,
+    log_snr,
+    make_alphas_cumprod,
+    multistep_timesteps,
+    resolve_config,
+    sigma_to_t,
+    train_sigmas,
+)
+from runtime.schedulers.dpm_solver import apply_aliases
+
+DEFAULTS: dict[str, Any] = {
+    **BETA_DEFAULTS,
+    "solver_order": 2,
+    "prediction_type": "epsilon",
+    "predict_x0": True,
+    "solver_type": "bh2",
+    "lower_order_final": True,
+    "disable_corrector": [],
+    "use_karras_sigmas": False,
+    "timestep_spacing": "linspace",
+    "steps_offset": 0,
+    "final_sigmas_type": "zero",
+    "rescale_betas_zero_snr": False,
+    "sigma_min": None,
+    "sigma_max": None,
+}
+CHOICES = {
+    "prediction_type": PREDICTION_TYPES,
+    "timestep_spacing": SPACINGS,
+    "beta_schedule": BETA_SCHEDULES,
+    "solver_order": (1, 2, 3),
+    "solver_type": ("bh1", "bh2"),
+    "predict_x0": (True, False),
+    "final_sigmas_type": ("zero", "sigma_min"),
+    "use_karras_sigmas": (False, True, None),
+}
+FIXED = {
+    "thresholding": False,
+    "solver_p": None,
+    "use_exponential_sigmas": False,
+    "use_beta_sigmas": False,
+    "use_flow_sigmas": False,
+    "use_dynamic_shifting": False,
+    "shift_terminal": None,
+}
+ALIASES = {"solver_type": {"midpoint": "bh2", "heun": "bh2", "logrho": "bh2"}}
+
+
+class UniPC(Scheduler):
+    class_name = "UniPCMultistepScheduler"
+
+    def __init__(
+        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
+    ) -> None:
+        super().__init__(num_inference_steps, generator)
+        self.config = cfg = resolve_config(self.class_name, apply_aliases(config, ALIASES), DEFAULTS, CHOICES, FIXED)
+        self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
+        timesteps = multistep_timesteps(
+            cfg["timestep_spacing"], cfg["num_train_timesteps"], num_inference_steps, cfg["steps_offset"]
+        )
+        base_sigmas = train_sigmas(self.alphas_cumprod)
+        if cfg["use_karras_sigmas"]:
+            flipped = base_sigmas[::-1]
+            sigma_min = cfg["sigma_min"] if cfg["sigma_min"] is not None else flipped[-1].item()
+            sigma_max = cfg["sigma_max"] if cfg["sigma_max"] is not None else flipped[0].item()
+            sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
+            log_sigmas = np.log(base_sigmas)
+            timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas]).round()
+            last = sigmas[-1] if cfg["final_sigmas_type"] == "sigma_min" else 0.0
+        else:
+            sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
+            if cfg["final_sigmas_type"] == "sigma_min":
+                last = np.sqrt((F32(1.0) - self.alphas_cumprod[0]) / self.alphas_cumprod[0])
+            else:
+                last = 0.0
+        self.sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
+        self.timesteps = timesteps.astype(np.int64)
+        self.init_noise_sigma = 1.0
+        self._outputs: list[np.ndarray] = []
+        """Converted model outputs of the last ``solver_order`` steps, oldest first."""
+        self._last_sample: np.ndarray | None = None
+        self._last_order = 0
+
+    def step(self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+        self._check_index(i, in_order=True)
+        cfg = self.config
+        converted = self._convert(model_output, sample, self.sigmas[i])
+        if i > 0 and (i - 1) not in cfg["disable_corrector"] and self._last_sample is not None:
+            sample = self._corrector(converted, i, self._last_sample, sample, self._last_order)
+        self._outputs = [*self._outputs, converted][-cfg["solver_order"] :]
+        order = min(cfg["solver_order"], len(self.timesteps) - i) if cfg["lower_order_final"] else cfg["solver_order"]
+        order = min(order, min(self.steps_taken, cfg["solver_order"]) + 1)
+        self._last_order = order
+        self._last_sample = sample
+        previous = self._predictor(i, sample, order)
+        self.steps_taken += 1
+        return previous.astype(F32, copy=False)
+
+    def _convert(self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32) -> np.ndarray:
+        alpha_t, sigma_t = alpha_sigma(sigma)
+        prediction = self.config["prediction_type"]
+        if self.config["predict_x0"]:
+            if prediction == "epsilon":
+                return (sample - sigma_t * model_output) / alpha_t
+            if prediction == "sample":
+                return model_output
+            return alpha_t * sample - sigma_t * model_output
+        if prediction == "epsilon":
+            return model_output
+        if prediction == "sample":
+            return (sample - alpha_t * model_output) / sigma_t
+        return alpha_t * model_output + sigma_t * sample
+
+    def _lambda(self, index: int) -> tuple[np.float32, np.float32, np.float32]:
+        alpha, sigma = alpha_sigma(self.sigmas[index])
+        return alpha, sigma, log_snr(alpha, sigma)
+
+    def _coefficients(
+        self, h: np.float32, rks: list[np.float32], order: int
+    ) -> tuple[np.ndarray, np.ndarray, np.float32, np.float32]:
+        """The B(h) system of UniPC: matrix R of powers of r_k, right-hand side b, h*phi_1(h) and B(h)."""
+        hh = -h if self.config["predict_x0"] else h
+        h_phi_1 = np.expm1(hh)
+        h_phi_k = h_phi_1 / hh - F32(1.0)
+        b_h = hh if self.config["solver_type"] == "bh1" else np.expm1(hh)
+        ratios = np.array([*rks, F32(1.0)], dtype=F32)
+        rows, rhs = [], []
+        factorial = 1
+        for k in range(1, order + 1):
+            rows.append(np.power(ratios, F32(k - 1)))
+            rhs.append(h_phi_k * F32(factorial) / b_h)
+            factorial *= k + 1
+            h_phi_k = h_phi_k / hh - F32(1 / factorial)
+        return np.stack(rows).astype(F32), np.array(rhs, dtype=F32), F32(h_phi_1), F32(b_h)
+
+    def _differences(self, i: int, lambda_s0: np.float32, h: np.float32, order: int, lag: int) -> tuple[list, list]:
+        """r_k and the scaled differences D1_k of the earlier outputs, for k = 1 .. order - 1."""
+        m0 = self._outputs[-1]
+        rks, d1s = [], []
+        for k in range(1, order):
+            _, _, lambda_sk = self._lambda(i - k - lag)
+            rk = F32((lambda_sk - lambda_s0) / h)
+            rks.append(rk)
+            d1s.append((self._outputs[-(k + 1)] - m0) / rk)
+        return rks, d1s
+
+    def _predictor(self, i: int, sample: np.ndarray, order: int) -> np.ndarray:
+        alpha_t, sigma_t, lambda_t = self._lambda(i + 1)
+        alpha_s0, sigma_s0, lambda_s0 = self._lambda(i)
+        h = F32(lambda_t - lambda_s0)
+        rks, d1s = self._differences(i, lambda_s0, h, order, lag=0)
+        matrix, rhs, h_phi_1, b_h = self._coefficients(h, rks, order)
+        m0 = self._outputs[-1]
+        correction: np.ndarray | float = 0.0
+        if d1s:
+            rhos = np.array([0.5], dtype=F32) if order == 2 else np.linalg.solve(matrix[:-1, :-1], rhs[:-1]).astype(F32)
+            correction = _weighted_sum(rhos, d1s)
+        if self.config["predict_x0"]:
+            base = sigma_t / sigma_s0 * sample - alpha_t * h_phi_1 * m0
+            return base - alpha_t * b_h * correction
+        base = alpha_t / alpha_s0 * sample - sigma_t * h_phi_1 * m0
+        return base - sigma_t * b_h * correction
+
+    def _corrector(
+        self, converted: np.ndarray, i: int, last_sample: np.ndarray, this_sample: np.ndarray, order: int
+    ) -> np.ndarray:
+        alpha_t, sigma_t, lambda_t = self._lambda(i)
+        alpha_s0, sigma_s0, lambda_s0 = self._lambda(i - 1)
+        h = F32(lambda_t - lambda_s0)
+        rks, d1s = self._differences(i, lambda_s0, h, order, lag=1)
+        matrix, rhs, h_phi_1, b_h = self._coefficients(h, rks, order)
+        rhos = np.array([0.5], dtype=F32) if order == 1 else np.linalg.solve(matrix, rhs).astype(F32)
+        m0 = self._outputs[-1]
+        correction = _weighted_sum(rhos[:-1], d1s) if d1s else 0.0
+        d1_t = converted - m0
+        if self.config["predict_x0"]:
+            base = sigma_t / sigma_s0 * last_sample - alpha_t * h_phi_1 * m0
+            return base - alpha_t * b_h * (correction + rhos[-1] * d1_t)
+        base = alpha_t / alpha_s0 * last_sample - sigma_t * h_phi_1 * m0
+        return base - sigma_t * b_h * (correction + rhos[-1] * d1_t)
+
+
+def _weighted_sum(weights: np.ndarray, arrays: list[np.ndarray]) -> np.ndarray:
+    total = weights[0] * arrays[0]
+    for weight, array in zip(weights[1:], arrays[1:], strict=True):
+        total = total + weight * array
+    return total

@@ -1,0 +1,97 @@
+"""Scheduler configuration handling: unsupported values are refused by name, never silently changed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime.schedulers import SchedulerError, UnsupportedConfigError, make_scheduler, scheduler_names
+from tests.runtime.scheduler_grid import SD15
+
+UNSUPPORTED = [
+    ("ddim", "thresholding", True),
+    ("ddim", "prediction_type", "flow_prediction"),
+    ("ddim", "timestep_spacing", "karras"),
+    ("ddim", "beta_schedule", "sigmoid"),
+    ("pndm", "skip_prk_steps", False),
+    ("pndm", "prediction_type", "sample"),
+    ("euler", "use_exponential_sigmas", True),
+    ("euler", "use_beta_sigmas", True),
+    ("euler", "interpolation_type", "log_linear"),
+    ("euler", "timestep_type", "continuous"),
+    ("euler", "final_sigmas_type", "sigma_max"),
+    ("euler_a", "prediction_type", "sample"),
+    ("dpmpp_2m", "algorithm_type", "sde-dpmsolver++"),
+    ("dpmpp_2m", "thresholding", True),
+    ("dpmpp_2m", "use_lu_lambdas", True),
+    ("dpmpp_2m", "variance_type", "learned_range"),
+    ("dpmpp_2m", "solver_order", 4),
+    ("dpmpp_2m_karras", "use_flow_sigmas", True),
+    ("lcm", "thresholding", True),
+    ("lcm", "prediction_type", "x0"),
+    ("unipc", "solver_p", "DDIMScheduler"),
+    ("unipc", "use_flow_sigmas", True),
+    ("unipc", "solver_order", 5),
+    ("unipc", "solver_type", "bh3"),
+]
+
+
+@pytest.mark.parametrize("name,key,value", UNSUPPORTED, ids=lambda v: str(v))
+def test_make_scheduler_refuses_unsupported_value_by_name(name: str, key: str, value: object) -> None:
+    with pytest.raises(UnsupportedConfigError) as raised:
+        make_scheduler(name, {**SD15, key: value}, 10)
+    assert key in str(raised.value) and repr(value) in str(raised.value)
+
+
+def test_make_scheduler_lists_known_names_for_unknown_one() -> None:
+    with pytest.raises(SchedulerError) as raised:
+        make_scheduler("heun", SD15, 10)
+    assert "heun" in str(raised.value)
+    for name in scheduler_names():
+        assert name in str(raised.value)
+
+
+def test_make_scheduler_uses_config_class_when_name_is_none() -> None:
+    assert type(make_scheduler(None, SD15, 10)).class_name == "PNDMScheduler"
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.5])
+def test_make_scheduler_rejects_bad_step_counts(steps: object) -> None:
+    with pytest.raises(SchedulerError, match="num_inference_steps"):
+        make_scheduler("ddim", SD15, steps)  # type: ignore[arg-type]
+
+
+def test_lcm_rejects_more_steps_than_original_inference_steps() -> None:
+    with pytest.raises(SchedulerError, match="original_inference_steps"):
+        make_scheduler("lcm", SD15, 51)
+
+
+@pytest.mark.parametrize("name", ["pndm", "dpmpp_2m", "unipc"])
+def test_multistep_scheduler_requires_steps_in_order(name: str) -> None:
+    scheduler = make_scheduler(name, SD15, 10)
+    sample = np.ones((1, 4, 8, 8), np.float32)
+    scheduler.step(sample, 0, sample)
+    with pytest.raises(SchedulerError, match="expected step 1, got 3"):
+        scheduler.step(sample, 3, sample)
+
+
+@pytest.mark.parametrize("name", ["euler_a", "lcm"])
+def test_stochastic_scheduler_draws_from_its_generator_reproducibly(name: str) -> None:
+    sample = np.ones((1, 4, 8, 8), np.float32)
+
+    def run(seed: int) -> np.ndarray:
+        scheduler = make_scheduler(name, SD15, 4, generator=np.random.default_rng(seed))
+        latents = sample
+        for i in range(len(scheduler.timesteps)):
+            latents = scheduler.step(0.1 * latents, i, latents)
+        return latents
+
+    np.testing.assert_array_equal(run(5), run(5))
+    assert not np.array_equal(run(5), run(6))
+
+
+def test_stochastic_scheduler_without_noise_or_generator_says_so() -> None:
+    scheduler = make_scheduler("euler_a", SD15, 4)
+    sample = np.ones((1, 4, 8, 8), np.float32)
+    with pytest.raises(SchedulerError, match="stochastic"):
+        scheduler.step(sample, 0, sample)

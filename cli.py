@@ -6,16 +6,12 @@ exporter/, engines/ and runtime/. Errors a user can fix are printed as one line 
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_USAGE = 2
 
@@ -30,30 +26,13 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         ("exporter.package", "ExportError"),
         ("exporter.sources", "SourceError"),
         ("runtime.errors", "PipelineError"),
+        ("runtime.tokenizer", "TokenizerError"),
+        ("runtime.schedulers.common", "SchedulerError"),
     ):
         loaded = sys.modules.get(module)
         if loaded is not None:
             types.append(getattr(loaded, name))
     return tuple(types)
-
-
-def user_errors(command: F) -> F:
-    """Print errors meant for the user as one line and exit non-zero, without a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except Exception as exc:
-            if isinstance(exc, _user_error_types()):
-                click.echo(f"error: {exc}", err=True)
-                sys.exit(EXIT_USAGE)
-            raise
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -69,7 +48,7 @@ def _setup_logging(verbose: bool) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, including what the libraries underneath say.")
-def main(verbose: bool) -> None:
+def cli(verbose: bool) -> None:
     """diffship: diffusion pipelines from diffusers to ONNX / TensorRT engines, served without PyTorch.
 
     \b
@@ -86,11 +65,11 @@ def _parse_dtypes(value: str) -> tuple[str, ...]:
     parts = tuple(dict.fromkeys(p.strip() for p in value.split(",") if p.strip()))
     bad = [p for p in parts if p not in ("fp32", "fp16")]
     if not parts or bad:
-        raise click.BadParameter(f"{value!r}: give fp32, fp16 or fp32,fp16")
+        raise click.BadParameter(f"{value!r}: give fp32, fp16 or fp32,fp16", param_hint="--dtype")
     return parts
 
 
-@main.command()
+@cli.command()
 @click.option("--model", help="Preset: tiny, tiny-v (local, random weights), sd15, sd21-base, sd21 (hub ids).")
 @click.option(
     "--model-path",
@@ -112,7 +91,6 @@ def _parse_dtypes(value: str) -> tuple[str, ...]:
 )
 @click.option("--opset", default=18, show_default=True, help="ONNX opset (18 or newer).")
 @click.option("--force", is_flag=True, help="Re-export even when the package is up to date.")
-@user_errors
 def export(
     model: str | None,
     model_path: Path | None,
@@ -177,6 +155,179 @@ def export(
     )
     click.echo(f"package: {out}   total {result.seconds:.1f}s   peak memory {result.peak_rss_bytes / 2**30:.2f} GiB")
 
+GRID_KEYS = {"steps": int, "guidance": float, "scheduler": str, "seed": int}
+
+
+def _parse_grid(values: tuple[str, ...]) -> list[tuple[str, list[Any]]]:
+    axes: list[tuple[str, list[Any]]] = []
+    for value in values:
+        key, _, items = value.partition("=")
+        key = key.strip()
+        if key not in GRID_KEYS or not items:
+            raise click.BadParameter(
+                f"{value!r}: use KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}", param_hint="--grid"
+            )
+        if key in (k for k, _ in axes):
+            raise click.BadParameter(f"{key} is given twice", param_hint="--grid")
+        try:
+            parsed = [GRID_KEYS[key](item.strip()) for item in items.split(",") if item.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: values of {key} must be {GRID_KEYS[key].__name__}", param_hint="--grid") from None
+        axes.append((key, parsed))
+    if len(axes) > 2:
+        raise click.BadParameter("at most two --grid axes (rows and columns)", param_hint="--grid")
+    return axes
+
+
+class _StepProgress:
+    """A one-line step counter on stderr (only when it is a terminal)."""
+
+    def __init__(self, label: str = "") -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, step: int, timestep: float, latents: Any) -> None:
+        if self.enabled:
+            click.echo(f"\r{self.label}step {step + 1} (t={timestep:g})   ", err=True, nl=False)
+
+    def done(self) -> None:
+        if self.enabled:
+            click.echo("\r" + " " * 60 + "\r", err=True, nl=False)
+
+
+def _timing_table(timings: Any, images: int) -> str:
+    stages = timings.stage_seconds()
+    steps = len(timings.unet_steps)
+    rows = []
+    for name, seconds in [*stages.items(), ("other", timings.other), ("total", timings.total)]:
+        share = f"{100 * seconds / timings.total:5.1f}%" if timings.total else "-"
+        note = f"{steps} steps, {timings.unet / steps * 1000:.1f} ms/step" if name == "unet" and steps else ""
+        rows.append([name, f"{seconds:.3f}s", share, note])
+    return _table(["stage", "time", "share", ""], rows) + f"\n{images} image(s)"
+
+
+@cli.command()
+@click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
+@click.option("--prompt", "prompts", required=True, multiple=True, help="Prompt; repeat for a batch of prompts.")
+@click.option("--negative-prompt", help="What to steer away from (used when guidance > 1).")
+@click.option("--steps", default=50, show_default=True, help="Denoising steps.")
+@click.option("--guidance", default=7.5, show_default=True, help="Classifier-free guidance scale (<= 1 disables it).")
+@click.option(
+    "--scheduler",
+    help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm, unipc, or a diffusers class name "
+    "(default: the package's own scheduler).",
+)
+@click.option("--height", type=int, help="Pixels (default: the model's native size).")
+@click.option("--width", type=int, help="Pixels (default: the model's native size).")
+@click.option("--seed", type=int, help="Image k uses seed + k (numpy's generator; default: random, printed).")
+@click.option("--images", "images_per_prompt", default=1, show_default=True, help="Images per prompt.")
+@click.option(
+    "--grid",
+    multiple=True,
+    help="Sweep KEY=V1,V2,... (KEY: steps, guidance, scheduler, seed) into one labelled contact sheet; "
+    "give it twice for rows x columns.",
+)
+@click.option("--out", default="generated.png", show_default=True, type=click.Path(path_type=Path),
+              help="PNG path; several images become NAME-00.png, NAME-01.png, ...")
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
+              help="ONNX Runtime, or TensorRT engines built with build-trt (NVIDIA GPU).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), help="Which export ONNX Runtime loads (default fp32).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="ONNX Runtime device (cuda needs onnxruntime-gpu).")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--engines", "engine_set", help="TensorRT engine folder under engines/ (default: the one for this GPU).")
+def generate(
+    package: Path,
+    prompts: tuple[str, ...],
+    negative_prompt: str | None,
+    steps: int,
+    guidance: float,
+    scheduler: str | None,
+    height: int | None,
+    width: int | None,
+    seed: int | None,
+    images_per_prompt: int,
+    grid: tuple[str, ...],
+    out: Path,
+    backend: str,
+    precision: str | None,
+    device: str,
+    threads: int | None,
+    engine_set: str | None,
+) -> None:
+    """Generate images from a model package, without PyTorch.
+
+    \b
+    Examples:
+      python cli.py generate --package packages/tiny --prompt "a red fox" --steps 20 --guidance 7.5 \\
+          --scheduler euler_a --seed 1 --out fox.png
+      python cli.py generate --package packages/tiny --prompt "a red fox" --prompt "a cat" --images 2 --out batch.png
+      python cli.py generate --package packages/tiny --prompt "a red fox" \\
+          --grid steps=5,10,20,50 --grid guidance=1,3,7.5,15 --out grid.png
+
+    PNGs carry their generation parameters (JSON) in a "parameters" text chunk. A timing table per stage ends the run.
+    """
+    import secrets
+
+    from runtime import Pipeline
+    from runtime.images import contact_sheet, save_png
+
+    axes = _parse_grid(grid)
+    if axes and (len(prompts) > 1 or images_per_prompt > 1):
+        raise click.UsageError("--grid takes one --prompt and one image per cell")
+    if out.suffix.lower() != ".png":
+        raise click.BadParameter(f"{out}: give a .png path", param_hint="--out")
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    with Pipeline.from_package(
+        package, backend=backend, precision=precision, threads=threads, device=device, engine_set=engine_set
+    ) as pipe:
+        arguments: dict[str, Any] = {
+            "negative_prompt": negative_prompt, "num_inference_steps": steps, "guidance_scale": guidance,
+            "scheduler": scheduler, "height": height, "width": width, "seed": seed,
+        }
+        if not axes:
+            progress = _StepProgress()
+            result = pipe(list(prompts), num_images_per_prompt=images_per_prompt, callback=progress, **arguments)
+            progress.done()
+            paths = [out] if len(result.images) == 1 else [
+                out.with_name(f"{out.stem}-{k:02d}.png") for k in range(len(result.images))
+            ]
+            for path, image, params in zip(paths, result.images, result.parameters, strict=True):
+                save_png(image, path, params)
+                click.echo(f"wrote {path}  (seed {params['seed']})")
+            click.echo(_timing_table(result.timings, len(result.images)))
+            return
+        rows_key, row_values = axes[0]
+        columns_key, column_values = axes[1] if len(axes) > 1 else ("", [None])
+        names = {"steps": "num_inference_steps", "guidance": "guidance_scale", "scheduler": "scheduler", "seed": "seed"}
+        cells, total = [], None
+        for r, row_value in enumerate(row_values):
+            row = []
+            for c, column_value in enumerate(column_values):
+                cell_arguments = {**arguments, names[rows_key]: row_value}
+                if columns_key:
+                    cell_arguments[names[columns_key]] = column_value
+                progress = _StepProgress(f"[cell {r * len(column_values) + c + 1}/{len(row_values) * len(column_values)}] ")
+                result = pipe(prompts[0], callback=progress, **cell_arguments)
+                progress.done()
+                row.append(result.images[0])
+                total = result.timings if total is None else total.add(result.timings)
+            cells.append(row)
+        swept = {key for key, _ in axes}
+        settings = {"steps": steps, "guidance": guidance, "scheduler": scheduler or "default", "seed": seed}
+        fixed = {k: v for k, v in settings.items() if k not in swept}
+        title = f"{prompts[0]!r}  " + "  ".join(f"{k}={v}" for k, v in fixed.items())
+        sheet = contact_sheet(
+            cells,
+            [f"{rows_key}={v}" for v in row_values],
+            [f"{columns_key}={v}" for v in column_values] if columns_key else [""],
+            title=title,
+        )
+        save_png(sheet, out, {"prompt": prompts[0], "negative_prompt": negative_prompt, "grid": dict(axes), **fixed})
+        click.echo(f"wrote {out}  ({len(row_values)} x {len(column_values)} grid, seed {seed})")
+        click.echo(_timing_table(total, len(row_values) * len(column_values)))
+
+
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
@@ -186,5 +337,32 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line, rule, *body])
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; errors meant for the user become one line on stderr and a non-zero exit, never a traceback."""
+    try:
+        result = cli.main(args=argv, prog_name="cli.py", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _user_error_types()):
+            click.echo(f"error: {exc}", err=True)
+            return EXIT_USAGE
+        raise
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    """Console-script entry point (``diffship ...``)."""
+    sys.exit(main())
+
+
 if __name__ == "__main__":
-    main()
+    run()

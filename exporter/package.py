@@ -39,7 +39,7 @@ from engines.package import (
 )
 from engines.specs import PipelineConstants, symbolic_dims
 from exporter.onnx_export import ExportOptions, export_component
-from exporter.sources import SourceModels, load_source
+from exporter.sources import SourceModels, check_source_arguments, load_source
 from exporter.verify import Verification, check_onnx, random_inputs, verification_dims, verify_component
 from exporter.wrappers import COMPONENTS, boundary_module, component_specs, derive_constants, dim_multiples
 
@@ -101,6 +101,7 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
         if dtype not in DTYPES:
             raise ExportError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     out = Path(request.out)
+    check_source_arguments(request.model, request.model_path, request.random_weights)
     _check_destination(out)
     progress(f"loading {request.model or request.model_path}{' (random weights)' if request.random_weights else ''}")
     source = load_source(request.model, request.model_path, request.random_weights, request.seed)

@@ -121,6 +121,16 @@ class SourceModels:
             self._scratch = None
 
 
+def check_source_arguments(model: str | None, model_path: str | os.PathLike[str] | None, random_weights: bool) -> None:
+    """Reject impossible combinations before anything slow happens."""
+    if (model is None) == (model_path is None):
+        raise SourceError("give exactly one of --model NAME or --model-path DIR")
+    if model_path is not None and random_weights:
+        raise SourceError("--random-weights applies to --model presets, not to --model-path")
+    if model is not None and model not in PRESETS:
+        raise SourceError(f"unknown model {model!r}; choose one of: {', '.join(PRESETS)} (or use --model-path DIR)")
+
+
 def load_source(
     model: str | None = None,
     model_path: str | os.PathLike[str] | None = None,
@@ -128,16 +138,11 @@ def load_source(
     seed: int = DEFAULT_SEED,
 ) -> SourceModels:
     """Resolve ``--model``/``--model-path``/``--random-weights`` into torch modules (float32, eval mode)."""
-    if (model is None) == (model_path is None):
-        raise SourceError("give exactly one of --model NAME or --model-path DIR")
+    check_source_arguments(model, model_path, random_weights)
     if model_path is not None:
-        if random_weights:
-            raise SourceError("--random-weights applies to --model presets, not to --model-path")
         return _load_diffusers_dir(Path(model_path), {"kind": "path", "path": str(Path(model_path).resolve())})
     assert model is not None
-    preset = PRESETS.get(model)
-    if preset is None:
-        raise SourceError(f"unknown model {model!r}; choose one of: {', '.join(PRESETS)} (or use --model-path DIR)")
+    preset = PRESETS[model]
     if preset.hub_id is None or random_weights:
         return _build_from_configs(preset, seed)
     return _load_hub(preset)

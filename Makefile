@@ -1,0 +1,39 @@
+# make demo / make test on a fresh clone: both create .venv and install what they need first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test demo lint typecheck clean
+
+# torch goes in first, pinned: anything that asks for an unpinned torch would pull several GB of CUDA packages.
+$(STAMP): pyproject.toml constraints.txt scripts/patch_tensorrt_stubs.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[export,ort,trt-rtx,bench,dev]'
+	$(PIP) install --quiet --no-deps tensorrt-stubs==10.13.0.35.1
+	$(PY) scripts/patch_tensorrt_stubs.py
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(PY) cli.py export --model tiny --out packages/tiny
+	$(PY) cli.py build-trt --package packages/tiny --fp16 --backend trt-rtx --arch sm86,sm89
+	$(PY) cli.py generate --package packages/tiny --prompt "a red fox in the snow" --steps 20 --seed 42 --out demo-out/fox.png
+	$(PY) cli.py generate --package packages/tiny --prompt "a red fox in the snow" --seed 42 \
+		--grid steps=5,10,20 --grid guidance=1,4,7.5 --out demo-out/grid.png
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy engines/trt.py engines/build.py engines/trt_runtime.py
+
+clean:
+	rm -rf $(VENV) packages demo-out .pytest_cache .mypy_cache

@@ -1,0 +1,9 @@
+"""Errors the runtime raises for problems a caller can fix."""
+
+
+class PipelineError(Exception):
+    """The pipeline cannot be built or run as asked; the message says why and what is allowed."""
+
+
+class PipelineInputError(PipelineError, ValueError):
+    """An argument to ``Pipeline.__call__`` is invalid (type, range, shape, unknown name)."""

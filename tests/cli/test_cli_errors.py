@@ -1,0 +1,101 @@
+"""Bad input on the command line: one line on stderr, a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def test_export_unknown_model(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("export", "--model", "sd99", "--out", str(tmp_path / "p")), "unknown model 'sd99'", "tiny")
+
+
+def test_export_missing_weights_names_both_ways_out(tmp_path: Path) -> None:
+    result = run_cli("export", "--model", "sd15", "--out", str(tmp_path / "p"), env={"HF_HUB_OFFLINE": "1"})
+    assert_one_line_error(result, "--model-path", "--random-weights")
+    assert not (tmp_path / "p").exists()
+
+
+def test_export_unwritable_out() -> None:
+    assert_one_line_error(run_cli("export", "--model", "tiny", "--out", "/proc/diffship-test/pkg"), "--out")
+
+
+def test_export_existing_non_package_directory(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    assert_one_line_error(run_cli("export", "--model", "tiny", "--out", str(tmp_path)), "not a diffship package")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_export_out_is_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "file.png"
+    target.write_bytes(b"x")
+    assert_one_line_error(run_cli("export", "--model", "tiny", "--out", str(target)), "is a file")
+
+
+def test_export_model_and_model_path_together(tmp_path: Path) -> None:
+    assert_one_line_error(
+        run_cli("export", "--model", "tiny", "--model-path", str(tmp_path), "--out", str(tmp_path / "p")), "exactly one"
+    )
+
+
+def test_export_model_path_that_is_not_a_pipeline(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("export", "--model-path", str(tmp_path), "--out", str(tmp_path / "p")), "model_index.json")
+
+
+def test_export_bad_dtype(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("export", "--model", "tiny", "--dtype", "int8", "--out", str(tmp_path / "p")), "--dtype")
+
+
+@pytest.mark.parametrize(
+    "arguments,fragment",
+    [
+        (["--steps", "0"], "num_inference_steps"),
+        (["--steps", "many"], "--steps"),
+        (["--guidance", "-1"], "guidance_scale"),
+        (["--guidance", "nan"], "guidance_scale"),
+        (["--width", "100"], "multiple of 64"),
+        (["--height", "0"], "height"),
+        (["--scheduler", "heun"], "known: ddim, pndm"),
+        (["--images", "0"], "num_images_per_prompt"),
+        (["--seed", "-3"], "seed"),
+        (["--out", "image.jpg"], ".png"),
+        (["--grid", "colour=1,2"], "KEY one of"),
+        (["--grid", "steps=1", "--grid", "guidance=1", "--grid", "seed=1"], "at most two"),
+        (["--precision", "fp64"], "--precision"),
+    ],
+)
+def test_generate_bad_input(tiny_package: Path, tmp_path: Path, arguments: list[str], fragment: str) -> None:
+    result = run_cli(
+        "generate", "--package", str(tiny_package), "--prompt", "a fox", "--out", str(tmp_path / "x.png"), *arguments
+    )
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_generate_missing_package(tmp_path: Path) -> None:
+    assert_one_line_error(run_cli("generate", "--package", str(tmp_path / "none"), "--prompt", "x"), "not a directory")
+
+
+def test_generate_package_with_tampered_file(tiny_package: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "pkg"
+    shutil.copytree(tiny_package, copy)
+    onnx_file = copy / "onnx" / "unet" / "model.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[-1] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    result = run_cli("generate", "--package", str(copy), "--prompt", "x", "--out", str(tmp_path / "x.png"))
+    assert_one_line_error(result, "sha256", "model.onnx")

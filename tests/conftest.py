@@ -1,0 +1,107 @@
+"""Shared fixtures: tiny model packages exported once per session, and the diffusers folders they came from.
+
+Set DIFFSHIP_TEST_CACHE=/some/dir to keep packages between runs while developing: the exporter skips an export
+whose inputs (weights, dtypes, exporter, versions) are unchanged, so a warm cache costs seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _gpu_present() -> bool:
+    if shutil.which("nvidia-smi") is None:
+        return False
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _gpu_present():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none found: nvidia-smi missing or failing)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    configured = os.environ.get("DIFFSHIP_TEST_CACHE")
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("packages")
+
+
+def _export(cache_dir: Path, model: str, name: str, dtypes: tuple[str, ...], exporter: str = "dynamo") -> Path:
+    from exporter.onnx_export import ExportOptions
+    from exporter.package import ExportRequest, export_package
+
+    out = cache_dir / name
+    export_package(ExportRequest(out=out, model=model, dtypes=dtypes, options=ExportOptions(exporter=exporter)))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_package(cache_dir: Path) -> Path:
+    """SD 1.x tiny model, fp32 and fp16 ONNX (dynamo exporter)."""
+    return _export(cache_dir, "tiny", "tiny", ("fp32", "fp16"))
+
+
+@pytest.fixture(scope="session")
+def tiny_v_package(cache_dir: Path) -> Path:
+    """SD 2.x (v-prediction) tiny model, fp32 and fp16 ONNX (dynamo exporter)."""
+    return _export(cache_dir, "tiny-v", "tiny-v", ("fp32", "fp16"))
+
+
+@pytest.fixture(scope="session")
+def packages(tiny_package: Path, tiny_v_package: Path) -> dict[str, Path]:
+    return {"tiny": tiny_package, "tiny-v": tiny_v_package}
+
+
+@pytest.fixture(scope="session")
+def pretrained_dirs(cache_dir: Path) -> dict[str, Path]:
+    """``save_pretrained`` folders of the tiny models: what diffusers loads as the reference."""
+    from exporter.sources import load_source
+
+    folders = {}
+    for model in ("tiny", "tiny-v"):
+        folder = cache_dir / f"{model}-diffusers"
+        if not (folder / "model_index.json").is_file():
+            source = load_source(model)
+            staging = cache_dir / f".{model}-diffusers.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            source.diffusers_pipeline().save_pretrained(staging)
+            # save_pretrained writes every scheduler default explicitly (timestep_spacing "leading", ...), which
+            # changes what a swapped-in scheduler inherits. Keep the source's own file, as a hub folder has it and
+            # as the package holds it.
+            shutil.copyfile(source.scheduler_config_path, staging / "scheduler" / "scheduler_config.json")
+            source.close()
+            shutil.rmtree(folder, ignore_errors=True)
+            staging.rename(folder)
+        folders[model] = folder
+    return folders
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python cli.py ARGS`` in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )

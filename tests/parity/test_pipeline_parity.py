@@ -1,0 +1,115 @@
+"""End to end: runtime.Pipeline (ONNX Runtime, CPU) against diffusers' StableDiffusionPipeline on the same weights.
+
+The reference is diffusers loading the tiny models' ``save_pretrained`` folders; both sides get identical injected
+starting latents and, for the ancestral/LCM samplers, identical per-step noise. Bars (DESIGN.md section 5): fp32
+max pixel difference <= 2/255; fp16 PSNR >= 30 dB against diffusers fp32.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+diffusers = pytest.importorskip("diffusers")
+torch = pytest.importorskip("torch")
+
+from runtime import Pipeline  # noqa: E402
+from runtime.schedulers import SHORT_NAMES, resolve_scheduler  # noqa: E402
+
+PROMPTS = ["a red fox in the snow", "an astronaut riding a horse on the moon, highly detailed", "a bowl of ramen"]
+NEGATIVES = ["blurry", "low quality, watermark", ""]
+HEIGHT, WIDTH = 64, 128
+STEPS = 10
+SEED = 1234
+
+
+@pytest.fixture(scope="module")
+def reference_pipelines(pretrained_dirs: dict[str, Path]) -> dict[str, object]:
+    pipelines = {}
+    for name, folder in pretrained_dirs.items():
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None).to("cpu")
+        # Every swap starts from the scheduler as loaded: swapping from an already swapped one would carry keys
+        # (e.g. use_karras_sigmas) that the user never set for the new scheduler.
+        pipe.loaded_scheduler_config = pipe.scheduler.config
+        pipe.set_progress_bar_config(disable=True)
+        pipelines[name] = pipe
+    return pipelines
+
+
+@pytest.fixture(scope="module")
+def our_pipelines(packages: dict[str, Path]) -> dict[tuple[str, str], Pipeline]:
+    opened = {}
+    for name, path in packages.items():
+        for precision in ("fp32", "fp16"):
+            opened[name, precision] = Pipeline.from_package(path, backend="ort", precision=precision, device="cpu")
+    return opened
+
+
+def run_reference(pipe, scheduler: str, prompts, negatives, guidance: float, latents: np.ndarray, monkeypatch) -> np.ndarray:
+    scheduler_class, overrides = resolve_scheduler(scheduler)
+    pipe.scheduler = getattr(diffusers, scheduler_class.class_name).from_config(pipe.loaded_scheduler_config, **overrides)
+    module = importlib.import_module(type(pipe.scheduler).__module__)
+    if hasattr(module, "randn_tensor"):
+        # Ancestral/LCM noise: the same per-image numpy draws our pipeline makes (image k: default_rng(seed + k)).
+        generators = [np.random.default_rng(SEED + k) for k in range(len(latents))]
+
+        def draws(shape, generator=None, device=None, dtype=None, layout=None):
+            return torch.from_numpy(np.stack([g.standard_normal(tuple(shape[1:]), dtype=np.float32) for g in generators]))
+
+        monkeypatch.setattr(module, "randn_tensor", draws)
+    images = pipe(
+        prompts,
+        negative_prompt=negatives,
+        num_inference_steps=STEPS,
+        guidance_scale=guidance,
+        height=HEIGHT,
+        width=WIDTH,
+        latents=torch.from_numpy(latents.copy()),
+        output_type="np",
+    ).images
+    return (images * 255).round().astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def starting_latents() -> np.ndarray:
+    return np.random.default_rng(99).standard_normal((len(PROMPTS), 4, HEIGHT // 8, WIDTH // 8)).astype(np.float32)
+
+
+@pytest.mark.parametrize("negatives", [None, NEGATIVES], ids=["no-negative", "negative"])
+@pytest.mark.parametrize("guidance", [1.0, 7.5])
+@pytest.mark.parametrize("scheduler", list(SHORT_NAMES))
+@pytest.mark.parametrize("model", ["tiny", "tiny-v"])
+def test_pipeline_fp32_matches_diffusers(
+    model, scheduler, guidance, negatives, our_pipelines, reference_pipelines, monkeypatch
+) -> None:
+    latents = starting_latents()
+    ours = our_pipelines[model, "fp32"](
+        PROMPTS, negative_prompt=negatives, num_inference_steps=STEPS, guidance_scale=guidance, scheduler=scheduler,
+        height=HEIGHT, width=WIDTH, latents=latents, seed=SEED,
+    )
+    expected = run_reference(reference_pipelines[model], scheduler, PROMPTS, negatives, guidance, latents, monkeypatch)
+    actual = np.stack(ours.images)
+    assert actual.shape == expected.shape == (len(PROMPTS), HEIGHT, WIDTH, 3)
+    worst = int(np.abs(actual.astype(int) - expected.astype(int)).max())
+    assert worst <= 2, f"max pixel difference {worst}/255"
+
+
+@pytest.mark.parametrize("scheduler", ["pndm", "euler_a", "dpmpp_2m_karras"])
+@pytest.mark.parametrize("model", ["tiny", "tiny-v"])
+def test_pipeline_fp16_onnx_psnr_against_diffusers_fp32(
+    model, scheduler, our_pipelines, reference_pipelines, monkeypatch
+) -> None:
+    latents = starting_latents()
+    ours = our_pipelines[model, "fp16"](
+        PROMPTS, num_inference_steps=STEPS, scheduler=scheduler, height=HEIGHT, width=WIDTH, latents=latents, seed=SEED
+    )
+    expected = run_reference(reference_pipelines[model], scheduler, PROMPTS, None, 7.5, latents, monkeypatch)
+    assert psnr(np.stack(ours.images), expected) >= 30.0

@@ -1,0 +1,53 @@
+"""The deployable runtime must work with torch, diffusers and transformers absent (DESIGN.md section 2)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCK = """
+import sys
+for name in ("torch", "diffusers", "transformers", "optimum", "exporter", "tokenizers", "onnxscript"):
+    sys.modules[name] = None  # any import of these now raises ImportError
+"""
+
+
+def run_blocked(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", BLOCK + code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def test_runtime_and_engines_import_without_torch_diffusers_transformers() -> None:
+    result = run_blocked(
+        "import runtime, runtime.tokenizer, runtime.schedulers, runtime.pipeline, runtime.images\n"
+        "import engines, engines.specs, engines.package, engines.base, engines.ort, engines.loader\n"
+        "import engines.build, engines.trt, engines.profiles\n"
+        "print('ok')"
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_generate_an_image_without_torch(tiny_package: Path) -> None:
+    result = run_blocked(
+        "from runtime import Pipeline\n"
+        f"pipe = Pipeline.from_package({str(tiny_package)!r}, device='cpu')\n"
+        "result = pipe('a red fox in the snow', num_inference_steps=3, seed=1, scheduler='euler_a')\n"
+        "assert result.images[0].shape == (64, 64, 3)\n"
+        "loaded = [m for m, v in sys.modules.items() if v is not None and m.split('.')[0] in ('torch', 'diffusers', 'transformers')]\n"
+        "assert not loaded, loaded\n"
+        "print('ok')"
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_cli_generate_does_not_import_torch(tiny_package: Path, tmp_path: Path) -> None:
+    out = tmp_path / "fox.png"
+    result = run_blocked(
+        "import runpy\n"
+        f"sys.argv = ['cli.py', 'generate', '--package', {str(tiny_package)!r}, '--prompt', 'a fox', '--steps', '2',"
+        f" '--out', {str(out)!r}]\n"
+        "runpy.run_path('cli.py', run_name='__main__')\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.is_file()

@@ -7,6 +7,7 @@ exporter/, engines/ and runtime/. Errors a user can fix are printed as one line 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,131 @@ def export(
         _table(["component", "dtype", "size", "max abs diff", "rel L2", "PSNR dB", "parity", "time"], rows)
     )
     click.echo(f"package: {out}   total {result.seconds:.1f}s   peak memory {result.peak_rss_bytes / 2**30:.2f} GiB")
+
+BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "k": 2**10, "kib": 2**10, "m": 2**20,
+              "mib": 2**20, "g": 2**30, "gib": 2**30}
+
+
+def _parse_bytes(text: str | None) -> int | None:
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not match or match.group(2).lower() not in BYTE_UNITS:
+        raise click.BadParameter(f"{text!r}: give a size such as 4GiB, 512MiB or 1000000", param_hint="--workspace")
+    return int(float(match.group(1)) * BYTE_UNITS[match.group(2).lower()])
+
+
+@cli.command("build-trt")
+@click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
+@click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Engine precision.")
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "trt", "trt-rtx"]),
+    default="auto",
+    show_default=True,
+    help="trt: full TensorRT, for the GPU present. trt-rtx: TensorRT-RTX, ahead of time for --arch targets, no GPU "
+    "needed. auto: full TensorRT when it and a GPU are here, else TensorRT-RTX.",
+)
+@click.option("--arch", "archs", help="Compute capabilities for TensorRT-RTX, e.g. sm86,sm89,sm120 (default: this GPU's).")
+@click.option("--height", type=int, help="Optimal (or, with --static, the only) image height; default: the model's.")
+@click.option("--width", type=int, help="Optimal (or, with --static, the only) image width; default: the model's.")
+@click.option("--min-size", type=int, help="Smallest height/width the engines accept (dynamic shapes).")
+@click.option("--max-size", type=int, help="Largest height/width the engines accept (dynamic shapes).")
+@click.option("--batch", default=None, help="Images per call: N or MIN-MAX (default 1-4; with --static, 1).")
+@click.option("--static", is_flag=True, help="One shape only (fastest engines; enables CUDA graph replay at run time).")
+@click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5), help="Builder optimisation level.")
+@click.option("--workspace", help="Builder workspace limit, e.g. 4GiB (default: the library's).")
+@click.option("--components", default="text_encoder,unet,vae_decoder", show_default=True, help="Comma-separated components.")
+@click.option("--force", is_flag=True, help="Rebuild even when an engine with the same inputs exists.")
+def build_trt(
+    package: Path,
+    fp16: bool,
+    backend: str,
+    archs: str | None,
+    height: int | None,
+    width: int | None,
+    min_size: int | None,
+    max_size: int | None,
+    batch: str | None,
+    static: bool,
+    opt_level: int,
+    workspace: str | None,
+    components: str,
+    force: bool,
+) -> None:
+    """Build TensorRT or TensorRT-RTX engines for a package, into PACKAGE/engines/<backend>-<archs>-<precision>/.
+
+    \b
+    Examples:
+      python cli.py build-trt --package packages/tiny --fp16
+      python cli.py build-trt --package packages/tiny --fp16 --backend trt-rtx --arch sm86,sm89,sm120
+      python cli.py build-trt --package packages/sd15 --fp16 --height 512 --width 512 --batch 1 --static
+      python cli.py build-trt --package packages/sd15 --fp16 --min-size 256 --max-size 1024 --batch 1-4
+
+    Each engine comes with a per-layer precision report (<component>.layers.json) taken from the builder's own log;
+    an engine whose inputs (ONNX digest, shapes, precision, targets, library version, settings) did not change is
+    not rebuilt.
+    """
+    from engines.build import BuildRequest, build_engines, describe_summary
+    from engines.package import ModelPackage
+    from engines.profiles import parse_range, shape_request
+    from engines.specs import BuildConfig, Range
+    from engines.tensorrt_api import available_backends, local_gpu_arch
+
+    opened = ModelPackage.open(package)
+    constants = opened.constants
+    if backend == "auto":
+        found = available_backends()
+        backend = "trt" if "trt" in found and local_gpu_arch() is not None else "trt-rtx"
+    batch_range = parse_range(batch or ("1" if static else "1-4"), "--batch")
+    opt_height = height or constants.default_height
+    opt_width = width or constants.default_width
+    if static:
+        if batch_range.min != batch_range.max or min_size or max_size:
+            raise click.UsageError("--static builds one shape: give --batch N (one number) and no --min-size/--max-size")
+        heights, widths = Range.fixed(opt_height), Range.fixed(opt_width)
+    else:
+        multiple = constants.spatial_multiple
+        low = min_size or max(multiple, (min(opt_height, opt_width) // 2) // multiple * multiple)
+        high = max_size or 2 * max(opt_height, opt_width)
+        try:
+            heights = Range(low, min(max(opt_height, low), high), high)
+            widths = Range(low, min(max(opt_width, low), high), high)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--min-size/--max-size") from None
+    config = BuildConfig(
+        backend=backend,
+        precision="fp16" if fp16 else "fp32",
+        archs=tuple(a for a in (archs or "").split(",") if a.strip()),
+        optimization_level=opt_level,
+        workspace_bytes=_parse_bytes(workspace),
+    )
+    request = BuildRequest(
+        package=package,
+        config=config,
+        shapes=shape_request(constants, batch_range, heights, widths),
+        components=tuple(c.strip() for c in components.split(",") if c.strip()),
+        force=force,
+    )
+    result = build_engines(request)
+    rows = [
+        [
+            b.component,
+            b.route,
+            f"{b.plan_bytes / 1e6:,.1f} MB",
+            "up to date" if b.skipped else f"{b.seconds:.1f}s",
+            describe_summary(b.summary) if b.summary else "-",
+        ]
+        for b in result.builds
+    ]
+    click.echo(_table(["component", "from", "plan", "build", "precision (builder report)"], rows))
+    shapes = request.shapes
+    click.echo(
+        f"engines: {result.folder}  ({result.library.name} {result.library.version}, {', '.join(result.archs)}, "
+        f"batch {shapes.batch.min}-{shapes.batch.max}, {shapes.height.min}-{shapes.height.max} x "
+        f"{shapes.width.min}-{shapes.width.max} px)"
+    )
+
 
 GRID_KEYS = {"steps": int, "guidance": float, "scheduler": str, "seed": int}
 

@@ -51,6 +51,9 @@ class EngineBase:
     def outputs(self) -> tuple[TensorSpec, ...]:
         return self.spec.outputs
 
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
     def max_batch(self) -> int | None:
         """The largest batch one call accepts, or None when unlimited."""
         if self.profile is None:

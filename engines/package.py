@@ -83,6 +83,8 @@ class EngineEntry:
     key: str
     build_seconds: float
     onnx_sha256: str
+    onnx_dtype: str = "fp32"
+    """Precision of the ONNX the engine was built from: its I/O tensors have that variant's dtypes."""
     precision_summary: str | None = None
     """Path (relative to the package) of the per-layer precision report written at build time."""
     layer_precisions: Mapping[str, int] = field(default_factory=dict)
@@ -94,6 +96,7 @@ class EngineEntry:
             "key": self.key,
             "build_seconds": self.build_seconds,
             "onnx_sha256": self.onnx_sha256,
+            "onnx_dtype": self.onnx_dtype,
             "precision_summary": self.precision_summary,
             "layer_precisions": dict(self.layer_precisions),
         }
@@ -107,6 +110,7 @@ class EngineEntry:
             key=data["key"],
             build_seconds=data["build_seconds"],
             onnx_sha256=data["onnx_sha256"],
+            onnx_dtype=data.get("onnx_dtype", "fp32"),
             precision_summary=data.get("precision_summary"),
             layer_precisions=data.get("layer_precisions", {}),
         )

@@ -24,8 +24,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from engines.metrics import random_feeds
 from engines.package import (
     DTYPES,
     MANIFEST_NAME,
@@ -40,7 +42,7 @@ from engines.package import (
 from engines.specs import PipelineConstants, symbolic_dims
 from exporter.onnx_export import ExportOptions, export_component
 from exporter.sources import SourceModels, check_source_arguments, load_source
-from exporter.verify import Verification, check_onnx, random_inputs, verification_dims, verify_component
+from exporter.verify import Verification, check_onnx, verification_dims, verify_component
 from exporter.wrappers import COMPONENTS, boundary_module, component_specs, derive_constants, dim_multiples
 
 log = logging.getLogger(__name__)
@@ -206,7 +208,8 @@ def _write_package(
     variants: dict[str, dict[str, ComponentVariant]] = {}
     for component in COMPONENTS:
         reference = boundary_module(component, source)
-        example = random_inputs(specs[component], _example_dims(constants), torch.Generator().manual_seed(0), vocab_size)
+        feeds = random_feeds(specs[component], _example_dims(constants), np.random.default_rng(0), vocab_size)
+        example = tuple(torch.from_numpy(feeds[t.name]) for t in specs[component].inputs)
         for dtype in request.dtypes:
             label = f"{component} {dtype}"
             spec = specs[component].with_float_dtype(NUMPY_FLOAT[dtype])

@@ -22,8 +22,7 @@ import torch
 from exporter.vocab import write_clip_tokenizer
 
 if TYPE_CHECKING:
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from diffusers import StableDiffusionPipeline
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +67,10 @@ HUB_PATTERNS = [
 @dataclass
 class SourceModels:
     family: str
-    text_encoder: CLIPTextModel
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    # diffusers' and transformers' models (typed loosely: their classes are not visible to mypy as nn.Modules).
+    text_encoder: Any
+    unet: Any
+    vae: Any
     tokenizer_dir: Path
     scheduler_config_path: Path
     info: dict[str, Any]

@@ -8,6 +8,7 @@ shapes from the manifest.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +22,7 @@ COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 class TextEncoderBoundary(nn.Module):
     """input_ids -> (last_hidden_state, pooler_output); no attention mask, as diffusers' SD pipelines call it."""
 
-    def __init__(self, text_encoder: nn.Module) -> None:
+    def __init__(self, text_encoder: Any) -> None:
         super().__init__()
         self.text_encoder = text_encoder
 
@@ -33,7 +34,7 @@ class TextEncoderBoundary(nn.Module):
 class UNetBoundary(nn.Module):
     """(sample, timestep[batch], encoder_hidden_states) -> model output (noise, or v for v-prediction)."""
 
-    def __init__(self, unet: nn.Module) -> None:
+    def __init__(self, unet: Any) -> None:
         super().__init__()
         self.unet = unet
 
@@ -46,7 +47,7 @@ class UNetBoundary(nn.Module):
 class VaeDecoderBoundary(nn.Module):
     """Scaled latents -> image in [-1, 1] (post_quant_conv and decoder). Unscaling stays in the runtime."""
 
-    def __init__(self, vae: nn.Module) -> None:
+    def __init__(self, vae: Any) -> None:
         super().__init__()
         self.vae = vae
 
@@ -57,7 +58,7 @@ class VaeDecoderBoundary(nn.Module):
 class VaeEncoderBoundary(nn.Module):
     """Image in [-1, 1] -> latent distribution parameters (mean and log-variance stacked on channels)."""
 
-    def __init__(self, vae: nn.Module) -> None:
+    def __init__(self, vae: Any) -> None:
         super().__init__()
         self.vae = vae
 

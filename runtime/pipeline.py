@@ -171,25 +171,25 @@ class Pipeline:
             cond_embeddings, uncond_embeddings = self._encode_text(cond_ids, uncond_ids, request.images_per_prompt)
 
         generators = [np.random.default_rng(s) for s in request.seeds]
-        scheduler = self._make_scheduler(request)
-        latents = self._initial_latents(request, generators) * np.float32(scheduler.init_noise_sigma)
+        sampler = self._make_scheduler(request)
+        latents = self._initial_latents(request, generators) * np.float32(sampler.init_noise_sigma)
         denoise = ClassifierFreeGuidance(self.engines["unet"], cond_embeddings, uncond_embeddings, request.guidance_scale)
 
-        for i, timestep in enumerate(scheduler.timesteps):
+        for i, timestep in enumerate(sampler.timesteps):
             with timer.stage("scheduler"):
-                model_input = scheduler.scale_model_input(latents, i)
+                model_input = sampler.scale_model_input(latents, i)
             with timer.stage("unet"):
                 model_output = denoise(model_input, float(timestep))
             with timer.stage("scheduler"):
-                noise = _draw(generators, latents.shape[1:]) if scheduler.stochastic else None
-                latents = scheduler.step(model_output, i, latents, noise=noise)
+                noise = _draw(generators, latents.shape[1:]) if sampler.stochastic else None
+                latents = sampler.step(model_output, i, latents, noise=noise)
             if callback is not None:
                 callback(i, float(timestep), latents)
 
         with timer.stage("vae_decode"):
             pixels = self._decode(latents)
         images = to_uint8(pixels)
-        return GenerationResult(images, timer.finish(), self._describe(request, scheduler))
+        return GenerationResult(images, timer.finish(), self._describe(request, sampler))
 
     # ------------------------------------------------------------------ stages
 

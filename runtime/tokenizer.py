@@ -240,7 +240,7 @@ class CLIPTokenizer:
         ranks = self.bpe_ranks
         while len(symbols) > 1:
             best_rank, best = None, None
-            for pair in zip(symbols, symbols[1:]):
+            for pair in zip(symbols, symbols[1:], strict=False):
                 rank = ranks.get(pair)
                 if rank is not None and (best_rank is None or rank < best_rank):
                     best_rank, best = rank, pair

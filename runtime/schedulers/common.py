@@ -156,11 +156,9 @@ def spaced_timesteps(
     if spacing == "linspace":
         return np.linspace(0, last - 1, count)[::-1].copy()
     if spacing == "leading":
-        step_ratio = last // count
-        return (np.arange(0, count) * step_ratio).round()[::-1].copy() + steps_offset
+        return (np.arange(0, count) * (last // count)).round()[::-1].copy() + steps_offset
     if spacing == "trailing":
-        step_ratio = num_train_timesteps / count
-        return np.round(np.arange(last, 0, -step_ratio)) - 1
+        return np.round(np.arange(last, 0, -num_train_timesteps / count)) - 1
     raise SchedulerError(f"unknown timestep_spacing {spacing!r}")
 
 
@@ -169,14 +167,13 @@ def multistep_timesteps(
 ) -> np.ndarray:
     """DPM-Solver/UniPC spacing: ``count + 1`` points with the last (t = 0 end) dropped; int64."""
     last = num_train_timesteps if last_timestep is None else last_timestep
+    timesteps: np.ndarray
     if spacing == "linspace":
         timesteps = np.linspace(0, last - 1, count + 1).round()[::-1][:-1].copy()
     elif spacing == "leading":
-        step_ratio = last // (count + 1)
-        timesteps = (np.arange(0, count + 1) * step_ratio).round()[::-1][:-1].copy() + steps_offset
+        timesteps = (np.arange(0, count + 1) * (last // (count + 1))).round()[::-1][:-1].copy() + steps_offset
     elif spacing == "trailing":
-        step_ratio = num_train_timesteps / count
-        timesteps = np.arange(last, 0, -step_ratio).round() - 1
+        timesteps = np.arange(last, 0, -num_train_timesteps / count).round() - 1
     else:
         raise SchedulerError(f"unknown timestep_spacing {spacing!r}")
     return timesteps.astype(np.int64)
@@ -212,7 +209,7 @@ def alpha_sigma(sigma: np.float32) -> tuple[np.float32, np.float32]:
     return F32(alpha_t), F32(sigma * alpha_t)
 
 
-def log_snr(alpha_t: np.float32, sigma_t: np.float32) -> np.float32:
+def log_snr(alpha_t: Any, sigma_t: Any) -> Any:
     """lambda = log(alpha) - log(sigma); +inf at sigma = 0 (the final step), as in torch."""
     with np.errstate(divide="ignore"):
         return F32(np.log(alpha_t) - np.log(sigma_t))
@@ -235,7 +232,9 @@ class Scheduler:
     init_noise_sigma: float
     config: dict[str, Any]
 
-    def __init__(self, num_inference_steps: int, generator: np.random.Generator | None = None) -> None:
+    def __init__(
+        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
+    ) -> None:
         if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
             raise SchedulerError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         self.num_inference_steps = int(num_inference_steps)

@@ -46,7 +46,7 @@ class DDIM(Scheduler):
     def __init__(
         self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
     ) -> None:
-        super().__init__(num_inference_steps, generator)
+        super().__init__(config, num_inference_steps, generator)
         self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED)
         train_steps = cfg["num_train_timesteps"]
         if num_inference_steps > train_steps:

@@ -85,7 +85,7 @@ class DPMSolverMultistep(Scheduler):
     def __init__(
         self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
     ) -> None:
-        super().__init__(num_inference_steps, generator)
+        super().__init__(config, num_inference_steps, generator)
         cfg = resolve_config(self.class_name, apply_aliases(config, ALIASES), DEFAULTS, CHOICES, FIXED)
         self.config = cfg
         train_steps = cfg["num_train_timesteps"]

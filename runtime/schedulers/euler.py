@@ -93,7 +93,7 @@ class Euler(SigmaScheduler):
     def __init__(
         self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
     ) -> None:
-        super().__init__(num_inference_steps, generator)
+        super().__init__(config, num_inference_steps, generator)
         self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED)
         self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
         timesteps = euler_timesteps(cfg, num_inference_steps)

@@ -51,7 +51,7 @@ class LCM(Scheduler):
     def __init__(
         self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
     ) -> None:
-        super().__init__(num_inference_steps, generator)
+        super().__init__(config, num_inference_steps, generator)
         self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED)
         self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name)
         self.final_alpha_cumprod = F32(1.0) if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]

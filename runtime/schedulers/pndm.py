@@ -45,7 +45,7 @@ class PNDM(Scheduler):
     def __init__(
         self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
     ) -> None:
-        super().__init__(num_inference_steps, generator)
+        super().__init__(config, num_inference_steps, generator)
         self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, {})
         train_steps = cfg["num_train_timesteps"]
         self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name)

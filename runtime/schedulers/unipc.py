@@ -76,7 +76,7 @@ class UniPC(Scheduler):
     def __init__(
         self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
     ) -> None:
-        super().__init__(num_inference_steps, generator)
+        super().__init__(config, num_inference_steps, generator)
         self.config = cfg = resolve_config(self.class_name, apply_aliases(config, ALIASES), DEFAULTS, CHOICES, FIXED)
         self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
         timesteps = multistep_timesteps(

@@ -130,9 +130,9 @@ def test_export_from_model_path_matches_tiny_weights(tmp_path: Path, pretrained_
 
 
 def test_failed_verification_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import exporter.verify as verify
+    import engines.metrics as metrics
 
-    monkeypatch.setattr(verify, "FP32_MAX_ABS_RELATIVE", 0.0)
+    monkeypatch.setattr(metrics, "FP32_MAX_ABS_RELATIVE", 0.0)
     out = tmp_path / "pkg"
     with pytest.raises(ExportError, match="misses the parity bar"):
         export_package(ExportRequest(out=out, model="tiny", options=ExportOptions(exporter="legacy")))

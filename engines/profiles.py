@@ -1,0 +1,83 @@
+"""Shape profiles as data: from what a user asks for (images per call, pixel sizes) to min/opt/max of every input.
+
+The runtime calls the text encoder and the UNet on [unconditional; conditional] batches under classifier-free
+guidance, so their batch range runs from the smallest request unguided to twice the largest request guided.
+Latent sizes follow from the VAE scale factor. ``--static`` is the case where every range is one value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from engines.errors import EngineError
+from engines.specs import ComponentSpec, PipelineConstants, Range, ShapeProfile, ShapeRequest, symbolic_dims
+
+GUIDED_COMPONENTS = frozenset({"text_encoder", "unet"})
+"""Components the runtime calls on the doubled (CFG) batch."""
+
+
+def shape_request(
+    constants: PipelineConstants,
+    batch: Range,
+    height: Range | None = None,
+    width: Range | None = None,
+) -> ShapeRequest:
+    """A request with sizes defaulting to the model's native size, checked against the model's spatial multiple."""
+    height = height or Range.fixed(constants.default_height)
+    width = width or Range.fixed(constants.default_width)
+    multiple = constants.spatial_multiple
+    for name, span in (("height", height), ("width", width)):
+        for label, value in (("min", span.min), ("opt", span.opt), ("max", span.max)):
+            if value % multiple:
+                raise EngineError(
+                    f"{name} {label} {value} is not a multiple of {multiple} pixels, which this model needs "
+                    f"(its VAE factor {constants.vae_scale_factor} x its UNet's down-sampling)"
+                )
+    return ShapeRequest(batch=batch, height=height, width=width)
+
+
+def component_batch(component: str, batch: Range, static: bool) -> Range:
+    """The batch range a component sees for requests of ``batch`` images."""
+    if component not in GUIDED_COMPONENTS:
+        return batch
+    if static:
+        return Range.fixed(2 * batch.opt)
+    return Range(batch.min, 2 * batch.opt, 2 * batch.max)
+
+
+def shape_profiles(
+    request: ShapeRequest, constants: PipelineConstants, specs: Mapping[str, ComponentSpec]
+) -> dict[str, ShapeProfile]:
+    """The min/opt/max shape of every input of every component in ``specs``."""
+    factor = constants.vae_scale_factor
+    profiles = {}
+    for name, spec in specs.items():
+        batch = component_batch(name, request.batch, request.static)
+        corners = [
+            symbolic_dims(b, h, w, factor)
+            for b, h, w in (
+                (batch.min, request.height.min, request.width.min),
+                (batch.opt, request.height.opt, request.width.opt),
+                (batch.max, request.height.max, request.width.max),
+            )
+        ]
+        profiles[name] = ShapeProfile(
+            component=name,
+            shapes={
+                tensor.name: (tensor.resolve(corners[0]), tensor.resolve(corners[1]), tensor.resolve(corners[2]))
+                for tensor in spec.inputs
+            },
+        )
+    return profiles
+
+
+def parse_range(text: str, what: str) -> Range:
+    """``"4"`` -> 4..4, ``"1-4"`` -> 1..4 (opt = min); for CLI values."""
+    try:
+        if "-" in text:
+            low, high = (int(part) for part in text.split("-", 1))
+            return Range(low, low, high)
+        value = int(text)
+        return Range.fixed(value)
+    except ValueError as exc:
+        raise EngineError(f"{what} {text!r}: give N or MIN-MAX with 1 <= MIN <= MAX ({exc})") from None

@@ -1,0 +1,95 @@
+"""The ONNX Runtime adapter: feeds checked against the manifest's specs, files checked against their sha256."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.errors import FeedError, MissingLibraryError
+from engines.loader import open_engines
+from engines.ort import OrtEngine, OrtOptions, cuda_available
+from engines.package import ModelPackage, PackageError
+
+
+@pytest.fixture(scope="module")
+def unet(tiny_package: Path) -> OrtEngine:
+    package = ModelPackage.open(tiny_package)
+    variant = package.variant("unet", "fp32")
+    return OrtEngine(package.path(variant.onnx), variant.spec, OrtOptions(threads=1))
+
+
+def feeds(batch: int = 1, size: int = 8) -> dict[str, np.ndarray]:
+    return {
+        "sample": np.zeros((batch, 4, size, size), np.float32),
+        "timestep": np.full((batch,), 500, np.float32),
+        "encoder_hidden_states": np.zeros((batch, 77, 32), np.float32),
+    }
+
+
+def test_engine_runs_and_returns_named_outputs(unet: OrtEngine) -> None:
+    with unet as engine:
+        outputs = engine(feeds(2, 16))
+    assert set(outputs) == {"model_output"} and outputs["model_output"].shape == (2, 4, 16, 16)
+    assert unet.max_batch() is None
+
+
+@pytest.mark.parametrize(
+    "change,fragment",
+    [
+        (lambda f: f.pop("timestep"), "missing timestep"),
+        (lambda f: f.update(extra=np.zeros(1, np.float32)), "unexpected extra"),
+        (lambda f: f.update(sample=f["sample"].astype(np.float64)), "'sample' must be float32, got float64"),
+        (lambda f: f.update(sample=np.zeros((1, 3, 8, 8), np.float32)), "'sample': dimension 1 must be 4"),
+        (lambda f: f.update(sample=np.zeros((1, 4, 8), np.float32)), "'sample': expected 4 dimensions"),
+        (lambda f: f.update(timestep=np.zeros((2,), np.float32)), "'timestep' has batch=2 but 'sample' has batch=1"),
+        (lambda f: f.update(sample=[[1.0]]), "must be a numpy array"),
+    ],
+)
+def test_bad_feeds_name_the_offending_input(unet: OrtEngine, change, fragment: str) -> None:
+    bad = feeds()
+    change(bad)
+    with pytest.raises(FeedError) as raised:
+        unet(bad)
+    assert fragment in str(raised.value)
+
+
+def test_open_engines_refuses_files_whose_sha256_differs(tiny_package: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "pkg"
+    shutil.copytree(tiny_package, copy)
+    with open(copy / "onnx" / "vae_decoder" / "model.onnx", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(PackageError, match="sha256"):
+        open_engines(ModelPackage.open(copy), ["text_encoder", "vae_decoder"])
+
+
+def test_cuda_device_without_onnxruntime_gpu_names_the_extra(tiny_package: Path) -> None:
+    if cuda_available():
+        pytest.skip("onnxruntime-gpu is installed here")
+    package = ModelPackage.open(tiny_package)
+    variant = package.variant("unet", "fp32")
+    with pytest.raises(MissingLibraryError, match=r"diffship\[ort-gpu\]"):
+        OrtEngine(package.path(variant.onnx), variant.spec, OrtOptions(device="cuda"))
+
+
+def test_auto_device_falls_back_to_cpu(tiny_package: Path) -> None:
+    package = ModelPackage.open(tiny_package)
+    variant = package.variant("unet", "fp32")
+    engine = OrtEngine(package.path(variant.onnx), variant.spec, OrtOptions(device="auto"))
+    assert engine.device == ("cuda" if cuda_available() else "cpu")
+
+
+@pytest.mark.gpu
+def test_cuda_provider_with_io_binding_matches_cpu(tiny_package: Path) -> None:
+    if not cuda_available():
+        pytest.skip("onnxruntime-gpu is not installed")
+    package = ModelPackage.open(tiny_package)
+    variant = package.variant("unet", "fp32")
+    cpu = OrtEngine(package.path(variant.onnx), variant.spec, OrtOptions(device="cpu"))
+    gpu = OrtEngine(package.path(variant.onnx), variant.spec, OrtOptions(device="cuda"))
+    rng = np.random.default_rng(0)
+    inputs = feeds(2, 16)
+    inputs["sample"] = rng.standard_normal(inputs["sample"].shape).astype(np.float32)
+    np.testing.assert_allclose(gpu(inputs)["model_output"], cpu(inputs)["model_output"], atol=1e-3)

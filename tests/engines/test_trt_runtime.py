@@ -1,0 +1,66 @@
+"""The TensorRT runtime backend: clear refusals without a GPU here; end-to-end checks on a GPU (marked ``gpu``)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engines.errors import EngineError
+from engines.package import ModelPackage
+from runtime import Pipeline
+
+
+@pytest.fixture(scope="module")
+def package_with_engines(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("tensorrt_rtx")
+    from engines.build import BuildRequest, build_engines
+    from engines.profiles import shape_request
+    from engines.specs import BuildConfig, Range
+    from engines.tensorrt_api import local_gpu_arch
+
+    package = tmp_path_factory.mktemp("trt-run") / "tiny"
+    shutil.copytree(tiny_package, package)
+    arch = local_gpu_arch()
+    archs = (arch,) if arch and arch in ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121") else ("sm89",)
+    constants = ModelPackage.open(package).constants
+    build_engines(BuildRequest(
+        package, BuildConfig(backend="trt-rtx", precision="fp16", archs=archs),
+        shape_request(constants, Range(1, 1, 3), Range(64, 64, 128), Range(64, 64, 128))))
+    return package
+
+
+def test_trt_backend_without_gpu_says_so(package_with_engines: Path) -> None:
+    from engines.tensorrt_api import local_gpu_arch
+
+    if local_gpu_arch() is not None:
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(EngineError, match="NVIDIA GPU"):
+        Pipeline.from_package(package_with_engines, backend="trt")
+
+
+def test_trt_backend_without_engines_says_how_to_build(tiny_package: Path) -> None:
+    with pytest.raises(EngineError, match="build-trt"):
+        Pipeline.from_package(tiny_package, backend="trt")
+
+
+@pytest.mark.gpu
+def test_trt_engines_match_onnxruntime_fp32_end_to_end(package_with_engines: Path) -> None:
+    arguments = {"prompt": ["a red fox", "a cat"], "num_inference_steps": 10, "seed": 3, "height": 64, "width": 128}
+    with Pipeline.from_package(package_with_engines, backend="ort", precision="fp32", device="cpu") as reference:
+        expected = np.stack(reference(**arguments).images).astype(np.float64)
+    with Pipeline.from_package(package_with_engines, backend="trt") as pipe:
+        actual = np.stack(pipe(**arguments).images).astype(np.float64)
+    mse = float(np.mean((actual - expected) ** 2))
+    psnr = math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+    assert psnr >= 30.0, psnr
+
+
+@pytest.mark.gpu
+def test_trt_engine_refuses_shapes_outside_its_profile(package_with_engines: Path) -> None:
+    with Pipeline.from_package(package_with_engines, backend="trt") as pipe:
+        with pytest.raises(Exception, match="outside"):
+            pipe("x", height=256, width=256, num_inference_steps=1)

@@ -14,6 +14,8 @@ from typing import Any
 
 import click
 
+from runtime.tables import format_table
+
 EXIT_USAGE = 2
 
 
@@ -152,7 +154,7 @@ def export(
         for r in result.reports
     ]
     click.echo(
-        _table(["component", "dtype", "size", "max abs diff", "rel L2", "PSNR dB", "parity", "time"], rows)
+        format_table(["component", "dtype", "size", "max abs diff", "rel L2", "PSNR dB", "parity", "time"], rows)
     )
     click.echo(f"package: {out}   total {result.seconds:.1f}s   peak memory {result.peak_rss_bytes / 2**30:.2f} GiB")
 
@@ -272,7 +274,7 @@ def build_trt(
         ]
         for b in result.builds
     ]
-    click.echo(_table(["component", "from", "plan", "build", "precision (builder report)"], rows))
+    click.echo(format_table(["component", "from", "plan", "build", "precision (builder report)"], rows))
     shapes = request.shapes
     click.echo(
         f"engines: {result.folder}  ({result.library.name} {result.library.version}, {', '.join(result.archs)}, "
@@ -321,7 +323,7 @@ class _StepProgress:
             click.echo("\r" + " " * 60 + "\r", err=True, nl=False)
 
 
-def _timing_table(timings: Any, images: int) -> str:
+def _timingformat_table(timings: Any, images: int) -> str:
     stages = timings.stage_seconds()
     steps = len(timings.unet_steps)
     rows = []
@@ -329,7 +331,7 @@ def _timing_table(timings: Any, images: int) -> str:
         share = f"{100 * seconds / timings.total:5.1f}%" if timings.total else "-"
         note = f"{steps} steps, {timings.unet / steps * 1000:.1f} ms/step" if name == "unet" and steps else ""
         rows.append([name, f"{seconds:.3f}s", share, note])
-    return _table(["stage", "time", "share", ""], rows) + f"\n{images} image(s)"
+    return format_table(["stage", "time", "share", ""], rows) + f"\n{images} image(s)"
 
 
 @cli.command()
@@ -421,7 +423,7 @@ def generate(
             for path, image, params in zip(paths, result.images, result.parameters, strict=True):
                 save_png(image, path, params)
                 click.echo(f"wrote {path}  (seed {params['seed']})")
-            click.echo(_timing_table(result.timings, len(result.images)))
+            click.echo(_timingformat_table(result.timings, len(result.images)))
             return
         rows_key, row_values = axes[0]
         columns_key, column_values = axes[1] if len(axes) > 1 else ("", [None])
@@ -451,16 +453,149 @@ def generate(
         )
         save_png(sheet, out, {"prompt": prompts[0], "negative_prompt": negative_prompt, "grid": dict(axes), **fixed})
         click.echo(f"wrote {out}  ({len(row_values)} x {len(column_values)} grid, seed {seed})")
-        click.echo(_timing_table(total, len(row_values) * len(column_values)))
+        click.echo(_timingformat_table(total, len(row_values) * len(column_values)))
 
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(x)) for x in column) for column in zip(headers, *rows, strict=True)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    rule = "  ".join("-" * w for w in widths)
-    body = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
-    return "\n".join([line, rule, *body])
+def _parse_list(text: str, kind: type, what: str) -> list[Any]:
+    try:
+        values = [kind(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give comma-separated {kind.__name__} values", param_hint=what) from None
+    if not values:
+        raise click.BadParameter("give at least one value", param_hint=what)
+    return values
+
+
+@cli.command()
+@click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
+@click.option("--size", type=int, help="Image height and width (default: the model's native size).")
+@click.option("--height", type=int, help="Image height (overrides --size).")
+@click.option("--width", type=int, help="Image width (overrides --size).")
+@click.option("--steps", "steps_text", default="1,4,20", show_default=True, help="Comma-separated step counts.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1), help="Measured runs per setting.")
+@click.option("--guidance", default=7.5, show_default=True, help="Guidance scale for both sides.")
+@click.option("--scheduler", help="Scheduler for both sides (default: the package's own).")
+@click.option("--prompt", default="a photograph of an astronaut riding a horse, highly detailed", show_default=True)
+@click.option("--backends", default="ort", show_default=True,
+              help="Runtime backends to compare: ort, ort-fp16, trt (comma-separated).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
+              help="cpu, or cuda for ONNX Runtime's CUDA provider and diffusers in fp16 on the GPU.")
+@click.option("--threads", type=int, help="Threads for both ONNX Runtime and torch (default: their own defaults).")
+@click.option("--json", "json_path", default="bench-out/bench.json", show_default=True, type=click.Path(path_type=Path))
+@click.option("--plots", "plot_dir", type=click.Path(path_type=Path), help="Folder for PNG plots (default: beside --json).")
+@click.option("--cold-start/--no-cold-start", default=True, show_default=True,
+              help="Also measure import time, process start to first image and peak memory in fresh processes.")
+@click.option("--quick", is_flag=True, help="A one-minute sanity run: steps 1,2, one repeat.")
+def bench(
+    package: Path,
+    size: int | None,
+    height: int | None,
+    width: int | None,
+    steps_text: str,
+    repeats: int,
+    guidance: float,
+    scheduler: str | None,
+    prompt: str,
+    backends: str,
+    device: str,
+    threads: int | None,
+    json_path: Path,
+    plot_dir: Path | None,
+    cold_start: bool,
+    quick: bool,
+) -> None:
+    """Benchmark the runtime against diffusers on the same weights, settings and latents, interleaved.
+
+    \b
+    Examples:
+      python cli.py bench --package packages/sd15-random --size 256 --steps 1,4,20 --repeats 3 --json bench.json
+      python cli.py bench --package packages/tiny --quick
+      python cli.py bench --package packages/sd15 --device cuda --backends ort,trt --size 512 --steps 20,50
+
+    Prints latency (median, min, max; ratio to diffusers), the per-stage breakdown, the runtime's time outside its
+    engines, and cold start; writes every raw figure to --json and PNG plots beside it.
+    """
+    from bench.harness import BenchSettings, format_tables, run_bench, write_outputs
+    from engines.package import ModelPackage
+
+    constants = ModelPackage.open(package).constants
+    steps = (1, 2) if quick else tuple(_parse_list(steps_text, int, "--steps"))
+    if any(s < 1 for s in steps):
+        raise click.BadParameter("step counts must be >= 1", param_hint="--steps")
+    settings = BenchSettings(
+        package=package,
+        height=height or size or constants.default_height,
+        width=width or size or constants.default_width,
+        steps=steps,
+        repeats=1 if quick else repeats,
+        guidance=guidance,
+        scheduler=scheduler,
+        prompt=prompt,
+        backends=tuple(_parse_list(backends, str, "--backends")),
+        threads=threads,
+        device=device,
+        cold_start=cold_start,
+    )
+    result = run_bench(settings, progress=lambda line: click.echo(line, err=True))
+    written = write_outputs(result, json_path, plot_dir or json_path.parent)
+    click.echo(format_tables(result))
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@cli.command()
+@click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
+@click.option("--schedulers", default="all", show_default=True, help="'all' or comma-separated scheduler names.")
+@click.option("--guidance", "guidance_text", default="1,7.5", show_default=True, help="Comma-separated guidance scales.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Denoising steps per case.")
+@click.option("--size", type=int, help="Image height and width (default: the model's native size).")
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), help="ONNX precision for ort (default fp32).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--out", "out_dir", default="parity-out", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for parity.json and the worst case's side-by-side image.")
+def parity(
+    package: Path,
+    schedulers: str,
+    guidance_text: str,
+    steps: int,
+    size: int | None,
+    backend: str,
+    precision: str | None,
+    device: str,
+    out_dir: Path,
+) -> None:
+    """End-to-end parity report against diffusers (same weights, same injected latents); exits 1 on any miss.
+
+    \b
+    Examples:
+      python cli.py parity --package packages/tiny --schedulers all
+      python cli.py parity --package packages/tiny --precision fp16 --schedulers euler_a,dpmpp_2m --guidance 7.5
+
+    Bars: fp32 ONNX Runtime, max pixel difference <= 2/255; fp16 and TensorRT, PSNR >= 30 dB against diffusers fp32.
+    """
+    from bench.parity import parity_report
+    from runtime.schedulers import SHORT_NAMES, resolve_scheduler
+
+    names = list(SHORT_NAMES) if schedulers.strip() == "all" else _parse_list(schedulers, str, "--schedulers")
+    for name in names:
+        try:
+            resolve_scheduler(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--schedulers") from None
+    report = parity_report(
+        package, names, _parse_list(guidance_text, float, "--guidance"), out_dir, steps=steps, backend=backend,
+        precision=precision, height=size, width=size, device=device,
+    )
+    rows = [[c.scheduler, f"{c.guidance:g}", f"{c.max_pixel_diff}/255", f"{c.psnr_db:.1f}", "pass" if c.passed else "FAIL",
+             f"{c.seconds:.1f}s"] for c in report.cases]
+    click.echo(format_table(["scheduler", "guidance", "max diff", "PSNR dB", f"bar: {report.bar}", "time"], rows))
+    click.echo(f"worst case: {report.worst_image}   report: {out_dir / 'parity.json'}")
+    if not report.passed:
+        failed = sum(not c.passed for c in report.cases)
+        click.echo(f"error: {failed} of {len(report.cases)} cases miss the bar ({report.bar})", err=True)
+        sys.exit(1)
+    click.echo(f"all {len(report.cases)} cases pass ({report.bar})")
 
 
 def main(argv: list[str] | None = None) -> int:

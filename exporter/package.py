@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import resource
 import shutil
 import tempfile
 import time
@@ -44,6 +43,7 @@ from exporter.onnx_export import ExportOptions, export_component
 from exporter.sources import SourceModels, check_source_arguments, load_source
 from exporter.verify import Verification, check_onnx, verification_dims, verify_component
 from exporter.wrappers import COMPONENTS, boundary_module, component_specs, derive_constants, dim_multiples
+from runtime.timing import peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
         key, key_inputs = _export_key(source, request)
         if not request.force and _is_up_to_date(out, key):
             progress(f"{out} is up to date (same weights, dtypes, exporter and versions): skipping; --force re-exports")
-            return ExportResult(out, True, (), time.perf_counter() - started, _peak_rss())
+            return ExportResult(out, True, (), time.perf_counter() - started, peak_rss_bytes())
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         os.chmod(staging, 0o777 & ~current_umask())
         try:
@@ -124,7 +124,7 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
     finally:
         source.close()
     progress(f"package written to {out}")
-    return ExportResult(out, False, tuple(reports), time.perf_counter() - started, _peak_rss())
+    return ExportResult(out, False, tuple(reports), time.perf_counter() - started, peak_rss_bytes())
 
 
 def _check_destination(out: Path) -> None:
@@ -311,10 +311,6 @@ def _move_into_place(staging: Path, out: Path) -> None:
     os.replace(staging, out)
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
-
-
-def _peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _megabytes(size: int) -> str:

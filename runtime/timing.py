@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,3 +77,15 @@ class StageTimer:
     def finish(self) -> Timings:
         self.timings.total = time.perf_counter() - self._started
         return self.timings
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since exec (VmHWM; ru_maxrss would include a parent's at fork)."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -1,13 +1,13 @@
 """End to end: runtime.Pipeline (ONNX Runtime, CPU) against diffusers' StableDiffusionPipeline on the same weights.
 
-The reference is diffusers loading the tiny models' ``save_pretrained`` folders; both sides get identical injected
-starting latents and, for the ancestral/LCM samplers, identical per-step noise. Bars (DESIGN.md section 5): fp32
+The reference is diffusers loading the tiny models' ``save_pretrained`` folders, driven by bench.reference (schedulers
+swapped as users swap them); both sides get identical injected starting latents and, for the ancestral/LCM samplers,
+identical per-step noise. Bars (DESIGN.md section 5): fp32
 max pixel difference <= 2/255; fp16 PSNR >= 30 dB against diffusers fp32.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from pathlib import Path
 
@@ -17,8 +17,9 @@ import pytest
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
+from bench.reference import Reference, run_reference  # noqa: E402
 from runtime import Pipeline  # noqa: E402
-from runtime.schedulers import SHORT_NAMES, resolve_scheduler  # noqa: E402
+from runtime.schedulers import SHORT_NAMES  # noqa: E402
 
 PROMPTS = ["a red fox in the snow", "an astronaut riding a horse on the moon, highly detailed", "a bowl of ramen"]
 NEGATIVES = ["blurry", "low quality, watermark", ""]
@@ -28,16 +29,14 @@ SEED = 1234
 
 
 @pytest.fixture(scope="module")
-def reference_pipelines(pretrained_dirs: dict[str, Path]) -> dict[str, object]:
-    pipelines = {}
+def reference_pipelines(pretrained_dirs: dict[str, Path]) -> dict[str, Reference]:
+    references = {}
     for name, folder in pretrained_dirs.items():
         pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None).to("cpu")
-        # Every swap starts from the scheduler as loaded: swapping from an already swapped one would carry keys
-        # (e.g. use_karras_sigmas) that the user never set for the new scheduler.
-        pipe.loaded_scheduler_config = pipe.scheduler.config
         pipe.set_progress_bar_config(disable=True)
-        pipelines[name] = pipe
-    return pipelines
+        # Every swap starts from the scheduler as loaded, as a user's would.
+        references[name] = Reference(pipe, pipe.scheduler.config, "cpu", "fp32", 8)
+    return references
 
 
 @pytest.fixture(scope="module")
@@ -49,29 +48,9 @@ def our_pipelines(packages: dict[str, Path]) -> dict[tuple[str, str], Pipeline]:
     return opened
 
 
-def run_reference(pipe, scheduler: str, prompts, negatives, guidance: float, latents: np.ndarray, monkeypatch) -> np.ndarray:
-    scheduler_class, overrides = resolve_scheduler(scheduler)
-    pipe.scheduler = getattr(diffusers, scheduler_class.class_name).from_config(pipe.loaded_scheduler_config, **overrides)
-    module = importlib.import_module(type(pipe.scheduler).__module__)
-    if hasattr(module, "randn_tensor"):
-        # Ancestral/LCM noise: the same per-image numpy draws our pipeline makes (image k: default_rng(seed + k)).
-        generators = [np.random.default_rng(SEED + k) for k in range(len(latents))]
-
-        def draws(shape, generator=None, device=None, dtype=None, layout=None):
-            return torch.from_numpy(np.stack([g.standard_normal(tuple(shape[1:]), dtype=np.float32) for g in generators]))
-
-        monkeypatch.setattr(module, "randn_tensor", draws)
-    images = pipe(
-        prompts,
-        negative_prompt=negatives,
-        num_inference_steps=STEPS,
-        guidance_scale=guidance,
-        height=HEIGHT,
-        width=WIDTH,
-        latents=torch.from_numpy(latents.copy()),
-        output_type="np",
-    ).images
-    return (images * 255).round().astype(np.uint8)
+def run_diffusers(reference: Reference, scheduler: str, negatives, guidance: float, latents: np.ndarray) -> np.ndarray:
+    seeds = [SEED + k for k in range(len(latents))]
+    return np.stack(run_reference(reference, PROMPTS, latents, seeds, negatives, STEPS, guidance, scheduler))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,15 +66,13 @@ def starting_latents() -> np.ndarray:
 @pytest.mark.parametrize("guidance", [1.0, 7.5])
 @pytest.mark.parametrize("scheduler", list(SHORT_NAMES))
 @pytest.mark.parametrize("model", ["tiny", "tiny-v"])
-def test_pipeline_fp32_matches_diffusers(
-    model, scheduler, guidance, negatives, our_pipelines, reference_pipelines, monkeypatch
-) -> None:
+def test_pipeline_fp32_matches_diffusers(model, scheduler, guidance, negatives, our_pipelines, reference_pipelines) -> None:
     latents = starting_latents()
     ours = our_pipelines[model, "fp32"](
         PROMPTS, negative_prompt=negatives, num_inference_steps=STEPS, guidance_scale=guidance, scheduler=scheduler,
         height=HEIGHT, width=WIDTH, latents=latents, seed=SEED,
     )
-    expected = run_reference(reference_pipelines[model], scheduler, PROMPTS, negatives, guidance, latents, monkeypatch)
+    expected = run_diffusers(reference_pipelines[model], scheduler, negatives, guidance, latents)
     actual = np.stack(ours.images)
     assert actual.shape == expected.shape == (len(PROMPTS), HEIGHT, WIDTH, 3)
     worst = int(np.abs(actual.astype(int) - expected.astype(int)).max())
@@ -104,12 +81,10 @@ def test_pipeline_fp32_matches_diffusers(
 
 @pytest.mark.parametrize("scheduler", ["pndm", "euler_a", "dpmpp_2m_karras"])
 @pytest.mark.parametrize("model", ["tiny", "tiny-v"])
-def test_pipeline_fp16_onnx_psnr_against_diffusers_fp32(
-    model, scheduler, our_pipelines, reference_pipelines, monkeypatch
-) -> None:
+def test_pipeline_fp16_onnx_psnr_against_diffusers_fp32(model, scheduler, our_pipelines, reference_pipelines) -> None:
     latents = starting_latents()
     ours = our_pipelines[model, "fp16"](
         PROMPTS, num_inference_steps=STEPS, scheduler=scheduler, height=HEIGHT, width=WIDTH, latents=latents, seed=SEED
     )
-    expected = run_reference(reference_pipelines[model], scheduler, PROMPTS, None, 7.5, latents, monkeypatch)
+    expected = run_diffusers(reference_pipelines[model], scheduler, None, 7.5, latents)
     assert psnr(np.stack(ours.images), expected) >= 30.0

@@ -1,0 +1,131 @@
+"""Cold start in fresh processes: import time, process start to first image, and peak resident memory.
+
+    python -m bench.coldstart runtime --package DIR --height H --width W [--backend ort] [--threads N] [--device cpu]
+    python -m bench.coldstart diffusers --pretrained DIR --height H --width W [--device cpu]
+
+Each prints one JSON line; ``measure_cold_start`` runs both and adds the wall time from launching the process to
+the first image. diffusers loads a ``save_pretrained`` copy of the package's very weights (safetensors), the way a
+diffusers service starts; the copy is made once and kept in the cache folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from runtime.timing import peak_rss_bytes
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("DIFFSHIP_CACHE", Path.home() / ".cache" / "diffship"))
+
+
+def pretrained_copy(package: Any) -> Path:
+    """A diffusers folder with the package's weights (made once, atomically)."""
+    from bench.reference import reference_pipeline
+
+    digest = package.manifest.source.get("weights_sha256", "unknown")[:16]
+    folder = cache_dir() / f"reference-{digest}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    reference = reference_pipeline(package)
+    reference.pipe.save_pretrained(staging)
+    # Keep the package's own scheduler file: save_pretrained spells out every default, which changes swaps.
+    shutil.copyfile(package.path("scheduler/scheduler_config.json"), staging / "scheduler" / "scheduler_config.json")
+    os.replace(staging, folder)
+    return folder
+
+
+def measure_cold_start(settings: Any, package: Any, progress: Callable[[str], None]) -> dict[str, Any]:
+    common = ["--height", str(settings.height), "--width", str(settings.width), "--device", settings.device]
+    if settings.threads:
+        common += ["--threads", str(settings.threads)]
+    commands = {"diffusers": ["diffusers", "--pretrained", str(pretrained_copy(package)), *common]}
+    for backend in settings.backends:
+        name, _, precision = backend.partition("-")
+        extra = ["--precision", precision] if precision else []
+        commands[f"diffship {backend}"] = ["runtime", "--package", str(settings.package), "--backend", name, *extra, *common]
+    results = {}
+    for label, arguments in commands.items():
+        progress(f"cold start: {label}")
+        launched = time.time()
+        completed = subprocess.run([sys.executable, "-m", "bench.coldstart", *arguments], capture_output=True,
+                                   text=True, cwd=ROOT, timeout=3600)
+        if completed.returncode != 0:
+            raise RuntimeError(f"cold-start run for {label} failed:\n{completed.stderr[-2000:]}")
+        data = json.loads(completed.stdout.strip().splitlines()[-1])
+        data["first_image_s"] = data.pop("finished_wall") - launched
+        results[label] = data
+    return results
+
+
+def _child(arguments: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    if arguments.mode == "runtime":
+        import onnxruntime  # noqa: F401  (part of what a runtime service imports)
+
+        from runtime import Pipeline
+        from runtime.pipeline import Pipeline as _loaded  # noqa: F401  (force the lazy import now)
+
+        imported = time.perf_counter()
+        pipe = Pipeline.from_package(arguments.package, backend=arguments.backend, precision=arguments.precision,
+                                     threads=arguments.threads, device=arguments.device)
+        loaded = time.perf_counter()
+        pipe(PROMPT, num_inference_steps=1, height=arguments.height, width=arguments.width, seed=0)
+    else:
+        import torch
+        from diffusers import StableDiffusionPipeline
+
+        imported = time.perf_counter()
+        if arguments.threads:
+            torch.set_num_threads(arguments.threads)
+        cuda = arguments.device in ("cuda", "auto") and torch.cuda.is_available()
+        pipe = StableDiffusionPipeline.from_pretrained(
+            arguments.pretrained, safety_checker=None, torch_dtype=torch.float16 if cuda else torch.float32
+        ).to("cuda" if cuda else "cpu")
+        pipe.set_progress_bar_config(disable=True)
+        loaded = time.perf_counter()
+        with torch.inference_mode():
+            pipe(PROMPT, num_inference_steps=1, height=arguments.height, width=arguments.width, output_type="np")
+        if cuda:
+            torch.cuda.synchronize()
+    finished = time.perf_counter()
+    return {
+        "import_s": imported - start,
+        "load_s": loaded - imported,
+        "generate_s": finished - loaded,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "finished_wall": time.time(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["runtime", "diffusers"])
+    parser.add_argument("--package")
+    parser.add_argument("--pretrained")
+    parser.add_argument("--backend", default="ort")
+    parser.add_argument("--precision")
+    parser.add_argument("--height", type=int, required=True)
+    parser.add_argument("--width", type=int, required=True)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--device", default="cpu")
+    print(json.dumps(_child(parser.parse_args())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""``cli.py bench``: runtime.Pipeline (each backend) against diffusers on the same weights, settings and latents.
+
+Runs are interleaved (diffusers, runtime, diffusers, runtime, ...) within one process so that machine drift hits
+both; each contender gets one unmeasured warm-up. Every run records its end-to-end time and per-stage breakdown;
+the summary holds medians, min, max and runtime/diffusers ratios. Cold start (process start to first image),
+import time and peak resident memory are measured in fresh subprocesses (bench/coldstart.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.reference import Reference, reference_pipeline, run_reference, use_scheduler
+from engines.base import EngineBase
+from engines.package import ModelPackage
+from runtime import Pipeline
+from runtime.tables import format_table
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "a photograph of an astronaut riding a horse, highly detailed"
+STAGES = ("tokenize", "text_encoder", "unet", "scheduler_and_loop", "vae_decode")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    package: Path
+    height: int
+    width: int
+    steps: tuple[int, ...]
+    repeats: int
+    guidance: float = 7.5
+    scheduler: str | None = None
+    prompt: str = DEFAULT_PROMPT
+    backends: tuple[str, ...] = ("ort",)
+    threads: int | None = None
+    device: str = "cpu"
+    cold_start: bool = True
+    seed: int = 0
+
+
+@dataclass
+class Run:
+    contender: str
+    steps: int
+    repeat: int
+    total: float
+    stages: dict[str, float]
+    unet_steps: list[float]
+    engine_seconds: float | None = None
+    """Time inside engine calls (runtime only): total minus this is the cost of our own Python."""
+
+
+@dataclass
+class BenchResult:
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    runs: list[Run]
+    summary: list[dict[str, Any]]
+    cold_start: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings,
+            "machine": self.machine,
+            "summary": self.summary,
+            "cold_start": self.cold_start,
+            "runs": [asdict(r) for r in self.runs],
+        }
+
+
+class TimedEngine(EngineBase):
+    """An engine that adds the wall time of each call to a shared counter."""
+
+    def __init__(self, inner: EngineBase, counter: list[float]) -> None:
+        self.inner, self.spec, self.profile, self.counter = inner, inner.spec, inner.profile, counter
+
+    def max_batch(self) -> int | None:
+        return self.inner.max_batch()
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        try:
+            return self.inner(feeds)
+        finally:
+            self.counter[0] += time.perf_counter() - start
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class RuntimeContender:
+    def __init__(self, pipe: Pipeline, name: str) -> None:
+        self.pipe, self.name = pipe, name
+        self.engine_time = [0.0]
+        pipe.engines = {k: TimedEngine(v, self.engine_time) for k, v in pipe.engines.items()}
+
+    def run(self, settings: BenchSettings, steps: int, latents: np.ndarray) -> Run:
+        self.engine_time[0] = 0.0
+        result = self.pipe(
+            settings.prompt, num_inference_steps=steps, guidance_scale=settings.guidance, scheduler=settings.scheduler,
+            height=settings.height, width=settings.width, latents=latents, seed=settings.seed,
+        )
+        timings = result.timings
+        stages = {
+            "tokenize": timings.tokenize,
+            "text_encoder": timings.text_encoder,
+            "unet": timings.unet,
+            "scheduler_and_loop": timings.scheduler + timings.other,
+            "vae_decode": timings.vae_decode,
+        }
+        return Run(self.name, steps, 0, timings.total, stages, list(timings.unet_steps), self.engine_time[0])
+
+    def close(self) -> None:
+        self.pipe.close()
+
+
+class DiffusersContender:
+    """diffusers' pipeline with its stages timed from the outside (wrapped methods, nothing inside changed)."""
+
+    def __init__(self, reference: Reference, name: str) -> None:
+        self.reference, self.name = reference, name
+
+    def run(self, settings: BenchSettings, steps: int, latents: np.ndarray) -> Run:
+        pipe = self.reference.pipe
+        use_scheduler(self.reference, settings.scheduler)
+        clock: dict[str, float] = {"encode_prompt": 0.0, "text_encoder": 0.0, "vae_decode": 0.0}
+        unet_steps: list[float] = []
+        patched = [
+            (pipe, "encode_prompt", _timed(pipe.encode_prompt, lambda s: _add(clock, "encode_prompt", s))),
+            (pipe.text_encoder, "forward", _timed(pipe.text_encoder.forward, lambda s: _add(clock, "text_encoder", s))),
+            (pipe.unet, "forward", _timed(pipe.unet.forward, unet_steps.append)),
+            (pipe.vae, "decode", _timed(pipe.vae.decode, lambda s: _add(clock, "vae_decode", s))),
+        ]
+        for owner, attribute, wrapper in patched:
+            setattr(owner, attribute, wrapper)
+        try:
+            start = time.perf_counter()
+            run_reference(self.reference, [settings.prompt], latents, [settings.seed], None, steps, settings.guidance,
+                          settings.scheduler)
+            total = time.perf_counter() - start
+        finally:
+            for owner, attribute, _ in patched:
+                delattr(owner, attribute)
+        unet = sum(unet_steps)
+        stages = {
+            "tokenize": clock["encode_prompt"] - clock["text_encoder"],
+            "text_encoder": clock["text_encoder"],
+            "unet": unet,
+            "vae_decode": clock["vae_decode"],
+        }
+        stages["scheduler_and_loop"] = total - sum(stages.values())
+        return Run(self.name, steps, 0, total, stages, unet_steps)
+
+    def close(self) -> None:
+        pass
+
+
+def _add(clock: dict[str, float], key: str, seconds: float) -> None:
+    clock[key] += seconds
+
+
+def _timed(function: Callable[..., Any], record: Callable[[float], None]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            record(time.perf_counter() - start)
+
+    return wrapper
+
+
+def _contenders(settings: BenchSettings, package: ModelPackage) -> list[Any]:
+    import torch
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    cuda = settings.device in ("cuda", "auto") and torch.cuda.is_available()
+    reference = reference_pipeline(package, device="cuda" if cuda else "cpu", dtype="fp16" if cuda else "fp32")
+    contenders: list[Any] = [DiffusersContender(reference, f"diffusers (torch {reference.dtype} {reference.device})")]
+    for backend in settings.backends:
+        name, _, precision = backend.partition("-")
+        pipe = Pipeline.from_package(settings.package, backend=name, precision=precision or None,
+                                     threads=settings.threads, device=settings.device)
+        device = pipe.engines["unet"].__dict__.get("device", "gpu" if name == "trt" else "cpu")
+        contenders.append(RuntimeContender(pipe, f"diffship {name} {pipe.precision} {device}"))
+    return contenders
+
+
+def run_bench(settings: BenchSettings, progress: Callable[[str], None] = log.info) -> BenchResult:
+    from bench.machine import describe_machine
+
+    package = ModelPackage.open(settings.package)
+    constants = package.constants
+    latents = np.random.default_rng(settings.seed).standard_normal(
+        (1, constants.latent_channels, settings.height // constants.vae_scale_factor,
+         settings.width // constants.vae_scale_factor)).astype(np.float32)
+    progress("loading diffusers and the runtime on the same weights")
+    contenders = _contenders(settings, package)
+    runs: list[Run] = []
+    try:
+        for contender in contenders:
+            progress(f"warm-up: {contender.name}")
+            contender.run(settings, settings.steps[0], latents)
+        total_runs = len(settings.steps) * settings.repeats * len(contenders)
+        done = 0
+        for steps in settings.steps:
+            for repeat in range(settings.repeats):
+                for contender in contenders:  # interleaved: A B A B
+                    run = contender.run(settings, steps, latents)
+                    run.repeat = repeat
+                    runs.append(run)
+                    done += 1
+                    progress(f"[{done}/{total_runs}] {steps} steps, repeat {repeat + 1}: {contender.name} {run.total:.3f}s")
+    finally:
+        for contender in contenders:
+            contender.close()
+    result = BenchResult(
+        settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
+        machine=describe_machine(),
+        runs=runs,
+        summary=summarize(runs, contenders[0].name),
+    )
+    if settings.cold_start:
+        from bench.coldstart import measure_cold_start
+
+        progress("cold start: fresh processes for import, first image and peak memory")
+        result.cold_start = measure_cold_start(settings, package, progress)
+    return result
+
+
+def summarize(runs: Sequence[Run], baseline: str) -> list[dict[str, Any]]:
+    rows = []
+    groups: dict[tuple[str, int], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.contender, run.steps), []).append(run)
+    medians = {key: statistics.median(r.total for r in group) for key, group in groups.items()}
+    for (contender, steps), group in groups.items():
+        totals = [r.total for r in group]
+        row: dict[str, Any] = {
+            "contender": contender,
+            "steps": steps,
+            "median_s": medians[contender, steps],
+            "min_s": min(totals),
+            "max_s": max(totals),
+            "ratio_vs_diffusers": medians[contender, steps] / medians[baseline, steps],
+            "unet_step_median_s": statistics.median(s for r in group for s in r.unet_steps),
+            "stages_median_s": {stage: statistics.median(r.stages[stage] for r in group) for stage in STAGES},
+        }
+        engine = [r.engine_seconds for r in group if r.engine_seconds is not None]
+        if engine:
+            outside = statistics.median(r.total - (r.engine_seconds or 0.0) for r in group)
+            row["outside_engines_median_s"] = outside
+            row["outside_engines_share"] = outside / medians[contender, steps]
+        rows.append(row)
+    return rows
+
+
+def write_outputs(result: BenchResult, json_path: Path, plot_dir: Path) -> list[Path]:
+    from bench.plots import plot_latency, plot_stages
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = json_path.with_name(f".{json_path.name}.tmp")
+    temporary.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    temporary.replace(json_path)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    return [json_path, plot_latency(result.summary, plot_dir / "latency_vs_steps.png"),
+            plot_stages(result.summary, plot_dir / "stage_breakdown.png")]
+
+
+def format_tables(result: BenchResult) -> str:
+    lines = []
+    rows = [[str(r["steps"]), r["contender"], f"{r['median_s']:.3f}", f"{r['min_s']:.3f}", f"{r['max_s']:.3f}",
+             f"{r['ratio_vs_diffusers']:.2f}x", f"{r['unet_step_median_s'] * 1000:.1f}",
+             f"{100 * r['outside_engines_share']:.1f}%" if "outside_engines_share" in r else "-"]
+            for r in sorted(result.summary, key=lambda r: (r["steps"], r["contender"]))]
+    lines.append(format_table(["steps", "contender", "median s", "min s", "max s", "vs diffusers", "UNet ms/step",
+                         "outside engines"], rows))
+    top = max(r["steps"] for r in result.summary)
+    stage_rows = [[r["contender"], *(f"{r['stages_median_s'][s]:.3f}" for s in STAGES)]
+                  for r in result.summary if r["steps"] == top]
+    lines.append(f"\nstage breakdown at {top} steps (median seconds)")
+    lines.append(format_table(["contender", *STAGES], stage_rows))
+    if result.cold_start:
+        cold_rows = [[name, f"{v['import_s']:.2f}", f"{v['first_image_s']:.2f}", f"{v['peak_rss_bytes'] / 2**30:.2f}"]
+                     for name, v in result.cold_start.items()]
+        lines.append("\ncold start (fresh process)")
+        lines.append(format_table(["contender", "import s", "process start -> first image s", "peak RSS GiB"], cold_rows))
+    return "\n".join(lines)

@@ -1,0 +1,75 @@
+"""``cli.py bench --quick`` (a smoke test: artifacts, not timings) and ``cli.py parity`` (passes on the tiny models,
+fails on a package whose ONNX was deliberately perturbed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from engines.package import ModelPackage
+from tests.conftest import run_cli
+
+
+def test_bench_quick_writes_table_json_and_plots(tiny_package: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench" / "bench.json"
+    result = run_cli("bench", "--package", str(tiny_package), "--quick", "--json", str(out),
+                     env={"DIFFSHIP_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "vs diffusers" in result.stdout and "stage breakdown" in result.stdout and "cold start" in result.stdout
+    data = json.loads(out.read_text())
+    contenders = {r["contender"] for r in data["summary"]}
+    assert any(c.startswith("diffusers") for c in contenders) and any(c.startswith("diffship ort") for c in contenders)
+    assert {r["steps"] for r in data["runs"]} == {1, 2}
+    for row in data["summary"]:
+        assert row["min_s"] <= row["median_s"] <= row["max_s"]
+        assert set(row["stages_median_s"]) == {"tokenize", "text_encoder", "unet", "scheduler_and_loop", "vae_decode"}
+    runtime_rows = [r for r in data["summary"] if r["contender"].startswith("diffship")]
+    assert all(0 <= r["outside_engines_share"] <= 1 for r in runtime_rows)
+    for name, figures in data["cold_start"].items():
+        assert figures["first_image_s"] > figures["import_s"] > 0 and figures["peak_rss_bytes"] > 0, name
+    assert data["machine"]["versions"]["onnxruntime"]
+    for plot in ("latency_vs_steps.png", "stage_breakdown.png"):
+        assert (out.parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-v"])
+def test_parity_passes_on_tiny_models(model: str, packages: dict[str, Path], tmp_path: Path) -> None:
+    result = run_cli("parity", "--package", str(packages[model]), "--schedulers", "all", "--steps", "8",
+                     "--out", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    report = json.loads((tmp_path / "parity.json").read_text())
+    assert report["passed"] and len(report["cases"]) == 16
+    assert all(case["max_pixel_diff"] <= 2 for case in report["cases"])
+    assert (tmp_path / "parity-worst.png").is_file()
+
+
+def test_parity_fails_on_a_perturbed_onnx(tiny_package: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "perturbed"
+    shutil.copytree(tiny_package, broken)
+    path = broken / "onnx" / "unet" / "model.onnx"
+    model = onnx.load(str(path))
+    weights = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))  # the largest weight tensor
+    array = numpy_helper.to_array(weights)
+    noisy = array + np.random.default_rng(0).standard_normal(array.shape).astype(array.dtype) * float(array.std())
+    weights.CopyFrom(numpy_helper.from_array(noisy, weights.name))
+    onnx.save(model, str(path))
+    package = ModelPackage.open(broken)
+    # Re-hash so the package still loads: the parity check, not the digest check, must catch the change.
+    package.write_manifest(package.manifest.with_files(broken, ["onnx/unet/model.onnx"]))
+    assert ModelPackage.open(broken).verify_all() == []
+    result = run_cli("parity", "--package", str(broken), "--schedulers", "ddim,euler_a", "--guidance", "7.5",
+                     "--steps", "6", "--out", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL" in result.stdout and "miss the bar" in result.stderr
+    assert json.loads((tmp_path / "out" / "parity.json").read_text())["passed"] is False
+
+
+def test_parity_rejects_unknown_scheduler(tiny_package: Path, tmp_path: Path) -> None:
+    result = run_cli("parity", "--package", str(tiny_package), "--schedulers", "heun", "--out", str(tmp_path))
+    assert result.returncode == 2 and "unknown scheduler 'heun'" in result.stderr and "Traceback" not in result.stderr

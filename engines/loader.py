@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 
 from engines.base import EngineBase
 from engines.errors import EngineError
-from engines.ort import OrtEngine, OrtOptions
-from engines.package import ModelPackage
+from engines.ort import OrtEngine, OrtOptions, cuda_available, import_onnxruntime
+from engines.package import EngineSet, ModelPackage
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,23 @@ def default_precision(package: ModelPackage) -> str:
     if not dtypes:
         raise EngineError(f"package {package.root} has no complete export (every component in one precision)")
     return dtypes[0]
+
+
+def prebuilt_ort_engines(package: ModelPackage, precision: str, options: OrtOptions) -> EngineSet | None:
+    """The ``build-ort`` engine set for this CPU and onnxruntime version, when the session will run on the CPU."""
+    if not options.prebuilt or options.device == "cuda" or (options.device == "auto" and cuda_available()):
+        return None
+    from engines.ort_build import ort_engine_set_name
+
+    engine_set = package.manifest.engines.get(ort_engine_set_name(precision))
+    if engine_set is None:
+        return None
+    installed = import_onnxruntime().__version__
+    if engine_set.library_version != installed:
+        log.warning("ignoring engines/%s: built with onnxruntime %s, this is %s (run build-ort again)",
+                    engine_set.name, engine_set.library_version, installed)
+        return None
+    return engine_set
 
 
 def open_engines(
@@ -38,12 +56,20 @@ def open_engines(
     try:
         if backend == "ort":
             dtype = precision or default_precision(package)
+            options = ort_options or OrtOptions()
+            prebuilt = prebuilt_ort_engines(package, dtype, options)
             for component in components:
                 variant = package.variant(component, dtype)
-                for relative in variant.files:
+                entry = prebuilt.components.get(component) if prebuilt else None
+                if entry is not None:
+                    files = [entry.plan, *(f for f in package.manifest.files if f == entry.plan + ".data")]
+                    path, component_options = package.path(entry.plan), replace(options, graph_optimization="disable")
+                else:
+                    files, path, component_options = list(variant.files), package.path(variant.onnx), options
+                for relative in files:
                     package.verify_file(relative)
-                log.debug("loading %s (%s) into ONNX Runtime", component, dtype)
-                engines[component] = OrtEngine(package.path(variant.onnx), variant.spec, ort_options)
+                log.debug("loading %s (%s) from %s into ONNX Runtime", component, dtype, path)
+                engines[component] = OrtEngine(path, variant.spec, component_options)
         else:
             from engines.trt import open_trt_engines
 

@@ -31,6 +31,8 @@ class OrtOptions:
     memory_pattern: bool = True
     session_config: Mapping[str, str] = field(default_factory=dict)
     """Extra ``SessionOptions.add_session_config_entry`` keys (e.g. ``session.disable_prepacking``)."""
+    prebuilt: bool = True
+    """Use the package's ``build-ort`` engines (fused attention, optimised once) when they match this CPU."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -67,6 +69,7 @@ class OrtEngine(EngineBase):
     def __init__(self, onnx_path: Path, spec: ComponentSpec, options: OrtOptions | None = None) -> None:
         ort = import_onnxruntime()
         self.spec = spec
+        self.path = Path(onnx_path)
         self.options = options = options or OrtOptions()
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = {

@@ -304,6 +304,10 @@ def _copy_tokenizer(source_dir: Path, dest: Path) -> list[str]:
 
 def _move_into_place(staging: Path, out: Path) -> None:
     """Swap the finished staging folder in; an old package (``--force``) or empty folder is removed after."""
+    # Temporary files (and onnx's external-data writer) are private; the package should read like any folder.
+    mask = current_umask()
+    for path in staging.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
     trash = None
     if out.exists():
         trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

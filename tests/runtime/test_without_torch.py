@@ -22,7 +22,7 @@ def test_runtime_and_engines_import_without_torch_diffusers_transformers() -> No
     result = run_blocked(
         "import runtime, runtime.tokenizer, runtime.schedulers, runtime.pipeline, runtime.images\n"
         "import engines, engines.specs, engines.package, engines.base, engines.ort, engines.loader\n"
-        "import engines.build, engines.trt, engines.profiles\n"
+        "import engines.build, engines.trt, engines.profiles, engines.ort_build, engines.metrics\n"
         "print('ok')"
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

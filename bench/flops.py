@@ -1,0 +1,86 @@
+"""The arithmetic floor of a UNet call on this machine: FLOPs counted by torch, over a measured GEMM peak.
+
+    python -m bench.flops --package packages/sd15-random --latent 64 [--batch 2]
+
+FLOPs: torch.utils.flop_counter over diffusers' UNet on the package's weights at the given shape (convolutions,
+matrix products and attention; elementwise work and normalisations are not counted, so the floor is optimistic).
+Peak: the best of a few large float32 matrix products in ONNX Runtime (MLAS) with this machine's threads. The floor
+is FLOPs / peak; BENCHMARKS.md quotes the UNet's measured time against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def count_unet_flops(package: Any, batch: int, latent: int) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.reference import reference_pipeline
+
+    constants = package.constants
+    unet = reference_pipeline(package).pipe.unet
+    sample = torch.randn(batch, constants.latent_channels, latent, latent)
+    timestep = torch.full((batch,), 500.0)
+    hidden = torch.randn(batch, constants.text_max_length, constants.text_hidden_size)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        unet(sample, timestep, hidden)
+    return float(counter.get_total_flops())
+
+
+def gemm_peak(size: int = 3072, repeats: int = 10, threads: int | None = None) -> float:
+    """Best float32 GFLOP/s of an N x N x N MatMul in ONNX Runtime (CPU)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in ("a", "b")]
+    output = helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", inputs, [output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.standard_normal((size, size)).astype(np.float32),
+             "b": rng.standard_normal((size, size)).astype(np.float32)}
+    session.run(None, feeds)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--package", required=True, type=Path)
+    parser.add_argument("--latent", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--threads", type=int)
+    arguments = parser.parse_args()
+    from engines.package import ModelPackage
+
+    package = ModelPackage.open(arguments.package)
+    flops = count_unet_flops(package, arguments.batch, arguments.latent)
+    peak = gemm_peak(threads=arguments.threads)
+    result: dict[str, Any] = {
+        "batch": arguments.batch,
+        "latent": arguments.latent,
+        "unet_tflop": flops / 1e12,
+        "gemm_peak_gflops": peak,
+        "floor_seconds": flops / (peak * 1e9),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

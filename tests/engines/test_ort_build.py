@@ -1,0 +1,81 @@
+"""build-ort: attention fused into MultiHeadAttention, graphs optimised once; the runtime loads them, same images."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from engines.ort import OrtOptions
+from engines.ort_build import build_ort_engines, cpu_tag, fuse_attention
+from engines.package import ModelPackage
+from runtime import Pipeline
+
+
+@pytest.fixture(scope="module")
+def built(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    package = tmp_path_factory.mktemp("ort-build") / "tiny"
+    shutil.copytree(tiny_package, package)
+    build_ort_engines(package)
+    return package
+
+
+def test_fuse_attention_replaces_every_unet_attention(tiny_package: Path) -> None:
+    model = onnx.load(str(tiny_package / "onnx" / "unet" / "model.onnx"))
+    softmaxes = sum(node.op_type == "Softmax" for node in model.graph.node)
+    fused, count = fuse_attention(model)
+    assert count == softmaxes > 0
+    assert not any(node.op_type == "Softmax" for node in fused.graph.node)
+    heads = {a.i for n in fused.graph.node if n.op_type == "MultiHeadAttention" for a in n.attribute if a.name == "num_heads"}
+    assert heads == {8}  # the tiny UNet's attention_head_dim (heads, in SD 1.x naming)
+
+
+def test_build_records_verified_engines_in_the_manifest(built: Path) -> None:
+    package = ModelPackage.open(built)
+    name = f"ort-{cpu_tag()}-fp32"
+    engine_set = package.manifest.engines[name]
+    assert engine_set.backend == "ort" and engine_set.library == "onnxruntime"
+    unet = engine_set.components["unet"]
+    assert unet.layer_precisions["fused_attention"] > 0
+    report = json.loads(package.path(unet.precision_summary).read_text())
+    assert report["verification"]["passed"]
+    assert engine_set.components["vae_decoder"].layer_precisions["fused_attention"] == 1
+    assert package.verify_all() == []
+
+
+def test_second_build_is_skipped(built: Path) -> None:
+    _, builds = build_ort_engines(built)
+    assert all(b.skipped for b in builds)
+
+
+def test_runtime_loads_prebuilt_engines_and_makes_the_same_images(built: Path) -> None:
+    with Pipeline.from_package(built, device="cpu") as fast, Pipeline.from_package(
+        built, ort_options=OrtOptions(device="cpu", prebuilt=False)
+    ) as plain:
+        assert "engines" in str(fast.engines["unet"].path) and "onnx" in str(plain.engines["unet"].path)
+        arguments = {"prompt": ["a red fox", "a cat"], "num_inference_steps": 8, "seed": 4, "height": 64, "width": 128}
+        a, b = fast(**arguments).images, plain(**arguments).images
+    assert max(int(np.abs(x.astype(int) - y.astype(int)).max()) for x, y in zip(a, b, strict=True)) <= 2
+
+
+def test_engines_from_another_onnxruntime_are_ignored(built: Path, tmp_path: Path, caplog) -> None:
+    copy = tmp_path / "pkg"
+    shutil.copytree(built, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["engines"][f"ort-{cpu_tag()}-fp32"]["library_version"] = "0.0.1"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING):
+        pipe = Pipeline.from_package(copy, device="cpu")
+    assert "onnx" in str(pipe.engines["unet"].path) and "build-ort again" in caplog.text
+
+
+def test_parity_holds_with_prebuilt_engines(built: Path, tmp_path: Path) -> None:
+    from bench.parity import parity_report
+
+    report = parity_report(built, ["pndm", "euler_a"], [7.5], tmp_path, steps=6)
+    assert report.passed, [c for c in report.cases if not c.passed]

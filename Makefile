@@ -24,6 +24,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) cli.py export --model tiny --out packages/tiny
+	$(PY) cli.py build-ort --package packages/tiny
 	$(PY) cli.py build-trt --package packages/tiny --fp16 --backend trt-rtx --arch sm86,sm89
 	$(PY) cli.py generate --package packages/tiny --prompt "a red fox in the snow" --steps 20 --seed 42 --out demo-out/fox.png
 	$(PY) cli.py generate --package packages/tiny --prompt "a red fox in the snow" --seed 42 \
@@ -33,7 +34,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy engines/trt.py engines/build.py engines/trt_runtime.py
+	$(VENV)/bin/mypy engines runtime exporter bench cli.py
 
 clean:
 	rm -rf $(VENV) packages demo-out .pytest_cache .mypy_cache

@@ -35,6 +35,7 @@ from engines.errors import EngineError
 from engines.metrics import compare, judge, random_feeds
 from engines.package import ComponentVariant, EngineEntry, EngineSet, FileEntry, ModelPackage, current_umask
 from engines.profiles import shape_profiles
+from engines.progress import ElapsedLog
 from engines.specs import BuildConfig, ShapeProfile, ShapeRequest, symbolic_dims
 from engines.tensorrt_api import RTX_ARCHS, Library, load_library, local_gpu_arch, normalize_arch
 
@@ -147,13 +148,7 @@ def engine_set_name(backend: str, archs: Sequence[str], precision: str) -> str:
 
 def build_engines(request: BuildRequest, on_progress: Callable[[str], None] | None = None) -> BuildResult:
     """Build (or find up to date) an engine for every requested component of the package."""
-    started = time.perf_counter()
-
-    def progress(message: str) -> None:
-        line = f"[{time.perf_counter() - started:7.1f}s] {message}"
-        log.info(line)
-        if on_progress is not None:
-            on_progress(line)
+    progress = ElapsedLog(log, on_progress)
 
     config = request.config
     if config.precision not in ("fp16", "fp32"):
@@ -192,7 +187,7 @@ def build_engines(request: BuildRequest, on_progress: Callable[[str], None] | No
         builds.append(
             _build_component(package, component, choice, profiles[component], config, library, name, key, request, progress)
         )
-    return BuildResult(name, folder, library, archs, tuple(builds), time.perf_counter() - started)
+    return BuildResult(name, folder, library, archs, tuple(builds), progress.elapsed)
 
 
 def _build_component(

@@ -27,6 +27,44 @@ class PackageError(Exception):
     """A model package is missing, malformed, or does not match its manifest."""
 
 
+VERIFY_ENV = "DIFFSHIP_VERIFY"
+"""Set to ``always`` to hash every file on every load instead of trusting the verification record."""
+
+
+def _verification_record_path() -> Path:
+    return Path(os.environ.get("DIFFSHIP_CACHE", Path.home() / ".cache" / "diffship")) / "verified.json"
+
+
+def _file_identity(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_dev]
+
+
+def _recorded_digest(path: Path) -> str | None:
+    """The sha256 recorded when this very file (same size, mtime, inode) was last hashed, if any."""
+    if os.environ.get(VERIFY_ENV) == "always":
+        return None
+    try:
+        record = json.loads(_verification_record_path().read_text(encoding="utf-8")).get(str(path.resolve()))
+    except (OSError, ValueError):
+        return None
+    if isinstance(record, dict) and record.get("identity") == _file_identity(path):
+        return str(record.get("sha256"))
+    return None
+
+
+def _remember_digest(path: Path, digest: str) -> None:
+    """Best effort: a file's hash is remembered so an unchanged file is not hashed again at the next start."""
+    record_path = _verification_record_path()
+    try:
+        records = json.loads(record_path.read_text(encoding="utf-8")) if record_path.is_file() else {}
+        records = {k: v for k, v in records.items() if Path(k).exists()}
+        records[str(path.resolve())] = {"identity": _file_identity(path), "sha256": digest}
+        write_json_atomic(record_path, records)
+    except (OSError, ValueError):
+        pass
+
+
 def sha256_file(path: Path, chunk_bytes: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -294,12 +332,21 @@ class ModelPackage:
             raise PackageError(f"{relative} is not listed in {self.root / MANIFEST_NAME}")
         if not path.is_file():
             raise PackageError(f"{path} is listed in the manifest but missing")
-        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+        if path.stat().st_size != entry.bytes or self._digest(path) != entry.sha256:
             raise PackageError(
                 f"{path} does not match the sha256 recorded in the manifest: the file was modified or is incomplete; "
                 "re-export the package (or rebuild the engines)"
             )
         return path
+
+    @staticmethod
+    def _digest(path: Path) -> str:
+        recorded = _recorded_digest(path)
+        if recorded is not None:
+            return recorded
+        digest = sha256_file(path)
+        _remember_digest(path, digest)
+        return digest
 
     def verify_all(self) -> list[str]:
         """Problems with any listed file (missing, wrong size or digest); empty when the package is intact."""

@@ -38,6 +38,7 @@ from engines.package import (
     current_umask,
     is_package,
 )
+from engines.progress import ElapsedLog
 from engines.specs import PipelineConstants, symbolic_dims
 from exporter.onnx_export import ExportOptions, export_component
 from exporter.sources import SourceModels, check_source_arguments, load_source
@@ -91,13 +92,7 @@ def onnx_file_name(dtype: str) -> str:
 
 def export_package(request: ExportRequest, on_progress: Callable[[str], None] | None = None) -> ExportResult:
     """Export ``request``'s model into a verified package at ``request.out`` (see module docstring)."""
-    started = time.perf_counter()
-
-    def progress(message: str) -> None:
-        line = f"[{time.perf_counter() - started:7.1f}s] {message}"
-        log.info(line)
-        if on_progress is not None:
-            on_progress(line)
+    progress = ElapsedLog(log, on_progress)
 
     for dtype in request.dtypes:
         if dtype not in DTYPES:
@@ -112,7 +107,7 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
         key, key_inputs = _export_key(source, request)
         if not request.force and _is_up_to_date(out, key):
             progress(f"{out} is up to date (same weights, dtypes, exporter and versions): skipping; --force re-exports")
-            return ExportResult(out, True, (), time.perf_counter() - started, peak_rss_bytes())
+            return ExportResult(out, True, (), progress.elapsed, peak_rss_bytes())
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         os.chmod(staging, 0o777 & ~current_umask())
         try:
@@ -124,7 +119,7 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
     finally:
         source.close()
     progress(f"package written to {out}")
-    return ExportResult(out, False, tuple(reports), time.perf_counter() - started, peak_rss_bytes())
+    return ExportResult(out, False, tuple(reports), progress.elapsed, peak_rss_bytes())
 
 
 def _check_destination(out: Path) -> None:

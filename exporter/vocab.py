@@ -14,26 +14,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from runtime.tokenizer import bytes_to_unicode
+
 BPE_FILE = Path(__file__).parent / "data" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
 VOCAB_SIZE = 49408
 NUM_MERGES = VOCAB_SIZE - 2 * 256 - 2
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    byte_values = printable[:]
-    code_points = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in byte_values:
-            byte_values.append(byte)
-            code_points.append(256 + extra)
-            extra += 1
-    return dict(zip(byte_values, (chr(c) for c in code_points), strict=True))
 
 
 @lru_cache(maxsize=1)

@@ -17,6 +17,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Verification records, reference copies for cold-start benchmarks: keep them out of the user's cache.
+    if "DIFFSHIP_CACHE" not in os.environ:
+        import tempfile
+
+        os.environ["DIFFSHIP_CACHE"] = tempfile.mkdtemp(prefix="diffship-test-cache-")
+
+
 def _gpu_present() -> bool:
     if shutil.which("nvidia-smi") is None:
         return False

@@ -1,0 +1,59 @@
+"""Files are loaded only if their sha256 matches the manifest; an unchanged file is not hashed again at every start."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+import engines.package as package_module
+from engines.package import ModelPackage, PackageError
+
+
+@pytest.fixture
+def copy(tiny_package: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "pkg"
+    shutil.copytree(tiny_package, target)
+    return target
+
+
+def test_unchanged_file_is_hashed_once(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = package_module.sha256_file
+    monkeypatch.setattr(package_module, "sha256_file", lambda path, *a: calls.append(path) or real(path, *a))
+    ModelPackage.open(copy).verify_file("onnx/unet/model.onnx")
+    ModelPackage.open(copy).verify_file("onnx/unet/model.onnx")
+    assert len(calls) == 1
+
+
+def test_changed_file_of_same_size_is_caught_after_a_recorded_hash(copy: Path) -> None:
+    package = ModelPackage.open(copy)
+    package.verify_file("onnx/unet/model.onnx")  # recorded as good
+    path = copy / "onnx" / "unet" / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    with pytest.raises(PackageError, match="sha256"):
+        ModelPackage.open(copy).verify_file("onnx/unet/model.onnx")
+
+
+def test_always_mode_hashes_every_time(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = package_module.sha256_file
+    monkeypatch.setattr(package_module, "sha256_file", lambda path, *a: calls.append(path) or real(path, *a))
+    monkeypatch.setenv("DIFFSHIP_VERIFY", "always")
+    ModelPackage.open(copy).verify_file("onnx/vae_decoder/model.onnx")
+    ModelPackage.open(copy).verify_file("onnx/vae_decoder/model.onnx")
+    assert len(calls) == 2
+
+
+def test_missing_and_unlisted_files_are_refused(copy: Path) -> None:
+    (copy / "onnx" / "vae_encoder" / "model.onnx").unlink()
+    package = ModelPackage.open(copy)
+    with pytest.raises(PackageError, match="missing"):
+        package.verify_file("onnx/vae_encoder/model.onnx")
+    with pytest.raises(PackageError, match="not listed"):
+        package.verify_file("onnx/vae_encoder/other.onnx")

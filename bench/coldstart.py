@@ -54,7 +54,7 @@ def measure_cold_start(settings: Any, package: Any, progress: Callable[[str], No
     common = ["--height", str(settings.height), "--width", str(settings.width), "--device", settings.device]
     if settings.threads:
         common += ["--threads", str(settings.threads)]
-    commands = {"diffusers": (["diffusers", "--pretrained", str(pretrained_copy(package)), *common], {})}
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {"diffusers": (["diffusers", "--pretrained", str(pretrained_copy(package)), *common], {})}
     for backend in settings.backends:
         name, _, precision = backend.partition("-")
         extra = ["--precision", precision] if precision else []

@@ -108,7 +108,7 @@ def parity_report(
                 worst, worst_images = result, (ours, theirs)
     pipe.close()
     worst_path = None
-    if worst_images is not None:
+    if worst is not None and worst_images is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         worst_path = out_dir / "parity-worst.png"
         save_png(side_by_side(*worst_images), worst_path, {"scheduler": worst.scheduler, "guidance": worst.guidance,

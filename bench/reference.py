@@ -52,7 +52,7 @@ def reference_pipeline(package: ModelPackage, device: str = "cpu", dtype: str = 
             "the weights rebuilt from the manifest's source differ from the exported ones (digest mismatch); "
             "was the source folder changed after export?"
         )
-    pipe = source.diffusers_pipeline()
+    pipe: Any = source.diffusers_pipeline()  # diffusers' stubs omit DiffusionPipeline's own methods
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device=device, dtype=torch.float16) if dtype == "fp16" else pipe.to(device)
     return Reference(pipe, pipe.scheduler.config, device, dtype, package.constants.vae_scale_factor)
@@ -77,7 +77,7 @@ def shared_noise(reference: Reference, seeds: Sequence[int]) -> Iterator[None]:
     """Make the scheduler's random draws the same per-image numpy draws runtime.Pipeline makes."""
     import torch
 
-    module = importlib.import_module(type(reference.pipe.scheduler).__module__)
+    module: Any = importlib.import_module(type(reference.pipe.scheduler).__module__)
     original = getattr(module, "randn_tensor", None)
     if original is None:
         yield

@@ -183,6 +183,7 @@ class Pipeline:
             with timer.stage("scheduler"):
                 noise = _draw(generators, latents.shape[1:]) if sampler.stochastic else None
                 latents = sampler.step(model_output, i, latents, noise=noise)
+            self._check_finite(latents, i, request, sampler)
             if callback is not None:
                 callback(i, float(timestep), latents)
 
@@ -220,6 +221,21 @@ class Pipeline:
             return make_scheduler(request.scheduler, self.scheduler_config, request.steps)
         except SchedulerError as exc:
             raise PipelineInputError(str(exc)) from None
+
+    def _check_finite(self, latents: np.ndarray, i: int, request: _Request, sampler: Scheduler) -> None:
+        # NaN latents decode to a black image without a word; a clear error at the step it happened is kinder.
+        if np.isfinite(latents).all():
+            return
+        hint = (
+            "an fp16 UNet overflowing is the usual cause: try fp32 (ONNX Runtime: --precision fp32; "
+            "TensorRT: build-trt --fp32)"
+            if self.precision == "fp16"
+            else "check guidance_scale and the scheduler config"
+        )
+        raise PipelineError(
+            f"latents became NaN or infinite at step {i + 1} of {len(sampler.timesteps)} "
+            f"({type(sampler).class_name}, guidance_scale {request.guidance_scale:g}); {hint}"
+        )
 
     def _initial_latents(self, request: _Request, generators: list[np.random.Generator]) -> np.ndarray:
         if request.latents is not None:

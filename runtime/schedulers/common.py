@@ -30,17 +30,22 @@ def resolve_config(
     defaults: Mapping[str, Any],
     choices: Mapping[str, tuple[Any, ...]],
     fixed: Mapping[str, Any],
+    aliases: Mapping[str, Mapping[Any, Any]] | None = None,
 ) -> dict[str, Any]:
     """``defaults`` overridden by the keys of ``config`` this class knows, checked against what we implement.
 
     ``choices``: keys whose value must be one of the listed ones. ``fixed``: diffusers options we do not implement;
-    any value but the listed default is refused, naming the key and value, never silently ignored. Keys diffusers'
-    class does not have are ignored, as ``from_config`` ignores them.
+    any value but the listed default is refused, naming the key and value, never silently ignored. ``aliases``:
+    values diffusers' class silently maps onto ones it implements; mapped the same way before checking. Keys
+    diffusers' class does not have are ignored, as ``from_config`` ignores them.
     """
     resolved = dict(defaults)
     for key in (*defaults, *fixed):
         if key in config:
             resolved[key] = config[key]
+    for key, mapping in (aliases or {}).items():
+        if resolved.get(key) in mapping:
+            resolved[key] = mapping[resolved[key]]
     for key, allowed in choices.items():
         if resolved.get(key) not in allowed:
             raise UnsupportedConfigError(
@@ -182,6 +187,13 @@ def multistep_timesteps(
 def train_sigmas(alphas_cumprod: np.ndarray) -> np.ndarray:
     """Per-train-timestep sigmas, float32 (torch computes them from float32 alphas_cumprod)."""
     return np.sqrt((F32(1.0) - alphas_cumprod) / alphas_cumprod).astype(F32)
+
+
+def final_sigma(config: Mapping[str, Any], alphas_cumprod: np.ndarray) -> float:
+    """The sigma appended after the last step: 0, or the first train timestep's sigma for ``sigma_min``."""
+    if config["final_sigmas_type"] == "sigma_min":
+        return float(np.sqrt((F32(1.0) - alphas_cumprod[0]) / alphas_cumprod[0]))
+    return 0.0
 
 
 def sigma_to_t(sigma: np.ndarray | float, log_sigmas: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from runtime.schedulers.common import (
     SPACINGS,
     Scheduler,
     alpha_sigma,
+    final_sigma,
     karras_sigmas,
     log_snr,
     make_alphas_cumprod,
@@ -71,13 +72,6 @@ FIXED = {
 ALIASES = {"algorithm_type": {"deis": "dpmsolver++"}, "solver_type": {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}}
 
 
-def apply_aliases(config: Mapping[str, Any], aliases: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
-    resolved = dict(config)
-    for key, mapping in aliases.items():
-        if resolved.get(key) in mapping:
-            resolved[key] = mapping[resolved[key]]
-    return resolved
-
 
 class DPMSolverMultistep(Scheduler):
     class_name = "DPMSolverMultistepScheduler"
@@ -86,7 +80,7 @@ class DPMSolverMultistep(Scheduler):
         self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
     ) -> None:
         super().__init__(config, num_inference_steps, generator)
-        cfg = resolve_config(self.class_name, apply_aliases(config, ALIASES), DEFAULTS, CHOICES, FIXED)
+        cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED, ALIASES)
         self.config = cfg
         train_steps = cfg["num_train_timesteps"]
         self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
@@ -105,11 +99,7 @@ class DPMSolverMultistep(Scheduler):
                 timesteps = timesteps.round()
         else:
             sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
-        if cfg["final_sigmas_type"] == "sigma_min":
-            last = np.sqrt((F32(1.0) - self.alphas_cumprod[0]) / self.alphas_cumprod[0])
-        else:
-            last = 0.0
-        self.sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
+        self.sigmas = np.concatenate([sigmas, [final_sigma(cfg, self.alphas_cumprod)]]).astype(np.float32)
         self.timesteps = timesteps.astype(np.int64)
         self.init_noise_sigma = 1.0
         self._outputs: list[np.ndarray] = []

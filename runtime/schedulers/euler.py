@@ -21,6 +21,7 @@ from runtime.schedulers.common import (
     PREDICTION_TYPES,
     SPACINGS,
     Scheduler,
+    final_sigma,
     karras_sigmas,
     make_alphas_cumprod,
     resolve_config,
@@ -105,11 +106,7 @@ class Euler(SigmaScheduler):
             sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
             log_sigmas = np.log(base_sigmas)
             timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
-        if cfg["final_sigmas_type"] == "sigma_min":
-            last = np.sqrt((F32(1.0) - self.alphas_cumprod[0]) / self.alphas_cumprod[0])
-        else:
-            last = 0.0
-        self.sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
+        self.sigmas = np.concatenate([sigmas, [final_sigma(cfg, self.alphas_cumprod)]]).astype(np.float32)
         self.timesteps = timesteps.astype(np.float32)
         self.init_noise_sigma = init_noise_sigma(self.sigmas, cfg["timestep_spacing"])
 

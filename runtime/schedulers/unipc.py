@@ -4,7 +4,8 @@ Honours beta_schedule, trained_betas, prediction_type (epsilon, v_prediction, sa
 (bh1, bh2; midpoint/heun/logrho are read as bh2, as diffusers does), solver_order (1-3), lower_order_final,
 disable_corrector, use_karras_sigmas with sigma_min/sigma_max, timestep_spacing (leading, trailing, linspace),
 steps_offset, final_sigmas_type (zero, sigma_min), rescale_betas_zero_snr. Limitations: an external predictor
-(``solver_p``), thresholding, exponential/beta/flow sigmas and dynamic shifting are refused. Multistep: step in order.
+(``solver_p``), thresholding, exponential/beta/flow sigmas and dynamic shifting are refused; so are bh1 and
+predict_x0=False with final_sigmas_type zero, whose last step is NaN in diffusers. Multistep: step in order.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from runtime.schedulers.common import (
     PREDICTION_TYPES,
     SPACINGS,
     Scheduler,
+    UnsupportedConfigError,
     alpha_sigma,
+    final_sigma,
     karras_sigmas,
     log_snr,
     make_alphas_cumprod,
@@ -30,7 +33,6 @@ from runtime.schedulers.common import (
     sigma_to_t,
     train_sigmas,
 )
-from runtime.schedulers.dpm_solver import apply_aliases
 
 DEFAULTS: dict[str, Any] = {
     **BETA_DEFAULTS,
@@ -70,6 +72,26 @@ FIXED = {
 ALIASES = {"solver_type": {"midpoint": "bh2", "heun": "bh2", "logrho": "bh2"}}
 
 
+def _refuse_nan_final_step(cfg: Mapping[str, Any]) -> None:
+    """Refuse the configs whose last step multiplies an infinite log-SNR step by zero.
+
+    With ``final_sigmas_type="zero"`` the last step has h = inf; B(h) = h (bh1) or phi_1(h) in the noise
+    parameterisation (predict_x0=False) is then infinite and meets a zero factor, so diffusers 0.42 returns NaN
+    latents (a black image) for every such run. Failing here says why instead of handing back NaN.
+    """
+    if cfg["final_sigmas_type"] != "zero":
+        return
+    culprits = [text for text, applies in (("solver_type='bh1'", cfg["solver_type"] == "bh1"),
+                                           ("predict_x0=False", not cfg["predict_x0"])) if applies]
+    if culprits:
+        culprit = " and ".join(culprits)
+        raise UnsupportedConfigError(
+            f"UniPCMultistepScheduler: {culprit} with final_sigmas_type='zero' makes the last step NaN "
+            "(diffusers does the same and returns a black image); use final_sigmas_type='sigma_min', "
+            "or solver_type='bh2' with predict_x0=True"
+        )
+
+
 class UniPC(Scheduler):
     class_name = "UniPCMultistepScheduler"
 
@@ -77,7 +99,8 @@ class UniPC(Scheduler):
         self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
     ) -> None:
         super().__init__(config, num_inference_steps, generator)
-        self.config = cfg = resolve_config(self.class_name, apply_aliases(config, ALIASES), DEFAULTS, CHOICES, FIXED)
+        self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED, ALIASES)
+        _refuse_nan_final_step(cfg)
         self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
         timesteps = multistep_timesteps(
             cfg["timestep_spacing"], cfg["num_train_timesteps"], num_inference_steps, cfg["steps_offset"]
@@ -93,10 +116,7 @@ class UniPC(Scheduler):
             last = sigmas[-1] if cfg["final_sigmas_type"] == "sigma_min" else 0.0
         else:
             sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
-            if cfg["final_sigmas_type"] == "sigma_min":
-                last = np.sqrt((F32(1.0) - self.alphas_cumprod[0]) / self.alphas_cumprod[0])
-            else:
-                last = 0.0
+            last = final_sigma(cfg, self.alphas_cumprod)
         self.sigmas = np.concatenate([sigmas, [last]]).astype(np.float32)
         self.timesteps = timesteps.astype(np.int64)
         self.init_noise_sigma = 1.0

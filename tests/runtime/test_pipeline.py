@@ -10,7 +10,7 @@ import pytest
 
 from engines.base import EngineBase
 from runtime import Pipeline
-from runtime.errors import PipelineInputError
+from runtime.errors import PipelineError, PipelineInputError
 from runtime.images import read_parameters
 
 
@@ -167,3 +167,9 @@ def test_bad_input_gets_a_clear_error(pipe: Pipeline, arguments: dict, fragment:
     with pytest.raises(PipelineInputError) as raised:
         pipe(**call)
     assert fragment in str(raised.value)
+
+
+def test_latents_overflowing_stop_with_an_error_naming_the_step(pipe: Pipeline) -> None:
+    # A finite (float64) guidance scale beyond float32 range: the real guidance arithmetic overflows on step 1.
+    with pytest.raises(PipelineError, match=r"latents became NaN or infinite at step 1 of 3 .*guidance_scale 1e\+300"):
+        pipe("a red fox", num_inference_steps=3, guidance_scale=1e300, seed=0, scheduler="ddim")

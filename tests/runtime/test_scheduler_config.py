@@ -95,3 +95,23 @@ def test_stochastic_scheduler_without_noise_or_generator_says_so() -> None:
     sample = np.ones((1, 4, 8, 8), np.float32)
     with pytest.raises(SchedulerError, match="stochastic"):
         scheduler.step(sample, 0, sample)
+
+
+@pytest.mark.parametrize("overrides", [{"solver_type": "bh1"}, {"predict_x0": False}], ids=str)
+def test_unipc_refuses_configs_whose_last_step_is_nan_in_diffusers(overrides: dict) -> None:
+    """The refusal stands only while diffusers really returns NaN for it: if diffusers fixes it, lift ours."""
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    config = {**SD15, **overrides, "final_sigmas_type": "zero"}
+    reference = diffusers.UniPCMultistepScheduler.from_config(config)
+    reference.set_timesteps(10)
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 8, 8, generator=generator)
+    for timestep in reference.timesteps:
+        sample = reference.step(0.1 * torch.randn(1, 4, 8, 8, generator=generator), timestep, sample).prev_sample
+    assert not torch.isfinite(sample).all(), "diffusers' last UniPC step is finite now: lift the refusal"
+
+    with pytest.raises(UnsupportedConfigError, match=r"final_sigmas_type='zero' makes the last step NaN"):
+        make_scheduler("unipc", config, 10)
+    sigma_min = make_scheduler("unipc", {**config, "final_sigmas_type": "sigma_min"}, 10)
+    assert sigma_min.sigmas[-1] > 0

@@ -288,21 +288,26 @@ def build_trt(
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
 @click.option("--components", default="text_encoder,unet,vae_decoder", show_default=True, help="Comma-separated components.")
 @click.option("--force", is_flag=True, help="Rebuild even when an engine with the same inputs exists.")
-def build_ort(package: Path, precision: str, components: str, force: bool) -> None:
-    """Build ONNX Runtime CPU engines: attention fused, graphs optimised for this CPU once and saved.
+@click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cpu: optimised for this CPU and saved; cuda: attention fused for ONNX Runtime's CUDA provider "
+              "(flash / memory-efficient attention), built on any machine.")
+def build_ort(package: Path, precision: str, components: str, force: bool, target: str) -> None:
+    """Build ONNX Runtime engines: attention fused; for the CPU, graphs also optimised for this CPU once and saved.
 
     \b
-    Example:
+    Examples:
       python cli.py build-ort --package packages/sd15-random
+      python cli.py build-ort --package packages/sd15-random --precision fp16 --target cuda
 
-    The runtime then loads these (on a CPU of the same family, same onnxruntime) instead of the plain ONNX: faster
-    sessions, less memory, faster UNet steps (see BENCHMARKS.md). Each graph is checked against the exported one.
+    The runtime then loads these (the cpu set on a CPU of the same family, the cuda set on the CUDA provider, with the
+    same onnxruntime) instead of the plain ONNX: faster sessions, less memory, faster UNet steps (see BENCHMARKS.md).
+    Each graph is checked against the exported one.
     """
     from engines.ort_build import build_ort_engines
 
     name, builds = build_ort_engines(
         package, precision, [c.strip() for c in components.split(",") if c.strip()], force,
-        progress=lambda line: click.echo(line, err=True),
+        progress=lambda line: click.echo(line, err=True), target=target,
     )
     rows = [[b.component, "up to date" if b.skipped else f"{b.seconds:.1f}s", str(b.fused_attention) if not b.skipped
              else "-", f"{b.load_seconds:.1f}s" if not b.skipped else "-"] for b in builds]
@@ -391,6 +396,8 @@ def _timingformat_table(timings: Any, images: int) -> str:
               help="ONNX Runtime device (cuda needs onnxruntime-gpu).")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
 @click.option("--engines", "engine_set", help="TensorRT engine folder under engines/ (default: the one for this GPU).")
+@click.option("--cuda-graphs", is_flag=True,
+              help="Replay each engine's run as a CUDA graph (ort on the CUDA provider; trt with static engines).")
 def generate(
     package: Path,
     prompts: tuple[str, ...],
@@ -409,6 +416,7 @@ def generate(
     device: str,
     threads: int | None,
     engine_set: str | None,
+    cuda_graphs: bool,
 ) -> None:
     """Generate images from a model package, without PyTorch.
 
@@ -434,7 +442,8 @@ def generate(
         raise click.BadParameter(f"{out}: give a .png path", param_hint="--out")
     seed = secrets.randbelow(2**31) if seed is None else seed
     with Pipeline.from_package(
-        package, backend=backend, precision=precision, threads=threads, device=device, engine_set=engine_set
+        package, backend=backend, precision=precision, threads=threads, device=device, engine_set=engine_set,
+        cuda_graphs=cuda_graphs,
     ) as pipe:
         arguments: dict[str, Any] = {
             "negative_prompt": negative_prompt, "num_inference_steps": steps, "guidance_scale": guidance,
@@ -494,6 +503,15 @@ def _parse_list(text: str, kind: type, what: str) -> list[Any]:
     return values
 
 
+def _parse_backends(values: list[str], parse: Any) -> tuple[str, ...]:
+    for value in values:
+        try:
+            parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--backends") from None
+    return tuple(values)
+
+
 @cli.command()
 @click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
 @click.option("--size", type=int, help="Image height and width (default: the model's native size).")
@@ -505,7 +523,8 @@ def _parse_list(text: str, kind: type, what: str) -> list[Any]:
 @click.option("--scheduler", help="Scheduler for both sides (default: the package's own).")
 @click.option("--prompt", default="a photograph of an astronaut riding a horse, highly detailed", show_default=True)
 @click.option("--backends", default="ort", show_default=True,
-              help="Runtime backends to compare: ort, ort-fp16, trt (comma-separated).")
+              help="Runtime contenders, comma-separated, each BACKEND[-PRECISION][-graphs]: ort, ort-fp16, "
+              "ort-fp16-graphs (CUDA graphs), trt, trt-graphs.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
               help="cpu, or cuda for ONNX Runtime's CUDA provider and diffusers in fp16 on the GPU.")
 @click.option("--threads", type=int, help="Threads for both ONNX Runtime and torch (default: their own defaults).")
@@ -539,11 +558,12 @@ def bench(
       python cli.py bench --package packages/sd15-random --size 256 --steps 1,4,20 --repeats 3 --json bench.json
       python cli.py bench --package packages/tiny --quick
       python cli.py bench --package packages/sd15 --device cuda --backends ort,trt --size 512 --steps 20,50
+      python cli.py bench --package packages/sd15 --device cuda --backends ort-fp16,ort-fp16-graphs --size 512
 
     Prints latency (median, min, max; ratio to diffusers), the per-stage breakdown, the runtime's time outside its
     engines, and cold start; writes every raw figure to --json and PNG plots beside it.
     """
-    from bench.harness import BenchSettings, format_tables, run_bench, write_outputs
+    from bench.harness import BackendChoice, BenchSettings, format_tables, run_bench, write_outputs
     from engines.package import ModelPackage
 
     constants = ModelPackage.open(package).constants
@@ -559,7 +579,7 @@ def bench(
         guidance=guidance,
         scheduler=scheduler,
         prompt=prompt,
-        backends=tuple(_parse_list(backends, str, "--backends")),
+        backends=_parse_backends(_parse_list(backends, str, "--backends"), BackendChoice.parse),
         threads=threads,
         device=device,
         cold_start=cold_start,
@@ -578,7 +598,11 @@ def bench(
 @click.option("--size", type=int, help="Image height and width (default: the model's native size).")
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), help="ONNX precision for ort (default fp32).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where ONNX Runtime runs (cuda: onnxruntime-gpu's CUDA provider).")
+@click.option("--cuda-graphs", is_flag=True, help="Run the engines as captured CUDA graphs.")
+@click.option("--reference-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where diffusers runs the fp32 reference (cuda: fp32 with TF32 off).")
 @click.option("--out", "out_dir", default="parity-out", show_default=True, type=click.Path(path_type=Path),
               help="Folder for parity.json and the worst case's side-by-side image.")
 def parity(
@@ -590,6 +614,8 @@ def parity(
     backend: str,
     precision: str | None,
     device: str,
+    cuda_graphs: bool,
+    reference_device: str,
     out_dir: Path,
 ) -> None:
     """End-to-end parity report against diffusers (same weights, same injected latents); exits 1 on any miss.
@@ -598,6 +624,7 @@ def parity(
     Examples:
       python cli.py parity --package packages/tiny --schedulers all
       python cli.py parity --package packages/tiny --precision fp16 --schedulers euler_a,dpmpp_2m --guidance 7.5
+      python cli.py parity --package packages/sd15 --device cuda --precision fp16 --reference-device cuda
 
     Bars: fp32 ONNX Runtime, max pixel difference <= 2/255; fp16 and TensorRT, PSNR >= 30 dB against diffusers fp32.
     """
@@ -612,7 +639,8 @@ def parity(
             raise click.BadParameter(str(exc), param_hint="--schedulers") from None
     report = parity_report(
         package, names, _parse_list(guidance_text, float, "--guidance"), out_dir, steps=steps, backend=backend,
-        precision=precision, height=size, width=size, device=device,
+        precision=precision, height=size, width=size, device=device, cuda_graphs=cuda_graphs,
+        reference_device=reference_device,
     )
     rows = [[c.scheduler, f"{c.guidance:g}", f"{c.max_pixel_diff}/255", f"{c.psnr_db:.1f}", "pass" if c.passed else "FAIL",
              f"{c.seconds:.1f}s"] for c in report.cases]

@@ -55,10 +55,14 @@ def measure_cold_start(settings: Any, package: Any, progress: Callable[[str], No
     if settings.threads:
         common += ["--threads", str(settings.threads)]
     commands: dict[str, tuple[list[str], dict[str, str]]] = {"diffusers": (["diffusers", "--pretrained", str(pretrained_copy(package)), *common], {})}
+    from bench.harness import BackendChoice
+
     for backend in settings.backends:
-        name, _, precision = backend.partition("-")
-        extra = ["--precision", precision] if precision else []
-        arguments = ["runtime", "--package", str(settings.package), "--backend", name, *extra, *common]
+        choice = BackendChoice.parse(backend)
+        extra = ["--precision", choice.precision] if choice.precision else []
+        extra += ["--cuda-graphs"] if choice.cuda_graphs else []
+        extra += ["--exported"] if not choice.prebuilt else []
+        arguments = ["runtime", "--package", str(settings.package), "--backend", choice.backend, *extra, *common]
         commands[f"diffship {backend}"] = (arguments, {})
         # The very first start also hashes every file against the manifest (later starts trust the record).
         commands[f"diffship {backend}, first start"] = (arguments, {"DIFFSHIP_VERIFY": "always"})
@@ -85,8 +89,13 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
         from runtime.pipeline import Pipeline as _loaded  # noqa: F401  (force the lazy import now)
 
         imported = time.perf_counter()
+        from engines.ort import OrtOptions
+
+        ort_options = OrtOptions(device=arguments.device, threads=arguments.threads, prebuilt=not arguments.exported,
+                                 cuda_graph=arguments.cuda_graphs) if arguments.backend == "ort" else None
         pipe = Pipeline.from_package(arguments.package, backend=arguments.backend, precision=arguments.precision,
-                                     threads=arguments.threads, device=arguments.device)
+                                     threads=arguments.threads, device=arguments.device,
+                                     cuda_graphs=arguments.cuda_graphs, ort_options=ort_options)
         loaded = time.perf_counter()
         pipe(PROMPT, num_inference_steps=1, height=arguments.height, width=arguments.width, seed=0)
     else:
@@ -112,8 +121,23 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
         "load_s": loaded - imported,
         "generate_s": finished - loaded,
         "peak_rss_bytes": peak_rss_bytes(),
+        "gpu_memory_bytes": _gpu_memory_of_this_process() if arguments.device != "cpu" else None,
         "finished_wall": time.time(),
     }
+
+
+def _gpu_memory_of_this_process() -> int | None:
+    """Device memory this process holds now (after its first image), as nvidia-smi reports it; None without one."""
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                                capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in listed.stdout.splitlines():
+        pid, _, used = line.partition(",")
+        if pid.strip() == str(os.getpid()) and used.strip().isdigit():
+            return int(used.strip()) * 2**20
+    return None
 
 
 def main() -> None:
@@ -127,6 +151,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, required=True)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cuda-graphs", action="store_true")
+    parser.add_argument("--exported", action="store_true", help="the exported ONNX, not build-ort engines")
     print(json.dumps(_child(parser.parse_args())))
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from bench.reference import Reference, reference_pipeline, run_reference, use_scheduler
 from engines.base import EngineBase
+from engines.ort import OrtOptions
 from engines.package import ModelPackage
 from runtime import Pipeline
 from runtime.tables import format_table
@@ -29,6 +30,38 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse, highly detailed"
 STAGES = ("tokenize", "text_encoder", "unet", "scheduler_and_loop", "vae_decode")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """One runtime contender, written ``BACKEND[-PRECISION][-graphs][-exported]``: ``ort``, ``ort-fp16``,
+    ``ort-fp16-graphs`` (CUDA graphs), ``ort-fp16-exported`` (the exported ONNX even where build-ort engines exist),
+    ``trt``."""
+
+    backend: str
+    precision: str | None = None
+    cuda_graphs: bool = False
+    prebuilt: bool = True
+
+    @classmethod
+    def parse(cls, text: str) -> BackendChoice:
+        name, *flags = text.strip().split("-")
+        if name not in ("ort", "trt"):
+            raise ValueError(f"{text!r}: the backend is ort or trt (e.g. ort, ort-fp16, ort-fp16-graphs, trt)")
+        precision, graphs, prebuilt = None, False, True
+        for flag in flags:
+            if flag in ("fp32", "fp16") and precision is None:
+                precision = flag
+            elif flag == "graphs" and not graphs:
+                graphs = True
+            elif flag == "exported" and prebuilt and name == "ort":
+                prebuilt = False
+            else:
+                raise ValueError(f"{text!r}: {flag!r} is not fp32, fp16, graphs or exported (e.g. ort-fp16-graphs)")
+        return cls(name, precision, graphs, prebuilt)
+
+    def ort_options(self, device: str, threads: int | None) -> OrtOptions:
+        return OrtOptions(device=device, threads=threads, prebuilt=self.prebuilt, cuda_graph=self.cuda_graphs)
 
 
 @dataclass(frozen=True)
@@ -129,24 +162,34 @@ class DiffusersContender:
 
     def __init__(self, reference: Reference, name: str) -> None:
         self.reference, self.name = reference, name
+        self.synchronize: Callable[[], None] = lambda: None
+        if reference.device == "cuda":
+            import torch
+
+            # torch returns before the GPU is done: a stage's time is only its own after a synchronize.
+            self.synchronize = torch.cuda.synchronize
 
     def run(self, settings: BenchSettings, steps: int, latents: np.ndarray) -> Run:
         pipe = self.reference.pipe
         use_scheduler(self.reference, settings.scheduler)
         clock: dict[str, float] = {"encode_prompt": 0.0, "text_encoder": 0.0, "vae_decode": 0.0}
         unet_steps: list[float] = []
+        sync = self.synchronize
         patched = [
-            (pipe, "encode_prompt", _timed(pipe.encode_prompt, lambda s: _add(clock, "encode_prompt", s))),
-            (pipe.text_encoder, "forward", _timed(pipe.text_encoder.forward, lambda s: _add(clock, "text_encoder", s))),
-            (pipe.unet, "forward", _timed(pipe.unet.forward, unet_steps.append)),
-            (pipe.vae, "decode", _timed(pipe.vae.decode, lambda s: _add(clock, "vae_decode", s))),
+            (pipe, "encode_prompt", _timed(pipe.encode_prompt, lambda s: _add(clock, "encode_prompt", s), sync)),
+            (pipe.text_encoder, "forward",
+             _timed(pipe.text_encoder.forward, lambda s: _add(clock, "text_encoder", s), sync)),
+            (pipe.unet, "forward", _timed(pipe.unet.forward, unet_steps.append, sync)),
+            (pipe.vae, "decode", _timed(pipe.vae.decode, lambda s: _add(clock, "vae_decode", s), sync)),
         ]
         for owner, attribute, wrapper in patched:
             setattr(owner, attribute, wrapper)
         try:
+            sync()
             start = time.perf_counter()
             run_reference(self.reference, [settings.prompt], latents, [settings.seed], None, steps, settings.guidance,
                           settings.scheduler)
+            sync()
             total = time.perf_counter() - start
         finally:
             for owner, attribute, _ in patched:
@@ -169,12 +212,16 @@ def _add(clock: dict[str, float], key: str, seconds: float) -> None:
     clock[key] += seconds
 
 
-def _timed(function: Callable[..., Any], record: Callable[[float], None]) -> Callable[..., Any]:
+def _timed(
+    function: Callable[..., Any], record: Callable[[float], None], synchronize: Callable[[], None] = lambda: None
+) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        synchronize()
         start = time.perf_counter()
         try:
             return function(*args, **kwargs)
         finally:
+            synchronize()
             record(time.perf_counter() - start)
 
     return wrapper
@@ -189,11 +236,15 @@ def _contenders(settings: BenchSettings, package: ModelPackage) -> list[Any]:
     reference = reference_pipeline(package, device="cuda" if cuda else "cpu", dtype="fp16" if cuda else "fp32")
     contenders: list[Any] = [DiffusersContender(reference, f"diffusers (torch {reference.dtype} {reference.device})")]
     for backend in settings.backends:
-        name, _, precision = backend.partition("-")
-        pipe = Pipeline.from_package(settings.package, backend=name, precision=precision or None,
-                                     threads=settings.threads, device=settings.device)
-        device = pipe.engines["unet"].__dict__.get("device", "gpu" if name == "trt" else "cpu")
-        contenders.append(RuntimeContender(pipe, f"diffship {name} {pipe.precision} {device}"))
+        choice = BackendChoice.parse(backend)
+        ort_options = choice.ort_options(settings.device, settings.threads) if choice.backend == "ort" else None
+        pipe = Pipeline.from_package(settings.package, backend=choice.backend, precision=choice.precision,
+                                     threads=settings.threads, device=settings.device, cuda_graphs=choice.cuda_graphs,
+                                     ort_options=ort_options)
+        device = pipe.engines["unet"].__dict__.get("device", "gpu" if choice.backend == "trt" else "cpu")
+        label = " ".join(["diffship", choice.backend, pipe.precision, device, *(["graphs"] if choice.cuda_graphs else []),
+                          *(["exported ONNX"] if not choice.prebuilt else [])])
+        contenders.append(RuntimeContender(pipe, label))
     return contenders
 
 
@@ -292,8 +343,10 @@ def format_tables(result: BenchResult) -> str:
     lines.append(f"\nstage breakdown at {top} steps (median seconds)")
     lines.append(format_table(["contender", *STAGES], stage_rows))
     if result.cold_start:
-        cold_rows = [[name, f"{v['import_s']:.2f}", f"{v['first_image_s']:.2f}", f"{v['peak_rss_bytes'] / 2**30:.2f}"]
+        cold_rows = [[name, f"{v['import_s']:.2f}", f"{v['first_image_s']:.2f}", f"{v['peak_rss_bytes'] / 2**30:.2f}",
+                      f"{v['gpu_memory_bytes'] / 2**30:.2f}" if v.get("gpu_memory_bytes") else "-"]
                      for name, v in result.cold_start.items()]
         lines.append("\ncold start (fresh process)")
-        lines.append(format_table(["contender", "import s", "process start -> first image s", "peak RSS GiB"], cold_rows))
+        lines.append(format_table(["contender", "import s", "process start -> first image s", "peak RSS GiB",
+                                   "GPU memory GiB"], cold_rows))
     return "\n".join(lines)

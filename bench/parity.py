@@ -76,15 +76,18 @@ def parity_report(
     negatives: Sequence[str] = DEFAULT_NEGATIVES,
     seed: int = 1234,
     device: str = "cpu",
+    cuda_graphs: bool = False,
+    reference_device: str = "cpu",
 ) -> ParityReport:
     package = ModelPackage.open(package_path)
     constants = package.constants
     height = height or constants.default_height
     width = width or constants.default_width
-    pipe = Pipeline.from_package(package_path, backend=backend, precision=precision, device=device)
+    pipe = Pipeline.from_package(package_path, backend=backend, precision=precision, device=device,
+                                 cuda_graphs=cuda_graphs)
     strict = backend == "ort" and pipe.precision == "fp32"
     bar = f"max pixel diff <= {FP32_MAX_PIXEL_DIFF}/255" if strict else f"PSNR >= {LOW_PRECISION_MIN_PSNR:g} dB"
-    reference = reference_pipeline(package)
+    reference = reference_pipeline(package, device=reference_device)
     latents = np.random.default_rng(seed).standard_normal(
         (len(prompts), constants.latent_channels, height // constants.vae_scale_factor,
          width // constants.vae_scale_factor)).astype(np.float32)

@@ -52,6 +52,10 @@ def reference_pipeline(package: ModelPackage, device: str = "cpu", dtype: str = 
             "the weights rebuilt from the manifest's source differ from the exported ones (digest mismatch); "
             "was the source folder changed after export?"
         )
+    if device == "cuda" and dtype == "fp32":
+        # torch lets cuDNN convolutions use TF32 by default; an fp32 reference must compute in fp32.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     pipe: Any = source.diffusers_pipeline()  # diffusers' stubs omit DiffusionPipeline's own methods
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device=device, dtype=torch.float16) if dtype == "fp16" else pipe.to(device)

@@ -24,12 +24,14 @@ def default_precision(package: ModelPackage) -> str:
 
 
 def prebuilt_ort_engines(package: ModelPackage, precision: str, options: OrtOptions) -> EngineSet | None:
-    """The ``build-ort`` engine set for this CPU and onnxruntime version, when the session will run on the CPU."""
-    if not options.prebuilt or options.device == "cuda" or (options.device == "auto" and cuda_available()):
+    """The ``build-ort`` engine set for where the session will run (this CPU, or the CUDA provider) and this
+    onnxruntime version; None when there is none."""
+    if not options.prebuilt:
         return None
     from engines.ort_build import ort_engine_set_name
 
-    engine_set = package.manifest.engines.get(ort_engine_set_name(precision))
+    cuda = options.device == "cuda" or (options.device == "auto" and cuda_available())
+    engine_set = package.manifest.engines.get(ort_engine_set_name(precision, "cuda" if cuda else "cpu"))
     if engine_set is None:
         return None
     installed = import_onnxruntime().__version__
@@ -57,11 +59,17 @@ def open_engines(
         if backend == "ort":
             dtype = precision or default_precision(package)
             options = ort_options or OrtOptions()
+            if cuda_graphs:
+                options = replace(options, cuda_graph=True)
             prebuilt = prebuilt_ort_engines(package, dtype, options)
             for component in components:
                 variant = package.variant(component, dtype)
                 entry = prebuilt.components.get(component) if prebuilt else None
-                if entry is not None:
+                if entry is not None and prebuilt is not None and prebuilt.archs == ("cuda",):
+                    # Attention fused only; the CUDA provider optimises the rest of the graph when the session opens.
+                    files = [entry.plan, *(f for f in package.manifest.files if f == entry.plan + ".data")]
+                    path, component_options = package.path(entry.plan), options
+                elif entry is not None:
                     files = [entry.plan, *(f for f in package.manifest.files if f == entry.plan + ".data")]
                     # Optimised once already; without prepacking the weights stay memory-mapped and a session opens
                     # in a fraction of a second (measured: same step time, see BENCHMARKS.md).

@@ -6,7 +6,7 @@ MatMul -> Softmax -> MatMul, which ONNX Runtime runs by materialising the [batch
 ``fuse_attention`` rewrites it into ``com.microsoft.MultiHeadAttention``, whose CPU kernel works in tiles. The fused
 graph is then optimised at ``ORT_ENABLE_ALL`` (including the NCHWc layout for this CPU's vector width) and saved, so
 sessions load in about a second instead of re-optimising for fifteen. Every fused graph is checked against the
-unfused one in ONNX Runtime before it is kept (fp32 bar of DESIGN.md section 5).
+unfused one in ONNX Runtime before it is kept (the bar of its precision, DESIGN.md section 5).
 
 Engines go to ``engines/ort-<cpu>-<precision>/<component>.onnx``; the saved graph is specific to the CPU's vector
 extensions (``<cpu>``, e.g. ``cpu-avx512``), and the runtime uses it only on a matching CPU with the same
@@ -201,8 +201,18 @@ class OrtBuild:
     verification: dict[str, Any]
 
 
-def ort_engine_set_name(precision: str) -> str:
-    return f"ort-{cpu_tag()}-{precision}"
+TARGETS = ("cpu", "cuda")
+
+
+def target_tag(target: str) -> str:
+    """What an engine set is specific to: this CPU's family (``cpu``), or any GPU of ONNX Runtime's CUDA provider."""
+    if target not in TARGETS:
+        raise EngineError(f"unknown build-ort target {target!r}; choose {' or '.join(TARGETS)}")
+    return cpu_tag() if target == "cpu" else "cuda"
+
+
+def ort_engine_set_name(precision: str, target: str = "cpu") -> str:
+    return f"ort-{target_tag(target)}-{precision}"
 
 
 def build_ort_engines(
@@ -211,18 +221,22 @@ def build_ort_engines(
     components: Sequence[str] = DEFAULT_COMPONENTS,
     force: bool = False,
     progress: Callable[[str], None] = log.info,
+    target: str = "cpu",
 ) -> tuple[str, list[OrtBuild]]:
+    """Engines for ``target``: ``cpu`` fuses attention and saves the graph optimised for this CPU; ``cuda`` fuses
+    attention only (the CUDA provider runs MultiHeadAttention as flash / memory-efficient attention, and optimises
+    the graph itself when the session opens)."""
     import onnxruntime as ort
 
     package = ModelPackage.open(package_path)
-    name = ort_engine_set_name(precision)
+    name = ort_engine_set_name(precision, target)
     builds = []
     for component in components:
         package = ModelPackage.open(package_path)
         variant = package.variant(component, precision)
         key = hashlib.sha256(json.dumps({
             "schema": ORT_BUILD_SCHEMA, "onnx": [package.manifest.files[f].sha256 for f in variant.files],
-            "onnxruntime": ort.__version__, "cpu": cpu_tag(),
+            "onnxruntime": ort.__version__, "cpu": target_tag(target),
         }, sort_keys=True).encode()).hexdigest()
         existing = package.manifest.engines.get(name)
         entry = existing.components.get(component) if existing else None
@@ -230,12 +244,13 @@ def build_ort_engines(
             progress(f"{component}: up to date ({entry.plan}); --force rebuilds")
             builds.append(OrtBuild(component, True, 0, 0.0, 0.0, {}))
             continue
-        builds.append(_build_one(package, component, precision, name, key, progress))
+        builds.append(_build_one(package, component, precision, name, key, progress, target))
     return name, builds
 
 
 def _build_one(
-    package: ModelPackage, component: str, precision: str, set_name: str, key: str, progress: Callable[[str], None]
+    package: ModelPackage, component: str, precision: str, set_name: str, key: str, progress: Callable[[str], None],
+    target: str = "cpu",
 ) -> OrtBuild:
     import onnx
     import onnxruntime as ort
@@ -250,19 +265,23 @@ def _build_one(
     try:
         progress(f"{component}: fusing attention ({variant.onnx})")
         model, fused = fuse_attention(onnx.load(str(package.path(variant.onnx))))
-        fused_path = work / "fused.onnx"
+        stem = "fused" if target == "cpu" else component
+        fused_path = work / f"{stem}.onnx"
         onnx.save_model(model, str(fused_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="fused.onnx.data", size_threshold=1024)
+                        location=f"{stem}.onnx.data", size_threshold=1024)
         del model
-        progress(f"{component}: {fused} attention blocks fused; optimising for this CPU and saving")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        options.optimized_model_filepath = str(work / f"{component}.onnx")
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                         f"{component}.onnx.data")
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        ort.InferenceSession(str(fused_path), options, providers=["CPUExecutionProvider"])
+        if target == "cpu":
+            progress(f"{component}: {fused} attention blocks fused; optimising for this CPU and saving")
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            options.optimized_model_filepath = str(work / f"{component}.onnx")
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             f"{component}.onnx.data")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+            ort.InferenceSession(str(fused_path), options, providers=["CPUExecutionProvider"])
+        else:
+            progress(f"{component}: {fused} attention blocks fused (the CUDA provider optimises the rest at load)")
         progress(f"{component}: checking the optimised graph against the exported one in ONNX Runtime")
         verification = _verify(package, component, precision, work / f"{component}.onnx")
         if not verification["passed"]:
@@ -291,7 +310,7 @@ def _build_one(
             onnx_dtype=precision,
             precision_summary=report,
             layer_precisions={"fused_attention": fused},
-        ), [*written, report])
+        ), [*written, report], target)
         progress(f"{component}: done in {seconds:.1f}s; loads in {load_seconds:.1f}s")
         return OrtBuild(component, False, fused, seconds, load_seconds, verification)
     finally:
@@ -325,12 +344,15 @@ def _verify(package: ModelPackage, component: str, precision: str, optimized: Pa
         actual = candidate.run(None, feeds)
         figures = [compare(component, t.name, a.astype(np.float32), e.astype(np.float32))
                    for t, a, e in zip(variant.spec.outputs, actual, expected, strict=True)]
-        failures += [reason for f in figures if (reason := judge(component, "fp32", f))]
+        # fp16 graphs round differently once fused: they are held to the fp16 bar, fp32 graphs to the fp32 one.
+        failures += [reason for f in figures if (reason := judge(component, precision, f))]
         cases.append({"dims": dims, "outputs": [f.__dict__ | {"shape": list(f.shape)} for f in figures]})
     return {"passed": not failures, "failures": failures, "cases": cases, "load_seconds": load_seconds}
 
 
-def _record(package: ModelPackage, set_name: str, precision: str, entry: EngineEntry, files: Sequence[str]) -> None:
+def _record(
+    package: ModelPackage, set_name: str, precision: str, entry: EngineEntry, files: Sequence[str], target: str
+) -> None:
     import onnxruntime as ort
 
     current = ModelPackage.open(package.root)
@@ -342,7 +364,7 @@ def _record(package: ModelPackage, set_name: str, precision: str, entry: EngineE
         backend="ort",
         library="onnxruntime",
         library_version=ort.__version__,
-        archs=(cpu_tag(),),
+        archs=(target_tag(target),),
         precision=precision,
         request=ShapeRequest(Range.fixed(1), Range.fixed(current.constants.default_height),
                              Range.fixed(current.constants.default_width)),

@@ -110,9 +110,14 @@ class TrtEngine(EngineBase):
             return
         validity, diagnostics = validity_check(plan)
         if str(validity).endswith("INVALID"):
+            # The library reports a bit mask (seen on an H100: 2, UNSUPPORTED_CC); name the bits it sets.
+            flags = getattr(api.trt, "EngineInvalidityDiagnostics", None)
+            reasons = [name for name in dir(flags) if name.isupper() and int(diagnostics) & int(getattr(flags, name))]
             raise EngineError(
-                f"{self.label}: the engine cannot run here ({diagnostics}): built for another GPU architecture, "
-                "library version or driver; rebuild with build-trt --arch for this GPU"
+                f"{self.label}: the engine cannot run here ({', '.join(reasons) or diagnostics}; this GPU is "
+                f"{local_gpu_arch()}): built for another GPU architecture, library version or driver; rebuild with "
+                "build-trt --arch for this GPU (TensorRT-RTX does not target datacentre Hopper/Blackwell parts such "
+                "as sm90, sm100: use full TensorRT there)"
             )
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -116,7 +116,9 @@ class Pipeline:
 
         ``precision``: ``fp32``/``fp16`` export for ``ort`` (default: fp32 when present). ``threads``/``device``:
         ONNX Runtime intra-op threads and ``cpu``/``cuda``/``auto``. ``engine_set``: which ``engines/`` folder for
-        ``trt`` (default: the one built for this GPU).
+        ``trt`` (default: the one built for this GPU). ``cuda_graphs``: capture each engine's run into a CUDA graph
+        per input shape and replay it (``trt`` with static engines; ``ort`` on the CUDA provider, one static-shape
+        session per shape).
         """
         package = ModelPackage.open(path)
         options = ort_options or OrtOptions(device=device, threads=threads)

@@ -79,3 +79,22 @@ def test_parity_holds_with_prebuilt_engines(built: Path, tmp_path: Path) -> None
 
     report = parity_report(built, ["pndm", "euler_a"], [7.5], tmp_path, steps=6)
     assert report.passed, [c for c in report.cases if not c.passed]
+
+
+def test_cuda_target_fuses_attention_for_the_cuda_provider_and_the_cpu_ignores_it(built: Path) -> None:
+    from engines.loader import prebuilt_ort_engines
+
+    name, builds = build_ort_engines(built, "fp16", target="cuda")
+    assert name == "ort-cuda-fp16"
+    assert {b.component: b.fused_attention for b in builds} == {"text_encoder": 0, "unet": 20, "vae_decoder": 1}
+    package = ModelPackage.open(built)
+    engine_set = package.manifest.engines[name]
+    assert engine_set.archs == ("cuda",) and engine_set.precision == "fp16"
+    report = json.loads(package.path(engine_set.components["unet"].precision_summary).read_text())
+    assert report["verification"]["passed"]  # checked against the exported fp16 graph, at the fp16 bar
+    model = onnx.load(str(package.path(engine_set.components["unet"].plan)))
+    assert not any(node.domain == "com.microsoft" and node.op_type.startswith("Nchwc") for node in model.graph.node)
+    # A session on the CPU takes this CPU's set or the plain export, never the one fused for the CUDA provider.
+    chosen = prebuilt_ort_engines(package, "fp16", OrtOptions(device="cpu"))
+    assert chosen is None or chosen.name != name
+    assert package.verify_all() == []

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.errors import FeedError, MissingLibraryError
+from engines.errors import EngineError, FeedError, MissingLibraryError
 from engines.loader import open_engines
 from engines.ort import OrtEngine, OrtOptions, cuda_available
 from engines.package import ModelPackage, PackageError
@@ -93,3 +93,29 @@ def test_cuda_provider_with_io_binding_matches_cpu(tiny_package: Path) -> None:
     inputs = feeds(2, 16)
     inputs["sample"] = rng.standard_normal(inputs["sample"].shape).astype(np.float32)
     np.testing.assert_allclose(gpu(inputs)["model_output"], cpu(inputs)["model_output"], atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_replays_follow_new_inputs_and_shapes(tiny_package: Path) -> None:
+    if not cuda_available():
+        pytest.skip("onnxruntime-gpu is not installed")
+    package = ModelPackage.open(tiny_package)
+    variant = package.variant("unet", "fp32")
+    plain = OrtEngine(package.path(variant.onnx), variant.spec, OrtOptions(device="cuda"))
+    graphed = OrtEngine(package.path(variant.onnx), variant.spec, OrtOptions(device="cuda", cuda_graph=True,
+                                                                             cuda_graph_shapes=2))
+    rng = np.random.default_rng(1)
+    for batch, size in ((2, 16), (2, 16), (1, 8), (2, 16), (3, 24)):
+        inputs = feeds(batch, size)
+        inputs["sample"] = rng.standard_normal(inputs["sample"].shape).astype(np.float32)
+        inputs["encoder_hidden_states"] = rng.standard_normal(inputs["encoder_hidden_states"].shape).astype(np.float32)
+        # New values at an already captured shape must reach the graph (fixed buffers updated, not stale).
+        np.testing.assert_allclose(graphed(inputs)["model_output"], plain(inputs)["model_output"], atol=1e-4)
+    assert len(graphed._graphs) == 2  # least recently used shapes dropped
+    graphed.close()
+    plain.close()
+
+
+def test_cuda_graph_on_the_cpu_is_refused() -> None:
+    with pytest.raises(EngineError, match="CUDA graphs need the CUDA provider"):
+        OrtOptions(device="cpu", cuda_graph=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -47,8 +48,32 @@ def test_trt_backend_without_engines_says_how_to_build(tiny_package: Path) -> No
         Pipeline.from_package(tiny_package, backend="trt")
 
 
+def _require_runnable_engines() -> None:
+    from engines.tensorrt_api import RTX_ARCHS, local_gpu_arch
+
+    arch = local_gpu_arch()
+    if arch not in RTX_ARCHS:
+        pytest.skip(f"TensorRT-RTX engines do not run on this GPU ({arch}; it targets {', '.join(RTX_ARCHS)}) and "
+                    "these tests build with TensorRT-RTX")
+
+
+@pytest.mark.gpu
+def test_rtx_engines_on_a_gpu_rtx_does_not_target_are_refused_with_the_reason(package_with_engines: Path) -> None:
+    from engines.tensorrt_api import RTX_ARCHS, local_gpu_arch
+
+    arch = local_gpu_arch()
+    if arch in RTX_ARCHS:
+        pytest.skip(f"this GPU ({arch}) is a TensorRT-RTX target")
+    engine_set = next(iter(ModelPackage.open(package_with_engines).manifest.engines))
+    with pytest.raises(EngineError) as refused:
+        Pipeline.from_package(package_with_engines, backend="trt", engine_set=engine_set)
+    print(f"{arch}: {refused.value}")  # the library's own words, for the record (pytest -s)
+    assert re.search("cannot run here|could not deserialize", str(refused.value)), refused.value
+
+
 @pytest.mark.gpu
 def test_trt_engines_match_onnxruntime_fp32_end_to_end(package_with_engines: Path) -> None:
+    _require_runnable_engines()
     arguments = {"prompt": ["a red fox", "a cat"], "num_inference_steps": 10, "seed": 3, "height": 64, "width": 128}
     with Pipeline.from_package(package_with_engines, backend="ort", precision="fp32", device="cpu") as reference:
         expected = np.stack(reference(**arguments).images).astype(np.float64)
@@ -61,6 +86,7 @@ def test_trt_engines_match_onnxruntime_fp32_end_to_end(package_with_engines: Pat
 
 @pytest.mark.gpu
 def test_trt_engine_refuses_shapes_outside_its_profile(package_with_engines: Path) -> None:
+    _require_runnable_engines()
     with Pipeline.from_package(package_with_engines, backend="trt") as pipe:
         with pytest.raises(Exception, match="outside"):
             pipe("x", height=256, width=256, num_inference_steps=1)

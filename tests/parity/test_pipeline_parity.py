@@ -29,17 +29,6 @@ SEED = 1234
 
 
 @pytest.fixture(scope="module")
-def reference_pipelines(pretrained_dirs: dict[str, Path]) -> dict[str, Reference]:
-    references = {}
-    for name, folder in pretrained_dirs.items():
-        pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None).to("cpu")
-        pipe.set_progress_bar_config(disable=True)
-        # Every swap starts from the scheduler as loaded, as a user's would.
-        references[name] = Reference(pipe, pipe.scheduler.config, "cpu", "fp32", 8)
-    return references
-
-
-@pytest.fixture(scope="module")
 def our_pipelines(packages: dict[str, Path]) -> dict[tuple[str, str], Pipeline]:
     opened = {}
     for name, path in packages.items():

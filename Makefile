@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test demo lint typecheck clean
+.PHONY: install test test-fast demo lint typecheck clean
 
 # torch goes in first, pinned: anything that asks for an unpinned torch would pull several GB of CUDA packages.
 $(STAMP): pyproject.toml constraints.txt scripts/patch_tensorrt_stubs.py
@@ -22,6 +22,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The edit loop (under a minute): everything that needs no exported model (docs/design.md, "Tests").
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not export and not slow"
+
 demo: $(STAMP)
 	$(PY) cli.py export --model tiny --out packages/tiny
 	$(PY) cli.py build-ort --package packages/tiny
@@ -34,7 +38,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy engines runtime exporter bench cli.py
+	$(VENV)/bin/mypy core engines runtime exporter bench scripts cli.py
 
 clean:
 	rm -rf $(VENV) packages demo-out .pytest_cache .mypy_cache

@@ -7,6 +7,7 @@ exporter/, engines/ and runtime/. Errors a user can fix are printed as one line 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 from pathlib import Path
@@ -20,22 +21,10 @@ EXIT_USAGE = 2
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is meant for the user (imported lazily: torch must not load for `generate`)."""
-    from engines.errors import EngineError
-    from engines.package import PackageError
+    """The one error root meant for the user (core.errors is light: torch must not load for `generate`)."""
+    from core.errors import DiffshipError
 
-    types: list[type[BaseException]] = [PackageError, EngineError]
-    for module, name in (
-        ("exporter.package", "ExportError"),
-        ("exporter.sources", "SourceError"),
-        ("runtime.errors", "PipelineError"),
-        ("runtime.tokenizer", "TokenizerError"),
-        ("runtime.schedulers.common", "SchedulerError"),
-    ):
-        loaded = sys.modules.get(module)
-        if loaded is not None:
-            types.append(getattr(loaded, name))
-    return tuple(types)
+    return (DiffshipError,)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -222,33 +211,19 @@ def build_trt(
     an engine whose inputs (ONNX digest, shapes, precision, targets, library version, settings) did not change is
     not rebuilt.
     """
-    from engines.build import BuildRequest, build_engines, describe_summary
-    from engines.package import ModelPackage
-    from engines.profiles import parse_range, shape_request
-    from engines.specs import BuildConfig, Range
-    from engines.tensorrt_api import available_backends, local_gpu_arch
+    from core.package import ModelPackage
+    from core.profiles import parse_range, shape_request, size_ranges
+    from core.specs import BuildConfig
+    from engines.tensorrt.api import available_backends, local_gpu_arch
+    from engines.tensorrt.build import BuildRequest, build_engines, describe_summary, read_layer_summary
 
-    opened = ModelPackage.open(package)
-    constants = opened.constants
+    constants = ModelPackage.open(package).constants
     if backend == "auto":
-        found = available_backends()
-        backend = "trt" if "trt" in found and local_gpu_arch() is not None else "trt-rtx"
+        backend = "trt" if "trt" in available_backends() and local_gpu_arch() is not None else "trt-rtx"
     batch_range = parse_range(batch or ("1" if static else "1-4"), "--batch")
-    opt_height = height or constants.default_height
-    opt_width = width or constants.default_width
-    if static:
-        if batch_range.min != batch_range.max or min_size or max_size:
-            raise click.UsageError("--static builds one shape: give --batch N (one number) and no --min-size/--max-size")
-        heights, widths = Range.fixed(opt_height), Range.fixed(opt_width)
-    else:
-        multiple = constants.spatial_multiple
-        low = min_size or max(multiple, (min(opt_height, opt_width) // 2) // multiple * multiple)
-        high = max_size or 2 * max(opt_height, opt_width)
-        try:
-            heights = Range(low, min(max(opt_height, low), high), high)
-            widths = Range(low, min(max(opt_width, low), high), high)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--min-size/--max-size") from None
+    if static and batch_range.min != batch_range.max:
+        raise click.UsageError("--static builds one shape: give --batch N (one number)")
+    heights, widths = size_ranges(constants, height, width, min_size, max_size, static)
     config = BuildConfig(
         backend=backend,
         precision="fp16" if fp16 else "fp32",
@@ -263,23 +238,19 @@ def build_trt(
         components=tuple(c.strip() for c in components.split(",") if c.strip()),
         force=force,
     )
-    result = build_engines(request)
-    rows = [
-        [
-            b.component,
-            b.route,
-            f"{b.plan_bytes / 1e6:,.1f} MB",
-            "up to date" if b.skipped else f"{b.seconds:.1f}s",
-            describe_summary(b.summary) if b.summary else "-",
-        ]
-        for b in result.builds
-    ]
+    outcome = build_engines(request, on_progress=lambda line: click.echo(line, err=True))
+    built = ModelPackage.open(package)
+    rows = []
+    for c in outcome.components:
+        plan = built.path(c.entry.files[0])
+        summary = c.details.get("summary") or read_layer_summary(built, c.entry)
+        rows.append([c.component, c.details.get("route", "-"), f"{plan.stat().st_size / 1e6:,.1f} MB",
+                     "up to date" if c.skipped else f"{c.seconds:.1f}s", describe_summary(summary) if summary else "-"])
     click.echo(format_table(["component", "from", "plan", "build", "precision (builder report)"], rows))
     shapes = request.shapes
     click.echo(
-        f"engines: {result.folder}  ({result.library.name} {result.library.version}, {', '.join(result.archs)}, "
-        f"batch {shapes.batch.min}-{shapes.batch.max}, {shapes.height.min}-{shapes.height.max} x "
-        f"{shapes.width.min}-{shapes.width.max} px)"
+        f"engines: {outcome.folder}  ({config.backend}, {config.precision}, batch {shapes.batch.min}-{shapes.batch.max}, "
+        f"{shapes.height.min}-{shapes.height.max} x {shapes.width.min}-{shapes.width.max} px)"
     )
 
 
@@ -303,39 +274,29 @@ def build_ort(package: Path, precision: str, components: str, force: bool, targe
     same onnxruntime) instead of the plain ONNX: faster sessions, less memory, faster UNet steps (see BENCHMARKS.md).
     Each graph is checked against the exported one.
     """
-    from engines.ort_build import build_ort_engines
+    from engines.ort.build import build_ort_engines
 
-    name, builds = build_ort_engines(
+    outcome = build_ort_engines(
         package, precision, [c.strip() for c in components.split(",") if c.strip()], force,
         progress=lambda line: click.echo(line, err=True), target=target,
     )
-    rows = [[b.component, "up to date" if b.skipped else f"{b.seconds:.1f}s", str(b.fused_attention) if not b.skipped
-             else "-", f"{b.load_seconds:.1f}s" if not b.skipped else "-"] for b in builds]
+    rows = [[c.component, "up to date" if c.skipped else f"{c.seconds:.1f}s",
+             str(c.details.get("fused_attention", "-")),
+             f"{c.details['verification']['load_seconds']:.1f}s" if "verification" in c.details else "-"]
+            for c in outcome.components]
     click.echo(format_table(["component", "build", "attention blocks fused", "session load"], rows))
-    click.echo(f"engines: {package / 'engines' / name}")
+    click.echo(f"engines: {outcome.folder}")
 
 
-GRID_KEYS = {"steps": int, "guidance": float, "scheduler": str, "seed": int}
+def _parse_grid(values: tuple[str, ...]) -> list[Any]:
+    from runtime.errors import PipelineInputError
+    from runtime.grid import check_axes, parse_axis
 
-
-def _parse_grid(values: tuple[str, ...]) -> list[tuple[str, list[Any]]]:
-    axes: list[tuple[str, list[Any]]] = []
-    for value in values:
-        key, _, items = value.partition("=")
-        key = key.strip()
-        if key not in GRID_KEYS or not items:
-            raise click.BadParameter(
-                f"{value!r}: use KEY=V1,V2,... with KEY one of {', '.join(GRID_KEYS)}", param_hint="--grid"
-            )
-        if key in (k for k, _ in axes):
-            raise click.BadParameter(f"{key} is given twice", param_hint="--grid")
-        try:
-            parsed = [GRID_KEYS[key](item.strip()) for item in items.split(",") if item.strip()]
-        except ValueError:
-            raise click.BadParameter(f"{value!r}: values of {key} must be {GRID_KEYS[key].__name__}", param_hint="--grid") from None
-        axes.append((key, parsed))
-    if len(axes) > 2:
-        raise click.BadParameter("at most two --grid axes (rows and columns)", param_hint="--grid")
+    try:
+        axes = [parse_axis(value) for value in values]
+        check_axes(axes)
+    except PipelineInputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--grid") from None
     return axes
 
 
@@ -349,6 +310,11 @@ class _StepProgress:
     def __call__(self, step: int, timestep: float, latents: Any) -> None:
         if self.enabled:
             click.echo(f"\r{self.label}step {step + 1} (t={timestep:g})   ", err=True, nl=False)
+
+    def cell(self, index: int, count: int) -> _StepProgress:
+        """The counter for grid cell ``index`` of ``count``."""
+        self.label = f"[cell {index + 1}/{count}] "
+        return self
 
     def done(self) -> None:
         if self.enabled:
@@ -433,7 +399,8 @@ def generate(
     import secrets
 
     from runtime import Pipeline
-    from runtime.images import contact_sheet, save_png
+    from runtime.grid import sweep
+    from runtime.images import save_png
 
     axes = _parse_grid(grid)
     if axes and (len(prompts) > 1 or images_per_prompt > 1):
@@ -461,36 +428,13 @@ def generate(
                 click.echo(f"wrote {path}  (seed {params['seed']})")
             click.echo(_timingformat_table(result.timings, len(result.images)))
             return
-        rows_key, row_values = axes[0]
-        columns_key, column_values = axes[1] if len(axes) > 1 else ("", [None])
-        names = {"steps": "num_inference_steps", "guidance": "guidance_scale", "scheduler": "scheduler", "seed": "seed"}
-        cells, total = [], None
-        for r, row_value in enumerate(row_values):
-            row = []
-            for c, column_value in enumerate(column_values):
-                cell_arguments = {**arguments, names[rows_key]: row_value}
-                if columns_key:
-                    cell_arguments[names[columns_key]] = column_value
-                progress = _StepProgress(f"[cell {r * len(column_values) + c + 1}/{len(row_values) * len(column_values)}] ")
-                result = pipe(prompts[0], callback=progress, **cell_arguments)
-                progress.done()
-                row.append(result.images[0])
-                total = result.timings if total is None else total.add(result.timings)
-            cells.append(row)
-        swept = {key for key, _ in axes}
-        settings = {"steps": steps, "guidance": guidance, "scheduler": scheduler or "default", "seed": seed}
-        fixed = {k: v for k, v in settings.items() if k not in swept}
-        title = f"{prompts[0]!r}  " + "  ".join(f"{k}={v}" for k, v in fixed.items())
-        sheet = contact_sheet(
-            cells,
-            [f"{rows_key}={v}" for v in row_values],
-            [f"{columns_key}={v}" for v in column_values] if columns_key else [""],
-            title=title,
-        )
-        save_png(sheet, out, {"prompt": prompts[0], "negative_prompt": negative_prompt, "grid": dict(axes), **fixed})
-        click.echo(f"wrote {out}  ({len(row_values)} x {len(column_values)} grid, seed {seed})")
-        click.echo(_timingformat_table(total, len(row_values) * len(column_values)))
-
+        progress = _StepProgress()
+        grid_result = sweep(pipe, prompts[0], axes, arguments, cell_callback=progress.cell)
+        progress.done()
+        save_png(grid_result.sheet, out, grid_result.parameters)
+        counts = [len(axis.values) for axis in axes]
+        click.echo(f"wrote {out}  ({' x '.join(map(str, counts))} grid, seed {seed})")
+        click.echo(_timingformat_table(grid_result.timings, math.prod(counts)))
 
 
 def _parse_list(text: str, kind: type, what: str) -> list[Any]:
@@ -564,7 +508,7 @@ def bench(
     engines, and cold start; writes every raw figure to --json and PNG plots beside it.
     """
     from bench.harness import BackendChoice, BenchSettings, format_tables, run_bench, write_outputs
-    from engines.package import ModelPackage
+    from core.package import ModelPackage
 
     constants = ModelPackage.open(package).constants
     steps = (1, 2) if quick else tuple(_parse_list(steps_text, int, "--steps"))
@@ -667,6 +611,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except ModuleNotFoundError as exc:
+        from core.errors import EXTRAS
+
+        root = (exc.name or "").split(".")[0]
+        if root not in EXTRAS:
+            raise
+        click.echo(f"error: this command needs {root}, which is not installed: pip install 'diffship[{EXTRAS[root]}]'",
+                   err=True)
+        return EXIT_USAGE
     except Exception as exc:
         if isinstance(exc, _user_error_types()):
             click.echo(f"error: {exc}", err=True)

@@ -21,14 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.files import publish_folder, work_folder
+from core.integrity import VERIFY_ENV, cache_dir
 from runtime.timing import peak_rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a photograph of an astronaut riding a horse"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DIFFSHIP_CACHE", Path.home() / ".cache" / "diffship"))
 
 
 def pretrained_copy(package: Any) -> Path:
@@ -39,14 +37,12 @@ def pretrained_copy(package: Any) -> Path:
     folder = cache_dir() / f"reference-{digest}"
     if (folder / "model_index.json").is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    reference = reference_pipeline(package)
-    reference.pipe.save_pretrained(staging)
-    # Keep the package's own scheduler file: save_pretrained spells out every default, which changes swaps.
-    shutil.copyfile(package.path("scheduler/scheduler_config.json"), staging / "scheduler" / "scheduler_config.json")
-    os.replace(staging, folder)
+    with work_folder(folder.parent, folder.name) as staging:
+        reference = reference_pipeline(package)
+        reference.pipe.save_pretrained(staging)
+        # Keep the package's own scheduler file: save_pretrained spells out every default, which changes swaps.
+        shutil.copyfile(package.path("scheduler/scheduler_config.json"), staging / "scheduler" / "scheduler_config.json")
+        publish_folder(staging, folder)
     return folder
 
 
@@ -65,7 +61,7 @@ def measure_cold_start(settings: Any, package: Any, progress: Callable[[str], No
         arguments = ["runtime", "--package", str(settings.package), "--backend", choice.backend, *extra, *common]
         commands[f"diffship {backend}"] = (arguments, {})
         # The very first start also hashes every file against the manifest (later starts trust the record).
-        commands[f"diffship {backend}, first start"] = (arguments, {"DIFFSHIP_VERIFY": "always"})
+        commands[f"diffship {backend}, first start"] = (arguments, {VERIFY_ENV: "always"})
     results = {}
     for label, (arguments, environment) in commands.items():
         progress(f"cold start: {label}")

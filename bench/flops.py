@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--threads", type=int)
     arguments = parser.parse_args()
-    from engines.package import ModelPackage
+    from core.package import ModelPackage
 
     package = ModelPackage.open(arguments.package)
     flops = count_unet_flops(package, arguments.batch, arguments.latent)

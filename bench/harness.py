@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from bench.reference import Reference, reference_pipeline, run_reference, use_scheduler
+from core.package import ModelPackage
 from engines.base import EngineBase
 from engines.ort import OrtOptions
-from engines.package import ModelPackage
 from runtime import Pipeline
 from runtime.tables import format_table
 

@@ -40,7 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def fused_unet_path(package_root: Path) -> Path:
     """The UNet after ONNX Runtime's transformer optimizer (attention fused for the CPU provider), made once."""
     from bench.coldstart import cache_dir
-    from engines.package import ModelPackage
+    from core.package import ModelPackage
 
     package = ModelPackage.open(package_root)
     variant = package.variant("unet", "fp32")
@@ -95,7 +95,7 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
         import torch
 
         from bench.reference import reference_pipeline
-        from engines.package import ModelPackage
+        from core.package import ModelPackage
 
         if arguments.threads:
             torch.set_num_threads(arguments.threads)
@@ -105,16 +105,16 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
             with torch.inference_mode():
                 unet(torch.from_numpy(sample), torch.from_numpy(timestep), torch.from_numpy(hidden))
     else:
-        from engines.loader import open_engines
+        from core.package import ModelPackage
+        from engines.backend import OpenRequest, open_engines
         from engines.ort import OrtEngine, OrtOptions
-        from engines.package import ModelPackage
 
         package = ModelPackage.open(arguments.package)
         variant = package.variant("unet", "fp32")
         if settings.get("prebuilt"):
             options = OrtOptions(threads=arguments.threads, device="cpu",
                                  **{k: v for k, v in settings.items() if k != "prebuilt"})
-            engine = open_engines(package, ["unet"], "ort", "fp32", options)["unet"]
+            engine = open_engines(package, ["unet"], "ort", OpenRequest(precision="fp32", options=options))[0]["unet"]
             if "engines/" not in str(getattr(engine, "path", "engines/")):
                 raise SystemExit("no build-ort engine in this package: run `cli.py build-ort` first")
         else:
@@ -129,7 +129,7 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
     loaded = time.perf_counter() - started
     hidden_size = 768
     try:
-        from engines.package import ModelPackage
+        from core.package import ModelPackage
 
         hidden_size = ModelPackage.open(arguments.package).constants.text_hidden_size
     except Exception:  # pragma: no cover - only for packages without constants

@@ -1,7 +1,7 @@
 """``cli.py parity``: end-to-end parity of a package's runtime against diffusers, case by case, with the worst shown.
 
 Cases are schedulers x guidance scales, each a call with several prompts (and negative prompts) from the same
-injected latents. Bars (DESIGN.md section 5): fp32 ONNX Runtime: max pixel difference <= 2/255; fp16 ONNX and
+injected latents. Bars (docs/design.md, "Parity bars"): fp32 ONNX Runtime: max pixel difference <= 2/255; fp16 ONNX and
 TensorRT engines: PSNR >= 30 dB, always against diffusers in fp32.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.reference import reference_pipeline, run_reference
-from engines.metrics import psnr
-from engines.package import ModelPackage
+from core.metrics import psnr
+from core.package import ModelPackage
 from runtime import Pipeline
 from runtime.images import save_png
 

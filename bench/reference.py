@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from engines.package import ModelPackage
+from core.errors import DiffshipError
+from core.package import ModelPackage
 
 log = logging.getLogger(__name__)
 
 
-class ReferenceError(Exception):
-    """The reference pipeline cannot be rebuilt with the package's weights."""
+class ReferenceMismatchError(DiffshipError):
+    """The reference pipeline cannot be rebuilt with the package's weights (source gone, or its digest differs)."""
 
 
 @dataclass
@@ -45,10 +46,10 @@ def reference_pipeline(package: ModelPackage, device: str = "cpu", dtype: str = 
     try:
         source = load_source_from_info(dict(package.manifest.source))
     except SourceError as exc:
-        raise ReferenceError(f"cannot rebuild the package's source for diffusers: {exc}") from None
+        raise ReferenceMismatchError(f"cannot rebuild the package's source for diffusers: {exc}") from None
     expected = package.manifest.source.get("weights_sha256")
     if expected and source.weights_sha256() != expected:
-        raise ReferenceError(
+        raise ReferenceMismatchError(
             "the weights rebuilt from the manifest's source differ from the exported ones (digest mismatch); "
             "was the source folder changed after export?"
         )

@@ -1,44 +1,23 @@
-"""The one Engine protocol every backend implements, and the feed checks they share."""
+"""What every backend's engine is (``EngineBase``: named numpy arrays in, named numpy arrays out) and the feed checks
+they share."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from core.specs import ComponentSpec, ShapeProfile, TensorSpec
 from engines.errors import FeedError
-from engines.specs import ComponentSpec, ShapeProfile, TensorSpec
-
-
-@runtime_checkable
-class Engine(Protocol):
-    """A compiled component: named numpy arrays in, named numpy arrays out."""
-
-    spec: ComponentSpec
-    profile: ShapeProfile | None
-    """The shapes the engine accepts (TensorRT profiles); None when any shape the spec allows will do."""
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]: ...
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]: ...
-
-    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> Engine: ...
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None: ...
 
 
 class EngineBase:
-    """Shared plumbing: spec accessors, context management, feed checks."""
+    """A compiled component: ``engine(feeds) -> outputs``, both dicts of numpy arrays named as in ``spec``.
+
+    Backends subclass it; ``profile`` is the set of shapes the engine accepts (TensorRT's optimisation profile), None
+    when any shape the spec allows will do.
+    """
 
     spec: ComponentSpec
     profile: ShapeProfile | None = None
@@ -59,6 +38,12 @@ class EngineBase:
         if self.profile is None:
             return None
         return self.profile.batch_range(self.spec.inputs[0].name)[1]
+
+    def min_batch(self) -> int:
+        """The smallest batch one call accepts (a static profile built for the guided batch takes only that)."""
+        if self.profile is None:
+            return 1
+        return self.profile.batch_range(self.spec.inputs[0].name)[0]
 
     def close(self) -> None:
         pass

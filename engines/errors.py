@@ -1,11 +1,13 @@
 """Errors the engines layer raises for problems a user can fix (wrong input, missing library, wrong GPU)."""
 
+from core.errors import DiffshipError, MissingDependencyError
 
-class EngineError(Exception):
+
+class EngineError(DiffshipError):
     """An engine cannot be built, loaded or run; the message says what is wrong and what to do."""
 
 
-class MissingLibraryError(EngineError):
+class MissingLibraryError(EngineError, MissingDependencyError):
     """An optional library (onnxruntime, tensorrt, tensorrt_rtx, cuda-python) is not installed."""
 
 

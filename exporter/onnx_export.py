@@ -18,13 +18,13 @@ from pathlib import Path
 import onnx
 import torch
 
-from engines.specs import ComponentSpec
+from core.specs import ComponentSpec
+from engines.onnx_graphs import save_onnx
 
 log = logging.getLogger(__name__)
 
 EXPORTERS = ("dynamo", "legacy")
 DEFAULT_OPSET = 18
-PROTOBUF_LIMIT = 2**31 - 1
 ONNX_NAME = "model.onnx"
 
 
@@ -135,18 +135,7 @@ def _finalize(raw_path: Path, spec: ComponentSpec, dest: Path) -> list[Path]:
                 proto_dim.dim_param = want
             else:
                 proto_dim.dim_value = want
-    weights_bytes = sum(len(t.raw_data) for t in model.graph.initializer)
-    data_name = dest.name + ".data"
-    for stale in (dest, dest.with_name(data_name)):
-        stale.unlink(missing_ok=True)
-    if weights_bytes + (1 << 20) >= PROTOBUF_LIMIT:
-        onnx.save_model(
-            model, str(dest), save_as_external_data=True, all_tensors_to_one_file=True, location=data_name,
-            size_threshold=1024,
-        )
-        return [dest, dest.with_name(data_name)]
-    onnx.save_model(model, str(dest))
-    return [dest]
+    return save_onnx(model, dest)
 
 
 @contextlib.contextmanager

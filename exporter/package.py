@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,24 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.metrics import random_feeds
-from engines.package import (
-    DTYPES,
-    MANIFEST_NAME,
-    NUMPY_FLOAT,
-    ComponentVariant,
-    Manifest,
-    ModelPackage,
-    PackageError,
-    current_umask,
-    is_package,
-)
-from engines.progress import ElapsedLog
-from engines.specs import PipelineConstants, symbolic_dims
+from core.errors import DiffshipError, PackageError
+from core.families import get_family
+from core.files import publish_folder, work_folder
+from core.manifest import DTYPES, MANIFEST_NAME, NUMPY_FLOAT, SCHEMA_VERSION, ComponentVariant, Manifest
+from core.metrics import random_feeds, verification_dims
+from core.package import ModelPackage, is_package
+from core.progress import ElapsedLog
+from core.specs import PipelineConstants, dim_multiples, symbolic_dims
+from exporter.families import family_wrappers
 from exporter.onnx_export import ExportOptions, export_component
 from exporter.sources import SourceModels, check_source_arguments, load_source
-from exporter.verify import Verification, check_onnx, verification_dims, verify_component
-from exporter.wrappers import COMPONENTS, boundary_module, component_specs, derive_constants, dim_multiples
+from exporter.verify import check_onnx, verify_component
 from runtime.timing import peak_rss_bytes
 
 log = logging.getLogger(__name__)
@@ -52,7 +45,7 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special
 VERSIONED_LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy")
 
 
-class ExportError(Exception):
+class ExportError(DiffshipError):
     """The export cannot proceed; the message says why and what to do."""
 
 
@@ -74,7 +67,8 @@ class ComponentReport:
     dtype: str
     file_bytes: int
     seconds: dict[str, float]
-    verification: Verification
+    verification: Any
+    """core.metrics.Verification"""
 
 
 @dataclass(frozen=True)
@@ -108,14 +102,9 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
         if not request.force and _is_up_to_date(out, key):
             progress(f"{out} is up to date (same weights, dtypes, exporter and versions): skipping; --force re-exports")
             return ExportResult(out, True, (), progress.elapsed, peak_rss_bytes())
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        os.chmod(staging, 0o777 & ~current_umask())
-        try:
-            reports, manifest = _write_package(source, request, staging, key, key_inputs, progress)
-            _move_into_place(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with work_folder(out.parent, out.name) as staging:
+            reports = _write_package(source, request, staging, key, key_inputs, progress)
+            publish_folder(staging, out)
     finally:
         source.close()
     progress(f"package written to {out}")
@@ -154,12 +143,13 @@ def _library_versions() -> dict[str, str]:
 
 def _export_key(source: SourceModels, request: ExportRequest) -> tuple[str, dict[str, Any]]:
     inputs = {
+        "schema": SCHEMA_VERSION,
         "source": source.info,
         "weights_sha256": source.weights_sha256(),
         "dtypes": list(request.dtypes),
         "exporter": request.options.exporter,
         "opset": request.options.opset,
-        "components": list(COMPONENTS),
+        "components": list(get_family(source.family).components),
         "versions": _library_versions(),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(), inputs
@@ -188,9 +178,10 @@ def _write_package(
     key: str,
     key_inputs: dict[str, Any],
     progress: Callable[[str], None],
-) -> tuple[list[ComponentReport], Manifest]:
-    constants = derive_constants(source)
-    specs = component_specs(constants)
+) -> list[ComponentReport]:
+    family, wrappers = get_family(source.family), family_wrappers(source.family)
+    constants = wrappers.derive_constants(source)
+    specs = family.specs(constants)
     multiples = dim_multiples(constants)
     cases = verification_dims(constants)
     vocab_size = int(source.text_encoder.config.vocab_size)
@@ -201,8 +192,8 @@ def _write_package(
 
     reports: list[ComponentReport] = []
     variants: dict[str, dict[str, ComponentVariant]] = {}
-    for component in COMPONENTS:
-        reference = boundary_module(component, source)
+    for component in family.components:
+        reference = wrappers.boundary_module(component, source)
         feeds = random_feeds(specs[component], _example_dims(constants), np.random.default_rng(0), vocab_size)
         example = tuple(torch.from_numpy(feeds[t.name]) for t in specs[component].inputs)
         for dtype in request.dtypes:
@@ -265,7 +256,7 @@ def _write_package(
         files={},
     ).with_files(staging, written)
     ModelPackage(staging, manifest).write_manifest(manifest)
-    return reports, manifest
+    return reports
 
 
 def _example_dims(constants: PipelineConstants) -> dict[str, int]:
@@ -295,21 +286,6 @@ def _copy_tokenizer(source_dir: Path, dest: Path) -> list[str]:
     if not (dest / "tokenizer_config.json").is_file():
         raise ExportError(f"{source_dir} has no tokenizer_config.json")
     return sorted(set(written))
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    """Swap the finished staging folder in; an old package (``--force``) or empty folder is removed after."""
-    # Temporary files (and onnx's external-data writer) are private; the package should read like any folder.
-    mask = current_umask()
-    for path in staging.rglob("*"):
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
-    trash = None
-    if out.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, trash / "package")
-    os.replace(staging, out)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _megabytes(size: int) -> str:

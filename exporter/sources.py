@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from core.errors import DiffshipError
 from exporter.vocab import write_clip_tokenizer
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_SEED = 0
 
 
-class SourceError(Exception):
+class SourceError(DiffshipError):
     """The requested model cannot be loaded; the message says what to do instead."""
 
 

@@ -1,7 +1,9 @@
 """Errors the runtime raises for problems a caller can fix."""
 
+from core.errors import DiffshipError
 
-class PipelineError(Exception):
+
+class PipelineError(DiffshipError):
     """The pipeline cannot be built or run as asked; the message says why and what is allowed."""
 
 

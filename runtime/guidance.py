@@ -10,13 +10,22 @@ from engines.base import EngineBase
 
 
 def run_engine(engine: EngineBase, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One logical call: inputs cast to the engine's dtypes, split into chunks the engine accepts, float32 out."""
+    """One logical call: inputs cast to the engine's dtypes, float32 out; a batch the engine's profile does not take
+    in one call is split into chunks it takes, and a chunk below its smallest batch (a static engine built for the
+    guided batch, called unguided) is padded with copies of its last item, whose outputs are dropped."""
     batch = len(next(iter(feeds.values())))
     limit = engine.max_batch() or batch
+    least = engine.min_batch()
     typed = {t.name: np.ascontiguousarray(feeds[t.name], dtype=t.dtype) for t in engine.inputs}
-    chunks = [
-        engine({name: array[start : start + limit] for name, array in typed.items()}) for start in range(0, batch, limit)
-    ]
+    chunks = []
+    for start in range(0, batch, limit):
+        chunk = {name: array[start : start + limit] for name, array in typed.items()}
+        size = len(next(iter(chunk.values())))
+        if size < least:
+            chunk = {name: np.concatenate([array, np.repeat(array[-1:], least - size, axis=0)])
+                     for name, array in chunk.items()}
+        outputs = engine(chunk)
+        chunks.append({name: value[:size] for name, value in outputs.items()})
     return {
         t.name: np.concatenate([chunk[t.name] for chunk in chunks]).astype(np.float32, copy=False)
         for t in engine.outputs

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from core.files import write_bytes_atomic
 
 PARAMETERS_KEY = "parameters"
 """The PNG text chunk holding the generation parameters as JSON."""
@@ -30,14 +31,9 @@ def save_png(image: np.ndarray, path: Path, parameters: Mapping[str, Any] | None
     info = PngImagePlugin.PngInfo()
     if parameters:
         info.add_text(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True))
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        Image.fromarray(image).save(temporary, format="PNG", pnginfo=info)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    encoded = io.BytesIO()
+    Image.fromarray(image).save(encoded, format="PNG", pnginfo=info)
+    write_bytes_atomic(path, encoded.getvalue())
     return path
 
 

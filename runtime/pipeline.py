@@ -20,14 +20,13 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.package import ModelPackage
+from engines.backend import OpenRequest, open_engines
 from engines.base import EngineBase
-from engines.loader import default_precision, open_engines
-from engines.ort import OrtOptions
-from engines.package import ModelPackage
 from runtime.errors import PipelineError, PipelineInputError
 from runtime.guidance import ClassifierFreeGuidance, run_engine
 from runtime.images import save_png, to_uint8
@@ -35,10 +34,12 @@ from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, resolv
 from runtime.timing import StageTimer, Timings
 from runtime.tokenizer import CLIPTokenizer
 
+if TYPE_CHECKING:
+    from engines.ort import OrtOptions
+
 log = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, float, np.ndarray], None]
-TXT2IMG_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 
 
 @dataclass
@@ -112,24 +113,28 @@ class Pipeline:
         ort_options: OrtOptions | None = None,
         cuda_graphs: bool = False,
     ) -> Pipeline:
-        """Open a package: tokenizer and scheduler config from its folders, engines of ``backend`` (``ort``, ``trt``).
+        """Open a package: tokenizer and scheduler config from its folders, engines of ``backend`` (``ort``, ``trt``,
+        or any registered with ``engines.backend.register_backend``).
 
-        ``precision``: ``fp32``/``fp16`` export for ``ort`` (default: fp32 when present). ``threads``/``device``:
-        ONNX Runtime intra-op threads and ``cpu``/``cuda``/``auto``. ``engine_set``: which ``engines/`` folder for
-        ``trt`` (default: the one built for this GPU). ``cuda_graphs``: capture each engine's run into a CUDA graph
-        per input shape and replay it (``trt`` with static engines; ``ort`` on the CUDA provider, one static-shape
-        session per shape).
+        ``precision``: ``fp32``/``fp16`` (``ort`` default: fp32 when exported). ``threads``/``device``: ONNX Runtime
+        intra-op threads and ``cpu``/``cuda``/``auto``. ``engine_set``: which ``engines/`` folder (default: the
+        backend's choice for this machine). ``cuda_graphs``: capture each engine's run into a CUDA graph per input
+        shape and replay it (``trt`` with static engines; ``ort`` on the CUDA provider, one static-shape session per
+        shape). ``ort_options`` overrides the ONNX Runtime settings above.
         """
         package = ModelPackage.open(path)
-        options = ort_options or OrtOptions(device=device, threads=threads)
-        engines = open_engines(
-            package, TXT2IMG_COMPONENTS, backend, precision, options, engine_set=engine_set, cuda_graphs=cuda_graphs
-        )
-        tokenizer = CLIPTokenizer.from_dir(package.path("tokenizer"), max_length=package.constants.text_max_length)
-        config_path = package.verify_file("scheduler/scheduler_config.json")
-        scheduler_config = json.loads(config_path.read_text(encoding="utf-8"))
-        chosen = precision or (default_precision(package) if backend == "ort" else "fp16")
-        return cls(package, engines, tokenizer, scheduler_config, backend, chosen)
+        request = OpenRequest(precision=precision, engine_set=engine_set, device=device, threads=threads,
+                              cuda_graphs=cuda_graphs, options=ort_options if backend == "ort" else None)
+        engines, selection = open_engines(package, package.family.txt2img, backend, request)
+        try:
+            tokenizer = CLIPTokenizer.from_dir(package.path("tokenizer"), max_length=package.constants.text_max_length)
+            config_path = package.verify_file("scheduler/scheduler_config.json")
+            scheduler_config = json.loads(config_path.read_text(encoding="utf-8"))
+        except BaseException:
+            for engine in engines.values():
+                engine.close()
+            raise
+        return cls(package, engines, tokenizer, scheduler_config, selection.backend, selection.precision)
 
     def close(self) -> None:
         for engine in self.engines.values():
@@ -219,8 +224,10 @@ class Pipeline:
         return cond, uncond
 
     def _make_scheduler(self, request: _Request) -> Scheduler:
+        # The package's own scheduler unless one is asked for; its family's when the config names none.
+        name = request.scheduler or self.scheduler_config.get("_class_name") or self.package.family.default_scheduler
         try:
-            return make_scheduler(request.scheduler, self.scheduler_config, request.steps)
+            return make_scheduler(name, self.scheduler_config, request.steps)
         except SchedulerError as exc:
             raise PipelineInputError(str(exc)) from None
 

@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-STAGES = ("tokenize", "text_encoder", "unet", "scheduler", "vae_decode")
-
 
 @dataclass
 class Timings:
@@ -39,9 +37,6 @@ class Timings:
             "scheduler": self.scheduler,
             "vae_decode": self.vae_decode,
         }
-
-    def as_dict(self) -> dict[str, float | list[float]]:
-        return {**self.stage_seconds(), "other": self.other, "total": self.total, "unet_steps": list(self.unet_steps)}
 
     def add(self, other: Timings) -> Timings:
         """The sum of two generations' timings (for grids and batches)."""

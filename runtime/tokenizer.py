@@ -14,11 +14,13 @@ transformers wins, because its ids are what diffusers users get:
 - The remaining text is split with CLIP's pattern (contractions, letter runs, single digits, runs of other
   non-space characters), each piece is mapped byte-by-byte to unicode and merged by BPE rank.
 
-Character classes (whitespace, letters, numbers) and the lower-case map are the reference's own, generated from
-``tokenizers`` into ``data/clip_unicode.json`` by ``scripts/make_unicode_tables.py``; Python's ``regex`` module and
-``unicodedata`` follow other Unicode versions and disagree on ~17,000 recently assigned characters. Known limit:
-NFC comes from this Python's ``unicodedata``, so a composition pair introduced after its Unicode version (e.g.
-Unicode 16's Tulu-Tigalari vowel signs on Python 3.11) stays decomposed here while transformers composes it.
+Character classes (whitespace, letters, numbers), the lower-case map and the set of combining marks are the
+reference's own, generated from ``tokenizers`` into ``data/clip_unicode.json`` by ``scripts/make_unicode_tables.py``;
+Python's ``regex`` module and ``unicodedata`` follow other Unicode versions and disagree on ~17,000 recently assigned
+characters. NFC is ``unicodedata``'s, except that a mark the reference does not know as one (98 marks assigned since
+its tables, e.g. U+07FD, U+0898) is kept as a starter, so runs of marks are put in the reference's order, not
+Python's. Known limit: a composition pair introduced after this Python's Unicode version (e.g. Unicode 16's
+Tulu-Tigalari vowel signs on Python 3.11) stays decomposed here while transformers composes it.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import regex
+
+from core.errors import DiffshipError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,24 @@ class _TextRules:
     whitespace_run: regex.Pattern[str]
     piece: regex.Pattern[str]
     lowercase: dict[int, str]
+    combining: frozenset[int]
+    """Code points the reference's NFC treats as combining marks (non-starters)."""
+
+    def nfc(self, text: str) -> str:
+        """NFC as the reference computes it: marks it does not know as marks split the text into runs that are
+        normalised on their own (a starter is never reordered, and blocks composition across it)."""
+        # Decomposed character by character: marks are judged after decomposition, as NFC judges them, but NFD of the
+        # whole text would already reorder them by this Python's classes.
+        decomposed = "".join(ch if ord(ch) < 0xC0 else unicodedata.normalize("NFD", ch) for ch in text)
+        barriers = [i for i, ch in enumerate(decomposed)
+                    if ord(ch) > 0x2FF and unicodedata.combining(ch) and ord(ch) not in self.combining]
+        if not barriers:
+            return unicodedata.normalize("NFC", text)
+        pieces, start = [], 0
+        for index in barriers:
+            pieces += [unicodedata.normalize("NFC", decomposed[start:index]), decomposed[index]]
+            start = index + 1
+        return "".join(pieces) + unicodedata.normalize("NFC", decomposed[start:])
 
 
 def _character_class(ranges: list[list[int]]) -> str:
@@ -69,10 +91,11 @@ def _text_rules() -> _TextRules:
         whitespace_run=regex.compile(f"[{space}]+"),
         piece=regex.compile(f"'s|'t|'re|'ve|'m|'ll|'d|[{letter}]+|[{number}]|[^{space}{letter}{number}]+"),
         lowercase={int(cp): lowered for cp, lowered in tables["lowercase"].items()},
+        combining=frozenset(cp for lo, hi in tables["combining"] for cp in range(lo, hi + 1)),
     )
 
 
-class TokenizerError(ValueError):
+class TokenizerError(DiffshipError, ValueError):
     """The tokenizer folder is incomplete or inconsistent, or the input is not text."""
 
 
@@ -220,7 +243,7 @@ class CLIPTokenizer:
             pieces = _ASCII_PIECE.findall(_ASCII_WHITESPACE_RUN.sub(" ", text).lower())
         else:
             rules = _text_rules()
-            normalized = rules.whitespace_run.sub(" ", unicodedata.normalize("NFC", text))
+            normalized = rules.whitespace_run.sub(" ", rules.nfc(text))
             # Character by character from the reference's table, as the Rust normaliser does: no context-dependent
             # final sigma, and the same answer for characters newer than this Python's unicodedata.
             pieces = rules.piece.findall(normalized.translate(rules.lowercase))

@@ -62,6 +62,13 @@ WHITESPACE = [
 ]
 SPECIALS = ["<|endoftext|>", "<|startoftext|>", "<|ENDOFTEXT|>", "<|endoftext", "endoftext|>", "!", "!!", "<|<|endoftext|>|>"]
 CONTROLS = ["\x00", "\x01", "\x7f", "\x9f", "\ud7ff", "\ue000", "\U0010ffff", "\ufffd"]
+MARKS = [
+    # Runs of combining marks, some assigned after the reference's combining-class tables (U+07FD, U+0898, U+08D1,
+    # U+1ABF, U+1DF6, ...): transformers keeps those where they are, Python's NFC would reorder them.
+    "\u0956\u0f71\u0f72\u08d1", "\u0369\u1df6", "a\u07fd\u0f71", "x\u0898\u0334", "e\u1abf\u0316\u0301",
+    "o\u0f71\u08d3\u0323", "\u0915\u094d\u0937", "\u0e01\u0e48\u0e38", "a\u0301\u0323\u0302", "\u0340\u0f71",
+    "\u05d0\u05b8\u05bc", "\u1e0d\u0307", "\u0c15\u0c3c\u0c4d", "\u0d15\u0d3b", "\u1715\u1714", "\ua82c\u0316",
+]
 
 CATEGORIES: dict[str, list[str]] = {
     "punctuation": PUNCTUATION,
@@ -74,6 +81,7 @@ CATEGORIES: dict[str, list[str]] = {
     "whitespace": WHITESPACE,
     "specials": SPECIALS,
     "controls": CONTROLS,
+    "marks": MARKS,
 }
 
 

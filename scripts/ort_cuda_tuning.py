@@ -21,9 +21,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from core.manifest import OrtEngineEntry  # noqa: E402
+from core.package import ModelPackage  # noqa: E402
+from core.specs import symbolic_dims  # noqa: E402
 from engines.ort import OrtEngine, OrtOptions  # noqa: E402
-from engines.package import ModelPackage  # noqa: E402
-from engines.specs import symbolic_dims  # noqa: E402
 
 SETTINGS = {
     "plain": ({}, False),
@@ -54,7 +55,8 @@ def main() -> None:
     for component in arguments.components.split(","):
         spec = package.variant(component, arguments.precision).spec
         entry = engine_set.components.get(component) if engine_set else None
-        path = package.path(entry.plan if entry else package.variant(component, arguments.precision).onnx)
+        path = package.path(entry.graph if isinstance(entry, OrtEngineEntry) else
+                            package.variant(component, arguments.precision).onnx)
         batch = 2 if component == "unet" else 1  # the UNet runs the guided batch
         dims = symbolic_dims(batch, arguments.size, arguments.size, constants.vae_scale_factor)
         feeds = {t.name: (np.full(t.resolve(dims), 500) if t.name == "timestep" else rng.standard_normal(t.resolve(dims)))

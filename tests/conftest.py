@@ -34,7 +34,14 @@ def _gpu_present() -> bool:
         return False
 
 
+EXPORT_FIXTURES = {"tiny_package", "tiny_v_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir"}
+"""Fixtures that export models with torch: a test using one is marked ``export`` (left out of make test-fast)."""
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if EXPORT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.export)
     if _gpu_present():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none found: nvidia-smi missing or failing)")

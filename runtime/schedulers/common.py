@@ -13,10 +13,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from core.errors import DiffshipError
+
 F32 = np.float32
 
 
-class SchedulerError(ValueError):
+class SchedulerError(DiffshipError, ValueError):
     """A scheduler was asked for something it cannot do (unsupported config value, bad step index, ...)."""
 
 
@@ -83,6 +85,17 @@ BETA_DEFAULTS: dict[str, Any] = {
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("leading", "trailing", "linspace")
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+SCHEDULE_CHOICES: dict[str, tuple[Any, ...]] = {
+    "prediction_type": PREDICTION_TYPES, "timestep_spacing": SPACINGS, "beta_schedule": BETA_SCHEDULES,
+}
+"""What every scheduler here implements of diffusers' common config keys (some narrow ``prediction_type``)."""
+SIGMA_CHOICES: dict[str, tuple[Any, ...]] = {
+    "final_sigmas_type": ("zero", "sigma_min"), "use_karras_sigmas": (False, True, None),
+}
+UNSUPPORTED_SIGMAS: dict[str, Any] = {
+    "use_exponential_sigmas": False, "use_beta_sigmas": False, "use_flow_sigmas": False, "use_dynamic_shifting": False,
+}
+"""Sigma schedules diffusers offers that no scheduler here implements: refused by name when set."""
 
 
 def _linspace_f32(start: float, end: float, count: int) -> np.ndarray:
@@ -215,6 +228,33 @@ def karras_sigmas(sigma_min: float, sigma_max: float, count: int, rho: float = 7
     return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
 
 
+def karras_schedule(
+    base_sigmas: np.ndarray, count: int, sigma_min: float, sigma_max: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Karras sigmas between ``sigma_min`` and ``sigma_max`` and the fractional train timesteps they fall on."""
+    sigmas = karras_sigmas(sigma_min, sigma_max, count)
+    log_sigmas = np.log(base_sigmas)
+    return sigmas, np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
+
+
+def predicted_original(prediction_type: str, model_output: np.ndarray, sample: np.ndarray, alpha_t: Any, sigma_t: Any) -> np.ndarray:
+    """x0 from the model's output, with ``x_t = alpha_t x0 + sigma_t noise`` (variance-preserving form)."""
+    if prediction_type == "epsilon":
+        return (sample - sigma_t * model_output) / alpha_t
+    if prediction_type == "v_prediction":
+        return alpha_t * sample - sigma_t * model_output
+    return model_output
+
+
+def predicted_noise(prediction_type: str, model_output: np.ndarray, sample: np.ndarray, alpha_t: Any, sigma_t: Any) -> np.ndarray:
+    """The noise in ``x_t = alpha_t x0 + sigma_t noise`` from the model's output."""
+    if prediction_type == "epsilon":
+        return model_output
+    if prediction_type == "v_prediction":
+        return alpha_t * model_output + sigma_t * sample
+    return (sample - alpha_t * model_output) / sigma_t
+
+
 def alpha_sigma(sigma: np.float32) -> tuple[np.float32, np.float32]:
     """VP alpha_t, sigma_t of a VE sigma (diffusers' ``_sigma_to_alpha_sigma_t``), in float32."""
     alpha_t = F32(1.0) / np.sqrt(sigma**2 + F32(1.0))
@@ -233,11 +273,21 @@ class Scheduler:
     ``i`` is the step index into ``timesteps``. Stochastic schedulers take their Gaussian draw from ``noise`` when
     given (so callers can inject it), otherwise from the numpy Generator given at construction. Multistep
     schedulers keep their history explicitly and must be stepped in order 0, 1, 2, ...
+
+    A subclass declares its config as class data (``DEFAULTS``, ``CHOICES``, ``FIXED``, ``ALIASES``: see
+    ``resolve_config``) and builds its schedule in ``_schedule``; the constructor here resolves the config and makes
+    the cumulative alphas first.
     """
 
     class_name: ClassVar[str] = ""
     stochastic: ClassVar[bool] = False
     """Whether ``step`` consumes a Gaussian draw (then the pipeline supplies ``noise`` at every step)."""
+    DEFAULTS: ClassVar[Mapping[str, Any]] = BETA_DEFAULTS
+    CHOICES: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
+    FIXED: ClassVar[Mapping[str, Any]] = {}
+    ALIASES: ClassVar[Mapping[str, Mapping[Any, Any]]] = {}
+    zero_snr_floor: ClassVar[bool] = False
+    """Sigma-based schedulers floor the last cumulative alpha at 2**-24 under zero terminal SNR, as diffusers does."""
 
     timesteps: np.ndarray
     """The values the UNet receives, one per step (int64, or float32 for the Euler family)."""
@@ -247,11 +297,19 @@ class Scheduler:
     def __init__(
         self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
     ) -> None:
-        if not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
+                or num_inference_steps < 1:
             raise SchedulerError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
         self.num_inference_steps = int(num_inference_steps)
         self.generator = generator
         self.steps_taken = 0
+        self.config = resolve_config(self.class_name, config, self.DEFAULTS, self.CHOICES, self.FIXED, self.ALIASES)
+        self.alphas_cumprod = make_alphas_cumprod(self.config, self.class_name, zero_snr_floor=self.zero_snr_floor)
+        self._schedule(self.num_inference_steps)
+
+    def _schedule(self, count: int) -> None:
+        """Set ``timesteps`` and ``init_noise_sigma`` (and any per-step tables) for ``count`` steps."""
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.timesteps)
@@ -261,6 +319,10 @@ class Scheduler:
 
     def step(self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
+
+    def final_alpha_cumprod(self) -> np.float32:
+        """The cumulative alpha after the last step: 1 with ``set_alpha_to_one``, else the first train step's."""
+        return F32(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
 
     def _check_index(self, i: int, in_order: bool = False) -> None:
         if not 0 <= i < len(self.timesteps):
@@ -279,3 +341,14 @@ class Scheduler:
         if self.generator is None:
             raise SchedulerError(f"{self.class_name} is stochastic: pass noise= or build it with a numpy Generator")
         return self.generator.standard_normal(shape, dtype=F32)
+
+
+class MultistepSigmaScheduler(Scheduler):
+    """DPM-Solver++ and UniPC: steps between noise levels ``sigmas`` in log-SNR ``lambda``, in order."""
+
+    zero_snr_floor = True
+    sigmas: np.ndarray
+
+    def _lambda(self, index: int) -> tuple[np.float32, np.float32, np.float32]:
+        alpha, sigma = alpha_sigma(self.sigmas[index])
+        return alpha, sigma, log_snr(alpha, sigma)

@@ -8,73 +8,55 @@ pipelines' default), and dynamic thresholding (``thresholding: true``) is refuse
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
 from runtime.schedulers.common import (
     BETA_DEFAULTS,
-    BETA_SCHEDULES,
     F32,
-    PREDICTION_TYPES,
-    SPACINGS,
+    SCHEDULE_CHOICES,
     Scheduler,
     SchedulerError,
-    make_alphas_cumprod,
-    resolve_config,
+    predicted_noise,
+    predicted_original,
     spaced_timesteps,
 )
-
-DEFAULTS: dict[str, Any] = {
-    **BETA_DEFAULTS,
-    "clip_sample": True,
-    "set_alpha_to_one": True,
-    "steps_offset": 0,
-    "prediction_type": "epsilon",
-    "clip_sample_range": 1.0,
-    "timestep_spacing": "leading",
-    "rescale_betas_zero_snr": False,
-}
-CHOICES = {"prediction_type": PREDICTION_TYPES, "timestep_spacing": SPACINGS, "beta_schedule": BETA_SCHEDULES}
-FIXED = {"thresholding": False}
 
 
 class DDIM(Scheduler):
     class_name = "DDIMScheduler"
+    DEFAULTS = {
+        **BETA_DEFAULTS,
+        "clip_sample": True,
+        "set_alpha_to_one": True,
+        "steps_offset": 0,
+        "prediction_type": "epsilon",
+        "clip_sample_range": 1.0,
+        "timestep_spacing": "leading",
+        "rescale_betas_zero_snr": False,
+    }
+    CHOICES = SCHEDULE_CHOICES
+    FIXED = {"thresholding": False}
 
-    def __init__(
-        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
-    ) -> None:
-        super().__init__(config, num_inference_steps, generator)
-        self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED)
+    def _schedule(self, count: int) -> None:
+        cfg = self.config
         train_steps = cfg["num_train_timesteps"]
-        if num_inference_steps > train_steps:
-            raise SchedulerError(f"num_inference_steps {num_inference_steps} exceeds num_train_timesteps {train_steps}")
-        self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name)
-        self.final_alpha_cumprod = F32(1.0) if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
-        spaced = spaced_timesteps(cfg["timestep_spacing"], train_steps, num_inference_steps, cfg["steps_offset"])
+        if count > train_steps:
+            raise SchedulerError(f"num_inference_steps {count} exceeds num_train_timesteps {train_steps}")
+        spaced = spaced_timesteps(cfg["timestep_spacing"], train_steps, count, cfg["steps_offset"])
         self.timesteps = (spaced.round() if cfg["timestep_spacing"] == "linspace" else spaced).astype(np.int64)
         self.init_noise_sigma = 1.0
-        self._stride = train_steps // num_inference_steps
+        self._stride = train_steps // count
 
     def step(self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         self._check_index(i)
         timestep = int(self.timesteps[i])
         prev_timestep = timestep - self._stride
         alpha_t = self.alphas_cumprod[timestep]
-        alpha_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
-        beta_t = F32(1.0) - alpha_t
+        alpha_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod()
+        scale, noise_scale = np.sqrt(alpha_t), np.sqrt(F32(1.0) - alpha_t)
         prediction = self.config["prediction_type"]
-        if prediction == "epsilon":
-            x0 = (sample - np.sqrt(beta_t) * model_output) / np.sqrt(alpha_t)
-            epsilon = model_output
-        elif prediction == "sample":
-            x0 = model_output
-            epsilon = (sample - np.sqrt(alpha_t) * x0) / np.sqrt(beta_t)
-        else:
-            x0 = np.sqrt(alpha_t) * sample - np.sqrt(beta_t) * model_output
-            epsilon = np.sqrt(alpha_t) * model_output + np.sqrt(beta_t) * sample
+        x0 = predicted_original(prediction, model_output, sample, scale, noise_scale)
+        epsilon = predicted_noise(prediction, model_output, sample, scale, noise_scale)
         if self.config["clip_sample"]:
             limit = F32(self.config["clip_sample_range"])
             x0 = np.clip(x0, -limit, limit)

@@ -11,90 +11,60 @@ exponential/beta/flow sigmas and learned variance are refused. Multistep: step i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
 from runtime.schedulers.common import (
     BETA_DEFAULTS,
-    BETA_SCHEDULES,
     F32,
-    PREDICTION_TYPES,
-    SPACINGS,
-    Scheduler,
+    SCHEDULE_CHOICES,
+    SIGMA_CHOICES,
+    UNSUPPORTED_SIGMAS,
+    MultistepSigmaScheduler,
     alpha_sigma,
     final_sigma,
-    karras_sigmas,
+    karras_schedule,
     log_snr,
-    make_alphas_cumprod,
     multistep_timesteps,
-    resolve_config,
-    sigma_to_t,
+    predicted_original,
     train_sigmas,
 )
 
-DEFAULTS: dict[str, Any] = {
-    **BETA_DEFAULTS,
-    "solver_order": 2,
-    "prediction_type": "epsilon",
-    "algorithm_type": "dpmsolver++",
-    "solver_type": "midpoint",
-    "lower_order_final": True,
-    "euler_at_final": False,
-    "use_karras_sigmas": False,
-    "final_sigmas_type": "zero",
-    "lambda_min_clipped": -float("inf"),
-    "timestep_spacing": "linspace",
-    "steps_offset": 0,
-    "rescale_betas_zero_snr": False,
-}
-CHOICES = {
-    "prediction_type": PREDICTION_TYPES,
-    "timestep_spacing": SPACINGS,
-    "beta_schedule": BETA_SCHEDULES,
-    "solver_order": (1, 2, 3),
-    "algorithm_type": ("dpmsolver++",),
-    "solver_type": ("midpoint", "heun"),
-    "final_sigmas_type": ("zero", "sigma_min"),
-    "use_karras_sigmas": (False, True, None),
-}
-FIXED = {
-    "thresholding": False,
-    "use_exponential_sigmas": False,
-    "use_beta_sigmas": False,
-    "use_lu_lambdas": False,
-    "use_flow_sigmas": False,
-    "variance_type": None,
-    "use_dynamic_shifting": False,
-}
-# diffusers silently maps these onto what it implements; so do we.
-ALIASES = {"algorithm_type": {"deis": "dpmsolver++"}, "solver_type": {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}}
 
-
-
-class DPMSolverMultistep(Scheduler):
+class DPMSolverMultistep(MultistepSigmaScheduler):
     class_name = "DPMSolverMultistepScheduler"
+    DEFAULTS = {
+        **BETA_DEFAULTS,
+        "solver_order": 2,
+        "prediction_type": "epsilon",
+        "algorithm_type": "dpmsolver++",
+        "solver_type": "midpoint",
+        "lower_order_final": True,
+        "euler_at_final": False,
+        "use_karras_sigmas": False,
+        "final_sigmas_type": "zero",
+        "lambda_min_clipped": -float("inf"),
+        "timestep_spacing": "linspace",
+        "steps_offset": 0,
+        "rescale_betas_zero_snr": False,
+    }
+    CHOICES = {**SCHEDULE_CHOICES, **SIGMA_CHOICES, "solver_order": (1, 2, 3), "algorithm_type": ("dpmsolver++",),
+               "solver_type": ("midpoint", "heun")}
+    FIXED = {**UNSUPPORTED_SIGMAS, "thresholding": False, "use_lu_lambdas": False, "variance_type": None}
+    # diffusers silently maps these onto what it implements; so do we.
+    ALIASES = {"algorithm_type": {"deis": "dpmsolver++"},
+               "solver_type": {"logrho": "midpoint", "bh1": "midpoint", "bh2": "midpoint"}}
 
-    def __init__(
-        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
-    ) -> None:
-        super().__init__(config, num_inference_steps, generator)
-        cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED, ALIASES)
-        self.config = cfg
+    def _schedule(self, count: int) -> None:
+        cfg = self.config
         train_steps = cfg["num_train_timesteps"]
-        self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
         lambdas = log_snr(np.sqrt(self.alphas_cumprod), np.sqrt(F32(1.0) - self.alphas_cumprod))
         clipped = int(np.searchsorted(lambdas[::-1], cfg["lambda_min_clipped"]))
         timesteps = multistep_timesteps(
-            cfg["timestep_spacing"], train_steps, num_inference_steps, cfg["steps_offset"], train_steps - clipped
+            cfg["timestep_spacing"], train_steps, count, cfg["steps_offset"], train_steps - clipped
         )
         base_sigmas = train_sigmas(self.alphas_cumprod)
         if cfg["use_karras_sigmas"]:
-            flipped = base_sigmas[::-1]
-            sigmas = karras_sigmas(flipped[-1].item(), flipped[0].item(), num_inference_steps)
-            log_sigmas = np.log(base_sigmas)
-            timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
+            sigmas, timesteps = karras_schedule(base_sigmas, count, base_sigmas[0].item(), base_sigmas[-1].item())
             if cfg["beta_schedule"] != "squaredcos_cap_v2":
                 timesteps = timesteps.round()
         else:
@@ -113,7 +83,8 @@ class DPMSolverMultistep(Scheduler):
             cfg["euler_at_final"] or short_schedule or cfg["final_sigmas_type"] == "zero"
         )
         second_order_final = i == count - 2 and short_schedule
-        x0 = self._x0(model_output, sample, self.sigmas[i])
+        alpha_t, sigma_t = alpha_sigma(self.sigmas[i])
+        x0 = predicted_original(cfg["prediction_type"], model_output, sample, alpha_t, sigma_t)
         self._outputs = [*self._outputs, x0][-cfg["solver_order"] :]
         warm = min(self.steps_taken, cfg["solver_order"])
         with np.errstate(over="ignore"):
@@ -125,19 +96,6 @@ class DPMSolverMultistep(Scheduler):
                 previous = self._third_order(i, sample)
         self.steps_taken += 1
         return previous.astype(F32, copy=False)
-
-    def _x0(self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32) -> np.ndarray:
-        prediction = self.config["prediction_type"]
-        if prediction == "sample":
-            return model_output
-        alpha_t, sigma_t = alpha_sigma(sigma)
-        if prediction == "epsilon":
-            return (sample - sigma_t * model_output) / alpha_t
-        return alpha_t * sample - sigma_t * model_output
-
-    def _lambda(self, index: int) -> tuple[np.float32, np.float32, np.float32]:
-        alpha, sigma = alpha_sigma(self.sigmas[index])
-        return alpha, sigma, log_snr(alpha, sigma)
 
     def _first_order(self, x0: np.ndarray, i: int, sample: np.ndarray) -> np.ndarray:
         alpha_t, sigma_t, lambda_t = self._lambda(i + 1)

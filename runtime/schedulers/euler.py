@@ -16,43 +16,15 @@ import numpy as np
 
 from runtime.schedulers.common import (
     BETA_DEFAULTS,
-    BETA_SCHEDULES,
     F32,
-    PREDICTION_TYPES,
-    SPACINGS,
+    SCHEDULE_CHOICES,
+    SIGMA_CHOICES,
     Scheduler,
     final_sigma,
-    karras_sigmas,
-    make_alphas_cumprod,
-    resolve_config,
-    sigma_to_t,
+    karras_schedule,
     spaced_timesteps,
     train_sigmas,
 )
-
-DEFAULTS: dict[str, Any] = {
-    **BETA_DEFAULTS,
-    "prediction_type": "epsilon",
-    "interpolation_type": "linear",
-    "use_karras_sigmas": False,
-    "sigma_min": None,
-    "sigma_max": None,
-    "timestep_spacing": "linspace",
-    "timestep_type": "discrete",
-    "steps_offset": 0,
-    "rescale_betas_zero_snr": False,
-    "final_sigmas_type": "zero",
-}
-CHOICES = {
-    "prediction_type": PREDICTION_TYPES,
-    "timestep_spacing": SPACINGS,
-    "beta_schedule": BETA_SCHEDULES,
-    "interpolation_type": ("linear",),
-    "timestep_type": ("discrete",),
-    "final_sigmas_type": ("zero", "sigma_min"),
-    "use_karras_sigmas": (False, True, None),
-}
-FIXED = {"use_exponential_sigmas": False, "use_beta_sigmas": False}
 
 
 def euler_timesteps(config: Mapping[str, Any], count: int) -> np.ndarray:
@@ -72,6 +44,7 @@ def init_noise_sigma(sigmas: np.ndarray, spacing: str) -> float:
 class SigmaScheduler(Scheduler):
     """Schedulers over VE noise levels: inputs scaled by 1/sqrt(sigma^2 + 1), outputs turned into x0 estimates."""
 
+    zero_snr_floor = True
     sigmas: np.ndarray
 
     def scale_model_input(self, sample: np.ndarray, i: int) -> np.ndarray:
@@ -80,6 +53,7 @@ class SigmaScheduler(Scheduler):
         return (sample / np.sqrt(sigma**2 + F32(1.0))).astype(F32, copy=False)
 
     def predict_original(self, model_output: np.ndarray, sigma: np.float32, sample: np.ndarray) -> np.ndarray:
+        # The VE form of x0: the sample is x0 + sigma * noise, the UNet saw it scaled by 1/sqrt(sigma^2 + 1).
         prediction = self.config["prediction_type"]
         if prediction == "epsilon":
             return sample - sigma * model_output
@@ -90,22 +64,31 @@ class SigmaScheduler(Scheduler):
 
 class Euler(SigmaScheduler):
     class_name = "EulerDiscreteScheduler"
+    DEFAULTS = {
+        **BETA_DEFAULTS,
+        "prediction_type": "epsilon",
+        "interpolation_type": "linear",
+        "use_karras_sigmas": False,
+        "sigma_min": None,
+        "sigma_max": None,
+        "timestep_spacing": "linspace",
+        "timestep_type": "discrete",
+        "steps_offset": 0,
+        "rescale_betas_zero_snr": False,
+        "final_sigmas_type": "zero",
+    }
+    CHOICES = {**SCHEDULE_CHOICES, **SIGMA_CHOICES, "interpolation_type": ("linear",), "timestep_type": ("discrete",)}
+    FIXED = {"use_exponential_sigmas": False, "use_beta_sigmas": False}
 
-    def __init__(
-        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
-    ) -> None:
-        super().__init__(config, num_inference_steps, generator)
-        self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED)
-        self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
-        timesteps = euler_timesteps(cfg, num_inference_steps)
+    def _schedule(self, count: int) -> None:
+        cfg = self.config
+        timesteps = euler_timesteps(cfg, count)
         base_sigmas = train_sigmas(self.alphas_cumprod)
         sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
         if cfg["use_karras_sigmas"]:
             sigma_min = cfg["sigma_min"] if cfg["sigma_min"] is not None else sigmas[-1].item()
             sigma_max = cfg["sigma_max"] if cfg["sigma_max"] is not None else sigmas[0].item()
-            sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
-            log_sigmas = np.log(base_sigmas)
-            timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas])
+            sigmas, timesteps = karras_schedule(base_sigmas, count, sigma_min, sigma_max)
         self.sigmas = np.concatenate([sigmas, [final_sigma(cfg, self.alphas_cumprod)]]).astype(np.float32)
         self.timesteps = timesteps.astype(np.float32)
         self.init_noise_sigma = init_noise_sigma(self.sigmas, cfg["timestep_spacing"])

@@ -8,51 +8,30 @@ the last step where its weight is zero, as diffusers does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
-from runtime.schedulers.common import (
-    BETA_DEFAULTS,
-    BETA_SCHEDULES,
-    F32,
-    SPACINGS,
-    make_alphas_cumprod,
-    resolve_config,
-    train_sigmas,
-)
+from runtime.schedulers.common import BETA_DEFAULTS, F32, SCHEDULE_CHOICES, train_sigmas
 from runtime.schedulers.euler import SigmaScheduler, euler_timesteps, init_noise_sigma
-
-DEFAULTS: dict[str, Any] = {
-    **BETA_DEFAULTS,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "linspace",
-    "steps_offset": 0,
-    "rescale_betas_zero_snr": False,
-}
-CHOICES = {
-    "prediction_type": ("epsilon", "v_prediction"),
-    "timestep_spacing": SPACINGS,
-    "beta_schedule": BETA_SCHEDULES,
-}
 
 
 class EulerAncestral(SigmaScheduler):
     class_name = "EulerAncestralDiscreteScheduler"
     stochastic = True
+    DEFAULTS = {
+        **BETA_DEFAULTS,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "linspace",
+        "steps_offset": 0,
+        "rescale_betas_zero_snr": False,
+    }
+    CHOICES = {**SCHEDULE_CHOICES, "prediction_type": ("epsilon", "v_prediction")}
 
-    def __init__(
-        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
-    ) -> None:
-        super().__init__(config, num_inference_steps, generator)
-        self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, {})
-        self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
-        self.timesteps = euler_timesteps(cfg, num_inference_steps)
+    def _schedule(self, count: int) -> None:
+        self.timesteps = euler_timesteps(self.config, count)
         base_sigmas = train_sigmas(self.alphas_cumprod)
         sigmas = np.interp(self.timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
         self.sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
-        self.init_noise_sigma = init_noise_sigma(self.sigmas, cfg["timestep_spacing"])
+        self.init_noise_sigma = init_noise_sigma(self.sigmas, self.config["timestep_spacing"])
 
     def step(self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         self._check_index(i)

@@ -10,9 +10,6 @@ dynamic thresholding is refused.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
 from runtime.schedulers.common import (
@@ -21,50 +18,41 @@ from runtime.schedulers.common import (
     PREDICTION_TYPES,
     Scheduler,
     SchedulerError,
-    make_alphas_cumprod,
-    resolve_config,
+    predicted_original,
 )
 
-DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "trained_betas": None,
-    "original_inference_steps": 50,
-    "clip_sample": False,
-    "clip_sample_range": 1.0,
-    "set_alpha_to_one": True,
-    "prediction_type": "epsilon",
-    "timestep_scaling": 10.0,
-    "rescale_betas_zero_snr": False,
-}
-CHOICES = {"prediction_type": PREDICTION_TYPES, "beta_schedule": BETA_SCHEDULES}
-FIXED = {"thresholding": False}
 SIGMA_DATA = 0.5
 
 
 class LCM(Scheduler):
     class_name = "LCMScheduler"
     stochastic = True
+    DEFAULTS = {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "trained_betas": None,
+        "original_inference_steps": 50,
+        "clip_sample": False,
+        "clip_sample_range": 1.0,
+        "set_alpha_to_one": True,
+        "prediction_type": "epsilon",
+        "timestep_scaling": 10.0,
+        "rescale_betas_zero_snr": False,
+    }
+    CHOICES = {"prediction_type": PREDICTION_TYPES, "beta_schedule": BETA_SCHEDULES}
+    FIXED = {"thresholding": False}
 
-    def __init__(
-        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
-    ) -> None:
-        super().__init__(config, num_inference_steps, generator)
-        self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED)
-        self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name)
-        self.final_alpha_cumprod = F32(1.0) if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
-        train_steps, original_steps = cfg["num_train_timesteps"], cfg["original_inference_steps"]
+    def _schedule(self, count: int) -> None:
+        train_steps, original_steps = self.config["num_train_timesteps"], self.config["original_inference_steps"]
         if original_steps > train_steps:
             raise SchedulerError(f"original_inference_steps {original_steps} exceeds num_train_timesteps {train_steps}")
-        if num_inference_steps > original_steps:
-            raise SchedulerError(
-                f"LCM takes at most original_inference_steps={original_steps} steps, got {num_inference_steps}"
-            )
+        if count > original_steps:
+            raise SchedulerError(f"LCM takes at most original_inference_steps={original_steps} steps, got {count}")
         origin = np.asarray(list(range(1, original_steps + 1))) * (train_steps // original_steps) - 1
         origin = origin[::-1].copy()
-        picks = np.floor(np.linspace(0, len(origin), num=num_inference_steps, endpoint=False)).astype(np.int64)
+        picks = np.floor(np.linspace(0, len(origin), num=count, endpoint=False)).astype(np.int64)
         self.timesteps = origin[picks].astype(np.int64)
         self.init_noise_sigma = 1.0
 
@@ -79,16 +67,11 @@ class LCM(Scheduler):
         timestep = int(self.timesteps[i])
         prev_timestep = int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else timestep
         alpha_t = self.alphas_cumprod[timestep]
-        alpha_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
-        beta_t, beta_prev = F32(1.0) - alpha_t, F32(1.0) - alpha_prev
+        alpha_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod()
+        beta_prev = F32(1.0) - alpha_prev
         c_skip, c_out = self._boundary_scalings(timestep)
-        prediction = self.config["prediction_type"]
-        if prediction == "epsilon":
-            x0 = (sample - np.sqrt(beta_t) * model_output) / np.sqrt(alpha_t)
-        elif prediction == "sample":
-            x0 = model_output
-        else:
-            x0 = np.sqrt(alpha_t) * sample - np.sqrt(beta_t) * model_output
+        x0 = predicted_original(self.config["prediction_type"], model_output, sample, np.sqrt(alpha_t),
+                                np.sqrt(F32(1.0) - alpha_t))
         if self.config["clip_sample"]:
             limit = F32(self.config["clip_sample_range"])
             x0 = np.clip(x0, -limit, limit)

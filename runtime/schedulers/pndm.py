@@ -8,49 +8,26 @@ second step repeats the first timestep, as diffusers does). Multistep: step in o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import numpy as np
 
-from runtime.schedulers.common import (
-    BETA_DEFAULTS,
-    BETA_SCHEDULES,
-    F32,
-    SPACINGS,
-    Scheduler,
-    make_alphas_cumprod,
-    resolve_config,
-)
-
-DEFAULTS: dict[str, Any] = {
-    **BETA_DEFAULTS,
-    "skip_prk_steps": False,
-    "set_alpha_to_one": False,
-    "prediction_type": "epsilon",
-    "timestep_spacing": "leading",
-    "steps_offset": 0,
-}
-CHOICES = {
-    "prediction_type": ("epsilon", "v_prediction"),
-    "timestep_spacing": SPACINGS,
-    "beta_schedule": BETA_SCHEDULES,
-    "skip_prk_steps": (True,),
-}
+from runtime.schedulers.common import BETA_DEFAULTS, F32, SCHEDULE_CHOICES, Scheduler, predicted_noise
 
 
 class PNDM(Scheduler):
     class_name = "PNDMScheduler"
+    DEFAULTS = {
+        **BETA_DEFAULTS,
+        "skip_prk_steps": False,
+        "set_alpha_to_one": False,
+        "prediction_type": "epsilon",
+        "timestep_spacing": "leading",
+        "steps_offset": 0,
+    }
+    CHOICES = {**SCHEDULE_CHOICES, "prediction_type": ("epsilon", "v_prediction"), "skip_prk_steps": (True,)}
 
-    def __init__(
-        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
-    ) -> None:
-        super().__init__(config, num_inference_steps, generator)
-        self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, {})
+    def _schedule(self, count: int) -> None:
+        cfg = self.config
         train_steps = cfg["num_train_timesteps"]
-        self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name)
-        self.final_alpha_cumprod = F32(1.0) if cfg["set_alpha_to_one"] else self.alphas_cumprod[0]
-        count = num_inference_steps
         if cfg["timestep_spacing"] == "linspace":
             ascending = np.linspace(0, train_steps - 1, count).round().astype(np.int64)
         elif cfg["timestep_spacing"] == "leading":
@@ -94,11 +71,11 @@ class PNDM(Scheduler):
         self, sample: np.ndarray, timestep: int, prev_timestep: int, model_output: np.ndarray
     ) -> np.ndarray:
         alpha_t = self.alphas_cumprod[timestep]
-        alpha_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod
+        alpha_prev = self.alphas_cumprod[prev_timestep] if prev_timestep >= 0 else self.final_alpha_cumprod()
         beta_t = F32(1.0) - alpha_t
         beta_prev = F32(1.0) - alpha_prev
-        if self.config["prediction_type"] == "v_prediction":
-            model_output = np.sqrt(alpha_t) * model_output + np.sqrt(beta_t) * sample
+        model_output = predicted_noise(self.config["prediction_type"], model_output, sample, np.sqrt(alpha_t),
+                                       np.sqrt(beta_t))
         sample_coeff = np.sqrt(alpha_prev / alpha_t)
         denominator = alpha_t * np.sqrt(beta_prev) + np.sqrt(alpha_t * beta_t * alpha_prev)
         previous = sample_coeff * sample - (alpha_prev - alpha_t) * model_output / denominator

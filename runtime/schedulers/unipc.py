@@ -17,59 +17,20 @@ import numpy as np
 
 from runtime.schedulers.common import (
     BETA_DEFAULTS,
-    BETA_SCHEDULES,
     F32,
-    PREDICTION_TYPES,
-    SPACINGS,
-    Scheduler,
+    SCHEDULE_CHOICES,
+    SIGMA_CHOICES,
+    UNSUPPORTED_SIGMAS,
+    MultistepSigmaScheduler,
     UnsupportedConfigError,
     alpha_sigma,
     final_sigma,
-    karras_sigmas,
-    log_snr,
-    make_alphas_cumprod,
+    karras_schedule,
     multistep_timesteps,
-    resolve_config,
-    sigma_to_t,
+    predicted_noise,
+    predicted_original,
     train_sigmas,
 )
-
-DEFAULTS: dict[str, Any] = {
-    **BETA_DEFAULTS,
-    "solver_order": 2,
-    "prediction_type": "epsilon",
-    "predict_x0": True,
-    "solver_type": "bh2",
-    "lower_order_final": True,
-    "disable_corrector": [],
-    "use_karras_sigmas": False,
-    "timestep_spacing": "linspace",
-    "steps_offset": 0,
-    "final_sigmas_type": "zero",
-    "rescale_betas_zero_snr": False,
-    "sigma_min": None,
-    "sigma_max": None,
-}
-CHOICES = {
-    "prediction_type": PREDICTION_TYPES,
-    "timestep_spacing": SPACINGS,
-    "beta_schedule": BETA_SCHEDULES,
-    "solver_order": (1, 2, 3),
-    "solver_type": ("bh1", "bh2"),
-    "predict_x0": (True, False),
-    "final_sigmas_type": ("zero", "sigma_min"),
-    "use_karras_sigmas": (False, True, None),
-}
-FIXED = {
-    "thresholding": False,
-    "solver_p": None,
-    "use_exponential_sigmas": False,
-    "use_beta_sigmas": False,
-    "use_flow_sigmas": False,
-    "use_dynamic_shifting": False,
-    "shift_terminal": None,
-}
-ALIASES = {"solver_type": {"midpoint": "bh2", "heun": "bh2", "logrho": "bh2"}}
 
 
 def _refuse_nan_final_step(cfg: Mapping[str, Any]) -> None:
@@ -92,27 +53,39 @@ def _refuse_nan_final_step(cfg: Mapping[str, Any]) -> None:
         )
 
 
-class UniPC(Scheduler):
+class UniPC(MultistepSigmaScheduler):
     class_name = "UniPCMultistepScheduler"
+    DEFAULTS = {
+        **BETA_DEFAULTS,
+        "solver_order": 2,
+        "prediction_type": "epsilon",
+        "predict_x0": True,
+        "solver_type": "bh2",
+        "lower_order_final": True,
+        "disable_corrector": [],
+        "use_karras_sigmas": False,
+        "timestep_spacing": "linspace",
+        "steps_offset": 0,
+        "final_sigmas_type": "zero",
+        "rescale_betas_zero_snr": False,
+        "sigma_min": None,
+        "sigma_max": None,
+    }
+    CHOICES = {**SCHEDULE_CHOICES, **SIGMA_CHOICES, "solver_order": (1, 2, 3), "solver_type": ("bh1", "bh2"),
+               "predict_x0": (True, False)}
+    FIXED = {**UNSUPPORTED_SIGMAS, "thresholding": False, "solver_p": None, "shift_terminal": None}
+    ALIASES = {"solver_type": {"midpoint": "bh2", "heun": "bh2", "logrho": "bh2"}}
 
-    def __init__(
-        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
-    ) -> None:
-        super().__init__(config, num_inference_steps, generator)
-        self.config = cfg = resolve_config(self.class_name, config, DEFAULTS, CHOICES, FIXED, ALIASES)
+    def _schedule(self, count: int) -> None:
+        cfg = self.config
         _refuse_nan_final_step(cfg)
-        self.alphas_cumprod = make_alphas_cumprod(cfg, self.class_name, zero_snr_floor=True)
-        timesteps = multistep_timesteps(
-            cfg["timestep_spacing"], cfg["num_train_timesteps"], num_inference_steps, cfg["steps_offset"]
-        )
+        timesteps = multistep_timesteps(cfg["timestep_spacing"], cfg["num_train_timesteps"], count, cfg["steps_offset"])
         base_sigmas = train_sigmas(self.alphas_cumprod)
         if cfg["use_karras_sigmas"]:
-            flipped = base_sigmas[::-1]
-            sigma_min = cfg["sigma_min"] if cfg["sigma_min"] is not None else flipped[-1].item()
-            sigma_max = cfg["sigma_max"] if cfg["sigma_max"] is not None else flipped[0].item()
-            sigmas = karras_sigmas(sigma_min, sigma_max, num_inference_steps)
-            log_sigmas = np.log(base_sigmas)
-            timesteps = np.array([sigma_to_t(sigma, log_sigmas) for sigma in sigmas]).round()
+            sigma_min = cfg["sigma_min"] if cfg["sigma_min"] is not None else base_sigmas[0].item()
+            sigma_max = cfg["sigma_max"] if cfg["sigma_max"] is not None else base_sigmas[-1].item()
+            sigmas, timesteps = karras_schedule(base_sigmas, count, sigma_min, sigma_max)
+            timesteps = timesteps.round()
             last = sigmas[-1] if cfg["final_sigmas_type"] == "sigma_min" else 0.0
         else:
             sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
@@ -142,22 +115,8 @@ class UniPC(Scheduler):
 
     def _convert(self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32) -> np.ndarray:
         alpha_t, sigma_t = alpha_sigma(sigma)
-        prediction = self.config["prediction_type"]
-        if self.config["predict_x0"]:
-            if prediction == "epsilon":
-                return (sample - sigma_t * model_output) / alpha_t
-            if prediction == "sample":
-                return model_output
-            return alpha_t * sample - sigma_t * model_output
-        if prediction == "epsilon":
-            return model_output
-        if prediction == "sample":
-            return (sample - alpha_t * model_output) / sigma_t
-        return alpha_t * model_output + sigma_t * sample
-
-    def _lambda(self, index: int) -> tuple[np.float32, np.float32, np.float32]:
-        alpha, sigma = alpha_sigma(self.sigmas[index])
-        return alpha, sigma, log_snr(alpha, sigma)
+        convert = predicted_original if self.config["predict_x0"] else predicted_noise
+        return convert(self.config["prediction_type"], model_output, sample, alpha_t, sigma_t)
 
     def _coefficients(
         self, h: np.float32, rks: list[np.float32], order: int

@@ -12,7 +12,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from engines.package import ModelPackage
+from core.package import ModelPackage
 from tests.conftest import run_cli
 
 
@@ -80,3 +80,16 @@ def test_parity_rejects_unknown_scheduler(tiny_package: Path, tmp_path: Path) ->
 def test_bench_refuses_unknown_contenders(tiny_package: Path, backends: str, fragment: str) -> None:
     result = run_cli("bench", "--package", str(tiny_package), "--backends", backends, "--quick")
     assert result.returncode == 2 and fragment in result.stderr and "Traceback" not in result.stderr
+
+
+def test_parity_on_weights_that_differ_from_the_export_is_one_error_line(tiny_package: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "pkg"
+    shutil.copytree(tiny_package, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["source"]["weights_sha256"] = "0" * 64
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli("parity", "--package", str(copy), "--schedulers", "ddim", "--guidance", "7.5", "--steps", "2",
+                     "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "digest mismatch" in errors[0], result.stderr

@@ -18,42 +18,50 @@ def assert_one_line_error(result, *fragments: str) -> None:
         assert fragment in errors[0], errors[0]
 
 
+@pytest.mark.slow  # starts a process that imports torch
 def test_export_unknown_model(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("export", "--model", "sd99", "--out", str(tmp_path / "p")), "unknown model 'sd99'", "tiny")
 
 
+@pytest.mark.slow  # starts a process that imports torch
 def test_export_missing_weights_names_both_ways_out(tmp_path: Path) -> None:
     result = run_cli("export", "--model", "sd15", "--out", str(tmp_path / "p"), env={"HF_HUB_OFFLINE": "1"})
     assert_one_line_error(result, "--model-path", "--random-weights")
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow  # starts a process that imports torch
 def test_export_unwritable_out() -> None:
     assert_one_line_error(run_cli("export", "--model", "tiny", "--out", "/proc/diffship-test/pkg"), "--out")
 
 
+@pytest.mark.slow  # starts a process that imports torch
 def test_export_existing_non_package_directory(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine")
     assert_one_line_error(run_cli("export", "--model", "tiny", "--out", str(tmp_path)), "not a diffship package")
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow  # starts a process that imports torch
 def test_export_out_is_a_file(tmp_path: Path) -> None:
     target = tmp_path / "file.png"
     target.write_bytes(b"x")
     assert_one_line_error(run_cli("export", "--model", "tiny", "--out", str(target)), "is a file")
 
 
+@pytest.mark.slow  # starts a process that imports torch
 def test_export_model_and_model_path_together(tmp_path: Path) -> None:
     assert_one_line_error(
         run_cli("export", "--model", "tiny", "--model-path", str(tmp_path), "--out", str(tmp_path / "p")), "exactly one"
     )
 
 
+@pytest.mark.slow  # starts a process that imports torch
 def test_export_model_path_that_is_not_a_pipeline(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("export", "--model-path", str(tmp_path), "--out", str(tmp_path / "p")), "model_index.json")
 
 
+@pytest.mark.slow  # starts a process that imports torch
 def test_export_bad_dtype(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("export", "--model", "tiny", "--dtype", "int8", "--out", str(tmp_path / "p")), "--dtype")
 

@@ -11,9 +11,10 @@ import numpy as np
 import onnx
 import pytest
 
-from engines.ort import OrtOptions
-from engines.ort_build import build_ort_engines, cpu_tag, fuse_attention
-from engines.package import ModelPackage
+from core.package import ModelPackage
+from engines.backend import OpenRequest
+from engines.ort import OrtBackend, OrtOptions, cpu_tag
+from engines.ort.build import build_ort_engines, fuse_attention
 from runtime import Pipeline
 
 
@@ -39,18 +40,18 @@ def test_build_records_verified_engines_in_the_manifest(built: Path) -> None:
     package = ModelPackage.open(built)
     name = f"ort-{cpu_tag()}-fp32"
     engine_set = package.manifest.engines[name]
-    assert engine_set.backend == "ort" and engine_set.library == "onnxruntime"
+    assert engine_set.backend == "ort" and engine_set.target == cpu_tag()
     unet = engine_set.components["unet"]
-    assert unet.layer_precisions["fused_attention"] > 0
-    report = json.loads(package.path(unet.precision_summary).read_text())
+    assert unet.fused_attention > 0 and unet.files == (unet.graph, *unet.data_files)
+    report = json.loads(package.path(unet.report).read_text())
     assert report["verification"]["passed"]
-    assert engine_set.components["vae_decoder"].layer_precisions["fused_attention"] == 1
+    assert engine_set.components["vae_decoder"].fused_attention == 1
     assert package.verify_all() == []
 
 
 def test_second_build_is_skipped(built: Path) -> None:
-    _, builds = build_ort_engines(built)
-    assert all(b.skipped for b in builds)
+    outcome = build_ort_engines(built)
+    assert all(c.skipped for c in outcome.components)
 
 
 def test_runtime_loads_prebuilt_engines_and_makes_the_same_images(built: Path) -> None:
@@ -82,19 +83,19 @@ def test_parity_holds_with_prebuilt_engines(built: Path, tmp_path: Path) -> None
 
 
 def test_cuda_target_fuses_attention_for_the_cuda_provider_and_the_cpu_ignores_it(built: Path) -> None:
-    from engines.loader import prebuilt_ort_engines
-
-    name, builds = build_ort_engines(built, "fp16", target="cuda")
+    outcome = build_ort_engines(built, "fp16", target="cuda")
+    name = outcome.engine_set
     assert name == "ort-cuda-fp16"
-    assert {b.component: b.fused_attention for b in builds} == {"text_encoder": 0, "unet": 20, "vae_decoder": 1}
+    fused = {c.component: c.entry.fused_attention for c in outcome.components}  # type: ignore[attr-defined]
+    assert fused == {"text_encoder": 0, "unet": 20, "vae_decoder": 1}
     package = ModelPackage.open(built)
     engine_set = package.manifest.engines[name]
-    assert engine_set.archs == ("cuda",) and engine_set.precision == "fp16"
-    report = json.loads(package.path(engine_set.components["unet"].precision_summary).read_text())
+    assert engine_set.target == "cuda" and engine_set.precision == "fp16"
+    report = json.loads(package.path(engine_set.components["unet"].report).read_text())
     assert report["verification"]["passed"]  # checked against the exported fp16 graph, at the fp16 bar
-    model = onnx.load(str(package.path(engine_set.components["unet"].plan)))
+    model = onnx.load(str(package.path(engine_set.components["unet"].graph)))
     assert not any(node.domain == "com.microsoft" and node.op_type.startswith("Nchwc") for node in model.graph.node)
     # A session on the CPU takes this CPU's set or the plain export, never the one fused for the CUDA provider.
-    chosen = prebuilt_ort_engines(package, "fp16", OrtOptions(device="cpu"))
+    chosen = OrtBackend().select(package, OpenRequest(precision="fp16", device="cpu")).engine_set
     assert chosen is None or chosen.name != name
     assert package.verify_all() == []

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import PackageError
+from core.package import ModelPackage
+from engines.backend import open_engines
 from engines.errors import EngineError, FeedError, MissingLibraryError
-from engines.loader import open_engines
 from engines.ort import OrtEngine, OrtOptions, cuda_available
-from engines.package import ModelPackage, PackageError
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.package import ModelPackage
 from engines.errors import EngineError
-from engines.package import ModelPackage
 from runtime import Pipeline
 
 
 @pytest.fixture(scope="module")
 def package_with_engines(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("tensorrt_rtx")
-    from engines.build import BuildRequest, build_engines
-    from engines.profiles import shape_request
-    from engines.specs import BuildConfig, Range
-    from engines.tensorrt_api import local_gpu_arch
+    from core.profiles import shape_request
+    from core.specs import BuildConfig, Range
+    from engines.tensorrt.api import local_gpu_arch
+    from engines.tensorrt.build import BuildRequest, build_engines
 
     package = tmp_path_factory.mktemp("trt-run") / "tiny"
     shutil.copytree(tiny_package, package)
@@ -35,7 +35,7 @@ def package_with_engines(tiny_package: Path, tmp_path_factory: pytest.TempPathFa
 
 
 def test_trt_backend_without_gpu_says_so(package_with_engines: Path) -> None:
-    from engines.tensorrt_api import local_gpu_arch
+    from engines.tensorrt.api import local_gpu_arch
 
     if local_gpu_arch() is not None:
         pytest.skip("this machine has a GPU")
@@ -49,7 +49,7 @@ def test_trt_backend_without_engines_says_how_to_build(tiny_package: Path) -> No
 
 
 def _require_runnable_engines() -> None:
-    from engines.tensorrt_api import RTX_ARCHS, local_gpu_arch
+    from engines.tensorrt.api import RTX_ARCHS, local_gpu_arch
 
     arch = local_gpu_arch()
     if arch not in RTX_ARCHS:
@@ -59,7 +59,7 @@ def _require_runnable_engines() -> None:
 
 @pytest.mark.gpu
 def test_rtx_engines_on_a_gpu_rtx_does_not_target_are_refused_with_the_reason(package_with_engines: Path) -> None:
-    from engines.tensorrt_api import RTX_ARCHS, local_gpu_arch
+    from engines.tensorrt.api import RTX_ARCHS, local_gpu_arch
 
     arch = local_gpu_arch()
     if arch in RTX_ARCHS:
@@ -90,3 +90,37 @@ def test_trt_engine_refuses_shapes_outside_its_profile(package_with_engines: Pat
     with Pipeline.from_package(package_with_engines, backend="trt") as pipe:
         with pytest.raises(Exception, match="outside"):
             pipe("x", height=256, width=256, num_inference_steps=1)
+
+
+class PlanTensors:
+    """What a deserialized plan reports of its I/O (the part of ICudaEngine check_io reads); no GPU deserializes here."""
+
+    def __init__(self, trt, tensors: dict[str, tuple[str, str]]) -> None:
+        self.trt, self.tensors = trt, list(tensors.items())
+        self.num_io_tensors = len(self.tensors)
+
+    def get_tensor_name(self, index: int) -> str:
+        return self.tensors[index][0]
+
+    def get_tensor_mode(self, name: str):
+        mode = dict(self.tensors)[name][0]
+        return self.trt.TensorIOMode.INPUT if mode == "input" else self.trt.TensorIOMode.OUTPUT
+
+    def get_tensor_dtype(self, name: str):
+        return getattr(self.trt.DataType, dict(self.tensors)[name][1])
+
+
+def test_a_plan_whose_tensors_differ_from_the_spec_is_refused(tiny_package: Path) -> None:
+    trt = pytest.importorskip("tensorrt_rtx")
+    from engines.tensorrt import api
+    from engines.tensorrt.api import load_library
+    from engines.tensorrt.engine import check_io
+
+    api.bind(load_library("trt-rtx"))
+    spec = ModelPackage.open(tiny_package).variant("unet", "fp16").spec
+    good = {"sample": ("input", "HALF"), "timestep": ("input", "FLOAT"), "encoder_hidden_states": ("input", "HALF"),
+            "model_output": ("output", "HALF")}
+    check_io(PlanTensors(trt, good), spec, "unet")
+    for changed in ({"sample": ("input", "FLOAT")}, {"model_output": ("input", "HALF")}, {"extra": ("input", "HALF")}):
+        with pytest.raises(EngineError, match="do not match the manifest"):
+            check_io(PlanTensors(trt, {**good, **changed}), spec, "unet")

@@ -9,13 +9,15 @@ import numpy as np
 import onnx
 import pytest
 
-from engines.package import ModelPackage, sha256_file
+from core.families.stable_diffusion import COMPONENTS
+from core.integrity import sha256_file
+from core.package import ModelPackage
 from exporter.onnx_export import ExportOptions
 from exporter.package import ExportError, ExportRequest, export_package
 from exporter.sources import load_source
-from exporter.wrappers import COMPONENTS
 
 MODELS = ("tiny", "tiny-v")
+pytestmark = pytest.mark.export  # every test here exports with torch, or reads what the fixtures exported
 
 
 @pytest.fixture(params=MODELS)
@@ -130,7 +132,7 @@ def test_export_from_model_path_matches_tiny_weights(tmp_path: Path, pretrained_
 
 
 def test_failed_verification_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import engines.metrics as metrics
+    import core.metrics as metrics
 
     monkeypatch.setattr(metrics, "FP32_MAX_ABS_RELATIVE", 0.0)
     out = tmp_path / "pkg"
@@ -143,9 +145,9 @@ def test_failed_verification_leaves_nothing_behind(tmp_path: Path, monkeypatch: 
 def test_large_models_get_one_external_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
 
-    import exporter.onnx_export as onnx_export
+    import engines.onnx_graphs as onnx_graphs
 
-    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 1 << 20)
+    monkeypatch.setattr(onnx_graphs, "PROTOBUF_LIMIT", 1 << 20)
     out = tmp_path / "pkg"
     export_package(ExportRequest(out=out, model="tiny", options=ExportOptions(exporter="legacy")))
     package = ModelPackage.open(out)
@@ -158,5 +160,5 @@ def test_large_models_get_one_external_data_file(tmp_path: Path, monkeypatch: py
 
 def test_manifest_is_plain_json_with_schema_version(tiny_package: Path) -> None:
     data = json.loads((tiny_package / "manifest.json").read_text())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert len(data["source"]["weights_sha256"]) == 64 and data["export"]["key"]

@@ -2,7 +2,7 @@
 
 The reference is diffusers loading the tiny models' ``save_pretrained`` folders, driven by bench.reference (schedulers
 swapped as users swap them); both sides get identical injected starting latents and, for the ancestral/LCM samplers,
-identical per-step noise. Bars (DESIGN.md section 5): fp32
+identical per-step noise. Bars (docs/design.md, "Parity bars"): fp32
 max pixel difference <= 2/255; fp16 PSNR >= 30 dB against diffusers fp32.
 """
 

@@ -1,4 +1,4 @@
-"""Our numpy schedulers against diffusers' torch schedulers of the same class and config (DESIGN.md section 5).
+"""Our numpy schedulers against diffusers' torch schedulers of the same class and config (docs/design.md, "Parity bars").
 
 Both run a full denoising loop driven by the same deterministic fake model (each side evaluates it on its own
 sample, so errors would compound if the arithmetic differed); the stochastic ones get identical injected noise.

@@ -1,4 +1,5 @@
-"""The deployable runtime must work with torch, diffusers and transformers absent (DESIGN.md section 2)."""
+"""The deployable runtime must work with torch, diffusers and transformers absent, and without build-time code
+(docs/design.md, "Layers")."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ def run_blocked(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_runtime_and_engines_import_without_torch_diffusers_transformers() -> None:
     result = run_blocked(
-        "import runtime, runtime.tokenizer, runtime.schedulers, runtime.pipeline, runtime.images\n"
-        "import engines, engines.specs, engines.package, engines.base, engines.ort, engines.loader\n"
-        "import engines.build, engines.trt, engines.profiles, engines.ort_build, engines.metrics\n"
+        "import runtime, runtime.tokenizer, runtime.schedulers, runtime.pipeline, runtime.images, runtime.grid\n"
+        "import core, core.specs, core.package, core.manifest, core.families, core.profiles, core.metrics\n"
+        "import engines, engines.base, engines.backend, engines.build, engines.ort, engines.ort.build\n"
+        "import engines.tensorrt, engines.tensorrt.engine, engines.tensorrt.build, engines.onnx_graphs\n"
         "print('ok')"
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
@@ -51,3 +53,40 @@ def test_cli_generate_does_not_import_torch(tiny_package: Path, tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr
     assert out.is_file()
+
+
+def test_generating_with_prebuilt_engines_loads_no_build_time_code(tiny_package: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from engines.ort.build import build_ort_engines
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_package, copy)
+    build_ort_engines(copy)
+    result = run_blocked(
+        "from runtime import Pipeline\n"
+        f"pipe = Pipeline.from_package({str(copy)!r}, device='cpu')\n"
+        "assert 'engines/' in str(pipe.engines['unet'].path), pipe.engines['unet'].path\n"
+        "pipe('a red fox', num_inference_steps=2, seed=1)\n"
+        "build = ('engines.build', 'engines.ort.build', 'engines.tensorrt.build', 'engines.onnx_graphs')\n"
+        "loaded = [m for m in sys.modules if m in build or m.split('.')[0] in ('onnx', 'onnx_graphsurgeon', 'tensorrt',"
+        " 'tensorrt_rtx')]\n"
+        "assert not loaded, loaded\n"
+        "print('ok')"
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_missing_optional_library_is_one_line_naming_the_extra(tiny_package: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "tiny"
+    shutil.copytree(tiny_package, copy)
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, runpy\nsys.modules['onnx'] = None\n"
+         f"sys.argv = ['cli.py', 'build-ort', '--package', {str(copy)!r}]\n"
+         "runpy.run_path('cli.py', run_name='__main__')\n"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "pip install 'diffship[export]'" in result.stderr

@@ -8,6 +8,7 @@ a missing one is an error naming the extra to install, not an ImportError at sta
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import shutil
@@ -103,8 +104,10 @@ def normalize_arch(text: str) -> str:
     return f"sm{match.group(4)}"
 
 
+@functools.cache
 def local_gpu_arch() -> str | None:
-    """Compute capability of GPU 0 (``sm90`` ...), or None without an NVIDIA GPU and driver."""
+    """Compute capability of GPU 0 (``sm90`` ...), or None without an NVIDIA GPU and driver (asked once per process:
+    nvidia-smi takes a fraction of a second)."""
     if shutil.which("nvidia-smi") is None:
         return None
     try:

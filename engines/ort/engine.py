@@ -19,14 +19,15 @@ from typing import Any
 
 import numpy as np
 
+from core.specs import ComponentSpec
 from engines.base import EngineBase, check_feeds
 from engines.errors import EngineError, MissingLibraryError
-from engines.specs import ComponentSpec
+from engines.ort.session import GRAPH_OPTIMIZATION, import_onnxruntime, open_session
 
 log = logging.getLogger(__name__)
 
 DEVICES = ("cpu", "cuda", "auto")
-GRAPH_OPTIMIZATION = ("disable", "basic", "extended", "all")
+ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
 @dataclass(frozen=True)
@@ -71,24 +72,6 @@ class OrtOptions:
             raise EngineError(f"cuda_graph_shapes must be >= 1, got {self.cuda_graph_shapes}")
 
 
-def import_onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingLibraryError(
-            "ONNX Runtime is not installed: pip install 'diffship[ort]' (CPU) or 'diffship[ort-gpu]' (NVIDIA GPUs)"
-        ) from None
-    return onnxruntime
-
-
-def cuda_available() -> bool:
-    """Whether this onnxruntime build has the CUDA provider (onnxruntime-gpu); says nothing of a GPU being there."""
-    try:
-        return "CUDAExecutionProvider" in import_onnxruntime().get_available_providers()
-    except MissingLibraryError:
-        return False
-
-
 class OrtEngine(EngineBase):
     """One ONNX model in an ``onnxruntime.InferenceSession``."""
 
@@ -107,32 +90,23 @@ class OrtEngine(EngineBase):
         if self.device == "cuda" and self.session.get_providers()[0] != "CUDAExecutionProvider":
             log.warning("%s: the CUDA provider did not load; running on the CPU", spec.name)
             self.device, self.cuda_graph = "cpu", False
-        names = [i.name for i in self.session.get_inputs()]
-        if sorted(names) != sorted(t.name for t in spec.inputs):
-            raise EngineError(f"{onnx_path} has inputs {names}, the manifest says {[t.name for t in spec.inputs]}")
+        self._check_io(self.session)
         self._output_names = [t.name for t in spec.outputs]
         self._run_options = ort.RunOptions()
         if options.shrink_arena and self.device == "cpu" and options.memory_arena:
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
-    def _session_options(self) -> Any:
-        ort, options = self._ort, self.options
-        session_options = ort.SessionOptions()
-        session_options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[options.graph_optimization]
-        if options.threads is not None:
-            session_options.intra_op_num_threads = options.threads
-            session_options.inter_op_num_threads = 1
-        session_options.enable_cpu_mem_arena = options.memory_arena
-        session_options.enable_mem_pattern = options.memory_pattern
-        session_options.log_severity_level = 3
-        for key, value in options.session_config.items():
-            session_options.add_session_config_entry(key, value)
-        return session_options
+    def _check_io(self, session: Any) -> None:
+        """The graph's own inputs and outputs must be the spec's, names and dtypes both."""
+        for kind, declared, expected in (("inputs", session.get_inputs(), self.spec.inputs),
+                                         ("outputs", session.get_outputs(), self.spec.outputs)):
+            found = {i.name: ORT_TYPES.get(i.type, i.type) for i in declared}
+            wanted = {t.name: t.dtype for t in expected}
+            if found != wanted:
+                raise EngineError(
+                    f"{self.path} has {kind} {found}, the manifest says {wanted}; re-export the package or rebuild "
+                    "its engines"
+                )
 
     def _providers(self, graph: bool = False) -> list[Any]:
         if self.device != "cuda":
@@ -142,17 +116,14 @@ class OrtEngine(EngineBase):
             cuda["enable_cuda_graph"] = "1"
         return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
-    def _open_session(self, session_options: Any = None, graph: bool = False) -> Any:
-        if self.device == "cuda" and hasattr(self._ort, "preload_dlls"):
-            self._ort.preload_dlls()
-        try:
-            return self._ort.InferenceSession(
-                str(self.path), session_options or self._session_options(), providers=self._providers(graph)
-            )
-        except Exception as exc:  # ORT raises its own exception types for every failure
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            hint = " (open it without CUDA graphs)" if graph else ""
-            raise EngineError(f"ONNX Runtime cannot load {self.path}{hint}: {message}") from exc
+    def _open_session(self, free_dimensions: Mapping[str, int] | None = None, graph: bool = False) -> Any:
+        options = self.options
+        return open_session(
+            self.path, providers=self._providers(graph), optimization=options.graph_optimization,
+            threads=options.threads, memory_arena=options.memory_arena, memory_pattern=options.memory_pattern,
+            config=options.session_config, free_dimensions=free_dimensions,
+            what=" (as a CUDA graph: open it without CUDA graphs)" if graph else "",
+        )
 
     @staticmethod
     def _pick_device(ort: Any, requested: str) -> str:
@@ -195,12 +166,9 @@ class OrtEngine(EngineBase):
             for dim, size in zip(tensor.shape, feeds[tensor.name].shape, strict=True):
                 if isinstance(dim, str):
                     dims[dim] = int(size)
-        session_options = self._session_options()
-        for name, size in dims.items():
-            session_options.add_free_dimension_override_by_name(name, size)
         log.debug("%s: new CUDA-graph session for %s", self.spec.name, dims)
         try:
-            session = self._open_session(session_options, graph=True)
+            session = self._open_session(dims, graph=True)
         except EngineError as exc:
             if self._graphs or "session" not in self.__dict__:
                 raise

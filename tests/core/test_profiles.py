@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engines.errors import EngineError
-from engines.profiles import parse_range, shape_profiles, shape_request
-from engines.specs import PipelineConstants, Range
-from exporter.wrappers import component_specs
+from core.families import SD1
+from core.profiles import ProfileError, parse_range, shape_profiles, shape_request, size_ranges
+from core.specs import PipelineConstants, Range
 
 SD15 = PipelineConstants(
     latent_channels=4, vae_scale_factor=8, scaling_factor=0.18215, prediction_type="epsilon", default_height=512,
@@ -17,7 +16,7 @@ SD15 = PipelineConstants(
 
 def test_profiles_double_the_guided_batch_and_scale_latents() -> None:
     request = shape_request(SD15, Range(1, 1, 4), Range(256, 512, 1024), Range(256, 768, 1024))
-    profiles = shape_profiles(request, SD15, component_specs(SD15))
+    profiles = shape_profiles(request, SD15, SD1.specs(SD15), SD1.guided)
     assert profiles["unet"].shapes["sample"] == ((1, 4, 32, 32), (2, 4, 64, 96), (8, 4, 128, 128))
     assert profiles["unet"].shapes["timestep"] == ((1,), (2,), (8,))
     assert profiles["unet"].shapes["encoder_hidden_states"] == ((1, 77, 768), (2, 77, 768), (8, 77, 768))
@@ -29,21 +28,21 @@ def test_profiles_double_the_guided_batch_and_scale_latents() -> None:
 def test_static_profile_is_one_shape_with_the_guided_batch() -> None:
     request = shape_request(SD15, Range.fixed(1), Range.fixed(512), Range.fixed(512))
     assert request.static
-    profiles = shape_profiles(request, SD15, component_specs(SD15))
+    profiles = shape_profiles(request, SD15, SD1.specs(SD15), SD1.guided)
     assert profiles["unet"].shapes["sample"] == ((2, 4, 64, 64),) * 3
     assert profiles["vae_decoder"].shapes["latent_sample"] == ((1, 4, 64, 64),) * 3
 
 
 def test_profile_names_its_range_when_a_shape_is_outside() -> None:
     request = shape_request(SD15, Range(1, 1, 2), Range.fixed(512), Range.fixed(512))
-    profile = shape_profiles(request, SD15, component_specs(SD15))["unet"]
+    profile = shape_profiles(request, SD15, SD1.specs(SD15), SD1.guided)["unet"]
     assert profile.violation("sample", (2, 4, 64, 64)) is None
     problem = profile.violation("sample", (6, 4, 64, 64))
     assert problem is not None and "(1, 4, 64, 64)" in problem and "(4, 4, 64, 64)" in problem
 
 
 def test_sizes_must_be_multiples_of_the_model_spatial_multiple() -> None:
-    with pytest.raises(EngineError, match="not a multiple of 64"):
+    with pytest.raises(ProfileError, match="not a multiple of 64"):
         shape_request(SD15, Range.fixed(1), Range(256, 500, 1024))
 
 
@@ -54,5 +53,14 @@ def test_parse_range(text: str, expected: Range) -> None:
 
 @pytest.mark.parametrize("text", ["0", "4-1", "x", "1-"])
 def test_parse_range_rejects_nonsense(text: str) -> None:
-    with pytest.raises(EngineError, match="--batch"):
+    with pytest.raises(ProfileError, match="--batch"):
         parse_range(text, "--batch")
+
+
+def test_size_ranges_default_from_half_to_twice_the_model_size() -> None:
+    assert size_ranges(SD15, None, None, None, None, static=False) == (Range(256, 512, 1024), Range(256, 512, 1024))
+    assert size_ranges(SD15, 768, None, None, None, static=True) == (Range.fixed(768), Range.fixed(512))
+    with pytest.raises(ProfileError, match="static"):
+        size_ranges(SD15, None, None, 256, None, static=True)
+    with pytest.raises(ProfileError, match="min-size"):
+        size_ranges(SD15, None, None, 1024, 512, static=False)

@@ -7,7 +7,7 @@ and the torch-free runtime all read the same description of a model package inst
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 Dim = int | str
@@ -17,6 +17,12 @@ SYMBOLIC_DIMS = ("batch", "latent_height", "latent_width", "image_height", "imag
 """The symbolic dimension names a package may use; all derive from (batch, image height, image width)."""
 
 NUMPY_DTYPES = ("float32", "float16", "int64", "int32")
+
+
+def known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of ``data`` that are fields of dataclass ``cls``: a newer writer's extra keys are ignored."""
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
 
 
 def symbolic_dims(batch: int, height: int, width: int, vae_scale_factor: int) -> dict[str, int]:
@@ -127,7 +133,19 @@ class PipelineConstants:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PipelineConstants:
-        return cls(**data)
+        return cls(**known_fields(cls, data))
+
+
+def dim_multiples(constants: PipelineConstants) -> dict[str, int]:
+    """Symbolic dimensions are exported as multiples of these, so the UNet's skip connections always line up."""
+    latent_multiple = constants.spatial_multiple // constants.vae_scale_factor
+    return {
+        "batch": 1,
+        "latent_height": latent_multiple,
+        "latent_width": latent_multiple,
+        "image_height": constants.spatial_multiple,
+        "image_width": constants.spatial_multiple,
+    }
 
 
 @dataclass(frozen=True)
@@ -210,11 +228,8 @@ class BuildConfig:
     """Compute-capability targets such as ``sm89``; empty means the GPU of this machine."""
     optimization_level: int = 3
     workspace_bytes: int | None = None
-    timing_cache: bool = True
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["archs"] = list(self.archs)
-        data["extra"] = dict(self.extra)
         return data

@@ -1,8 +1,7 @@
-"""One small module per export boundary, and the I/O contract (ComponentSpec) each one is exported with.
+"""Stable Diffusion 1.x / 2.x on the torch side: one small module per export boundary, and the constants.
 
-The wrappers fix what crosses into ONNX: plain tensors in, plain tensors out, no dicts, no ``return_dict`` flags,
-no optional arguments. The specs are built from the pipeline constants so the runtime reads the same names and
-shapes from the manifest.
+The wrappers fix what crosses into ONNX: plain tensors in, plain tensors out, no dicts, no ``return_dict`` flags, no
+optional arguments, exactly the I/O contract of ``core.families.stable_diffusion``.
 """
 
 from __future__ import annotations
@@ -13,10 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from engines.specs import ComponentSpec, PipelineConstants, TensorSpec
+from core.families.stable_diffusion import COMPONENTS
+from core.specs import PipelineConstants
 from exporter.sources import SourceModels
-
-COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 
 class TextEncoderBoundary(nn.Module):
@@ -102,57 +100,3 @@ def derive_constants(source: SourceModels) -> PipelineConstants:
         pad_token=str(pad_token),
         spatial_multiple=vae_scale_factor * up_factor,
     )
-
-
-def component_specs(constants: PipelineConstants) -> dict[str, ComponentSpec]:
-    """The fp32 I/O contract of every component, with symbolic batch and spatial dimensions."""
-    latent = ("batch", constants.latent_channels, "latent_height", "latent_width")
-    image = ("batch", 3, "image_height", "image_width")
-    tokens = ("batch", constants.text_max_length)
-    hidden = ("batch", constants.text_max_length, constants.text_hidden_size)
-    specs = [
-        ComponentSpec(
-            "text_encoder",
-            inputs=(TensorSpec("input_ids", "int64", tokens),),
-            outputs=(
-                TensorSpec("last_hidden_state", "float32", hidden),
-                TensorSpec("pooler_output", "float32", ("batch", constants.text_hidden_size)),
-            ),
-        ),
-        ComponentSpec(
-            "unet",
-            inputs=(
-                TensorSpec("sample", "float32", latent),
-                TensorSpec("timestep", "float32", ("batch",)),
-                TensorSpec("encoder_hidden_states", "float32", hidden),
-            ),
-            outputs=(TensorSpec("model_output", "float32", latent),),
-        ),
-        ComponentSpec(
-            "vae_decoder",
-            inputs=(TensorSpec("latent_sample", "float32", latent),),
-            outputs=(TensorSpec("sample", "float32", image),),
-        ),
-        ComponentSpec(
-            "vae_encoder",
-            inputs=(TensorSpec("sample", "float32", image),),
-            outputs=(
-                TensorSpec(
-                    "latent_parameters", "float32", ("batch", 2 * constants.latent_channels, "latent_height", "latent_width")
-                ),
-            ),
-        ),
-    ]
-    return {spec.name: spec for spec in specs}
-
-
-def dim_multiples(constants: PipelineConstants) -> dict[str, int]:
-    """Symbolic dimensions are exported as multiples of these, so the UNet's skip connections always line up."""
-    latent_multiple = constants.spatial_multiple // constants.vae_scale_factor
-    return {
-        "batch": 1,
-        "latent_height": latent_multiple,
-        "latent_width": latent_multiple,
-        "image_height": constants.spatial_multiple,
-        "image_width": constants.spatial_multiple,
-    }

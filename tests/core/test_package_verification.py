@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import engines.package as package_module
-from engines.package import ModelPackage, PackageError
+import core.integrity as integrity
+from core.errors import PackageError
+from core.package import ModelPackage
 
 
 @pytest.fixture
@@ -21,8 +22,8 @@ def copy(tiny_package: Path, tmp_path: Path) -> Path:
 
 def test_unchanged_file_is_hashed_once(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = package_module.sha256_file
-    monkeypatch.setattr(package_module, "sha256_file", lambda path, *a: calls.append(path) or real(path, *a))
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda path, *a: calls.append(path) or real(path, *a))
     ModelPackage.open(copy).verify_file("onnx/unet/model.onnx")
     ModelPackage.open(copy).verify_file("onnx/unet/model.onnx")
     assert len(calls) == 1
@@ -42,8 +43,8 @@ def test_changed_file_of_same_size_is_caught_after_a_recorded_hash(copy: Path) -
 
 def test_always_mode_hashes_every_time(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    real = package_module.sha256_file
-    monkeypatch.setattr(package_module, "sha256_file", lambda path, *a: calls.append(path) or real(path, *a))
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda path, *a: calls.append(path) or real(path, *a))
     monkeypatch.setenv("DIFFSHIP_VERIFY", "always")
     ModelPackage.open(copy).verify_file("onnx/vae_decoder/model.onnx")
     ModelPackage.open(copy).verify_file("onnx/vae_decoder/model.onnx")

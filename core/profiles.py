@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from engines.errors import EngineError
-from engines.specs import ComponentSpec, PipelineConstants, Range, ShapeProfile, ShapeRequest, symbolic_dims
+from core.errors import DiffshipError
+from core.specs import ComponentSpec, PipelineConstants, Range, ShapeProfile, ShapeRequest, symbolic_dims
 
-GUIDED_COMPONENTS = frozenset({"text_encoder", "unet"})
-"""Components the runtime calls on the doubled (CFG) batch."""
+
+class ProfileError(DiffshipError, ValueError):
+    """A requested shape range cannot be built (sizes not multiples of the model's, min > max, ...)."""
 
 
 def shape_request(
@@ -29,16 +30,19 @@ def shape_request(
     for name, span in (("height", height), ("width", width)):
         for label, value in (("min", span.min), ("opt", span.opt), ("max", span.max)):
             if value % multiple:
-                raise EngineError(
+                raise ProfileError(
                     f"{name} {label} {value} is not a multiple of {multiple} pixels, which this model needs "
                     f"(its VAE factor {constants.vae_scale_factor} x its UNet's down-sampling)"
                 )
     return ShapeRequest(batch=batch, height=height, width=width)
 
 
-def component_batch(component: str, batch: Range, static: bool) -> Range:
-    """The batch range a component sees for requests of ``batch`` images."""
-    if component not in GUIDED_COMPONENTS:
+def component_batch(component: str, batch: Range, static: bool, guided: frozenset[str]) -> Range:
+    """The batch range a component sees for requests of ``batch`` images (``guided``: the family's CFG components).
+
+    A static profile holds the guided batch only; the runtime pads an unguided call up to it (docs/design.md).
+    """
+    if component not in guided:
         return batch
     if static:
         return Range.fixed(2 * batch.opt)
@@ -46,13 +50,13 @@ def component_batch(component: str, batch: Range, static: bool) -> Range:
 
 
 def shape_profiles(
-    request: ShapeRequest, constants: PipelineConstants, specs: Mapping[str, ComponentSpec]
+    request: ShapeRequest, constants: PipelineConstants, specs: Mapping[str, ComponentSpec], guided: frozenset[str]
 ) -> dict[str, ShapeProfile]:
     """The min/opt/max shape of every input of every component in ``specs``."""
     factor = constants.vae_scale_factor
     profiles = {}
     for name, spec in specs.items():
-        batch = component_batch(name, request.batch, request.static)
+        batch = component_batch(name, request.batch, request.static, guided)
         corners = [
             symbolic_dims(b, h, w, factor)
             for b, h, w in (
@@ -80,4 +84,29 @@ def parse_range(text: str, what: str) -> Range:
         value = int(text)
         return Range.fixed(value)
     except ValueError as exc:
-        raise EngineError(f"{what} {text!r}: give N or MIN-MAX with 1 <= MIN <= MAX ({exc})") from None
+        raise ProfileError(f"{what} {text!r}: give N or MIN-MAX with 1 <= MIN <= MAX ({exc})") from None
+
+
+def size_ranges(
+    constants: PipelineConstants,
+    height: int | None,
+    width: int | None,
+    min_size: int | None,
+    max_size: int | None,
+    static: bool,
+) -> tuple[Range, Range]:
+    """Height and width ranges for a build: the one size when static, else ``min_size``..``max_size`` around the
+    optimal size (default: half the model's size, rounded down to its spatial multiple, to twice the larger side)."""
+    opt_height = height or constants.default_height
+    opt_width = width or constants.default_width
+    if static:
+        if min_size or max_size:
+            raise ProfileError("a static build has one shape: give --height/--width, not --min-size/--max-size")
+        return Range.fixed(opt_height), Range.fixed(opt_width)
+    multiple = constants.spatial_multiple
+    low = min_size or max(multiple, (min(opt_height, opt_width) // 2) // multiple * multiple)
+    high = max_size or 2 * max(opt_height, opt_width)
+    try:
+        return Range(low, min(max(opt_height, low), high), high), Range(low, min(max(opt_width, low), high), high)
+    except ValueError as exc:
+        raise ProfileError(f"--min-size/--max-size: {exc}") from None

@@ -1,0 +1,47 @@
+"""The one root of every error a user can fix, and the refusal for a missing optional library.
+
+Each layer subclasses ``DiffshipError`` (keeping ``ValueError`` where the error is one), so a caller, and the CLI,
+catch one type; the message says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class DiffshipError(Exception):
+    """A problem the user can fix; the message says what is wrong and what to do about it."""
+
+
+class PackageError(DiffshipError):
+    """A model package is missing, malformed, or does not match its manifest."""
+
+
+class MissingDependencyError(DiffshipError):
+    """An optional library is not installed; the message names the ``pip install`` line that brings it."""
+
+
+EXTRAS = {
+    "onnx": "export",
+    "onnxscript": "export",
+    "torch": "export",
+    "diffusers": "export",
+    "transformers": "export",
+    "onnx_graphsurgeon": "trt-rtx",
+    "onnxruntime": "ort",
+    "tensorrt": "trt",
+    "tensorrt_rtx": "trt-rtx",
+    "matplotlib": "bench",
+    "cuda": "cuda",
+}
+
+
+def require(module: str, purpose: str) -> ModuleType:
+    """``import module``, or a ``MissingDependencyError`` naming the extra that installs it (never an ImportError)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        extra = EXTRAS.get(module.split(".")[0])
+        hint = f"pip install 'diffship[{extra}]'" if extra else f"pip install {module.split('.')[0]}"
+        raise MissingDependencyError(f"{purpose} needs {module.split('.')[0]}, which is not installed: {hint}") from None

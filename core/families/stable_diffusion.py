@@ -1,0 +1,74 @@
+"""Stable Diffusion 1.x and 2.x: CLIP text encoder, UNet, VAE; the two differ only in constants (read at export).
+
+SD 2.x models (``sd2``) predict ``v`` where SD 1.x predict noise, use a wider OpenCLIP text encoder and pad with
+``!``; the I/O contract is the same, so both share one description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from core.families.base import Family
+from core.specs import ComponentSpec, PipelineConstants, TensorSpec
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+
+
+def io_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
+    """The fp32 I/O contract of every component, with symbolic batch and spatial dimensions."""
+    latent = ("batch", constants.latent_channels, "latent_height", "latent_width")
+    image = ("batch", 3, "image_height", "image_width")
+    tokens = ("batch", constants.text_max_length)
+    hidden = ("batch", constants.text_max_length, constants.text_hidden_size)
+    specs = [
+        ComponentSpec(
+            "text_encoder",
+            inputs=(TensorSpec("input_ids", "int64", tokens),),
+            outputs=(
+                TensorSpec("last_hidden_state", "float32", hidden),
+                TensorSpec("pooler_output", "float32", ("batch", constants.text_hidden_size)),
+            ),
+        ),
+        ComponentSpec(
+            "unet",
+            inputs=(
+                TensorSpec("sample", "float32", latent),
+                TensorSpec("timestep", "float32", ("batch",)),
+                TensorSpec("encoder_hidden_states", "float32", hidden),
+            ),
+            outputs=(TensorSpec("model_output", "float32", latent),),
+        ),
+        ComponentSpec(
+            "vae_decoder",
+            inputs=(TensorSpec("latent_sample", "float32", latent),),
+            outputs=(TensorSpec("sample", "float32", image),),
+        ),
+        ComponentSpec(
+            "vae_encoder",
+            inputs=(TensorSpec("sample", "float32", image),),
+            outputs=(
+                TensorSpec(
+                    "latent_parameters", "float32", ("batch", 2 * constants.latent_channels, "latent_height", "latent_width")
+                ),
+            ),
+        ),
+    ]
+    return {spec.name: spec for spec in specs}
+
+
+SD1 = Family(
+    name="sd1",
+    description="Stable Diffusion 1.x (CLIP ViT-L text encoder, epsilon prediction)",
+    components=COMPONENTS,
+    txt2img=("text_encoder", "unet", "vae_decoder"),
+    guided=frozenset({"text_encoder", "unet"}),
+    io_contract=io_contract,
+    default_scheduler="PNDMScheduler",
+)
+
+SD2 = replace(
+    SD1,
+    name="sd2",
+    description="Stable Diffusion 2.x (OpenCLIP ViT-H text encoder, v or epsilon prediction)",
+    default_scheduler="DDIMScheduler",
+)

@@ -1,0 +1,98 @@
+"""Writing so that a reader never sees half of anything: atomic files, staged folders, publishing, a manifest lock.
+
+Everything long (an export, an engine build) is written into a hidden work folder beside its destination and moved
+into place with ``os.replace`` only when complete; a crash leaves a hidden ``.name.partial-*`` folder behind, never a
+file a later run would take for finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _make_readable(path: Path) -> None:
+    """Temporary files and folders are private (0600/0700); published ones read like any other."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` so that a reader sees either the old file or the complete new one, never half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        _make_readable(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+@contextlib.contextmanager
+def work_folder(parent: Path, label: str) -> Iterator[Path]:
+    """A hidden scratch folder in ``parent`` (same file system, so its files move into place with a rename),
+    removed when the block ends, whether it succeeded or not."""
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{label}.partial-", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish_files(work: Path, names: Sequence[str], destination: Path) -> list[Path]:
+    """Move ``work/<name>`` for each name into ``destination``, each with one rename, in the order given (put a file
+    that names another, such as an ONNX graph naming its external data, last)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    _make_readable(destination)
+    published = []
+    for name in names:
+        source = work / name
+        _make_readable(source)
+        os.replace(source, destination / name)
+        published.append(destination / name)
+    return published
+
+
+def publish_folder(staging: Path, destination: Path) -> None:
+    """Swap a finished staging folder in for ``destination``; what was there before is removed afterwards."""
+    for path in (staging, *staging.rglob("*")):
+        _make_readable(path)
+    trash = None
+    if destination.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+        os.replace(destination, trash / "previous")
+    os.replace(staging, destination)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path) -> Iterator[None]:
+    """An exclusive advisory lock held for the block: read-modify-write of one file by several processes at once."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

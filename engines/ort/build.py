@@ -1,0 +1,268 @@
+"""``build-ort`` (build time): attention fused into MultiHeadAttention; for the CPU, the graph optimised once.
+
+What it buys, measured on the full-size SD 1.5 UNet (BENCHMARKS.md): torch.onnx's dynamo exporter writes attention as
+MatMul -> Softmax -> MatMul, which ONNX Runtime runs by materialising the [batch x heads, tokens, tokens] score matrix
+(2 GB per self-attention at 512 px). ONNX Runtime's own transformer optimizer does not recognise that pattern, so
+``fuse_attention`` rewrites it into ``com.microsoft.MultiHeadAttention``, whose CPU kernel works in tiles and whose CUDA
+kernel is flash / memory-efficient attention. For the ``cpu`` target the fused graph is then optimised at
+``ORT_ENABLE_ALL`` (including the NCHWc layout for this CPU's vector width) and saved, so a full-size UNet's session
+opens in 2-4 s instead of 10-24 s (BENCHMARKS.md, sha256 check included); for ``cuda`` the fused graph is saved as it
+is. Every graph is checked against
+the exported one in ONNX Runtime before it is kept, at the bar of its precision (docs/design.md, "Parity bars").
+The orchestration (cache key, work folder, publishing, manifest record) is ``engines.build``'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.manifest import EngineEntry, EngineSet, OrtEngineEntry, OrtEngineSet
+from core.metrics import verification_dims, verify_outputs
+from core.package import ModelPackage
+from engines.build import BuildJob, BuildOutcome, Compiled, build_engine_set
+from engines.errors import EngineError
+from engines.ort.session import import_onnxruntime, open_session, run_session
+from engines.ort.targets import TARGETS, ort_engine_set_name, target_tag
+
+log = logging.getLogger(__name__)
+
+ORT_BUILD_SCHEMA = 2
+DEFAULT_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+_CHAIN_OPS = ("Reshape", "Transpose")
+
+
+# ---------------------------------------------------------------------------------------------- attention fusion
+
+
+@dataclass
+class _Graph:
+    """Producer/consumer indexes over an ONNX graph, and its constant values."""
+
+    model: Any
+
+    def __post_init__(self) -> None:
+        from onnx import numpy_helper
+
+        graph = self.model.graph
+        self.producer = {output: node for node in graph.node for output in node.output}
+        self.consumers: dict[str, list[Any]] = {}
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute:
+                self.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        self.outputs = {o.name for o in graph.output}
+
+    def only_consumer(self, tensor: str, op_type: str) -> Any | None:
+        users = self.consumers.get(tensor, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op_type and tensor not in self.outputs else None
+
+    def head_split_source(self, tensor: str) -> tuple[str, list[Any]]:
+        """Walk back through Reshape/Transpose to the projection's output; returns it and the nodes walked."""
+        walked = []
+        node = self.producer.get(tensor)
+        while node is not None and node.op_type in _CHAIN_OPS:
+            walked.append(node)
+            tensor = node.input[0]
+            node = self.producer.get(tensor)
+        return tensor, walked
+
+    def scalar(self, tensor: str) -> float | None:
+        value = self.constants.get(tensor)
+        return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+
+def _heads(graph: _Graph, chain: Sequence[Any]) -> int | None:
+    """num_heads from the head-splitting Reshape: its shape is [batch, tokens, heads, head_dim]."""
+    for node in reversed(chain):  # nearest the projection first
+        if node.op_type != "Reshape":
+            continue
+        shape = graph.constants.get(node.input[1])
+        if shape is None and node.input[1] in graph.producer and graph.producer[node.input[1]].op_type == "Concat":
+            parts = [graph.constants.get(i) for i in graph.producer[node.input[1]].input]
+            if len(parts) == 4 and parts[2] is not None and parts[3] is not None:
+                return int(parts[2].reshape(-1)[0])
+        elif shape is not None and shape.size == 4:
+            return int(shape[2])
+    return None
+
+
+def fuse_attention(model: Any) -> tuple[Any, int]:
+    """Rewrite every scaled-dot-product attention of a dynamo export into com.microsoft.MultiHeadAttention.
+
+    Matches ``Softmax(MatMul(Mul(q_heads, a), Mul(k_heads_t, b))) @ v_heads -> Transpose -> Reshape`` where the
+    ``*_heads`` come from the q/k/v projections through Reshape/Transpose only. Anything else is left alone.
+    """
+    import onnx
+    from onnx import helper
+
+    graph = _Graph(model)
+    removed: set[int] = set()
+    added = []
+    fused = 0
+    for softmax in [n for n in model.graph.node if n.op_type == "Softmax"]:
+        scores = graph.producer.get(softmax.input[0])
+        weighted = graph.only_consumer(softmax.output[0], "MatMul")
+        if scores is None or scores.op_type != "MatMul" or weighted is None:
+            continue
+        merge = graph.only_consumer(weighted.output[0], "Transpose")
+        reshape = graph.only_consumer(merge.output[0], "Reshape") if merge is not None else None
+        scaled = [graph.producer.get(name) for name in scores.input]
+        if reshape is None or any(s is None or s.op_type != "Mul" for s in scaled):
+            continue
+        factors = [graph.scalar(s.input[1]) for s in scaled]  # type: ignore[union-attr]
+        if any(f is None for f in factors):
+            continue
+        query, query_chain = graph.head_split_source(scaled[0].input[0])  # type: ignore[union-attr]
+        key, key_chain = graph.head_split_source(scaled[1].input[0])  # type: ignore[union-attr]
+        value, value_chain = graph.head_split_source(weighted.input[1])
+        heads = _heads(graph, query_chain)
+        sources = [graph.producer.get(t) for t in (query, key, value)]
+        if heads is None or any(s is None or s.op_type not in ("MatMul", "Gemm", "Add") for s in sources):
+            continue
+        node = helper.make_node(
+            "MultiHeadAttention",
+            [query, key, value],
+            [reshape.output[0]],
+            name=f"fused_attention_{fused}",
+            domain="com.microsoft",
+            num_heads=heads,
+            scale=float(factors[0] * factors[1]),  # type: ignore[operator]
+        )
+        added.append((reshape, node))
+        for dead in (softmax, scores, *scaled, weighted, merge, reshape):
+            removed.add(id(dead))
+        fused += 1
+    if not fused:
+        return model, 0
+    replacement = {id(old): new for old, new in added}
+    nodes = [replacement.get(id(n), n) for n in model.graph.node if id(n) not in removed or id(n) in replacement]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    _remove_dead_nodes(model)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return model, fused
+
+
+def _remove_dead_nodes(model: Any) -> None:
+    """Drop nodes none of whose outputs is used (the head-splitting chains left behind), to a fixed point."""
+    outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {name for node in model.graph.node for name in node.input} | outputs
+        alive = [n for n in model.graph.node if any(o in used for o in n.output)]
+        if len(alive) == len(model.graph.node):
+            return
+        del model.graph.node[:]
+        model.graph.node.extend(alive)
+
+
+# ---------------------------------------------------------------------------------------------- the builder
+
+
+@dataclass(frozen=True)
+class OrtBuilder:
+    """``build-ort``'s half of the orchestration: fuse, optimise for the target, check against the export."""
+
+    precision: str = "fp32"
+    target: str = "cpu"
+    backend: str = "ort"
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "fp16"):
+            raise EngineError(f"precision {self.precision!r} is not supported; choose fp32 or fp16")
+        if self.target not in TARGETS:
+            raise EngineError(f"unknown build-ort target {self.target!r}; choose {' or '.join(TARGETS)}")
+
+    def set_name(self, package: ModelPackage) -> str:
+        return ort_engine_set_name(self.precision, self.target)
+
+    def job(self, package: ModelPackage, component: str, progress: Callable[[str], None]) -> BuildJob:
+        variant = package.variant(component, self.precision)
+        key = hashlib.sha256(json.dumps({
+            "schema": ORT_BUILD_SCHEMA, "onnx": [package.manifest.files[f].sha256 for f in variant.files],
+            "onnxruntime": import_onnxruntime().__version__, "target": target_tag(self.target),
+        }, sort_keys=True).encode()).hexdigest()
+        return BuildJob(component, variant, package.manifest.files[variant.onnx].sha256, key)
+
+    def compile(self, package: ModelPackage, job: BuildJob, work: Path, progress: Callable[[str], None]) -> Compiled:
+        import onnx
+
+        from engines.onnx_graphs import save_onnx
+
+        started = time.perf_counter()
+        component = job.component
+        progress(f"{component}: fusing attention ({job.source.onnx})")
+        model, fused = fuse_attention(onnx.load(str(package.path(job.source.onnx))))
+        if self.target == "cuda":
+            progress(f"{component}: {fused} attention blocks fused (the CUDA provider optimises the rest at load)")
+            written = save_onnx(model, work / f"{component}.onnx", external=True)
+        else:
+            fused_path = work / "fused.onnx"
+            save_onnx(model, fused_path, external=True)
+            del model
+            progress(f"{component}: {fused} attention blocks fused; optimising for this CPU and saving")
+            open_session(fused_path, optimization="all", optimized_model=work / f"{component}.onnx")
+            written = [work / f"{component}.onnx", work / f"{component}.onnx.data"]
+        report = {"fused_attention": fused, "target": target_tag(self.target)}
+        (work / f"{component}.build.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        files = [p.name for p in reversed(written) if p.is_file()]  # external data before the graph that names it
+        return Compiled((*files, f"{component}.build.json"), time.perf_counter() - started, {"fused_attention": fused})
+
+    def verify(
+        self, package: ModelPackage, job: BuildJob, compiled: Compiled, work: Path, progress: Callable[[str], None]
+    ) -> dict[str, Any]:
+        component = job.component
+        progress(f"{component}: checking the built graph against the exported one in ONNX Runtime")
+        exported = open_session(package.path(job.source.onnx))
+        tick = time.perf_counter()
+        built = open_session(work / f"{component}.onnx", optimization="disable")
+        load_seconds = time.perf_counter() - tick
+        vocab = len(json.loads(package.path("tokenizer/vocab.json").read_text(encoding="utf-8")))
+        verification = verify_outputs(
+            job.source.spec.with_float_dtype("float32"), self.precision, verification_dims(package.constants),
+            lambda feeds: run_session(exported, feeds), lambda feeds: run_session(built, feeds), vocab,
+        )
+        if not verification.passed:
+            raise EngineError(f"{component}: the built graph misses the bar: {'; '.join(verification.failures)}")
+        report_path = work / f"{component}.build.json"
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        report.update(verification=verification.to_json(), load_seconds=load_seconds)
+        report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        progress(f"{component}: within the {self.precision} bar ({verification.describe()}); loads in {load_seconds:.1f}s")
+        return {**verification.to_json(), "load_seconds": load_seconds}
+
+    def entry(self, set_name: str, job: BuildJob, compiled: Compiled) -> EngineEntry:
+        graph = f"engines/{set_name}/{job.component}.onnx"
+        data = tuple(f"engines/{set_name}/{name}" for name in compiled.files if name.endswith(".onnx.data"))
+        return OrtEngineEntry(
+            component=job.component, graph=graph, data_files=data, key=job.key,
+            build_seconds=round(compiled.seconds, 3), source_onnx_sha256=job.source_sha256,
+            source_dtype=job.source.dtype, fused_attention=int(compiled.details.get("fused_attention", 0)),
+            report=f"engines/{set_name}/{job.component}.build.json",
+        )
+
+    def engine_set(self, set_name: str, components: Mapping[str, EngineEntry]) -> EngineSet:
+        entries = {name: entry for name, entry in components.items() if isinstance(entry, OrtEngineEntry)}
+        return OrtEngineSet(set_name, import_onnxruntime().__version__, target_tag(self.target), self.precision, entries)
+
+
+def build_ort_engines(
+    package_path: Path,
+    precision: str = "fp32",
+    components: Sequence[str] = DEFAULT_COMPONENTS,
+    force: bool = False,
+    progress: Callable[[str], None] | None = None,
+    target: str = "cpu",
+) -> BuildOutcome:
+    """Build (or find up to date) the ``build-ort`` engine of every component for ``target`` (``cpu`` or ``cuda``)."""
+    return build_engine_set(package_path, OrtBuilder(precision, target), components, force, progress)

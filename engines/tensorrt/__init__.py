@@ -1,0 +1,103 @@
+"""The TensorRT backend: full TensorRT and TensorRT-RTX (their differences are data: ``api.Library``).
+
+Run time: ``TensorRTBackend`` picks a ``trt``/``trt-rtx`` engine set built for this GPU with an installed library and
+opens ``TrtEngine``\\ s on one shared ``Device`` (runtime, stream, activation pool). Build time (``engines.tensorrt.build``,
+imported only by ``build-trt``): the builder, fp16 routes, the per-layer precision report.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from core.errors import PackageError
+from core.manifest import TrtEngineSet
+from core.package import ModelPackage
+from engines.backend import OpenRequest, Selection
+from engines.base import EngineBase
+from engines.errors import EngineError, MissingLibraryError
+from engines.tensorrt.api import load_library, local_gpu_arch
+
+__all__ = ["TensorRTBackend", "choose_engine_set"]
+
+log = logging.getLogger(__name__)
+
+
+def choose_engine_set(package: ModelPackage, name: str | None, precision: str | None) -> TrtEngineSet:
+    """The TensorRT engine set to run: the one named, else one built for this GPU with an installed library."""
+    sets: dict[str, TrtEngineSet] = {
+        key: s for key, s in package.manifest.engines.items() if isinstance(s, TrtEngineSet)
+    }
+    if name is not None:
+        if name not in sets:
+            raise EngineError(
+                f"no TensorRT engine set {name!r} in {package.root}; it has {', '.join(sets) or 'none'}"
+                + (" (ONNX Runtime sets run with --backend ort)" if name in package.manifest.engines else "")
+            )
+        return sets[name]
+    if not sets:
+        raise EngineError(
+            f"package {package.root} has no TensorRT engines; build them with "
+            f"`python cli.py build-trt --package {package.root} --fp16`"
+        )
+    arch = local_gpu_arch()
+    if arch is None:
+        raise EngineError("TensorRT engines run on an NVIDIA GPU and none was found; use --backend ort")
+    candidates = [s for s in sets.values() if arch in s.archs and (precision is None or s.precision == precision)]
+    candidates.sort(key=lambda s: (s.backend != "trt", s.precision != "fp16"))
+    for engine_set in candidates:
+        try:
+            load_library(engine_set.backend)
+            return engine_set
+        except MissingLibraryError:
+            continue
+    built = ", ".join(f"{s.name} ({s.library} {s.library_version})" for s in sets.values())
+    raise EngineError(
+        f"no engine set here runs on this GPU ({arch}) with an installed TensorRT library; built: {built}. "
+        f"Build one with `python cli.py build-trt --package {package.root} --fp16`"
+    )
+
+
+class TensorRTBackend:
+    name = "trt"
+
+    def select(self, package: ModelPackage, request: OpenRequest) -> Selection:
+        chosen = choose_engine_set(package, request.engine_set, request.precision)
+        return Selection(self.name, chosen.precision, chosen)
+
+    def open(
+        self, package: ModelPackage, selection: Selection, components: Sequence[str], request: OpenRequest
+    ) -> dict[str, EngineBase]:
+        from engines.tensorrt.engine import Device, TrtEngine, activation_bytes
+
+        chosen = selection.engine_set
+        assert isinstance(chosen, TrtEngineSet)
+        library = load_library(chosen.backend)
+        if library.version != chosen.library_version:
+            raise EngineError(
+                f"engines in engines/{chosen.name} were built with {chosen.library} {chosen.library_version}; this "
+                f"machine has {library.version}, which cannot load them: rebuild with build-trt"
+            )
+        device = Device(library)
+        deserialized = {}
+        try:
+            for component in components:
+                entry = chosen.components.get(component)
+                if entry is None:
+                    raise EngineError(f"engine set {chosen.name} has no {component}; rebuild with build-trt")
+                try:
+                    plan = package.verify_file(entry.plan).read_bytes()
+                except PackageError as exc:
+                    raise EngineError(str(exc)) from None
+                log.debug("loading %s from %s", component, entry.plan)
+                deserialized[component] = (entry, device.deserialize(plan, f"{chosen.name}/{component}"))
+            # Components run one after another: one activation pool, sized for the hungriest, serves them all.
+            device.reserve(max(activation_bytes(engine) for _, engine in deserialized.values()))
+            return {
+                component: TrtEngine(engine, package.variant(component, entry.source_dtype).spec, entry.profile,
+                                     device, f"{chosen.name}/{component}", request.cuda_graphs)
+                for component, (entry, engine) in deserialized.items()
+            }
+        except BaseException:
+            device.close()
+            raise

@@ -1,0 +1,475 @@
+"""``build-trt`` (build time): one builder for TensorRT and TensorRT-RTX, fp16 routes, graph sanitising, and a
+per-layer precision report captured from the builder itself (proof of precision without a GPU).
+
+Precision routes (docs/design.md, "TensorRT and TensorRT-RTX builds"):
+- TensorRT-RTX networks are strongly typed, so fp16 engines come from fp16 ONNX: the package's ``--dtype fp16``
+  export when present, else the fp32 export converted here (ONNX Runtime's float16 converter, de-duplicated and
+  re-sorted, then checked against fp32 in ONNX Runtime before use; half-precision export is the sturdier route).
+- Full TensorRT takes the fp16 export strongly typed when present, else the fp32 export with the FP16 builder flag
+  (TensorRT then keeps in fp32 whatever it judges fragile).
+Engines land in ``engines/<backend>-<archs>-<precision>/<component>.plan`` with a ``<component>.layers.json``
+report. Cache key, work folder, publishing and the manifest record are ``engines.build``'s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+from core.families import get_family
+from core.files import publish_files, work_folder, write_bytes_atomic
+from core.manifest import ComponentVariant, EngineEntry, EngineSet, Manifest, TrtEngineEntry, TrtEngineSet
+from core.metrics import verification_dims, verify_outputs
+from core.package import ModelPackage
+from core.profiles import shape_profiles
+from core.specs import BuildConfig, ShapeProfile, ShapeRequest
+from engines.build import BuildJob, BuildOutcome, Compiled, build_engine_set
+from engines.errors import EngineError
+from engines.onnx_graphs import sanitize_onnx, save_onnx
+from engines.ort.session import open_session, run_session
+from engines.tensorrt import api
+from engines.tensorrt.api import RTX_ARCHS, Library, load_library, local_gpu_arch, normalize_arch
+
+log = logging.getLogger(__name__)
+
+BUILD_SCHEMA = 1
+TXT2IMG_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+COMPUTE_LAYER_KINDS = {
+    # Myelin (the compiler behind TensorRT-RTX and TensorRT 10's fused regions) and classic TensorRT layer names.
+    "correlation": "convolution",
+    "convolution": "convolution",
+    "cask_convolution": "convolution",
+    "caskconvolution": "convolution",
+    "gemm": "matmul",
+    "matrixmultiply": "matmul",
+    "cask_gemm": "matmul",
+    "caskgemm": "matmul",
+}
+_MYELIN_LAYER = re.compile(
+    r"Name: (?P<name>.*?), LayerType: (?P<kind>\w+), Inputs: \[(?P<inputs>.*?)\], Constants: \[(?P<constants>.*?)\], "
+    r"Outputs: \[(?P<outputs>.*?)\], TacticName",
+    re.S,
+)
+_CLASSIC_LAYER = re.compile(r"^Layer\((?P<kind>\w+)\): (?P<name>.+?), Tactic: [^,]*, (?P<inputs>.*?) -> (?P<outputs>.*)$")
+_DTYPE_FIELD = re.compile(r"Datatype: (\w+)")
+_DTYPE_WORD = re.compile(r"\b(Half|Float|BFloat16|Int8|Int32|Int64|UInt8|Bool|FP8|FP4|Int4)\(")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    package: Path
+    config: BuildConfig
+    shapes: ShapeRequest
+    components: tuple[str, ...] = TXT2IMG_COMPONENTS
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class OnnxChoice:
+    variant: ComponentVariant
+    strongly_typed: bool
+    fp16_flag: bool
+    route: str
+
+
+# ---------------------------------------------------------------------------------------------- targets
+
+
+def _refuse_full_tensorrt_without_gpu() -> NoReturn:
+    raise EngineError(
+        "full TensorRT builds engines for the GPU it runs on and needs one (none found); for ahead-of-time builds "
+        "without a GPU use --backend trt-rtx --arch sm86,sm89,... (TensorRT-RTX)"
+    )
+
+
+def resolve_archs(library: Library, requested: Sequence[str]) -> tuple[str, ...]:
+    """The compute capabilities to build for; full TensorRT builds only for the GPU present."""
+    archs = tuple(dict.fromkeys(normalize_arch(a) for a in requested))
+    local = local_gpu_arch()
+    if not library.ahead_of_time:
+        if local is None:
+            _refuse_full_tensorrt_without_gpu()
+        if archs and archs != (local,):
+            raise EngineError(
+                f"full TensorRT builds only for the GPU present ({local}), not {', '.join(archs)}; drop --arch, or use "
+                "--backend trt-rtx for ahead-of-time builds"
+            )
+        return (local,)
+    if not archs:
+        if local is None:
+            raise EngineError(
+                "no GPU here to build for: give --arch with the target compute capabilities, e.g. --arch sm86,sm89 "
+                f"(TensorRT-RTX builds ahead of time for {', '.join(RTX_ARCHS)})"
+            )
+        archs = (local,)
+    unsupported = [a for a in archs if a not in RTX_ARCHS]
+    if unsupported:
+        raise EngineError(
+            f"TensorRT-RTX cannot target {', '.join(unsupported)}; it builds for {', '.join(RTX_ARCHS)} "
+            "(datacentre GPUs such as Hopper sm90 need --backend trt, full TensorRT, on that GPU)"
+        )
+    return archs
+
+
+def engine_set_name(backend: str, archs: Sequence[str], precision: str) -> str:
+    return f"{backend}-{'+'.join(archs)}-{precision}"
+
+
+# ---------------------------------------------------------------------------------------------- the builder
+
+
+class TensorRTBuilder:
+    """``build-trt``'s half of the orchestration: choose the ONNX, sanitise, build, report the layers' precision."""
+
+    def __init__(self, package: ModelPackage, config: BuildConfig, shapes: ShapeRequest) -> None:
+        if config.precision not in ("fp16", "fp32"):
+            raise EngineError(f"precision {config.precision!r} is not supported; choose fp16 or fp32")
+        if config.backend == "trt" and local_gpu_arch() is None:
+            _refuse_full_tensorrt_without_gpu()
+        self.library = load_library(config.backend)
+        self.backend = self.library.backend
+        self.config = replace(config, archs=resolve_archs(self.library, config.archs))
+        self.shapes = shapes
+        family = get_family(package.manifest.family)
+        specs = {c: package.variant(c, "fp32" if "fp32" in variants else "fp16").spec
+                 for c, variants in package.manifest.components.items()}
+        self.profiles = shape_profiles(shapes, package.constants, specs, family.guided)
+
+    def set_name(self, package: ModelPackage) -> str:
+        return engine_set_name(self.library.backend, self.config.archs, self.config.precision)
+
+    def job(self, package: ModelPackage, component: str, progress: Callable[[str], None]) -> BuildJob:
+        choice = choose_onnx(package, component, self.config.precision, self.library, progress)
+        key = engine_key(choice, self.profiles[component], self.config, self.library)
+        files = ModelPackage.open(package.root).manifest.files  # a conversion may just have added the fp16 ONNX
+        return BuildJob(component, choice.variant, files[choice.variant.onnx].sha256, key, {"choice": choice})
+
+    def compile(self, package: ModelPackage, job: BuildJob, work: Path, progress: Callable[[str], None]) -> Compiled:
+        choice: OnnxChoice = job.settings["choice"]
+        component, config = job.component, self.config
+        progress(f"{component}: sanitising {choice.variant.onnx} (constant folding, clean-up, topological sort)")
+        sanitized = sanitize_onnx(package.path(choice.variant.onnx), work / "sanitized.onnx")
+        progress(f"{component}: building from {choice.route} (optimisation level {config.optimization_level})")
+        tick = time.perf_counter()
+        plan, messages = build_plan(sanitized, self.profiles[component], config, self.library, choice,
+                                    _timing_cache_path(package, self.library))
+        seconds = time.perf_counter() - tick
+        layers = parse_layer_report(messages)
+        summary = summarize_layers(layers)
+        progress(f"{component}: built {len(plan) / 1e6:.1f} MB in {seconds:.1f}s; {describe_summary(summary)}")
+        (work / f"{component}.plan").write_bytes(plan)
+        report = {"library": self.library.name, "version": self.library.version, "archs": list(config.archs),
+                  "precision": config.precision, "route": choice.route, "summary": summary, "layers": layers}
+        (work / f"{component}.layers.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        return Compiled((f"{component}.plan", f"{component}.layers.json"), seconds,
+                        {"route": choice.route, "plan_bytes": len(plan), "summary": summary})
+
+    def verify(
+        self, package: ModelPackage, job: BuildJob, compiled: Compiled, work: Path, progress: Callable[[str], None]
+    ) -> dict[str, Any]:
+        # Running a plan needs a GPU it was built for; what can be checked anywhere is the builder's own account of
+        # each layer's precision, recorded beside the plan. Pipelines are checked against ONNX Runtime on a GPU
+        # (tests marked gpu).
+        return {"numeric": "not run at build time (ahead-of-time plans need their GPU)",
+                "compute_layers": compiled.details["summary"]["compute_layers"]}
+
+    def entry(self, set_name: str, job: BuildJob, compiled: Compiled) -> EngineEntry:
+        return TrtEngineEntry(
+            component=job.component,
+            plan=f"engines/{set_name}/{job.component}.plan",
+            profile=self.profiles[job.component],
+            key=job.key,
+            build_seconds=round(compiled.seconds, 3),
+            source_onnx_sha256=job.source_sha256,
+            source_dtype=job.source.dtype,
+            layer_report=f"engines/{set_name}/{job.component}.layers.json",
+            compute_layers=compiled.details["summary"]["compute_layers"],
+        )
+
+    def engine_set(self, set_name: str, components: Mapping[str, EngineEntry]) -> EngineSet:
+        entries = {name: entry for name, entry in components.items() if isinstance(entry, TrtEngineEntry)}
+        return TrtEngineSet(set_name, self.library.backend, self.library.name, self.library.version,
+                            self.config.archs, self.config.precision, self.shapes, entries)
+
+
+def build_engines(request: BuildRequest, on_progress: Callable[[str], None] | None = None) -> BuildOutcome:
+    """Build (or find up to date) a TensorRT / TensorRT-RTX engine for every requested component of the package."""
+    package = ModelPackage.open(request.package)
+    builder = TensorRTBuilder(package, request.config, request.shapes)
+    if on_progress is not None:
+        config = builder.config
+        on_progress(f"{builder.library.name} {builder.library.version}, targets {', '.join(config.archs)}, "
+                    f"{config.precision} -> engines/{builder.set_name(package)}")
+    return build_engine_set(request.package, builder, request.components, request.force, on_progress)
+
+
+def read_layer_summary(package: ModelPackage, entry: EngineEntry) -> dict[str, Any]:
+    """The precision summary of a built TensorRT engine, from its layer report ({} for any other entry)."""
+    if isinstance(entry, TrtEngineEntry) and entry.layer_report and package.path(entry.layer_report).is_file():
+        summary = json.loads(package.path(entry.layer_report).read_text(encoding="utf-8"))["summary"]
+        return dict(summary)
+    return {}
+
+
+def engine_key(choice: OnnxChoice, profile: ShapeProfile, config: BuildConfig, library: Library) -> str:
+    inputs = {
+        "schema": BUILD_SCHEMA,
+        "onnx": choice.variant.onnx,
+        "onnx_files": choice.variant.files,
+        "strongly_typed": choice.strongly_typed,
+        "fp16_flag": choice.fp16_flag,
+        "profile": profile.to_json(),
+        "precision": config.precision,
+        "archs": list(config.archs),
+        "library": [library.name, library.version],
+        "optimization_level": config.optimization_level,
+        "workspace_bytes": config.workspace_bytes,
+    }
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- ONNX preparation
+
+
+def choose_onnx(
+    package: ModelPackage, component: str, precision: str, library: Library, progress: Callable[[str], None]
+) -> OnnxChoice:
+    """Which of the package's ONNX models feeds the builder, and how (see the module docstring)."""
+    variants = package.manifest.components[component]
+    if precision == "fp32":
+        variant = package.variant(component, "fp32")
+        return OnnxChoice(variant, library.always_strongly_typed, False, "fp32 export")
+    if "fp16" in variants:
+        route = "fp16 export" if not variants["fp16"].verification.get("converted_from") else "fp16 (converted from fp32)"
+        return OnnxChoice(variants["fp16"], True, False, route)
+    if not library.always_strongly_typed:
+        return OnnxChoice(package.variant(component, "fp32"), False, True, "fp32 export + FP16 builder flag")
+    progress(f"{component}: the package has no fp16 export; converting the fp32 ONNX (export --dtype fp16 is sturdier)")
+    variant = convert_to_fp16(package, component)
+    return OnnxChoice(variant, True, False, "fp16 (converted from fp32)")
+
+
+FP32_KEPT_OPS = ["Resize", "Range", "ConstantOfShape"]
+"""Ops kept in float32 by the converter: shape arithmetic, and Resize, whose scales must stay float32."""
+
+
+def convert_to_fp16(package: ModelPackage, component: str) -> ComponentVariant:
+    """fp32 ONNX -> fp16 ONNX (timestep stays float32), verified against fp32 in ONNX Runtime, added to the package."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    source = package.variant(component, "fp32")
+    for relative in source.files:
+        package.verify_file(relative)
+    model = onnx.load(str(package.path(source.onnx)))
+    keep = [t.name for t in source.spec.inputs if t.name == "timestep"]
+    converted = convert_float_to_float16(
+        model, keep_io_types=keep or False, disable_shape_infer=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_KEPT_OPS
+    )
+    converted = _deduplicate_and_sort(converted)
+    relative = source.onnx.replace("model.onnx", "model_fp16.onnx")
+    folder = package.path(relative).parent
+    with work_folder(folder, "fp16") as scratch:
+        staged = save_onnx(converted, scratch / "model_fp16.onnx")
+        fp32, fp16 = open_session(package.path(source.onnx)), open_session(staged[0])
+        vocab = len(json.loads(package.path("tokenizer/vocab.json").read_text(encoding="utf-8")))
+        verification = verify_outputs(source.spec, "fp16", verification_dims(package.constants),
+                                      lambda feeds: run_session(fp32, feeds), lambda feeds: run_session(fp16, feeds),
+                                      vocab, seed=0)
+        if not verification.passed:
+            raise EngineError(
+                f"{component}: the fp32 -> fp16 conversion misses the fp16 bar ({'; '.join(verification.failures)}); "
+                "re-export the package with --dtype fp32,fp16 (half-precision export is the sturdier route)"
+            )
+        # External data before the graph that names it.
+        published = publish_files(scratch, [p.name for p in reversed(staged)], folder)
+        written = [str(p.relative_to(package.root)) for p in reversed(published)]
+    variant = ComponentVariant(
+        component=component,
+        dtype="fp16",
+        onnx=written[0],
+        files=tuple(written),
+        spec=source.spec.with_float_dtype("float16"),
+        verification={**verification.to_json(), "converted_from": "fp32",
+                      "method": "onnxruntime.transformers.float16 (timestep kept float32), checked against fp32 ONNX "
+                                "in ONNX Runtime"},
+    )
+
+    def record(manifest: Manifest) -> Manifest:
+        components = {**manifest.components, component: {**manifest.components[component], "fp16": variant}}
+        return replace(manifest.with_files(package.root, written), components=components)
+
+    package.update_manifest(record)
+    return variant
+
+
+def _deduplicate_and_sort(model: Any) -> Any:
+    """ONNX Runtime's float16 converter can emit the same Cast twice and out of order; drop repeats and re-sort."""
+    import onnx_graphsurgeon as gs
+
+    seen: set[tuple[Any, ...]] = set()
+    nodes = []
+    for node in model.graph.node:
+        signature = (node.op_type, tuple(node.input), tuple(node.output),
+                     tuple(a.SerializeToString() for a in node.attribute))
+        if signature not in seen:
+            seen.add(signature)
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    graph = gs.import_onnx(model)
+    graph.cleanup().toposort()
+    return gs.export_onnx(graph)
+
+
+# ---------------------------------------------------------------------------------------------- the TensorRT builder API
+
+
+def _timing_cache_path(package: ModelPackage, library: Library) -> Path:
+    return package.path(f"engines/timing-cache/{library.name}-{library.version}.cache")
+
+
+def _make_logger() -> Any:
+    """A TensorRT logger that keeps every message: the per-layer report and the errors come from it."""
+
+    class CapturingLogger(api.trt.ILogger):  # type: ignore[name-defined,misc]
+        def __init__(self) -> None:
+            api.trt.ILogger.__init__(self)
+            self.messages: list[tuple[Any, str]] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            self.messages.append((severity, msg))
+
+    return CapturingLogger()
+
+
+def _errors(logger: Any) -> list[str]:
+    trt = api.trt
+    bad = {trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR}
+    return [message for severity, message in logger.messages if severity in bad]
+
+
+def build_plan(
+    onnx_path: Path,
+    profile: ShapeProfile,
+    config: BuildConfig,
+    library: Library,
+    choice: OnnxChoice,
+    timing_cache: Path | None = None,
+) -> tuple[bytes, list[str]]:
+    """Parse and build one engine; returns the serialized plan and every message the builder logged."""
+    api.bind(library)
+    trt = api.trt
+    logger = _make_logger()
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if choice.strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
+        raise EngineError(f"{library.name} cannot parse {onnx_path.name}: " + "; ".join(errors + _errors(logger)))
+    builder_config = builder.create_builder_config()
+    builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    builder_config.builder_optimization_level = config.optimization_level
+    if config.workspace_bytes:
+        builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_bytes)
+    if choice.fp16_flag:
+        builder_config.set_flag(trt.BuilderFlag.FP16)
+    if library.ahead_of_time:
+        # TensorRT-RTX only: compute-capability targets (absent from full TensorRT's API, hence from its stubs).
+        rtx_config: Any = builder_config
+        capability: Any = getattr(trt, "ComputeCapability")  # noqa: B009
+        rtx_config.num_compute_capabilities = len(config.archs)
+        for index, arch in enumerate(config.archs):
+            rtx_config.set_compute_capability(getattr(capability, arch.upper()), index)
+    optimization_profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in profile.shapes.items():
+        optimization_profile.set_shape(name, trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
+    builder_config.add_optimization_profile(optimization_profile)
+    cache = _load_timing_cache(builder_config, timing_cache)
+    serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None:
+        raise EngineError(
+            f"{library.name} failed to build {onnx_path.name}: " + " | ".join(_errors(logger) or ["no error message"])
+        )
+    if cache is not None and timing_cache is not None:
+        _save_timing_cache(builder_config, timing_cache)
+    return bytes(memoryview(serialized)), [message for _, message in logger.messages]
+
+
+def _load_timing_cache(builder_config: Any, path: Path | None) -> Any:
+    if path is None:
+        return None
+    data = path.read_bytes() if path.is_file() else b""
+    cache = builder_config.create_timing_cache(data)
+    builder_config.set_timing_cache(cache, ignore_mismatch=True)
+    return cache
+
+
+def _save_timing_cache(builder_config: Any, path: Path) -> None:
+    data = bytes(memoryview(builder_config.get_timing_cache().serialize()))
+    if data:
+        write_bytes_atomic(path, data)
+
+
+# ---------------------------------------------------------------------------------------------- precision report
+
+
+def parse_layer_report(messages: Sequence[str]) -> list[dict[str, Any]]:
+    """Layers of the built engine with their data types, from the builder's DETAILED log.
+
+    Two formats: Myelin's ``Layers:`` listing (``Name: ..., LayerType: gemm, Inputs: [{... Datatype: Half ...}]``)
+    and classic TensorRT's ``Layer(CaskConvolution): name, Tactic: ..., in (Half[...]) -> out (Half[...])``.
+    """
+    layers = []
+    for message in messages:
+        if message.startswith("Layers:") or "LayerType:" in message:
+            for match in _MYELIN_LAYER.finditer(message):
+                layers.append({
+                    "name": match["name"].strip(),
+                    "type": match["kind"],
+                    "inputs": _DTYPE_FIELD.findall(match["inputs"]),
+                    "constants": _DTYPE_FIELD.findall(match["constants"]),
+                    "outputs": _DTYPE_FIELD.findall(match["outputs"]),
+                })
+        for line in message.splitlines():
+            classic = _CLASSIC_LAYER.match(line.strip())
+            if classic:
+                layers.append({
+                    "name": classic["name"],
+                    "type": classic["kind"],
+                    "inputs": _DTYPE_WORD.findall(classic["inputs"]),
+                    "constants": [],
+                    "outputs": _DTYPE_WORD.findall(classic["outputs"]),
+                })
+    return layers
+
+
+def summarize_layers(layers: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Counts by layer type and data type; ``compute_layers`` counts convolutions and matrix products by input type."""
+    by_type: dict[str, dict[str, int]] = {}
+    compute: dict[str, dict[str, int]] = {"convolution": {}, "matmul": {}}
+    for layer in layers:
+        dtype = (layer["inputs"] or layer["outputs"] or ["none"])[0]
+        by_type.setdefault(layer["type"], {}).setdefault(dtype, 0)
+        by_type[layer["type"]][dtype] += 1
+        kind = COMPUTE_LAYER_KINDS.get(layer["type"].lower())
+        if kind:
+            compute[kind][dtype] = compute[kind].get(dtype, 0) + 1
+    return {"layers": len(layers), "by_type": by_type, "compute_layers": compute}
+
+
+def describe_summary(summary: dict[str, Any]) -> str:
+    parts = []
+    for kind, counts in summary.get("compute_layers", {}).items():
+        if counts:
+            parts.append(f"{kind}s " + ", ".join(f"{n} {dtype}" for dtype, n in sorted(counts.items())))
+    return "; ".join(parts) or "no convolution or matrix layers reported"

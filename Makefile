@@ -30,9 +30,10 @@ demo: $(STAMP)
 	$(PY) cli.py export --model tiny --out packages/tiny
 	$(PY) cli.py build-ort --package packages/tiny
 	$(PY) cli.py build-trt --package packages/tiny --fp16 --backend trt-rtx --arch sm86,sm89
-	$(PY) cli.py generate --package packages/tiny --prompt "a red fox in the snow" --steps 20 --seed 42 --out demo-out/fox.png
+	$(PY) cli.py generate --package packages/tiny --prompt "a red fox in the snow" --steps 20 --seed 42 \
+		--out demo-out/fox.png --overwrite
 	$(PY) cli.py generate --package packages/tiny --prompt "a red fox in the snow" --seed 42 \
-		--grid steps=5,10,20 --grid guidance=1,4,7.5 --out demo-out/grid.png
+		--grid steps=5,10,20 --grid guidance=1,4,7.5 --out demo-out/grid.png --overwrite
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -1,4 +1,4 @@
-"""diffship command line: export | build-trt | generate | bench | parity.
+"""diffship command line: export | build-ort | build-trt | generate | bench | parity | verify.
 
 Each command maps its options onto the library's request dataclasses and calls one function; the logic lives in
 exporter/, engines/ and runtime/. Errors a user can fix are printed as one line (no traceback) with exit status 2.
@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -288,6 +290,39 @@ def build_ort(package: Path, precision: str, components: str, force: bool, targe
     click.echo(f"engines: {outcome.folder}")
 
 
+@cli.command()
+@click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder.")
+@click.option("--strict", is_flag=True, help="Hash every file, trusting no record of earlier checks (DIFFSHIP_VERIFY=always).")
+def verify(package: Path, strict: bool) -> None:
+    """Check every file of a package against the manifest's sha256 and size (what loading does file by file).
+
+    \b
+    Examples:
+      python cli.py verify --package packages/tiny
+      python cli.py verify --package packages/sd15 --strict      # at a service's start-up: trusts nothing
+
+    Exits 1 when any file is missing, changed or incomplete, listing each.
+    """
+    import time
+
+    from core.integrity import VERIFY_ENV
+    from core.package import ModelPackage
+
+    if strict:
+        os.environ[VERIFY_ENV] = "always"
+    opened = ModelPackage.open(package)
+    started = time.perf_counter()
+    problems = opened.verify_all()
+    seconds = time.perf_counter() - started
+    size = sum(entry.bytes for entry in opened.manifest.files.values())
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+    mode = "hashed every file" if strict else "unchanged files trusted from the verification record"
+    click.echo(f"all {len(opened.manifest.files)} files intact ({size / 1e9:.2f} GB in {seconds:.1f}s; {mode})")
+
+
 def _parse_grid(values: tuple[str, ...]) -> list[Any]:
     from runtime.errors import PipelineInputError
     from runtime.grid import check_axes, parse_axis
@@ -364,6 +399,7 @@ def _timingformat_table(timings: Any, images: int) -> str:
 @click.option("--engines", "engine_set", help="TensorRT engine folder under engines/ (default: the one for this GPU).")
 @click.option("--cuda-graphs", is_flag=True,
               help="Replay each engine's run as a CUDA graph (ort on the CUDA provider; trt with static engines).")
+@click.option("--overwrite", is_flag=True, help="Replace PNGs that already exist (otherwise that is an error).")
 def generate(
     package: Path,
     prompts: tuple[str, ...],
@@ -383,6 +419,7 @@ def generate(
     threads: int | None,
     engine_set: str | None,
     cuda_graphs: bool,
+    overwrite: bool,
 ) -> None:
     """Generate images from a model package, without PyTorch.
 
@@ -407,6 +444,9 @@ def generate(
         raise click.UsageError("--grid takes one --prompt and one image per cell")
     if out.suffix.lower() != ".png":
         raise click.BadParameter(f"{out}: give a .png path", param_hint="--out")
+    count = len(prompts) * images_per_prompt
+    targets = [out] if axes or count == 1 else [out.with_name(f"{out.stem}-{k:02d}.png") for k in range(count)]
+    _check_outputs(targets, overwrite)
     seed = secrets.randbelow(2**31) if seed is None else seed
     with Pipeline.from_package(
         package, backend=backend, precision=precision, threads=threads, device=device, engine_set=engine_set,
@@ -420,10 +460,7 @@ def generate(
             progress = _StepProgress()
             result = pipe(list(prompts), num_images_per_prompt=images_per_prompt, callback=progress, **arguments)
             progress.done()
-            paths = [out] if len(result.images) == 1 else [
-                out.with_name(f"{out.stem}-{k:02d}.png") for k in range(len(result.images))
-            ]
-            for path, image, params in zip(paths, result.images, result.parameters, strict=True):
+            for path, image, params in zip(targets, result.images, result.parameters, strict=True):
                 save_png(image, path, params)
                 click.echo(f"wrote {path}  (seed {params['seed']})")
             click.echo(_timingformat_table(result.timings, len(result.images)))
@@ -435,6 +472,28 @@ def generate(
         counts = [len(axis.values) for axis in axes]
         click.echo(f"wrote {out}  ({' x '.join(map(str, counts))} grid, seed {seed})")
         click.echo(_timingformat_table(grid_result.timings, math.prod(counts)))
+
+
+def _check_outputs(paths: list[Path], overwrite: bool) -> None:
+    """Refuse, before any work, outputs that cannot be written: an existing file (without --overwrite), a folder, a
+    parent that is a file or not writable."""
+    for path in paths:
+        if path.is_dir():
+            raise click.BadParameter(f"{path} is a folder; give a .png file path", param_hint="--out")
+        if path.exists() and not overwrite:
+            raise click.BadParameter(f"{path} exists; pass --overwrite to replace it, or choose another name",
+                                     param_hint="--out")
+        existing = path.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise click.BadParameter(f"cannot write {path}: {existing} is a file, not a folder", param_hint="--out")
+        try:  # a real probe: permission bits say nothing for root, or on /proc and read-only mounts
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+        except OSError as exc:
+            raise click.BadParameter(f"cannot write {path}: {exc.strerror or exc}", param_hint="--out") from None
 
 
 def _parse_list(text: str, kind: type, what: str) -> list[Any]:
@@ -597,11 +656,28 @@ def parity(
     click.echo(f"all {len(report.cases)} cases pass ({report.bar})")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that work folders are removed on the way out."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; errors meant for the user become one line on stderr and a non-zero exit, never a traceback."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         result = cli.main(args=argv, prog_name="cli.py", standalone_mode=False)
-    except click.exceptions.Abort:
+    except Terminated:
+        click.echo("terminated", err=True)
+        return 143
+    except click.exceptions.Abort as exc:  # click turns a KeyboardInterrupt (ours for SIGTERM too) into Abort
+        if isinstance(exc.__cause__ or exc.__context__, Terminated):
+            click.echo("terminated", err=True)
+            return 143
         click.echo("interrupted", err=True)
         return 130
     except click.ClickException as exc:

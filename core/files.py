@@ -10,12 +10,17 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def current_umask() -> int:
@@ -47,12 +52,54 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
+_LEFTOVER = re.compile(r"^\..+\.(partial|old)-(?:(\d+)-)?[^/]*$")
+LEGACY_LEFTOVER_AGE_S = 3600.0
+"""A work folder without the owner's pid in its name (written by diffship 0.1) is stale after this long."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_work(parent: Path) -> list[Path]:
+    """Remove work folders in ``parent`` that a killed run left behind (their owner's process is gone); returns
+    them. A run killed by SIGKILL cannot clean up after itself: the next run in the same place does."""
+    removed = []
+    try:
+        entries = list(parent.iterdir()) if parent.is_dir() else []
+    except OSError:
+        return []
+    for entry in entries:
+        match = _LEFTOVER.match(entry.name)
+        if match is None or not entry.is_dir():
+            continue
+        owner = match.group(2)
+        if owner is not None and (int(owner) == os.getpid() or _alive(int(owner))):
+            continue
+        if owner is None and time.time() - entry.stat().st_mtime < LEGACY_LEFTOVER_AGE_S:
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    if removed:
+        log.warning("removed %d work folder(s) left by interrupted runs: %s", len(removed),
+                    ", ".join(str(p) for p in removed))
+    return removed
+
+
 @contextlib.contextmanager
 def work_folder(parent: Path, label: str) -> Iterator[Path]:
     """A hidden scratch folder in ``parent`` (same file system, so its files move into place with a rename),
-    removed when the block ends, whether it succeeded or not."""
+    removed when the block ends, whether it succeeded or not. Its name carries this process's id, so that a later run
+    can tell one left by a killed process (``remove_stale_work``)."""
     parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{label}.partial-", dir=parent))
+    remove_stale_work(parent)
+    folder = Path(tempfile.mkdtemp(prefix=f".{label}.partial-{os.getpid()}-", dir=parent))
     try:
         yield folder
     finally:
@@ -79,7 +126,7 @@ def publish_folder(staging: Path, destination: Path) -> None:
         _make_readable(path)
     trash = None
     if destination.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+        trash = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-{os.getpid()}-", dir=destination.parent))
         os.replace(destination, trash / "previous")
     os.replace(staging, destination)
     if trash is not None:

@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from core.errors import PackageError
 from core.integrity import sha256_file
-from core.specs import ComponentSpec, PipelineConstants, ShapeProfile, ShapeRequest, known_fields
+from core.reading import obj, relative_path, typed_fields
+from core.specs import ComponentSpec, PipelineConstants, ShapeProfile, ShapeRequest
 
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
@@ -32,6 +33,13 @@ class FileEntry:
     @classmethod
     def of(cls, path: Path) -> FileEntry:
         return cls(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], where: str) -> FileEntry:
+        entry = cls(**typed_fields(cls, data, where))
+        if len(entry.sha256) != 64 or any(c not in "0123456789abcdef" for c in entry.sha256) or entry.bytes < 0:
+            raise PackageError(f"{where} needs a 64-digit lower-case hex sha256 and a size >= 0, got {dict(data)}")
+        return entry
 
 
 @dataclass(frozen=True)
@@ -51,14 +59,15 @@ class ComponentVariant:
         return {"onnx": self.onnx, "files": list(self.files), **self.spec.to_json(), "verification": self.verification}
 
     @classmethod
-    def from_json(cls, component: str, dtype: str, data: Mapping[str, Any]) -> ComponentVariant:
+    def from_json(cls, component: str, dtype: str, data: Mapping[str, Any], where: str) -> ComponentVariant:
+        found = typed_fields(cls, data, where, skip=("component", "dtype", "spec"))
         return cls(
             component=component,
             dtype=dtype,
-            onnx=data["onnx"],
-            files=tuple(data["files"]),
-            spec=ComponentSpec.from_json(component, data),
-            verification=data.get("verification", {}),
+            onnx=relative_path(found["onnx"], f"{where}.onnx"),
+            files=tuple(relative_path(f, f"{where}.files") for f in found["files"]),
+            spec=ComponentSpec.from_json(component, data, where),
+            verification=found.get("verification", {}),
         )
 
 
@@ -112,12 +121,13 @@ class OrtEngineEntry:
 
     component: str
     graph: str
-    data_files: tuple[str, ...]
     key: str
     build_seconds: float
     source_onnx_sha256: str
     source_dtype: str
     fused_attention: int
+    data_files: tuple[str, ...] = ()
+    """The graph's external-data files, if any."""
     report: str | None = None
     """Path of the build report (fusion count, verification against the exported graph)."""
 
@@ -131,8 +141,11 @@ class OrtEngineEntry:
                 "source_dtype": self.source_dtype, "fused_attention": self.fused_attention, "report": self.report}
 
     @classmethod
-    def from_json(cls, component: str, data: Mapping[str, Any]) -> OrtEngineEntry:
-        return cls(component=component, **{**known_fields(cls, data), "data_files": tuple(data.get("data_files", ()))})
+    def from_json(cls, component: str, data: Mapping[str, Any], where: str) -> OrtEngineEntry:
+        found = typed_fields(cls, data, where, skip=("component",))
+        found["graph"] = relative_path(found["graph"], f"{where}.graph")
+        found["data_files"] = tuple(relative_path(f, f"{where}.data_files") for f in found.get("data_files", ()))
+        return cls(component=component, **found)
 
 
 @dataclass(frozen=True)
@@ -153,10 +166,11 @@ class OrtEngineSet:
                 "components": {name: entry.to_json() for name, entry in self.components.items()}}
 
     @classmethod
-    def from_json(cls, name: str, data: Mapping[str, Any]) -> OrtEngineSet:
-        return cls(name=name, library_version=data["library_version"], target=data["target"],
-                   precision=data["precision"],
-                   components={c: OrtEngineEntry.from_json(c, e) for c, e in data["components"].items()})
+    def from_json(cls, name: str, data: Mapping[str, Any], where: str) -> OrtEngineSet:
+        found = typed_fields(cls, data, where, skip=("name", "backend", "components"))
+        components = obj(obj(data, where).get("components"), f"{where}.components")
+        return cls(name=name, **found, components={
+            c: OrtEngineEntry.from_json(c, e, f"{where}.components.{c}") for c, e in components.items()})
 
 
 @dataclass(frozen=True)
@@ -186,10 +200,13 @@ class TrtEngineEntry:
                 "compute_layers": {kind: dict(counts) for kind, counts in self.compute_layers.items()}}
 
     @classmethod
-    def from_json(cls, component: str, data: Mapping[str, Any]) -> TrtEngineEntry:
-        known = known_fields(cls, data)
-        known["profile"] = ShapeProfile.from_json(component, data["profile"])
-        return cls(component=component, **known)
+    def from_json(cls, component: str, data: Mapping[str, Any], where: str) -> TrtEngineEntry:
+        found = typed_fields(cls, data, where, skip=("component", "profile"))
+        found["plan"] = relative_path(found["plan"], f"{where}.plan")
+        if found.get("layer_report") is not None:
+            found["layer_report"] = relative_path(found["layer_report"], f"{where}.layer_report")
+        profile = ShapeProfile.from_json(component, obj(data, where).get("profile"), f"{where}.profile")
+        return cls(component=component, profile=profile, **found)
 
 
 @dataclass(frozen=True)
@@ -212,11 +229,12 @@ class TrtEngineSet:
                 "components": {name: entry.to_json() for name, entry in self.components.items()}}
 
     @classmethod
-    def from_json(cls, name: str, data: Mapping[str, Any]) -> TrtEngineSet:
-        return cls(name=name, backend=data["backend"], library=data["library"],
-                   library_version=data["library_version"], archs=tuple(data["archs"]), precision=data["precision"],
-                   request=ShapeRequest.from_json(data["request"]),
-                   components={c: TrtEngineEntry.from_json(c, e) for c, e in data["components"].items()})
+    def from_json(cls, name: str, data: Mapping[str, Any], where: str) -> TrtEngineSet:
+        found = typed_fields(cls, data, where, skip=("name", "request", "components"))
+        components = obj(obj(data, where).get("components"), f"{where}.components")
+        return cls(name=name, **found, request=ShapeRequest.from_json(data["request"], f"{where}.request"),
+                   components={c: TrtEngineEntry.from_json(c, e, f"{where}.components.{c}")
+                               for c, e in components.items()})
 
 
 @dataclass(frozen=True)
@@ -236,7 +254,7 @@ class ForeignEngineSet:
         return dict(self.data)
 
 
-ENGINE_SET_RECORDS: dict[str, Callable[[str, Mapping[str, Any]], EngineSet]] = {
+ENGINE_SET_RECORDS: dict[str, Callable[[str, Mapping[str, Any], str], EngineSet]] = {
     "ort": OrtEngineSet.from_json,
     "trt": TrtEngineSet.from_json,
     "trt-rtx": TrtEngineSet.from_json,
@@ -244,11 +262,12 @@ ENGINE_SET_RECORDS: dict[str, Callable[[str, Mapping[str, Any]], EngineSet]] = {
 """How each backend's engine sets are read from the manifest; a new backend registers its record type here."""
 
 
-def parse_engine_set(name: str, data: Mapping[str, Any]) -> EngineSet:
+def parse_engine_set(name: str, data: Mapping[str, Any], where: str = "engines") -> EngineSet:
+    data = obj(data, f"{where}.{name}")
     parser = ENGINE_SET_RECORDS.get(str(data.get("backend")))
     if parser is None:
         return ForeignEngineSet(name, str(data.get("backend")), str(data.get("precision")), data)
-    return parser(name, data)
+    return parser(name, data, f"{where}.{name}")
 
 
 # ---------------------------------------------------------------------------------------------- the manifest
@@ -282,26 +301,29 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        data = obj(data, "the manifest")
         version = data.get("schema_version")
-        if version not in READABLE_SCHEMAS:
+        if isinstance(version, bool) or version not in READABLE_SCHEMAS:
             raise PackageError(
                 f"manifest schema version {version!r} is not supported by this diffship (it reads versions "
                 f"{', '.join(map(str, READABLE_SCHEMAS))}); update diffship, or re-export the package with this one"
             )
-        engines = data.get("engines", {})
+        found = typed_fields(cls, data, "manifest", skip=("constants", "components", "files", "engines", "schema_version"))
+        files = obj(data.get("files"), "files")
+        engines = obj(data.get("engines", {}), "engines")
         if version == 1:
-            engines = {name: _engine_set_from_v1(e, data["files"]) for name, e in engines.items()}
+            engines = {name: _engine_set_from_v1(obj(e, f"engines.{name}"), files) for name, e in engines.items()}
+        components = {}
+        for name, variants in obj(data.get("components"), "components").items():
+            components[name] = {dtype: ComponentVariant.from_json(name, dtype, v, f"components.{name}.{dtype}")
+                                for dtype, v in obj(variants, f"components.{name}").items()}
         return cls(
+            **found,
             schema_version=SCHEMA_VERSION,
-            family=data["family"],
-            source=data["source"],
-            constants=PipelineConstants.from_json(data["constants"]),
-            export=data["export"],
-            components={
-                name: {dtype: ComponentVariant.from_json(name, dtype, v) for dtype, v in variants.items()}
-                for name, variants in data["components"].items()
-            },
-            files={path: FileEntry(**known_fields(FileEntry, entry)) for path, entry in data["files"].items()},
+            constants=PipelineConstants.from_json(data.get("constants"), "constants"),
+            components=components,
+            files={relative_path(path, "files"): FileEntry.from_json(entry, f"files[{path!r}]")
+                   for path, entry in files.items()},
             engines={name: parse_engine_set(name, e) for name, e in engines.items()},
         )
 

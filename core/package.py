@@ -36,8 +36,8 @@ def read_manifest(root: Path) -> Manifest:
         raise PackageError(f"{manifest_path} cannot be read: {exc}") from exc
     try:
         return Manifest.from_json(data)
-    except PackageError:
-        raise
+    except PackageError as exc:
+        raise PackageError(f"{manifest_path}: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise PackageError(f"{manifest_path} is malformed: {exc!r}") from exc
 

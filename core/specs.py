@@ -7,8 +7,10 @@ and the torch-free runtime all read the same description of a model package inst
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from core.reading import build, obj, typed_fields
 
 Dim = int | str
 """A tensor dimension: a fixed size, or the name of a symbolic dimension (see ``SYMBOLIC_DIMS``)."""
@@ -17,12 +19,6 @@ SYMBOLIC_DIMS = ("batch", "latent_height", "latent_width", "image_height", "imag
 """The symbolic dimension names a package may use; all derive from (batch, image height, image width)."""
 
 NUMPY_DTYPES = ("float32", "float16", "int64", "int32")
-
-
-def known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys of ``data`` that are fields of dataclass ``cls``: a newer writer's extra keys are ignored."""
-    names = {f.name for f in fields(cls)}
-    return {key: value for key, value in data.items() if key in names}
 
 
 def symbolic_dims(batch: int, height: int, width: int, vae_scale_factor: int) -> dict[str, int]:
@@ -71,8 +67,8 @@ class TensorSpec:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TensorSpec:
-        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
+    def from_json(cls, data: Mapping[str, Any], where: str = "tensor") -> TensorSpec:
+        return build(cls, where, **typed_fields(cls, data, where))
 
 
 @dataclass(frozen=True)
@@ -103,11 +99,12 @@ class ComponentSpec:
         return {"inputs": [s.to_json() for s in self.inputs], "outputs": [s.to_json() for s in self.outputs]}
 
     @classmethod
-    def from_json(cls, name: str, data: Mapping[str, Any]) -> ComponentSpec:
+    def from_json(cls, name: str, data: Mapping[str, Any], where: str = "component") -> ComponentSpec:
+        found = typed_fields(cls, {**obj(data, where), "name": name}, where, skip=())
         return cls(
             name=name,
-            inputs=tuple(TensorSpec.from_json(s) for s in data["inputs"]),
-            outputs=tuple(TensorSpec.from_json(s) for s in data["outputs"]),
+            inputs=tuple(TensorSpec.from_json(s, f"{where}.inputs[{i}]") for i, s in enumerate(found["inputs"])),
+            outputs=tuple(TensorSpec.from_json(s, f"{where}.outputs[{i}]") for i, s in enumerate(found["outputs"])),
         )
 
 
@@ -128,12 +125,25 @@ class PipelineConstants:
     """Height and width must be multiples of this many pixels (VAE factor x the UNet's 2**num_upsamplers)."""
     shift_factor: float | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("latent_channels", "vae_scale_factor", "default_height", "default_width", "text_max_length",
+                     "text_hidden_size", "spatial_multiple"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.scaling_factor > 0:
+            raise ValueError(f"scaling_factor must be > 0, got {self.scaling_factor}")
+        if self.spatial_multiple % self.vae_scale_factor:
+            raise ValueError(f"spatial_multiple {self.spatial_multiple} is not a multiple of vae_scale_factor "
+                             f"{self.vae_scale_factor}")
+        if not self.pad_token:
+            raise ValueError("pad_token is empty")
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PipelineConstants:
-        return cls(**known_fields(cls, data))
+    def from_json(cls, data: Any, where: str = "constants") -> PipelineConstants:
+        return build(cls, where, **typed_fields(cls, data, where))
 
 
 def dim_multiples(constants: PipelineConstants) -> dict[str, int]:
@@ -181,8 +191,10 @@ class ShapeRequest:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ShapeRequest:
-        return cls(Range(**data["batch"]), Range(**data["height"]), Range(**data["width"]))
+    def from_json(cls, data: Mapping[str, Any], where: str = "request") -> ShapeRequest:
+        ranges = {key: build(Range, f"{where}.{key}", **typed_fields(Range, value, f"{where}.{key}"))
+                  for key, value in typed_fields(cls, data, where).items()}
+        return cls(**ranges)
 
 
 @dataclass(frozen=True)
@@ -210,11 +222,21 @@ class ShapeProfile:
         return {name: {"min": list(lo), "opt": list(op), "max": list(hi)} for name, (lo, op, hi) in self.shapes.items()}
 
     @classmethod
-    def from_json(cls, component: str, data: Mapping[str, Any]) -> ShapeProfile:
-        return cls(
-            component,
-            {name: (tuple(v["min"]), tuple(v["opt"]), tuple(v["max"])) for name, v in data.items()},
-        )
+    def from_json(cls, component: str, data: Any, where: str = "profile") -> ShapeProfile:
+        shapes = {}
+        for name, corners in obj(data, where).items():
+            found = typed_fields(_ProfileCorners, corners, f"{where}.{name}")
+            shapes[name] = (found["min"], found["opt"], found["max"])
+        return cls(component, shapes)
+
+
+@dataclass(frozen=True)
+class _ProfileCorners:
+    """How one input's min/opt/max shapes are written in a manifest (for reading it)."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
 
 
 @dataclass(frozen=True)

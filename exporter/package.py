@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -104,6 +104,8 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
             return ExportResult(out, True, (), progress.elapsed, peak_rss_bytes())
         with work_folder(out.parent, out.name) as staging:
             reports = _write_package(source, request, staging, key, key_inputs, progress)
+            if is_package(out):
+                _carry_engines(out, staging, progress)
             publish_folder(staging, out)
     finally:
         source.close()
@@ -164,11 +166,49 @@ def _is_up_to_date(out: Path, key: str) -> bool:
         return False
     if package.manifest.export.get("key") != key:
         return False
-    # Sizes are cheap to check and catch truncated files; a full digest check is `diffship`'s runtime's job.
-    return all(
-        package.path(rel).is_file() and package.path(rel).stat().st_size == entry.bytes
-        for rel, entry in package.manifest.files.items()
-    )
+    # The same check the runtime makes (a file changed in place is hashed again), so "up to date" here and "re-export"
+    # there never disagree.
+    problems = package.verify_all()
+    for problem in problems:
+        log.info("not up to date: %s", problem)
+    return not problems
+
+
+def _carry_engines(previous_root: Path, staging: Path, progress: Callable[[str], None]) -> None:
+    """Keep the engines of the package being replaced whose source ONNX is byte-identical in the new export (an export
+    is deterministic, so ``--force`` with unchanged weights keeps every engine); say which are dropped and why."""
+    try:
+        previous = ModelPackage.open(previous_root)
+    except PackageError:
+        return
+    staged = ModelPackage.open(staging)
+    new = staged.manifest
+    kept_sets, carried = {}, []
+    for name, engine_set in previous.manifest.engines.items():
+        kept = {}
+        for component, entry in engine_set.components.items():
+            variant = new.components.get(component, {}).get(entry.source_dtype)
+            if variant is not None and new.files[variant.onnx].sha256 == entry.source_onnx_sha256:
+                kept[component] = entry
+            else:
+                progress(f"engines/{name}/{component}: dropped, the ONNX it was built from changed (rebuild it)")
+        if not engine_set.components:
+            progress(f"engines/{name}: dropped (a backend this diffship does not know)")
+        if kept:
+            kept_sets[name] = replace(engine_set, components=kept)  # type: ignore[type-var]
+            prefixes = tuple(f"engines/{name}/{component}." for component in kept)
+            carried += [relative for relative in previous.manifest.files if relative.startswith(prefixes)]
+    for relative in carried:
+        target = staging / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(previous.path(relative), target)  # published files are never written in place: share them
+        except OSError:
+            shutil.copy2(previous.path(relative), target)
+    if kept_sets:
+        progress(f"kept the engines whose ONNX did not change: {', '.join(sorted(kept_sets))}")
+    files = {**new.files, **{relative: previous.manifest.files[relative] for relative in carried}}
+    staged.write_manifest(replace(new, engines=kept_sets, files=files))
 
 
 def _write_package(

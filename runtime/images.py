@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from core.files import write_bytes_atomic
+from runtime.errors import PipelineError
 
 PARAMETERS_KEY = "parameters"
 """The PNG text chunk holding the generation parameters as JSON."""
@@ -33,8 +34,15 @@ def save_png(image: np.ndarray, path: Path, parameters: Mapping[str, Any] | None
         info.add_text(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True))
     encoded = io.BytesIO()
     Image.fromarray(image).save(encoded, format="PNG", pnginfo=info)
-    write_bytes_atomic(path, encoded.getvalue())
+    try:
+        write_bytes_atomic(path, encoded.getvalue())
+    except OSError as exc:
+        raise ImageWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+class ImageWriteError(PipelineError):
+    """An image cannot be written where it was asked to go."""
 
 
 def read_parameters(path: Path) -> dict[str, Any]:

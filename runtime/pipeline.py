@@ -14,23 +14,23 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import secrets
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from core.errors import PackageError
 from core.package import ModelPackage
 from engines.backend import OpenRequest, open_engines
 from engines.base import EngineBase
 from runtime.errors import PipelineError, PipelineInputError
 from runtime.guidance import ClassifierFreeGuidance, run_engine
 from runtime.images import save_png, to_uint8
-from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, resolve_scheduler, scheduler_names
+from runtime.requests import Limits, Request, StepCallback, latent_shape, validate_request
+from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, scheduler_names
 from runtime.timing import StageTimer, Timings
 from runtime.tokenizer import CLIPTokenizer
 
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-StepCallback = Callable[[int, float, np.ndarray], None]
 
 
 @dataclass
@@ -63,24 +62,6 @@ class GenerationResult:
         ]
 
 
-@dataclass(frozen=True)
-class _Request:
-    prompts: list[str]
-    negative_prompts: list[str] | None
-    steps: int
-    guidance_scale: float
-    scheduler: str | None
-    height: int
-    width: int
-    images_per_prompt: int
-    seeds: list[int]
-    latents: np.ndarray | None = field(repr=False)
-
-    @property
-    def batch(self) -> int:
-        return len(self.prompts) * self.images_per_prompt
-
-
 class Pipeline:
     """Text-to-image over a model package's engines (see the module docstring for what a seed means)."""
 
@@ -92,6 +73,7 @@ class Pipeline:
         scheduler_config: dict[str, Any],
         backend: str,
         precision: str,
+        limits: Limits | None = None,
     ) -> None:
         self.package = package
         self.constants = package.constants
@@ -100,6 +82,7 @@ class Pipeline:
         self.scheduler_config = scheduler_config
         self.backend = backend
         self.precision = precision
+        self.limits = limits or Limits()
 
     @classmethod
     def from_package(
@@ -112,6 +95,7 @@ class Pipeline:
         engine_set: str | None = None,
         ort_options: OrtOptions | None = None,
         cuda_graphs: bool = False,
+        limits: Limits | None = None,
     ) -> Pipeline:
         """Open a package: tokenizer and scheduler config from its folders, engines of ``backend`` (``ort``, ``trt``,
         or any registered with ``engines.backend.register_backend``).
@@ -120,21 +104,15 @@ class Pipeline:
         intra-op threads and ``cpu``/``cuda``/``auto``. ``engine_set``: which ``engines/`` folder (default: the
         backend's choice for this machine). ``cuda_graphs``: capture each engine's run into a CUDA graph per input
         shape and replay it (``trt`` with static engines; ``ort`` on the CUDA provider, one static-shape session per
-        shape). ``ort_options`` overrides the ONNX Runtime settings above.
+        shape). ``ort_options`` overrides the ONNX Runtime settings above. ``limits``: the most one call may ask for
+        (``runtime.requests.Limits``).
         """
         package = ModelPackage.open(path)
         request = OpenRequest(precision=precision, engine_set=engine_set, device=device, threads=threads,
                               cuda_graphs=cuda_graphs, options=ort_options if backend == "ort" else None)
+        tokenizer, scheduler_config = _read_text_side(package)
         engines, selection = open_engines(package, package.family.txt2img, backend, request)
-        try:
-            tokenizer = CLIPTokenizer.from_dir(package.path("tokenizer"), max_length=package.constants.text_max_length)
-            config_path = package.verify_file("scheduler/scheduler_config.json")
-            scheduler_config = json.loads(config_path.read_text(encoding="utf-8"))
-        except BaseException:
-            for engine in engines.values():
-                engine.close()
-            raise
-        return cls(package, engines, tokenizer, scheduler_config, selection.backend, selection.precision)
+        return cls(package, engines, tokenizer, scheduler_config, selection.backend, selection.precision, limits)
 
     def close(self) -> None:
         for engine in self.engines.values():
@@ -163,9 +141,9 @@ class Pipeline:
         callback: StepCallback | None = None,
     ) -> GenerationResult:
         """Generate images; see the module docstring for seeds, README for every argument."""
-        request = self._validate(
-            prompt, negative_prompt, num_inference_steps, guidance_scale, scheduler, height, width, seed,
-            num_images_per_prompt, latents,
+        request = validate_request(
+            self.constants, self.size_limits(), self.limits, prompt, negative_prompt, num_inference_steps,
+            guidance_scale, scheduler, height, width, seed, num_images_per_prompt, latents, callback,
         )
         timer = StageTimer()
         guided = request.guidance_scale > 1.0
@@ -196,6 +174,7 @@ class Pipeline:
 
         with timer.stage("vae_decode"):
             pixels = self._decode(latents)
+        self._check_decoded(pixels, request)
         images = to_uint8(pixels)
         return GenerationResult(images, timer.finish(), self._describe(request, sampler))
 
@@ -223,7 +202,7 @@ class Pipeline:
         uncond, cond = np.split(hidden, 2)
         return cond, uncond
 
-    def _make_scheduler(self, request: _Request) -> Scheduler:
+    def _make_scheduler(self, request: Request) -> Scheduler:
         # The package's own scheduler unless one is asked for; its family's when the config names none.
         name = request.scheduler or self.scheduler_config.get("_class_name") or self.package.family.default_scheduler
         try:
@@ -231,25 +210,36 @@ class Pipeline:
         except SchedulerError as exc:
             raise PipelineInputError(str(exc)) from None
 
-    def _check_finite(self, latents: np.ndarray, i: int, request: _Request, sampler: Scheduler) -> None:
+    def _check_finite(self, latents: np.ndarray, i: int, request: Request, sampler: Scheduler) -> None:
         # NaN latents decode to a black image without a word; a clear error at the step it happened is kinder.
         if np.isfinite(latents).all():
             return
-        hint = (
-            "an fp16 UNet overflowing is the usual cause: try fp32 (ONNX Runtime: --precision fp32; "
-            "TensorRT: build-trt --fp32)"
-            if self.precision == "fp16"
-            else "check guidance_scale and the scheduler config"
-        )
         raise PipelineError(
             f"latents became NaN or infinite at step {i + 1} of {len(sampler.timesteps)} "
-            f"({type(sampler).class_name}, guidance_scale {request.guidance_scale:g}); {hint}"
+            f"({type(sampler).class_name}, guidance_scale {request.guidance_scale:g}); {self._overflow_hint(request)}"
         )
 
-    def _initial_latents(self, request: _Request, generators: list[np.random.Generator]) -> np.ndarray:
+    def _check_decoded(self, pixels: np.ndarray, request: Request) -> None:
+        # Finite but huge latents (guidance 1e38) overflow inside the VAE: a black image, unless checked here.
+        if not np.isfinite(pixels).all():
+            raise PipelineError(f"the VAE decoder returned NaN or infinite pixels; {self._overflow_hint(request)}")
+
+    def _overflow_hint(self, request: Request) -> str:
+        """The likeliest cause of values that overflowed, for the error message."""
+        if request.latents is not None and float(np.abs(request.latents).max()) > 1e3:
+            return (f"the injected latents are far outside a unit normal draw (max |latents| "
+                    f"{float(np.abs(request.latents).max()):.3g}); pass seeded noise or scale them")
+        if request.guidance_scale > 100:
+            return f"guidance_scale {request.guidance_scale:g} is extreme; diffusers' pipelines use 1 to 15"
+        if self.precision == "fp16":
+            return ("an fp16 engine overflowing is the usual cause: try fp32 (ONNX Runtime: --precision fp32; "
+                    "TensorRT: build-trt --fp32)")
+        return "check guidance_scale and the scheduler config"
+
+    def _initial_latents(self, request: Request, generators: list[np.random.Generator]) -> np.ndarray:
         if request.latents is not None:
             return request.latents
-        return _draw(generators, self._latent_shape(request.height, request.width)[1:])
+        return _draw(generators, latent_shape(self.constants, request.height, request.width)[1:])
 
     def _decode(self, latents: np.ndarray) -> np.ndarray:
         scaled = latents / self.constants.scaling_factor
@@ -258,10 +248,6 @@ class Pipeline:
         return run_engine(self.engines["vae_decoder"], {"latent_sample": scaled})["sample"]
 
     # ------------------------------------------------------------------ checks and bookkeeping
-
-    def _latent_shape(self, height: int, width: int, batch: int = 1) -> tuple[int, int, int, int]:
-        factor = self.constants.vae_scale_factor
-        return (batch, self.constants.latent_channels, height // factor, width // factor)
 
     def size_limits(self) -> tuple[int, int | None]:
         """The smallest and largest height/width (pixels) the loaded engines accept; None: no upper limit."""
@@ -277,99 +263,20 @@ class Pipeline:
             high = limit if high is None else min(high, limit)
         return low, high
 
-    def _validate(
-        self,
-        prompt: str | Sequence[str],
-        negative_prompt: str | Sequence[str] | None,
-        steps: int,
-        guidance_scale: float,
-        scheduler: str | None,
-        height: int | None,
-        width: int | None,
-        seed: int | None,
-        images_per_prompt: int,
-        latents: np.ndarray | None,
-    ) -> _Request:
-        prompts = _as_prompt_list(prompt, "prompt")
-        negatives = None if negative_prompt is None else _as_prompt_list(negative_prompt, "negative_prompt")
-        if negatives is not None and isinstance(negative_prompt, str):
-            negatives = negatives * len(prompts)
-        if negatives is not None and len(negatives) != len(prompts):
-            raise PipelineInputError(
-                f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one per prompt or one string"
-            )
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-            raise PipelineInputError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.floating, np.integer)):
-            raise PipelineInputError(f"guidance_scale must be a number, got {type(guidance_scale).__name__}")
-        if not math.isfinite(float(guidance_scale)) or guidance_scale < 0:
-            raise PipelineInputError(f"guidance_scale must be finite and >= 0, got {guidance_scale!r}")
-        if scheduler is not None:
-            try:
-                resolve_scheduler(scheduler)
-            except SchedulerError:
-                raise PipelineInputError(
-                    f"unknown scheduler {scheduler!r}; known: {', '.join(scheduler_names())}"
-                ) from None
-        if isinstance(images_per_prompt, bool) or not isinstance(images_per_prompt, (int, np.integer)) or images_per_prompt < 1:
-            raise PipelineInputError(f"num_images_per_prompt must be an integer >= 1, got {images_per_prompt!r}")
-        height = self.constants.default_height if height is None else height
-        width = self.constants.default_width if width is None else width
-        self._check_size(height, width)
-        batch = len(prompts) * int(images_per_prompt)
-        if seed is None:
-            seed = secrets.randbelow(2**31)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise PipelineInputError(f"seed must be an integer >= 0 (or None for a random one), got {seed!r}")
-        if latents is not None:
-            expected = self._latent_shape(height, width, batch)
-            if not isinstance(latents, np.ndarray) or latents.shape != expected:
-                got = latents.shape if isinstance(latents, np.ndarray) else type(latents).__name__
-                raise PipelineInputError(
-                    f"latents must be a numpy array of shape {expected} (batch {len(prompts)} prompts x "
-                    f"{images_per_prompt} images, latent channels, height/{self.constants.vae_scale_factor}, "
-                    f"width/{self.constants.vae_scale_factor}), got {got}"
-                )
-            if not np.all(np.isfinite(latents)):
-                raise PipelineInputError("latents contain NaN or infinite values")
-            latents = latents.astype(np.float32)
-        return _Request(
-            prompts=prompts,
-            negative_prompts=negatives,
-            steps=int(steps),
-            guidance_scale=float(guidance_scale),
-            scheduler=scheduler,
-            height=int(height),
-            width=int(width),
-            images_per_prompt=int(images_per_prompt),
-            seeds=[int(seed) + k for k in range(batch)],
-            latents=latents,
-        )
-
-    def _check_size(self, height: object, width: object) -> None:
-        multiple = self.constants.spatial_multiple
-        low, high = self.size_limits()
-        for name, value in (("height", height), ("width", width)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise PipelineInputError(f"{name} must be an integer number of pixels, got {value!r}")
-            if value % multiple:
-                raise PipelineInputError(
-                    f"{name} {value} is not a multiple of {multiple} pixels (this model's VAE factor "
-                    f"{self.constants.vae_scale_factor} x its UNet's down-sampling); try {max(multiple, round(value / multiple) * multiple)}"
-                )
-            if value < low or (high is not None and value > high):
-                upper = f"{high}" if high is not None else "unlimited"
-                raise PipelineInputError(f"{name} {value} is outside what the loaded engines accept ({low}..{upper})")
-
-    def _describe(self, request: _Request, scheduler: Scheduler) -> list[dict[str, Any]]:
-        negatives = request.negative_prompts or [""] * len(request.prompts)
+    def _describe(self, request: Request, scheduler: Scheduler) -> list[dict[str, Any]]:
+        """What made each image. The model is named by its identity, not by where it lies on this machine, and a
+        negative prompt is recorded only when guidance used it."""
+        source, export = self.package.manifest.source, self.package.manifest.export
+        model = {"family": self.package.manifest.family, "weights_sha256": source.get("weights_sha256"),
+                 "export_key": export.get("key"), "name": source.get("model") or source.get("hub_id")}
         described = []
         for index, seed in enumerate(request.seeds):
             prompt_index = index // request.images_per_prompt
+            negative = request.negative_prompts[prompt_index] if request.negative_prompts else ""
             described.append(
                 {
                     "prompt": request.prompts[prompt_index],
-                    "negative_prompt": negatives[prompt_index],
+                    **({"negative_prompt": negative} if request.guidance_scale > 1.0 and negative else {}),
                     "seed": seed,
                     "steps": request.steps,
                     "guidance_scale": request.guidance_scale,
@@ -377,7 +284,7 @@ class Pipeline:
                     "height": request.height,
                     "width": request.width,
                     "latents": "injected" if request.latents is not None else "seeded",
-                    "package": str(self.package.root),
+                    "model": model,
                     "backend": self.backend,
                     "precision": self.precision,
                 }
@@ -385,14 +292,29 @@ class Pipeline:
         return described
 
 
-def _as_prompt_list(value: object, name: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return list(value)
-    if isinstance(value, (list, tuple)) and not value:
-        raise PipelineInputError(f"{name} is an empty list; give at least one prompt")
-    raise PipelineInputError(f"{name} must be a string or a list of strings, got {type(value).__name__}")
+def _read_text_side(package: ModelPackage) -> tuple[CLIPTokenizer, dict[str, Any]]:
+    """The tokenizer and the scheduler config, every file checked against the manifest before it is read."""
+    listed = sorted(relative for relative in package.manifest.files if relative.startswith("tokenizer/"))
+    for required in ("tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json"):
+        if required not in listed:
+            raise PackageError(f"{package.root}: the manifest lists no {required}; re-export the package")
+    for relative in listed:
+        package.verify_file(relative)
+    tokenizer = CLIPTokenizer.from_dir(package.path("tokenizer"), max_length=package.constants.text_max_length)
+    config_path = package.verify_file("scheduler/scheduler_config.json")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{config_path} is not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise PackageError(f"{config_path} must be a JSON object")
+    name = config.get("_class_name")
+    if isinstance(name, str) and name in scheduler_names():
+        try:
+            make_scheduler(name, config, 1)  # a hand-edited config fails here, not in the middle of a request
+        except SchedulerError as exc:
+            raise PackageError(f"{config_path}: {exc}") from None
+    return tokenizer, config
 
 
 def _draw(generators: list[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:

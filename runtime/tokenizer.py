@@ -25,6 +25,7 @@ Tulu-Tigalari vowel signs on Python 3.11) stays decomposed here while transforme
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -124,6 +125,13 @@ class TokenizedBatch:
     """How many tokens of each text did not fit into the window and were dropped."""
 
 
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenizerError(f"{path} is not valid UTF-8 JSON ({exc})") from None
+
+
 def _config_token(value: object) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
@@ -174,8 +182,14 @@ class CLIPTokenizer:
         for name, file in files.items():
             if not file.is_file():
                 raise TokenizerError(f"tokenizer folder {folder} has no {name}")
-        vocab = json.loads(files["vocab.json"].read_text(encoding="utf-8"))
-        merge_lines = files["merges.txt"].read_text(encoding="utf-8").split("\n")
+        vocab = _read_json(files["vocab.json"])
+        if not isinstance(vocab, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in vocab.items()):
+            raise TokenizerError(f"{files['vocab.json']} must map tokens to ids >= 0")
+        try:
+            merge_lines = files["merges.txt"].read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as exc:
+            raise TokenizerError(f"{files['merges.txt']} is not UTF-8 text ({exc.reason})") from None
         merges = []
         for line in merge_lines:
             if not line or line.startswith("#version"):
@@ -184,18 +198,24 @@ class CLIPTokenizer:
             if len(parts) != 2:
                 raise TokenizerError(f"{files['merges.txt']}: malformed merge line {line!r}")
             merges.append((parts[0], parts[1]))
-        config = json.loads(files["tokenizer_config.json"].read_text(encoding="utf-8"))
+        config = _read_json(files["tokenizer_config.json"])
+        if not isinstance(config, dict):
+            raise TokenizerError(f"{files['tokenizer_config.json']} must be a JSON object")
         tokens = {key: _config_token(config.get(key)) for key in _CONFIG_TOKENS}
         bos = tokens["bos_token"] or "<|startoftext|>"
         eos = tokens["eos_token"] or "<|endoftext|>"
         pad = tokens["pad_token"] or eos
-        added = [t for t in (_config_token(v) for v in config.get("added_tokens_decoder", {}).values()) if t]
-        added += [t for t in (_config_token(v) for v in config.get("additional_special_tokens", [])) if t]
+        decoder, extra = config.get("added_tokens_decoder", {}), config.get("additional_special_tokens", [])
+        if not isinstance(decoder, dict) or not isinstance(extra, list):
+            raise TokenizerError(f"{files['tokenizer_config.json']}: added_tokens_decoder must be an object and "
+                                 "additional_special_tokens a list")
+        added = [t for t in (_config_token(v) for v in decoder.values()) if t]
+        added += [t for t in (_config_token(v) for v in extra) if t]
         unk = tokens["unk_token"] or "<|endoftext|>"
         if config.get("do_lower_case") is False:
             log.warning("%s sets do_lower_case false; CLIP lower-cases anyway (as transformers 5 does)", folder)
         length = max_length if max_length is not None else config.get("model_max_length")
-        if not isinstance(length, int) or length > 100_000:
+        if not isinstance(length, int) or isinstance(length, bool) or length > 100_000:
             raise TokenizerError(f"{files['tokenizer_config.json']} gives no usable model_max_length ({length!r})")
         return cls(vocab, merges, bos_token=bos, eos_token=eos, pad_token=pad, unk_token=unk, special_tokens=added, max_length=length)
 
@@ -258,26 +278,35 @@ class CLIPTokenizer:
         return ids
 
     def _bpe(self, piece: str) -> tuple[int, ...]:
-        symbols = [self.byte_encoder[b] for b in piece.encode("utf-8")]
+        """Byte-level BPE of one piece: repeatedly merge the adjacent pair of lowest rank, leftmost first.
+
+        The lowest-ranked pair is taken from a heap over a linked list of symbols, so a piece of n bytes costs
+        O(n log n) rather than O(n^2) (a 20,000-letter word took seconds). It merges exactly what the textbook loop
+        does: a merge only creates pairs that rank after it (a token is always merged from tokens ranked before it),
+        so all occurrences of one pair are merged, left to right, before any other.
+        """
+        symbols: list[str] = [self.byte_encoder[b] for b in piece.encode("utf-8")]
         symbols[-1] += "</w>"
         ranks = self.bpe_ranks
-        while len(symbols) > 1:
-            best_rank, best = None, None
-            for pair in zip(symbols, symbols[1:], strict=False):
-                rank = ranks.get(pair)
-                if rank is not None and (best_rank is None or rank < best_rank):
-                    best_rank, best = rank, pair
-            if best is None:
-                break
-            first, second = best
-            merged: list[str] = []
-            index = 0
-            while index < len(symbols):
-                if index < len(symbols) - 1 and symbols[index] == first and symbols[index + 1] == second:
-                    merged.append(first + second)
-                    index += 2
-                else:
-                    merged.append(symbols[index])
-                    index += 1
-            symbols = merged
+        following = list(range(1, len(symbols) + 1))
+        preceding = list(range(-1, len(symbols) - 1))
+        heap = [(rank, i) for i in range(len(symbols) - 1) if (rank := ranks.get((symbols[i], symbols[i + 1]))) is not None]
+        heapq.heapify(heap)
+        alive = [True] * len(symbols)
+        while heap:
+            rank, left = heapq.heappop(heap)
+            right = following[left]
+            if not alive[left] or right >= len(symbols) or ranks.get((symbols[left], symbols[right])) != rank:
+                continue  # stale: one of the two was merged into something else since
+            symbols[left] += symbols[right]
+            alive[right] = False
+            following[left] = following[right]
+            if following[left] < len(symbols):
+                preceding[following[left]] = left
+            for first in (preceding[left], left):
+                if first >= 0 and following[first] < len(symbols):
+                    merged_rank = ranks.get((symbols[first], symbols[following[first]]))
+                    if merged_rank is not None:
+                        heapq.heappush(heap, (merged_rank, first))
+        symbols = [symbol for symbol, keep in zip(symbols, alive, strict=True) if keep]
         return tuple(self.encoder.get(symbol, self.unk_token_id) for symbol in symbols)

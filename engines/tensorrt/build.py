@@ -13,12 +13,15 @@ report. Cache key, work folder, publishing and the manifest record are ``engines
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -351,6 +354,50 @@ def _make_logger() -> Any:
     return CapturingLogger()
 
 
+def _make_monitor() -> Any:
+    """A progress monitor through which a build is cancelled: TensorRT calls it from inside the build, where a
+    KeyboardInterrupt would be swallowed, so an interrupt only sets a flag and the next step answers "stop"."""
+
+    class CancellingMonitor(api.trt.IProgressMonitor):  # type: ignore[name-defined,misc]
+        def __init__(self) -> None:
+            api.trt.IProgressMonitor.__init__(self)
+            self.cancelled = False
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            log.debug("builder phase %s (%d steps)", phase_name, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return not self.cancelled
+
+        def phase_finish(self, phase_name: str) -> None:
+            pass
+
+    return CancellingMonitor()
+
+
+@contextlib.contextmanager
+def _interrupts_cancel(monitor: Any) -> Iterator[None]:
+    """While TensorRT builds, SIGINT and SIGTERM ask the monitor to cancel; once the build has stopped, the signal is
+    delivered again to the handler that was there before (Ctrl-C's KeyboardInterrupt, the CLI's SIGTERM exit)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def cancel(signum: int, frame: Any) -> None:
+        monitor.cancelled = True
+        received.append(signum)
+
+    previous = {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if received:
+            signal.raise_signal(received[0])
+
+
 def _errors(logger: Any) -> list[str]:
     trt = api.trt
     bad = {trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR}
@@ -395,7 +442,10 @@ def build_plan(
         optimization_profile.set_shape(name, trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
     builder_config.add_optimization_profile(optimization_profile)
     cache = _load_timing_cache(builder_config, timing_cache)
-    serialized = builder.build_serialized_network(network, builder_config)
+    monitor = _make_monitor()
+    builder_config.progress_monitor = monitor
+    with _interrupts_cancel(monitor):
+        serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         raise EngineError(
             f"{library.name} failed to build {onnx_path.name}: " + " | ".join(_errors(logger) or ["no error message"])

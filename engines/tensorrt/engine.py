@@ -11,6 +11,7 @@ the manifest's spec at load; plans built for another GPU or library version are 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,6 +85,8 @@ class Device:
         self.activations = _Buffer(cudart)
         self.users = 0
         """Engines still open on this device; the last to close releases the stream and the pool."""
+        self.lock = threading.Lock()
+        """One call at a time: the engines share the stream and the activation pool."""
 
     def deserialize(self, plan: bytes, label: str) -> Any:
         validity_check = getattr(self.runtime, "get_engine_validity", None)  # TensorRT-RTX only
@@ -155,6 +158,10 @@ class TrtEngine(EngineBase):
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         checked = check_feeds(self.spec, feeds, self.profile)
+        with self.device.lock:
+            return self._run(checked)
+
+    def _run(self, checked: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart, context, stream = self.cudart, self.context, self.device.stream
         activations = self.device.activations
         setter = getattr(context, "set_device_memory", None)

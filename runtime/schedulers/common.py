@@ -61,7 +61,43 @@ def resolve_config(
                 f"{class_name}: {key}={value!r} is not supported by diffship's runtime (only {default!r})"
             )
         resolved[key] = default
+    _check_values(class_name, resolved, defaults)
     return resolved
+
+
+def _check_values(class_name: str, config: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+    """Values of the types the defaults have, and in range: a hand-edited config fails here, by name."""
+    for key, default in defaults.items():
+        value = config[key]
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+            kind = "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise SchedulerError(f"{class_name}: {key} must be {kind}, got {value!r:.60}")
+    if config.get("num_train_timesteps", 1) < 1 or config.get("steps_offset", 0) < 0:
+        raise SchedulerError(f"{class_name}: num_train_timesteps must be >= 1 and steps_offset >= 0, got "
+                             f"{config.get('num_train_timesteps')} and {config.get('steps_offset')}")
+    for key in ("beta_start", "beta_end"):
+        if key in config and not 0 < config[key] < 1:
+            raise SchedulerError(f"{class_name}: {key} must lie between 0 and 1, got {config[key]!r}")
+    betas = config.get("trained_betas")
+    if betas is not None:
+        numbers = isinstance(betas, (list, tuple)) and all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in betas)
+        if not numbers or len(betas) != config["num_train_timesteps"]:
+            raise SchedulerError(f"{class_name}: trained_betas must be {config['num_train_timesteps']} numbers between "
+                                 f"0 and 1 (one per train timestep), got {str(betas)[:60]}")
+    for key in ("sigma_min", "sigma_max"):
+        if config.get(key) is not None and not (isinstance(config[key], (int, float)) and config[key] > 0):
+            raise SchedulerError(f"{class_name}: {key} must be null or a number > 0, got {config[key]!r}")
 
 
 def _same_default(value: Any, default: Any) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.schedulers.common import BETA_DEFAULTS, F32, SCHEDULE_CHOICES, Scheduler, predicted_noise
+from runtime.schedulers.common import BETA_DEFAULTS, F32, SCHEDULE_CHOICES, Scheduler, SchedulerError, predicted_noise
 
 
 class PNDM(Scheduler):
@@ -28,6 +28,9 @@ class PNDM(Scheduler):
     def _schedule(self, count: int) -> None:
         cfg = self.config
         train_steps = cfg["num_train_timesteps"]
+        if count > train_steps:
+            # diffusers degenerates to one repeated timestep here; refuse, as DDIM does.
+            raise SchedulerError(f"num_inference_steps {count} exceeds num_train_timesteps {train_steps}")
         if cfg["timestep_spacing"] == "linspace":
             ascending = np.linspace(0, train_steps - 1, count).round().astype(np.int64)
         elif cfg["timestep_spacing"] == "leading":

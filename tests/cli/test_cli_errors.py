@@ -107,3 +107,47 @@ def test_generate_package_with_tampered_file(tiny_package: Path, tmp_path: Path)
     onnx_file.write_bytes(bytes(data))
     result = run_cli("generate", "--package", str(copy), "--prompt", "x", "--out", str(tmp_path / "x.png"))
     assert_one_line_error(result, "sha256", "model.onnx")
+
+
+@pytest.mark.parametrize(
+    "out,setup,fragment",
+    [
+        ("/proc/diffship/fox.png", None, "cannot write /proc/diffship/fox.png"),
+        ("afile/fox.png", "file", "is a file, not a folder"),
+        ("afolder.png", "folder", "is a folder; give a .png file path"),
+        ("exists.png", "exists", "exists; pass --overwrite"),
+        ("fox.jpg", None, "give a .png path"),
+    ],
+)
+def test_generate_refuses_outputs_it_cannot_write_before_loading_anything(tmp_path: Path, out, setup, fragment) -> None:
+    target = Path(out) if out.startswith("/") else tmp_path / out
+    if setup == "file":
+        (tmp_path / "afile").write_text("x")
+    elif setup == "folder":
+        target.mkdir()
+    elif setup == "exists":
+        target.write_bytes(b"png")
+    # The package does not even exist: outputs are checked first, so a bad --out costs no model load.
+    result = run_cli("generate", "--package", str(tmp_path / "no-package"), "--prompt", "a fox", "--out", str(target))
+    assert_one_line_error(result, fragment)
+
+
+def test_grid_without_values_is_one_line(tmp_path: Path) -> None:
+    result = run_cli("generate", "--package", str(tmp_path), "--prompt", "a", "--grid", "steps=,",
+                     "--out", str(tmp_path / "g.png"))
+    assert_one_line_error(result, "give at least one value after steps=")
+
+
+def test_a_prompt_with_bytes_that_are_not_utf8_is_one_line(tiny_package: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    argv = [sys.executable.encode(), str(ROOT / "cli.py").encode(), b"generate", b"--package", bytes(tiny_package),
+            b"--prompt", b"a \xff fox", b"--steps", b"1", b"--out", bytes(tmp_path / "x.png")]
+    result = subprocess.run(argv, capture_output=True, cwd=ROOT, timeout=300, env=os.environ.copy())
+    stderr = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 2 and "Traceback" not in stderr, stderr
+    assert "not valid Unicode text" in stderr

@@ -58,3 +58,17 @@ def test_missing_and_unlisted_files_are_refused(copy: Path) -> None:
         package.verify_file("onnx/vae_encoder/model.onnx")
     with pytest.raises(PackageError, match="not listed"):
         package.verify_file("onnx/vae_encoder/other.onnx")
+
+
+def test_an_in_place_edit_with_its_mtime_put_back_is_still_caught(copy: Path) -> None:
+    # The record keys on ctime too, which cannot be set back from user space.
+    ModelPackage.open(copy).verify_file("onnx/unet/model.onnx")
+    path = copy / "onnx" / "unet" / "model.onnx"
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_mtime_ns == before.st_mtime_ns and path.stat().st_size == before.st_size
+    with pytest.raises(PackageError, match="sha256"):
+        ModelPackage.open(copy).verify_file("onnx/unet/model.onnx")

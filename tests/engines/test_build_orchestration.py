@@ -52,7 +52,7 @@ class CopyBuilder:
         return {"passed": True}
 
     def entry(self, set_name: str, job: BuildJob, compiled: Compiled) -> EngineEntry:
-        return OrtEngineEntry(job.component, f"engines/{set_name}/{job.component}.onnx", (), job.key, compiled.seconds,
+        return OrtEngineEntry(job.component, f"engines/{set_name}/{job.component}.onnx", job.key, compiled.seconds,
                               job.source_sha256, "fp32", 0)
 
     def engine_set(self, set_name: str, components: Mapping[str, EngineEntry]) -> EngineSet:

@@ -108,13 +108,13 @@ def test_seeds_give_the_same_bytes_and_images_per_prompt_split_into_calls(packag
 @pytest.mark.parametrize(
     "arguments,fragment",
     [
-        ({"num_inference_steps": 0}, "num_inference_steps must be an integer >= 1"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be an integer from 1 to 1000"),
         ({"guidance_scale": -1.0}, "guidance_scale must be finite and >= 0"),
         ({"scheduler": "nope"}, "unknown scheduler 'nope'"),
         ({"height": 72}, "not a multiple of 64"),
-        ({"seed": -3}, "seed must be an integer >= 0"),
+        ({"seed": -3}, "seed must be an integer from 0 to"),
         ({"negative_prompt": ["a", "b"]}, "negative_prompt has 2 entries but prompt has 1"),
-        ({"latents": np.zeros((1, 4, 4, 4), np.float32)}, "latents must be a numpy array of shape (1, 4, 8, 8)"),
+        ({"latents": np.zeros((1, 4, 4, 4), np.float32)}, "latents must be a numpy array of floats of shape (1, 4, 8, 8)"),
     ],
 )
 def test_bad_arguments_are_refused_with_what_is_allowed(package: Path, arguments: dict, fragment: str) -> None:
@@ -137,7 +137,7 @@ def _with_engine_sets(package: Path, tmp_path: Path) -> Path:
                        {c: TrtEngineEntry(c, f"engines/trt-rtx-sm89-fp32/{c}.plan", with_profile(specs[c], (1, 2)), "k",
                                           1.0, "0" * 64, "fp32") for c in specs})
     ort = OrtEngineSet("ort-cpu-x86_64-avx2-fp32", "1.31.1", "cpu-x86_64-avx2", "fp32",
-                       {c: OrtEngineEntry(c, f"engines/ort-cpu-x86_64-avx2-fp32/{c}.onnx", (), "k", 1.0, "0" * 64,
+                       {c: OrtEngineEntry(c, f"engines/ort-cpu-x86_64-avx2-fp32/{c}.onnx", "k", 1.0, "0" * 64,
                                           "fp32", 1) for c in specs})
     opened.update_manifest(lambda m: replace(m, engines={trt.name: trt, ort.name: ort}))
     return copy

@@ -115,3 +115,9 @@ def test_unipc_refuses_configs_whose_last_step_is_nan_in_diffusers(overrides: di
         make_scheduler("unipc", config, 10)
     sigma_min = make_scheduler("unipc", {**config, "final_sigmas_type": "sigma_min"}, 10)
     assert sigma_min.sigmas[-1] > 0
+
+
+def test_pndm_refuses_more_steps_than_training_had() -> None:
+    # diffusers degenerates to one repeated timestep there; refused, as DDIM refuses.
+    with pytest.raises(SchedulerError, match="num_inference_steps 1001 exceeds num_train_timesteps 1000"):
+        make_scheduler("pndm", SD15, 1001)

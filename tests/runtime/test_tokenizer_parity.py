@@ -94,3 +94,18 @@ def test_unicode_tables_match_installed_tokenizers() -> None:
         [sys.executable, str(ROOT / "scripts" / "make_unicode_tables.py"), "--check"], capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_very_long_words_match_transformers(pair) -> None:
+    # A 20,000-letter word once took seconds (quadratic BPE); it must still give the reference's ids.
+    import random
+
+    ours, reference = pair
+    rng = random.Random(3)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(n)) for n in (300, 5000)]
+    words += ["a" * 4000, "ab" * 2000, "ünïcödé" * 500]
+    expected = reference(words, padding="max_length", max_length=77, truncation=True)["input_ids"]
+    full = reference(words)["input_ids"]
+    batch = ours.encode(words)
+    assert batch.input_ids.tolist() == expected
+    assert batch.truncated == tuple(max(0, len(ids) - 77) for ids in full)

@@ -1,0 +1,52 @@
+"""Exporting again over a package: built engines whose source ONNX did not change are kept (and the others dropped,
+saying so), and a file changed in place makes the package out of date for export as it is for the runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.package import ModelPackage
+from engines.ort.build import build_ort_engines
+from exporter.onnx_export import ExportOptions
+from exporter.package import ExportRequest, export_package
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.export
+
+
+def test_force_reexport_keeps_engines_built_from_unchanged_onnx(tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    request = ExportRequest(out=out, model="tiny", options=ExportOptions(exporter="legacy"))
+    export_package(request)
+    set_name = build_ort_engines(out).engine_set
+    lines: list[str] = []
+    export_package(ExportRequest(**{**request.__dict__, "force": True}), on_progress=lines.append)
+    package = ModelPackage.open(out)
+    assert set(package.manifest.engines[set_name].components) == {"text_encoder", "unet", "vae_decoder"}
+    assert package.verify_all() == [] and any("kept the engines" in line for line in lines)
+
+    lines.clear()
+    export_package(ExportRequest(**{**request.__dict__, "seed": 7}), on_progress=lines.append)  # other weights
+    package = ModelPackage.open(out)
+    assert set_name not in package.manifest.engines and not (out / "engines" / set_name).exists()
+    assert sum("dropped, the ONNX it was built from changed" in line for line in lines) == 3
+
+
+def test_a_file_changed_in_place_is_not_up_to_date(tmp_path: Path) -> None:
+    out = tmp_path / "pkg"
+    request = ExportRequest(out=out, model="tiny", options=ExportOptions(exporter="legacy"))
+    export_package(request)
+    assert export_package(request).skipped
+    onnx = out / "onnx" / "vae_decoder" / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[-100] ^= 0xFF  # same size
+    onnx.write_bytes(bytes(data))
+    assert not export_package(request).skipped  # re-exported, as generate's advice says
+    assert ModelPackage.open(out).verify_all() == []
+    result = run_cli("verify", "--package", str(out), "--strict")
+    assert result.returncode == 0 and "files intact" in result.stdout
+    onnx.write_bytes(bytes(data))
+    result = run_cli("verify", "--package", str(out))
+    assert result.returncode == 1 and "does not match the sha256" in result.stderr and "Traceback" not in result.stderr

@@ -34,6 +34,13 @@ demo: $(STAMP)
 		--out demo-out/fox.png --overwrite
 	$(PY) cli.py generate --package packages/tiny --prompt "a red fox in the snow" --seed 42 \
 		--grid steps=5,10,20 --grid guidance=1,4,7.5 --out demo-out/grid.png --overwrite
+	$(PY) scripts/make_mask.py demo-out/mask.png --size 64x64 --disc 0.5,0.5,0.25
+	$(PY) cli.py generate --package packages/tiny --prompt "an oil painting of a fox" --image demo-out/fox.png \
+		--strength 0.6 --steps 20 --seed 7 --out demo-out/fox-img2img.png --overwrite
+	$(PY) cli.py generate --package packages/tiny --prompt "a cat" --image demo-out/fox.png --mask demo-out/mask.png \
+		--steps 20 --seed 7 --out demo-out/fox-inpaint.png --overwrite
+	$(PY) cli.py generate --package packages/tiny --prompt "an oil painting of a fox" --image demo-out/fox.png \
+		--steps 20 --seed 7 --grid strength=0.2,0.4,0.6,0.8 --out demo-out/strength-grid.png --overwrite
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

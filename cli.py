@@ -162,6 +162,10 @@ def _parse_bytes(text: str | None) -> int | None:
     return int(float(match.group(1)) * BYTE_UNITS[match.group(2).lower()])
 
 
+def _parse_components(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(c.strip() for c in text.split(",") if c.strip())
+
+
 @cli.command("build-trt")
 @click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
 @click.option("--fp16/--fp32", "fp16", default=True, show_default=True, help="Engine precision.")
@@ -182,7 +186,7 @@ def _parse_bytes(text: str | None) -> int | None:
 @click.option("--static", is_flag=True, help="One shape only (fastest engines; enables CUDA graph replay at run time).")
 @click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5), help="Builder optimisation level.")
 @click.option("--workspace", help="Builder workspace limit, e.g. 4GiB (default: the library's).")
-@click.option("--components", default="text_encoder,unet,vae_decoder", show_default=True, help="Comma-separated components.")
+@click.option("--components", help="Comma-separated components (default: all, the VAE encoder for image input included).")
 @click.option("--force", is_flag=True, help="Rebuild even when an engine with the same inputs exists.")
 def build_trt(
     package: Path,
@@ -197,7 +201,7 @@ def build_trt(
     static: bool,
     opt_level: int,
     workspace: str | None,
-    components: str,
+    components: str | None,
     force: bool,
 ) -> None:
     """Build TensorRT or TensorRT-RTX engines for a package, into PACKAGE/engines/<backend>-<archs>-<precision>/.
@@ -237,7 +241,7 @@ def build_trt(
         package=package,
         config=config,
         shapes=shape_request(constants, batch_range, heights, widths),
-        components=tuple(c.strip() for c in components.split(",") if c.strip()),
+        components=_parse_components(components),
         force=force,
     )
     outcome = build_engines(request, on_progress=lambda line: click.echo(line, err=True))
@@ -259,12 +263,12 @@ def build_trt(
 @cli.command("build-ort")
 @click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--components", default="text_encoder,unet,vae_decoder", show_default=True, help="Comma-separated components.")
+@click.option("--components", help="Comma-separated components (default: all, the VAE encoder for image input included).")
 @click.option("--force", is_flag=True, help="Rebuild even when an engine with the same inputs exists.")
 @click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cpu: optimised for this CPU and saved; cuda: attention fused for ONNX Runtime's CUDA provider "
               "(flash / memory-efficient attention), built on any machine.")
-def build_ort(package: Path, precision: str, components: str, force: bool, target: str) -> None:
+def build_ort(package: Path, precision: str, components: str | None, force: bool, target: str) -> None:
     """Build ONNX Runtime engines: attention fused; for the CPU, graphs also optimised for this CPU once and saved.
 
     \b
@@ -279,7 +283,7 @@ def build_ort(package: Path, precision: str, components: str, force: bool, targe
     from engines.ort.build import build_ort_engines
 
     outcome = build_ort_engines(
-        package, precision, [c.strip() for c in components.split(",") if c.strip()], force,
+        package, precision, _parse_components(components), force,
         progress=lambda line: click.echo(line, err=True), target=target,
     )
     rows = [[c.component, "up to date" if c.skipped else f"{c.seconds:.1f}s",
@@ -385,7 +389,7 @@ def _timingformat_table(timings: Any, images: int) -> str:
 @click.option(
     "--grid",
     multiple=True,
-    help="Sweep KEY=V1,V2,... (KEY: steps, guidance, scheduler, seed) into one labelled contact sheet; "
+    help="Sweep KEY=V1,V2,... (KEY: steps, guidance, scheduler, seed, strength) into one labelled contact sheet; "
     "give it twice for rows x columns.",
 )
 @click.option("--out", default="generated.png", show_default=True, type=click.Path(path_type=Path),
@@ -399,6 +403,19 @@ def _timingformat_table(timings: Any, images: int) -> str:
 @click.option("--engines", "engine_set", help="TensorRT engine folder under engines/ (default: the one for this GPU).")
 @click.option("--cuda-graphs", is_flag=True,
               help="Replay each engine's run as a CUDA graph (ort on the CUDA provider; trt with static engines).")
+@click.option("--image", "init_image", type=click.Path(path_type=Path, dir_okay=False),
+              help="Start from this picture (image-to-image; with --mask, inpainting). Size: the image's own, rounded "
+                   "down to a multiple of 8, unless --height/--width say otherwise.")
+@click.option("--mask", "mask_image", type=click.Path(path_type=Path, dir_okay=False),
+              help="Inpainting mask, the image's size: white = repaint, black = keep.")
+@click.option("--strength", type=float,
+              help="How much of the schedule to run from the image, in (0, 1] (default 0.8; 1.0 with --mask). Low keeps "
+                   "the image, 1.0 repaints it fully.")
+@click.option("--padding-mask-crop", type=int,
+              help="Inpaint only a crop around the mask (grown by this many pixels) at the working size, then paste "
+                   "it back: detail for small masks in big images.")
+@click.option("--sample-mode", type=click.Choice(["sample", "argmax"]), default="sample", show_default=True,
+              help="Image latents: a draw from the VAE encoder's distribution, or its mean.")
 @click.option("--overwrite", is_flag=True, help="Replace PNGs that already exist (otherwise that is an error).")
 def generate(
     package: Path,
@@ -419,9 +436,15 @@ def generate(
     threads: int | None,
     engine_set: str | None,
     cuda_graphs: bool,
+    init_image: Path | None,
+    mask_image: Path | None,
+    strength: float | None,
+    padding_mask_crop: int | None,
+    sample_mode: str,
     overwrite: bool,
 ) -> None:
-    """Generate images from a model package, without PyTorch.
+    """Generate images from a model package, without PyTorch: from a prompt, from a picture (--image) or repainting
+    part of one (--image with --mask).
 
     \b
     Examples:
@@ -430,6 +453,11 @@ def generate(
       python cli.py generate --package packages/tiny --prompt "a red fox" --prompt "a cat" --images 2 --out batch.png
       python cli.py generate --package packages/tiny --prompt "a red fox" \\
           --grid steps=5,10,20,50 --grid guidance=1,3,7.5,15 --out grid.png
+      python cli.py generate --package packages/tiny --prompt "oil painting" --image in.png --strength 0.6 \\
+          --out painted.png
+      python cli.py generate --package packages/tiny --prompt "a cat" --image in.png --mask mask.png --out cat.png
+      python cli.py generate --package packages/tiny --prompt "oil painting" --image in.png \\
+          --grid strength=0.2,0.4,0.6,0.8 --out strengths.png
 
     PNGs carry their generation parameters (JSON) in a "parameters" text chunk. A timing table per stage ends the run.
     """
@@ -454,7 +482,9 @@ def generate(
     ) as pipe:
         arguments: dict[str, Any] = {
             "negative_prompt": negative_prompt, "num_inference_steps": steps, "guidance_scale": guidance,
-            "scheduler": scheduler, "height": height, "width": width, "seed": seed,
+            "scheduler": scheduler, "height": height, "width": width, "seed": seed, "image": init_image,
+            "mask_image": mask_image, "strength": strength, "padding_mask_crop": padding_mask_crop,
+            "sample_mode": sample_mode,
         }
         if not axes:
             progress = _StepProgress()
@@ -535,7 +565,12 @@ def _parse_backends(values: list[str], parse: Any) -> tuple[str, ...]:
 @click.option("--plots", "plot_dir", type=click.Path(path_type=Path), help="Folder for PNG plots (default: beside --json).")
 @click.option("--cold-start/--no-cold-start", default=True, show_default=True,
               help="Also measure import time, process start to first image and peak memory in fresh processes.")
-@click.option("--quick", is_flag=True, help="A one-minute sanity run: steps 1,2, one repeat.")
+@click.option("--task", type=click.Choice(["txt2img", "img2img"]), default="txt2img", show_default=True,
+              help="img2img: both sides start from the same generated picture (VAE encoder, strength) with the same "
+                   "draws.")
+@click.option("--strength", default=0.75, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="img2img: share of the schedule run (steps run = int(steps x strength)).")
+@click.option("--quick", is_flag=True, help="A one-minute sanity run: steps 1,2 (img2img: 2,4), one repeat.")
 def bench(
     package: Path,
     size: int | None,
@@ -552,6 +587,8 @@ def bench(
     json_path: Path,
     plot_dir: Path | None,
     cold_start: bool,
+    task: str,
+    strength: float,
     quick: bool,
 ) -> None:
     """Benchmark the runtime against diffusers on the same weights, settings and latents, interleaved.
@@ -562,6 +599,7 @@ def bench(
       python cli.py bench --package packages/tiny --quick
       python cli.py bench --package packages/sd15 --device cuda --backends ort,trt --size 512 --steps 20,50
       python cli.py bench --package packages/sd15 --device cuda --backends ort-fp16,ort-fp16-graphs --size 512
+      python cli.py bench --package packages/sd15-random --task img2img --strength 0.75 --size 256 --steps 20
 
     Prints latency (median, min, max; ratio to diffusers), the per-stage breakdown, the runtime's time outside its
     engines, and cold start; writes every raw figure to --json and PNG plots beside it.
@@ -570,9 +608,12 @@ def bench(
     from core.package import ModelPackage
 
     constants = ModelPackage.open(package).constants
-    steps = (1, 2) if quick else tuple(_parse_list(steps_text, int, "--steps"))
+    steps = ((1, 2) if task == "txt2img" else (2, 4)) if quick else tuple(_parse_list(steps_text, int, "--steps"))
     if any(s < 1 for s in steps):
         raise click.BadParameter("step counts must be >= 1", param_hint="--steps")
+    if task == "img2img" and any(int(s * strength) < 1 for s in steps):
+        raise click.BadParameter(f"img2img runs int(steps x strength) steps: {min(steps)} x {strength:g} runs none; "
+                                 "give more steps or a higher --strength", param_hint="--steps")
     settings = BenchSettings(
         package=package,
         height=height or size or constants.default_height,
@@ -586,6 +627,8 @@ def bench(
         threads=threads,
         device=device,
         cold_start=cold_start,
+        task=task,
+        strength=strength,
     )
     result = run_bench(settings, progress=lambda line: click.echo(line, err=True))
     written = write_outputs(result, json_path, plot_dir or json_path.parent)

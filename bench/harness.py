@@ -19,7 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from bench.reference import Reference, reference_pipeline, run_reference, use_scheduler
+from bench.reference import (
+    ImageDraws,
+    Reference,
+    reference_pipeline,
+    run_reference,
+    run_reference_image_task,
+    task_pipeline,
+)
 from core.package import ModelPackage
 from engines.base import EngineBase
 from engines.ort import OrtOptions
@@ -29,7 +36,9 @@ from runtime.tables import format_table
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse, highly detailed"
-STAGES = ("tokenize", "text_encoder", "unet", "scheduler_and_loop", "vae_decode")
+STAGES = ("tokenize", "text_encoder", "unet", "scheduler_and_loop", "vae_encode", "vae_decode")
+"""In table order; ``vae_encode`` only for image-to-image."""
+TASKS = ("txt2img", "img2img")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,38 @@ class BenchSettings:
     device: str = "cpu"
     cold_start: bool = True
     seed: int = 0
+    task: str = "txt2img"
+    """``img2img``: both sides start from the same picture, with the same VAE draw and starting noise."""
+    strength: float = 0.75
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What both sides of one benchmark start from: the latents (txt2img) or start noise (img2img), the VAE draw and
+    the picture (img2img)."""
+
+    latents: np.ndarray
+    image_noise: np.ndarray | None = None
+    image: Any = None
+
+    @classmethod
+    def make(cls, settings: BenchSettings, latent_channels: int, factor: int) -> Inputs:
+        rng = np.random.default_rng(settings.seed)
+        shape = (1, latent_channels, settings.height // factor, settings.width // factor)
+        latents = rng.standard_normal(shape, dtype=np.float32)
+        if settings.task == "txt2img":
+            return cls(latents)
+        return cls(latents, rng.standard_normal(shape, dtype=np.float32), bench_picture(settings.height, settings.width))
+
+
+def bench_picture(height: int, width: int) -> Any:
+    """A deterministic picture with gradients and edges, the input of image-to-image runs."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin((x + y) / 9.0)], axis=-1)
+    rgb[((y - height / 2) ** 2 + (x - width / 2) ** 2) < (min(height, width) / 4) ** 2] = (0.85, 0.3, 0.1)
+    return Image.fromarray((rgb * 255).round().astype(np.uint8))
 
 
 @dataclass
@@ -137,11 +178,14 @@ class RuntimeContender:
         self.engine_time = [0.0]
         pipe.engines = {k: TimedEngine(v, self.engine_time) for k, v in pipe.engines.items()}
 
-    def run(self, settings: BenchSettings, steps: int, latents: np.ndarray) -> Run:
+    def run(self, settings: BenchSettings, steps: int, inputs: Inputs) -> Run:
         self.engine_time[0] = 0.0
+        task = {} if inputs.image is None else {"image": inputs.image, "strength": settings.strength,
+                                                "image_noise": inputs.image_noise}
         result = self.pipe(
             settings.prompt, num_inference_steps=steps, guidance_scale=settings.guidance, scheduler=settings.scheduler,
-            height=settings.height, width=settings.width, latents=latents, seed=settings.seed,
+            height=settings.height, width=settings.width, seed=settings.seed,
+            **({"start_noise": inputs.latents, **task} if task else {"latents": inputs.latents}),
         )
         timings = result.timings
         stages = {
@@ -149,6 +193,7 @@ class RuntimeContender:
             "text_encoder": timings.text_encoder,
             "unet": timings.unet,
             "scheduler_and_loop": timings.scheduler + timings.other,
+            **({"vae_encode": timings.vae_encode} if inputs.image is not None else {}),
             "vae_decode": timings.vae_decode,
         }
         return Run(self.name, steps, 0, timings.total, stages, list(timings.unet_steps), self.engine_time[0])
@@ -169,10 +214,9 @@ class DiffusersContender:
             # torch returns before the GPU is done: a stage's time is only its own after a synchronize.
             self.synchronize = torch.cuda.synchronize
 
-    def run(self, settings: BenchSettings, steps: int, latents: np.ndarray) -> Run:
-        pipe = self.reference.pipe
-        use_scheduler(self.reference, settings.scheduler)
-        clock: dict[str, float] = {"encode_prompt": 0.0, "text_encoder": 0.0, "vae_decode": 0.0}
+    def run(self, settings: BenchSettings, steps: int, inputs: Inputs) -> Run:
+        pipe = self.reference.pipe if inputs.image is None else task_pipeline(self.reference, inpainting=False)
+        clock: dict[str, float] = {"encode_prompt": 0.0, "text_encoder": 0.0, "vae_encode": 0.0, "vae_decode": 0.0}
         unet_steps: list[float] = []
         sync = self.synchronize
         patched = [
@@ -180,6 +224,7 @@ class DiffusersContender:
             (pipe.text_encoder, "forward",
              _timed(pipe.text_encoder.forward, lambda s: _add(clock, "text_encoder", s), sync)),
             (pipe.unet, "forward", _timed(pipe.unet.forward, unet_steps.append, sync)),
+            (pipe.vae, "encode", _timed(pipe.vae.encode, lambda s: _add(clock, "vae_encode", s), sync)),
             (pipe.vae, "decode", _timed(pipe.vae.decode, lambda s: _add(clock, "vae_decode", s), sync)),
         ]
         for owner, attribute, wrapper in patched:
@@ -187,8 +232,14 @@ class DiffusersContender:
         try:
             sync()
             start = time.perf_counter()
-            run_reference(self.reference, [settings.prompt], latents, [settings.seed], None, steps, settings.guidance,
-                          settings.scheduler)
+            if inputs.image is None:
+                run_reference(self.reference, [settings.prompt], inputs.latents, [settings.seed], None, steps,
+                              settings.guidance, settings.scheduler)
+            else:
+                run_reference_image_task(self.reference, [settings.prompt], inputs.image,
+                                         ImageDraws(inputs.latents, inputs.image_noise), [settings.seed],
+                                         strength=settings.strength, steps=steps, guidance=settings.guidance,
+                                         scheduler=settings.scheduler)
             sync()
             total = time.perf_counter() - start
         finally:
@@ -199,6 +250,7 @@ class DiffusersContender:
             "tokenize": clock["encode_prompt"] - clock["text_encoder"],
             "text_encoder": clock["text_encoder"],
             "unet": unet,
+            **({"vae_encode": clock["vae_encode"]} if inputs.image is not None else {}),
             "vae_decode": clock["vae_decode"],
         }
         stages["scheduler_and_loop"] = total - sum(stages.values())
@@ -253,22 +305,20 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = log.inf
 
     package = ModelPackage.open(settings.package)
     constants = package.constants
-    latents = np.random.default_rng(settings.seed).standard_normal(
-        (1, constants.latent_channels, settings.height // constants.vae_scale_factor,
-         settings.width // constants.vae_scale_factor)).astype(np.float32)
+    inputs = Inputs.make(settings, constants.latent_channels, constants.vae_scale_factor)
     progress("loading diffusers and the runtime on the same weights")
     contenders = _contenders(settings, package)
     runs: list[Run] = []
     try:
         for contender in contenders:
             progress(f"warm-up: {contender.name}")
-            contender.run(settings, settings.steps[0], latents)
+            contender.run(settings, settings.steps[0], inputs)
         total_runs = len(settings.steps) * settings.repeats * len(contenders)
         done = 0
         for steps in settings.steps:
             for repeat in range(settings.repeats):
                 for contender in contenders:  # interleaved: A B A B
-                    run = contender.run(settings, steps, latents)
+                    run = contender.run(settings, steps, inputs)
                     run.repeat = repeat
                     runs.append(run)
                     done += 1
@@ -306,7 +356,8 @@ def summarize(runs: Sequence[Run], baseline: str) -> list[dict[str, Any]]:
             "max_s": max(totals),
             "ratio_vs_diffusers": medians[contender, steps] / medians[baseline, steps],
             "unet_step_median_s": statistics.median(s for r in group for s in r.unet_steps),
-            "stages_median_s": {stage: statistics.median(r.stages[stage] for r in group) for stage in STAGES},
+            "stages_median_s": {stage: statistics.median(r.stages[stage] for r in group)
+                                for stage in STAGES if stage in group[0].stages},
         }
         engine = [r.engine_seconds for r in group if r.engine_seconds is not None]
         if engine:
@@ -338,10 +389,11 @@ def format_tables(result: BenchResult) -> str:
     lines.append(format_table(["steps", "contender", "median s", "min s", "max s", "vs diffusers", "UNet ms/step",
                          "outside engines"], rows))
     top = max(r["steps"] for r in result.summary)
-    stage_rows = [[r["contender"], *(f"{r['stages_median_s'][s]:.3f}" for s in STAGES)]
+    stages = [s for s in STAGES if any(s in r["stages_median_s"] for r in result.summary)]
+    stage_rows = [[r["contender"], *(f"{r['stages_median_s'][s]:.3f}" for s in stages)]
                   for r in result.summary if r["steps"] == top]
     lines.append(f"\nstage breakdown at {top} steps (median seconds)")
-    lines.append(format_table(["contender", *STAGES], stage_rows))
+    lines.append(format_table(["contender", *stages], stage_rows))
     if result.cold_start:
         cold_rows = [[name, f"{v['import_s']:.2f}", f"{v['first_image_s']:.2f}", f"{v['peak_rss_bytes'] / 2**30:.2f}",
                       f"{v['gpu_memory_bytes'] / 2**30:.2f}" if v.get("gpu_memory_bytes") else "-"]

@@ -11,6 +11,7 @@ STAGE_COLOURS = {
     "text_encoder": "#9467bd",
     "unet": "#1f77b4",
     "scheduler_and_loop": "#ff7f0e",
+    "vae_encode": "#17becf",
     "vae_decode": "#2ca02c",
 }
 
@@ -54,7 +55,7 @@ def plot_stages(summary: Sequence[dict[str, Any]], path: Path) -> Path:
     for index, row in enumerate(rows):
         left = 0.0
         for stage, colour in STAGE_COLOURS.items():
-            seconds = max(row["stages_median_s"][stage], 0.0)
+            seconds = max(row["stages_median_s"].get(stage, 0.0), 0.0)
             axes.barh(index, seconds, left=left, color=colour, label=stage if index == 0 else None)
             left += seconds
     axes.set_yticks(range(len(rows)), [r["contender"] for r in rows], fontsize=8)

@@ -13,7 +13,7 @@ import contextlib
 import importlib
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,24 @@ class Reference:
     device: str
     dtype: str
     vae_scale_factor: int
+    task_pipes: dict[str, Any] = field(default_factory=dict)
+    """diffusers' img2img and inpaint pipelines over the same modules, made on first use."""
+
+
+def task_pipeline(reference: Reference, inpainting: bool) -> Any:
+    """StableDiffusionInpaintPipeline or StableDiffusionImg2ImgPipeline over the reference's modules, with the
+    scheduler the reference has now."""
+    import diffusers
+
+    name = "inpaint" if inpainting else "img2img"
+    if name not in reference.task_pipes:
+        task_class = diffusers.StableDiffusionInpaintPipeline if inpainting else diffusers.StableDiffusionImg2ImgPipeline
+        pipe: Any = task_class(**reference.pipe.components, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        reference.task_pipes[name] = pipe
+    pipe = reference.task_pipes[name]
+    pipe.scheduler = reference.pipe.scheduler
+    return pipe
 
 
 def reference_pipeline(package: ModelPackage, device: str = "cpu", dtype: str = "fp32") -> Reference:
@@ -128,3 +146,100 @@ def run_reference(
             output_type="np",
         ).images
     return list((np.asarray(images, dtype=np.float32) * 255).round().astype(np.uint8))
+
+
+@dataclass(frozen=True)
+class ImageDraws:
+    """The random draws of an image-to-image or inpainting call, as runtime.Pipeline takes them (each
+    [batch, latent channels, h, w]); None where the call makes no such draw."""
+
+    start_noise: np.ndarray
+    image_noise: np.ndarray | None = None
+    masked_image_noise: np.ndarray | None = None
+
+
+class _RowFeed:
+    """``randn_tensor`` for one diffusers module: each call takes the next rows of the queued draws, as many as the
+    call asks for (diffusers asks per image with a list of generators, once for the batch otherwise)."""
+
+    def __init__(self, arrays: Sequence[np.ndarray], device: str) -> None:
+        self.rows = [row[None] for array in arrays for row in array]
+        self.device = device
+
+    def __call__(self, shape: Sequence[int], generator: Any = None, device: Any = None, dtype: Any = None,
+                 layout: Any = None) -> Any:
+        import torch
+
+        count = int(shape[0])
+        if len(self.rows) < count:
+            raise AssertionError(f"diffusers drew {count} more rows of shape {tuple(shape)} than were queued")
+        taken, self.rows = self.rows[:count], self.rows[count:]
+        noise = np.concatenate(taken)
+        if noise.shape != tuple(shape):
+            raise AssertionError(f"diffusers drew {tuple(shape)}, the queued draw is {noise.shape}")
+        return torch.from_numpy(noise).to(device=device or self.device, dtype=dtype or torch.float32)
+
+
+@contextlib.contextmanager
+def _patched(module_name: str, feed: Any) -> Iterator[None]:
+    module: Any = importlib.import_module(module_name)
+    original = module.randn_tensor
+    module.randn_tensor = feed
+    try:
+        yield
+    finally:
+        module.randn_tensor = original
+
+
+def run_reference_image_task(
+    reference: Reference,
+    prompts: Sequence[str],
+    image: Any,
+    draws: ImageDraws,
+    seeds: Sequence[int],
+    mask_image: Any = None,
+    strength: float = 0.8,
+    negative_prompts: Sequence[str] | None = None,
+    steps: int = 20,
+    guidance: float = 7.5,
+    scheduler: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    padding_mask_crop: int | None = None,
+) -> list[np.ndarray]:
+    """diffusers' StableDiffusionImg2ImgPipeline (no ``mask_image``) or StableDiffusionInpaintPipeline images (HxWx3
+    uint8) over the reference's modules, with ``draws`` fed to its random draws in the order diffusers makes them.
+
+    diffusers' inpainting pipeline encodes the image (and the masked image) once for the whole batch: its draws are
+    row 0 of ``image_noise`` and ``masked_image_noise`` (a 4-channel UNet still encodes the masked image, unused: it
+    gets zeros). The image-to-image pipeline, given a generator per image, encodes each image with its own draw."""
+    import torch
+
+    use_scheduler(reference, scheduler)
+    inpainting = mask_image is not None
+    pipe = task_pipeline(reference, inpainting)
+    if inpainting:
+        zeros = np.zeros_like(draws.start_noise[:1])
+        vae_draws = [d[:1] for d in (draws.image_noise,) if d is not None]
+        vae_draws.append(draws.masked_image_noise[:1] if draws.masked_image_noise is not None else zeros)
+    else:
+        vae_draws = [draws.image_noise] if draws.image_noise is not None else []
+    arguments: dict[str, Any] = {"strength": strength}
+    if inpainting:
+        arguments.update(mask_image=mask_image, height=height, width=width, padding_mask_crop=padding_mask_crop)
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]  # ignored by the fed draws
+    with (_patched("diffusers.models.autoencoders.vae", _RowFeed(vae_draws, reference.device)),
+          _patched(type(pipe).__module__, _RowFeed([draws.start_noise], reference.device)),
+          shared_noise(reference, seeds), torch.inference_mode()):
+        images = pipe(
+            list(prompts),
+            image=image,
+            negative_prompt=list(negative_prompts) if negative_prompts is not None else None,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            output_type="np" if padding_mask_crop is None else "pil",
+            **arguments,
+        ).images
+    return [np.asarray(image) for image in images] if padding_mask_crop is not None else \
+        list((np.asarray(images, dtype=np.float32) * 255).round().astype(np.uint8))

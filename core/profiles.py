@@ -32,7 +32,7 @@ def shape_request(
             if value % multiple:
                 raise ProfileError(
                     f"{name} {label} {value} is not a multiple of {multiple} pixels, which this model needs "
-                    f"(its VAE factor {constants.vae_scale_factor} x its UNet's down-sampling)"
+                    f"({constants.size_rule})"
                 )
     return ShapeRequest(batch=batch, height=height, width=width)
 

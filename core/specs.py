@@ -122,8 +122,29 @@ class PipelineConstants:
     text_hidden_size: int
     pad_token: str
     spatial_multiple: int
-    """Height and width must be multiples of this many pixels (VAE factor x the UNet's 2**num_upsamplers)."""
+    """Height and width must be multiples of this many pixels: the VAE's factor (packages exported before diffship
+    expressed the UNet's up-sampling to its skip connections: that factor x the UNet's 2**num_upsamplers)."""
     shift_factor: float | None = None
+    unet_in_channels: int | None = None
+    """Channels the UNet takes when they differ from the latents' (9 for inpainting UNets: latents, mask, masked
+    image latents); None: ``latent_channels``."""
+
+    @property
+    def unet_channels(self) -> int:
+        return self.unet_in_channels or self.latent_channels
+
+    @property
+    def size_rule(self) -> str:
+        """Why heights and widths are multiples of ``spatial_multiple``, for messages."""
+        if self.spatial_multiple == self.vae_scale_factor:
+            return "this model's VAE factor"
+        return (f"the VAE factor {self.vae_scale_factor} x the UNet's down-sampling, as older exports need; re-export "
+                f"the package for any multiple of {self.vae_scale_factor}")
+
+    @property
+    def inpainting_unet(self) -> bool:
+        """A UNet conditioned on a mask and the masked image's latents (``2 x latent_channels + 1`` inputs)."""
+        return self.unet_channels == 2 * self.latent_channels + 1
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "vae_scale_factor", "default_height", "default_width", "text_max_length",

@@ -96,13 +96,15 @@ class BuildOutcome:
 def build_engine_set(
     package_path: Path,
     builder: EngineBuilder,
-    components: Sequence[str],
+    components: Sequence[str] | None = None,
     force: bool = False,
     on_progress: Callable[[str], None] | None = None,
 ) -> BuildOutcome:
-    """Build (or find up to date) ``builder``'s engine for every component in ``components``."""
+    """Build (or find up to date) ``builder``'s engine for every component in ``components`` (None: every component
+    of the package, so that text-to-image, image-to-image and inpainting all run on the set)."""
     progress = ElapsedLog(log, on_progress)
     package = ModelPackage.open(package_path)
+    components = list(package.manifest.components) if components is None else list(components)
     unknown = [c for c in components if c not in package.manifest.components]
     if unknown:
         raise EngineError(f"package has no {', '.join(unknown)}; components: {', '.join(package.manifest.components)}")

@@ -41,6 +41,9 @@ from runtime.timing import peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
+BOUNDARY_VERSION = 2
+"""How the torch modules are wrapped for export; 2: the UNet up-samples to its skip connections (any multiple of 8
+pixels). A package exported with an older one is re-exported, not taken as up to date."""
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 VERSIONED_LIBRARIES = ("torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime", "numpy")
 
@@ -146,6 +149,7 @@ def _library_versions() -> dict[str, str]:
 def _export_key(source: SourceModels, request: ExportRequest) -> tuple[str, dict[str, Any]]:
     inputs = {
         "schema": SCHEMA_VERSION,
+        "boundaries": BOUNDARY_VERSION,
         "source": source.info,
         "weights_sha256": source.weights_sha256(),
         "dtypes": list(request.dtypes),
@@ -300,10 +304,10 @@ def _write_package(
 
 
 def _example_dims(constants: PipelineConstants) -> dict[str, int]:
-    # Batch 2 (the dynamo exporter specialises batch 1 in the VAE) and spatial sizes of 2 and 3 blocks, so no
-    # symbolic dimension is traced at the special values 0 or 1.
-    multiple = constants.spatial_multiple
-    return symbolic_dims(2, 2 * multiple, 3 * multiple, constants.vae_scale_factor)
+    # Batch 2 (the dynamo exporter specialises batch 1 in the VAE) and odd latent sizes (9 x 13), so no symbolic
+    # dimension is traced at the special values 0 or 1, nor at a size the UNet's down-sampling divides.
+    factor = constants.vae_scale_factor
+    return symbolic_dims(2, 9 * factor, 13 * factor, factor)
 
 
 def _copy_tokenizer(source_dir: Path, dest: Path) -> list[str]:

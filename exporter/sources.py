@@ -15,15 +15,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from core.errors import DiffshipError
 from exporter.vocab import write_clip_tokenizer
-
-if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +47,18 @@ PRESETS: dict[str, ModelPreset] = {
     "sd15": ModelPreset("sd15", "sd1", "stable-diffusion-v1-5/stable-diffusion-v1-5", "Stable Diffusion 1.5"),
     "sd21-base": ModelPreset("sd21-base", "sd2", "stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1 base (512px)"),
     "sd21": ModelPreset("sd21", "sd2", "stabilityai/stable-diffusion-2-1", "Stable Diffusion 2.1 (768px, v-prediction)"),
+    "tiny-inpaint": ModelPreset("tiny-inpaint", "sd1", None,
+                                "SD 1.x inpainting architecture (9-channel UNet) at tiny widths, seeded random weights"),
+    "sd15-inpaint": ModelPreset("sd15-inpaint", "sd1", "stable-diffusion-v1-5/stable-diffusion-inpainting",
+                                "Stable Diffusion 1.5 inpainting (9-channel UNet)"),
+    "sd2-inpaint": ModelPreset("sd2-inpaint", "sd2", "stabilityai/stable-diffusion-2-inpainting",
+                               "Stable Diffusion 2 inpainting (512px, 9-channel UNet)"),
 }
+
+DIFFUSERS_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
+                       "inpaint": "StableDiffusionInpaintPipeline"}
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+"""diffusers folders of these classes hold the same components (an inpainting model's UNet takes 9 channels)."""
 
 HUB_PATTERNS = [
     "model_index.json",
@@ -96,8 +104,9 @@ class SourceModels:
     def scheduler_config(self) -> dict[str, Any]:
         return json.loads(self.scheduler_config_path.read_text(encoding="utf-8"))
 
-    def diffusers_pipeline(self) -> StableDiffusionPipeline:
-        """The reference diffusers pipeline over these very modules (for parity and benchmarks)."""
+    def diffusers_pipeline(self, task: str = "txt2img") -> Any:
+        """The reference diffusers pipeline over these very modules (for parity and benchmarks): text-to-image,
+        ``img2img`` (StableDiffusionImg2ImgPipeline) or ``inpaint`` (StableDiffusionInpaintPipeline)."""
         import diffusers
         from transformers import CLIPTokenizer
 
@@ -105,7 +114,8 @@ class SourceModels:
         scheduler_class = getattr(diffusers, config.get("_class_name", ""), None)
         if scheduler_class is None:
             raise SourceError(f"{self.scheduler_config_path} names no diffusers scheduler class")
-        return diffusers.StableDiffusionPipeline(
+        pipeline_class = getattr(diffusers, DIFFUSERS_PIPELINES[task])
+        return pipeline_class(
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=CLIPTokenizer.from_pretrained(str(self.tokenizer_dir)),
@@ -225,9 +235,9 @@ def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None =
         raise SourceError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
     index = json.loads(index_path.read_text(encoding="utf-8"))
     pipeline_class = index.get("_class_name", "?")
-    if pipeline_class != "StableDiffusionPipeline":
+    if pipeline_class not in SUPPORTED_PIPELINES:
         raise SourceError(
-            f"{folder} holds a {pipeline_class}; diffship exports StableDiffusionPipeline folders (SD 1.x / 2.x)"
+            f"{folder} holds a {pipeline_class}; diffship exports {', '.join(SUPPORTED_PIPELINES)} folders (SD 1.x / 2.x)"
         )
     for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (folder / sub).is_dir():

@@ -22,6 +22,7 @@ GRID_KEYS: dict[str, tuple[str, type]] = {
     "guidance": ("guidance_scale", float),
     "scheduler": ("scheduler", str),
     "seed": ("seed", int),
+    "strength": ("strength", float),
 }
 """Sweepable keys: their ``Pipeline.__call__`` argument and value type."""
 
@@ -99,7 +100,8 @@ def sweep(
         cells.append(row)
     names = {argument: key for key, (argument, _) in GRID_KEYS.items()}
     fixed = {names.get(k, k): v for k, v in arguments.items()
-             if names.get(k) in GRID_KEYS and names[k] not in {axis.key for axis in axes}}
+             if names.get(k) in GRID_KEYS and names[k] not in {axis.key for axis in axes}
+             and not (names[k] == "strength" and arguments.get("image") is None)}  # no strength without an image
     title = f"{prompt!r}  " + "  ".join(f"{k}={'default' if v is None else v}" for k, v in fixed.items())
     sheet = contact_sheet(cells, rows_axis.labels(), columns_axis.labels() if columns_axis else [""], title=title)
     parameters = {"prompt": prompt, "negative_prompt": arguments.get("negative_prompt"),

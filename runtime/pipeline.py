@@ -1,22 +1,30 @@
-"""``runtime.Pipeline``: Stable Diffusion text-to-image over compiled engines, with no torch, diffusers or transformers.
+"""``runtime.Pipeline``: Stable Diffusion text-to-image, image-to-image and inpainting over compiled engines, with no
+torch, diffusers or transformers.
 
     pipe = Pipeline.from_package("packages/tiny", backend="ort")
-    result = pipe("a red fox in the snow", num_inference_steps=20, seed=42)
+    result = pipe("a red fox in the snow", num_inference_steps=20, seed=42)                      # text-to-image
+    result = pipe("an oil painting", image="photo.png", strength=0.6, seed=1)                    # image-to-image
+    result = pipe("a red fox", image="photo.png", mask_image="mask.png", seed=1)                 # inpainting
     result.save("out/")
 
-Seeds: image ``k`` of a call (prompt-major, as diffusers orders them) draws its starting noise, and for ancestral
-samplers its per-step noise, from ``numpy.random.default_rng(seed + k)``. So ``num_images_per_prompt=2`` with seed 42
-gives the same two images as two calls with seeds 42 and 43; numpy's generator is not torch's, so the same seed does
-not give diffusers' picture (inject ``latents`` for that).
+Seeds: image ``k`` of a call (prompt-major, as diffusers orders them) makes its random draws from
+``numpy.random.default_rng(seed + k)``: first the ones ``draw_order`` names (text-to-image: the starting latents;
+image tasks: the VAE draw for the image, the noise added at the starting step, the VAE draw for the masked image), then
+the per-step noise of ancestral samplers. So ``num_images_per_prompt=2`` with seed 42 gives the same two images as two
+calls with seeds 42 and 43. numpy's generator is not torch's, so the same seed does not give diffusers' picture: inject
+the draws for that (``latents``; ``start_noise``, ``image_noise``, ``masked_image_noise``), each
+[batch, latent channels, height/8, width/8] float32; an injected draw is not drawn.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +34,13 @@ from core.errors import PackageError
 from core.package import ModelPackage
 from engines.backend import OpenRequest, open_engines
 from engines.base import EngineBase
+from runtime.conditioning import ImageInput, ImageInputs, ImageTask, latent_sample, prepare_task, read_image_inputs
 from runtime.errors import PipelineError, PipelineInputError
 from runtime.guidance import ClassifierFreeGuidance, run_engine
 from runtime.images import save_png, to_uint8
-from runtime.requests import Limits, Request, StepCallback, latent_shape, validate_request
-from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, scheduler_names
+from runtime.requests import Limits, Request, SizeLimits, StepCallback, latent_shape, validate_request
+from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, scheduler_names, start_index
+from runtime.starts import draw_order, starting_point
 from runtime.timing import StageTimer, Timings
 from runtime.tokenizer import CLIPTokenizer
 
@@ -38,7 +48,6 @@ if TYPE_CHECKING:
     from engines.ort import OrtOptions
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -63,7 +72,8 @@ class GenerationResult:
 
 
 class Pipeline:
-    """Text-to-image over a model package's engines (see the module docstring for what a seed means)."""
+    """Text-to-image, image-to-image and inpainting over a model package's engines (see the module docstring for what
+    a seed means). The VAE encoder is opened on the first call that gives an image."""
 
     def __init__(
         self,
@@ -74,6 +84,7 @@ class Pipeline:
         backend: str,
         precision: str,
         limits: Limits | None = None,
+        open_request: OpenRequest | None = None,
     ) -> None:
         self.package = package
         self.constants = package.constants
@@ -83,6 +94,8 @@ class Pipeline:
         self.backend = backend
         self.precision = precision
         self.limits = limits or Limits()
+        self._open_request = open_request or OpenRequest(precision=precision)
+        self._open_lock = threading.Lock()
 
     @classmethod
     def from_package(
@@ -112,7 +125,11 @@ class Pipeline:
                               cuda_graphs=cuda_graphs, options=ort_options if backend == "ort" else None)
         tokenizer, scheduler_config = _read_text_side(package)
         engines, selection = open_engines(package, package.family.txt2img, backend, request)
-        return cls(package, engines, tokenizer, scheduler_config, selection.backend, selection.precision, limits)
+        # Engines opened later (the VAE encoder, on the first image) come from the same choice.
+        chosen = replace(request, precision=selection.precision,
+                         engine_set=selection.engine_set.name if selection.engine_set is not None else None)
+        return cls(package, engines, tokenizer, scheduler_config, selection.backend, selection.precision, limits,
+                   chosen)
 
     def close(self) -> None:
         for engine in self.engines.values():
@@ -139,12 +156,33 @@ class Pipeline:
         num_images_per_prompt: int = 1,
         latents: np.ndarray | None = None,
         callback: StepCallback | None = None,
+        image: ImageInput | None = None,
+        mask_image: ImageInput | None = None,
+        strength: float | None = None,
+        padding_mask_crop: int | None = None,
+        sample_mode: str = "sample",
+        start_noise: np.ndarray | None = None,
+        image_noise: np.ndarray | None = None,
+        masked_image_noise: np.ndarray | None = None,
     ) -> GenerationResult:
-        """Generate images; see the module docstring for seeds, README for every argument."""
+        """Generate images: from text alone, from ``image`` (image-to-image, ``strength`` default 0.8), or repainting
+        the white part of ``mask_image`` (inpainting, ``strength`` default 1). See the module docstring for seeds and
+        injected draws, README for every argument."""
+        inputs = read_image_inputs(image, mask_image, strength, sample_mode, padding_mask_crop)
+        self._check_task(inputs)
+        if inputs is not None:
+            default_height, default_width = inputs.default_size(
+                self.constants.vae_scale_factor, (self.constants.default_height, self.constants.default_width))
+            height = default_height if height is None else height
+            width = default_width if width is None else width
+        injected = {"latents": latents, "start_noise": start_noise, "image_noise": image_noise,
+                    "masked_image_noise": masked_image_noise}
         request = validate_request(
             self.constants, self.size_limits(), self.limits, prompt, negative_prompt, num_inference_steps,
-            guidance_scale, scheduler, height, width, seed, num_images_per_prompt, latents, callback,
+            guidance_scale, scheduler, height, width, seed, num_images_per_prompt, injected, callback,
+            draws=self._draw_order(inputs), strength=inputs.strength if inputs is not None else None,
         )
+        task = prepare_task(inputs, request.height, request.width) if inputs is not None else None
         timer = StageTimer()
         guided = request.guidance_scale > 1.0
 
@@ -156,27 +194,39 @@ class Pipeline:
             cond_embeddings, uncond_embeddings = self._encode_text(cond_ids, uncond_ids, request.images_per_prompt)
 
         generators = [np.random.default_rng(s) for s in request.seeds]
+        draws = self._initial_draws(request, inputs, generators)
         sampler = self._make_scheduler(request)
-        latents = self._initial_latents(request, generators) * np.float32(sampler.init_noise_sigma)
+        first = start_index(request.steps, task.strength) if task is not None else 0
+        sampler.begin(first)
+        with timer.stage("vae_encode") if task is not None else contextlib.nullcontext():
+            start = starting_point(self.constants, task, draws, sampler, first, request.batch, self._encode_image)
+        latents = start.latents
         denoise = ClassifierFreeGuidance(self.engines["unet"], cond_embeddings, uncond_embeddings, request.guidance_scale)
 
-        for i, timestep in enumerate(sampler.timesteps):
+        for i in range(first, len(sampler.timesteps)):
+            timestep = float(sampler.timesteps[i])
             with timer.stage("scheduler"):
                 model_input = sampler.scale_model_input(latents, i)
+                if start.condition is not None:  # an inpainting UNet also reads the mask and the masked image
+                    model_input = np.concatenate([model_input, start.condition], axis=1)
             with timer.stage("unet"):
-                model_output = denoise(model_input, float(timestep))
+                model_output = denoise(model_input, timestep)
             with timer.stage("scheduler"):
                 noise = _draw(generators, latents.shape[1:]) if sampler.stochastic else None
                 latents = sampler.step(model_output, i, latents, noise=noise)
+                if start.known is not None:  # a 4-channel UNet inpaints: the known region is put back each step
+                    latents = start.keep_known(latents, sampler, i)
             self._check_finite(latents, i, request, sampler)
             if callback is not None:
-                callback(i, float(timestep), latents)
+                callback(i - first, timestep, latents)
 
         with timer.stage("vae_decode"):
             pixels = self._decode(latents)
         self._check_decoded(pixels, request)
         images = to_uint8(pixels)
-        return GenerationResult(images, timer.finish(), self._describe(request, sampler))
+        if task is not None:
+            images = [task.finish(generated) for generated in images]
+        return GenerationResult(images, timer.finish(), self._describe(request, sampler, task))
 
     # ------------------------------------------------------------------ stages
 
@@ -210,6 +260,54 @@ class Pipeline:
         except SchedulerError as exc:
             raise PipelineInputError(str(exc)) from None
 
+    def draw_order(self, task: str = "txt2img", strength: float = 1.0, sample_mode: str = "sample") -> tuple[str, ...]:
+        """The random draws a call of ``task`` (``txt2img``, ``img2img``, ``inpaint``) makes for each image before the
+        step noise, in the order its generator makes them (diffusers' order); an injected draw is not drawn."""
+        return draw_order(self.constants, task, strength, sample_mode)
+
+    def _draw_order(self, inputs: ImageInputs | None) -> tuple[str, ...]:
+        return self.draw_order() if inputs is None else self.draw_order(inputs.task, inputs.strength, inputs.sample_mode)
+
+    def _initial_draws(self, request: Request, inputs: ImageInputs | None,
+                       generators: list[np.random.Generator]) -> dict[str, np.ndarray]:
+        shape = latent_shape(self.constants, request.height, request.width)[1:]
+        draws = {}
+        for name in self._draw_order(inputs):
+            injected = request.injected.get(name)
+            draws[name] = injected if injected is not None else _draw(generators, shape)
+        return draws
+
+    def _encode_image(self, pixels: np.ndarray, noise: np.ndarray | None, batch: int) -> np.ndarray:
+        """Scaled latents of one preprocessed image for each of ``batch`` images: one encoder run, one draw per image
+        from its distribution (``noise`` None: its mean, repeated)."""
+        parameters = run_engine(self.engines["vae_encoder"], {"sample": pixels})["latent_parameters"]
+        latents = latent_sample(parameters, noise)
+        if noise is None:
+            latents = np.repeat(latents, batch, axis=0)
+        if self.constants.shift_factor is not None:
+            latents = latents - np.float32(self.constants.shift_factor)
+        return (latents * np.float32(self.constants.scaling_factor)).astype(np.float32)
+
+    def _check_task(self, inputs: ImageInputs | None) -> None:
+        """The package can do what is asked (an inpainting UNet needs a mask; an image needs a VAE encoder, opened
+        here on first use)."""
+        if self.constants.inpainting_unet and (inputs is None or inputs.mask is None):
+            raise PipelineInputError(
+                f"this package's UNet is an inpainting UNet ({self.constants.unet_channels} input channels: latents, "
+                "mask, masked image): give image and mask_image"
+            )
+        if inputs is None or "vae_encoder" in self.engines:
+            return
+        if "vae_encoder" not in self.package.manifest.components:
+            raise PipelineInputError(
+                f"{self.package.root} has no VAE encoder, which image-to-image and inpainting need; re-export the "
+                "package with this version of diffship (python cli.py export ...) to add it"
+            )
+        with self._open_lock:
+            if "vae_encoder" not in self.engines:
+                opened, _ = open_engines(self.package, ["vae_encoder"], self.backend, self._open_request)
+                self.engines = {**self.engines, **opened}
+
     def _check_finite(self, latents: np.ndarray, i: int, request: Request, sampler: Scheduler) -> None:
         # NaN latents decode to a black image without a word; a clear error at the step it happened is kinder.
         if np.isfinite(latents).all():
@@ -226,20 +324,16 @@ class Pipeline:
 
     def _overflow_hint(self, request: Request) -> str:
         """The likeliest cause of values that overflowed, for the error message."""
-        if request.latents is not None and float(np.abs(request.latents).max()) > 1e3:
-            return (f"the injected latents are far outside a unit normal draw (max |latents| "
-                    f"{float(np.abs(request.latents).max()):.3g}); pass seeded noise or scale them")
+        for name, value in request.injected.items():
+            if float(np.abs(value).max()) > 1e3:
+                return (f"the injected {name} are far outside a unit normal draw (max |{name}| "
+                        f"{float(np.abs(value).max()):.3g}); pass seeded noise or scale them")
         if request.guidance_scale > 100:
             return f"guidance_scale {request.guidance_scale:g} is extreme; diffusers' pipelines use 1 to 15"
         if self.precision == "fp16":
             return ("an fp16 engine overflowing is the usual cause: try fp32 (ONNX Runtime: --precision fp32; "
                     "TensorRT: build-trt --fp32)")
         return "check guidance_scale and the scheduler config"
-
-    def _initial_latents(self, request: Request, generators: list[np.random.Generator]) -> np.ndarray:
-        if request.latents is not None:
-            return request.latents
-        return _draw(generators, latent_shape(self.constants, request.height, request.width)[1:])
 
     def _decode(self, latents: np.ndarray) -> np.ndarray:
         scaled = latents / self.constants.scaling_factor
@@ -249,26 +343,32 @@ class Pipeline:
 
     # ------------------------------------------------------------------ checks and bookkeeping
 
-    def size_limits(self) -> tuple[int, int | None]:
-        """The smallest and largest height/width (pixels) the loaded engines accept; None: no upper limit."""
-        low, high = self.constants.spatial_multiple, None
+    def size_limits(self) -> SizeLimits:
+        """The pixel heights and widths the loaded engines accept (from their shape profiles)."""
         factor = self.constants.vae_scale_factor
-        for component, input_name in (("unet", "sample"), ("vae_decoder", "latent_sample")):
-            profile = self.engines[component].profile
+        bounds: list[list[Any]] = [[self.constants.spatial_multiple, None], [self.constants.spatial_multiple, None]]
+        for component, input_name, latent in SIZED_INPUTS:
+            engine = self.engines.get(component)
+            profile = engine.profile if engine is not None else None
             if profile is None:
                 continue
+            scale = factor if latent else 1
             minimum, _, maximum = profile.shapes[input_name]
-            low = max(low, minimum[2] * factor, minimum[3] * factor)
-            limit = min(maximum[2], maximum[3]) * factor
-            high = limit if high is None else min(high, limit)
-        return low, high
+            for axis, bound in ((2, bounds[0]), (3, bounds[1])):
+                bound[0] = max(bound[0], minimum[axis] * scale)
+                bound[1] = maximum[axis] * scale if bound[1] is None else min(bound[1], maximum[axis] * scale)
+        return SizeLimits(height=(bounds[0][0], bounds[0][1]), width=(bounds[1][0], bounds[1][1]))
 
-    def _describe(self, request: Request, scheduler: Scheduler) -> list[dict[str, Any]]:
+    def _describe(self, request: Request, scheduler: Scheduler, task: ImageTask | None) -> list[dict[str, Any]]:
         """What made each image. The model is named by its identity, not by where it lies on this machine, and a
         negative prompt is recorded only when guidance used it."""
         source, export = self.package.manifest.source, self.package.manifest.export
         model = {"family": self.package.manifest.family, "weights_sha256": source.get("weights_sha256"),
                  "export_key": export.get("key"), "name": source.get("model") or source.get("hub_id")}
+        image_task = {} if task is None else {
+            "task": task.inputs.task, "strength": task.strength, "sample_mode": task.inputs.sample_mode,
+            **({"padding_mask_crop": task.inputs.padding_mask_crop} if task.crop_box is not None else {}),
+        }
         described = []
         for index, seed in enumerate(request.seeds):
             prompt_index = index // request.images_per_prompt
@@ -283,13 +383,18 @@ class Pipeline:
                     "scheduler": request.scheduler or scheduler.class_name,
                     "height": request.height,
                     "width": request.width,
-                    "latents": "injected" if request.latents is not None else "seeded",
+                    **image_task,
+                    **({"injected": sorted(request.injected)} if request.injected else {}),
                     "model": model,
                     "backend": self.backend,
                     "precision": self.precision,
                 }
             )
         return described
+
+
+SIZED_INPUTS = (("unet", "sample", True), ("vae_decoder", "latent_sample", True), ("vae_encoder", "sample", False))
+"""The inputs whose profile bounds the request's size: (component, input, whether its size is in latents)."""
 
 
 def _read_text_side(package: ModelPackage) -> tuple[CLIPTokenizer, dict[str, Any]]:

@@ -10,7 +10,7 @@ import math
 import numbers
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,11 +51,34 @@ class Request:
     width: int
     images_per_prompt: int
     seeds: list[int]
-    latents: np.ndarray | None = field(repr=False)
+    injected: dict[str, np.ndarray] = field(repr=False)
+    """Random draws given by the caller instead of drawn (``latents``, ``start_noise``, ``image_noise``, ...)."""
 
     @property
     def batch(self) -> int:
         return len(self.prompts) * self.images_per_prompt
+
+    @property
+    def latents(self) -> np.ndarray | None:
+        return self.injected.get("latents")
+
+
+DRAW_HELP = {
+    "latents": "the starting latents of text-to-image",
+    "start_noise": "the noise added to the image's latents at the starting step (at strength 1 on an inpainting "
+                   "UNet: the starting latents)",
+    "image_noise": "the draw from the VAE encoder's distribution for the image",
+    "masked_image_noise": "the draw from the VAE encoder's distribution for the masked image (inpainting UNets)",
+}
+"""Every random draw a caller may inject, each [batch, latent channels, height/8, width/8] float32."""
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """The pixel heights and widths the loaded engines accept, inclusive (None: no upper bound)."""
+
+    height: tuple[int, int | None]
+    width: tuple[int, int | None]
 
 
 def latent_shape(constants: PipelineConstants, height: int, width: int, batch: int = 1) -> tuple[int, int, int, int]:
@@ -65,7 +88,7 @@ def latent_shape(constants: PipelineConstants, height: int, width: int, batch: i
 
 def validate_request(
     constants: PipelineConstants,
-    size_limits: tuple[int, int | None],
+    size_limits: SizeLimits,
     limits: Limits,
     prompt: Any,
     negative_prompt: Any,
@@ -76,10 +99,15 @@ def validate_request(
     width: Any,
     seed: Any,
     images_per_prompt: Any,
-    latents: Any,
+    injected: Mapping[str, Any],
     callback: Any,
+    draws: Sequence[str] = ("latents",),
+    strength: float | None = None,
 ) -> Request:
-    """A checked request, or a PipelineInputError saying what was wrong and what is allowed."""
+    """A checked request, or a PipelineInputError saying what was wrong and what is allowed.
+
+    ``injected``: caller-given random draws by name (None values ignored); ``draws``: the ones this call makes (any
+    other given is an error, not silently unused). ``strength``: the share of the schedule an image task runs."""
     prompts = _prompt_list(prompt, "prompt", limits)
     negatives = None if negative_prompt is None else _prompt_list(negative_prompt, "negative_prompt", limits)
     if negatives is not None and isinstance(negative_prompt, str):
@@ -89,6 +117,11 @@ def validate_request(
             f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one per prompt or one string"
         )
     steps = _integer(steps, "num_inference_steps", 1, limits.max_steps)
+    if strength is not None and int(steps * strength) < 1:
+        raise PipelineInputError(
+            f"strength {strength:g} of {steps} steps runs no step (int({steps} x {strength:g}) = 0, as diffusers "
+            f"counts); raise strength to at least {1 / steps:.3g} or give more steps"
+        )
     guidance = _guidance(guidance_scale)
     if scheduler is not None:
         if not isinstance(scheduler, str):
@@ -108,12 +141,28 @@ def validate_request(
     if seed is None:
         seed = secrets.randbelow(2**31)
     seed = _integer(seed, "seed", 0, MAX_SEED - batch + 1, "(or None for a random one)")
-    if latents is not None:
-        latents = _latents(constants, latents, height, width, batch, len(prompts), images_per_prompt)
+    checked = {}
+    for name, value in injected.items():
+        if value is None:
+            continue
+        if name not in draws:
+            raise PipelineInputError(_unused_draw(name, draws))
+        checked[name] = _noise(constants, name, value, height, width, batch, len(prompts), images_per_prompt)
     if callback is not None and not callable(callback):
         raise PipelineInputError(f"callback must be callable (step, timestep, latents), got {type(callback).__name__}")
     return Request(prompts, negatives, steps, guidance, scheduler, int(height), int(width), images_per_prompt,
-                   [seed + k for k in range(batch)], latents)
+                   [seed + k for k in range(batch)], checked)
+
+
+def _unused_draw(name: str, draws: Sequence[str]) -> str:
+    if name == "latents":
+        return ("latents are the starting point of text-to-image; with an image, inject start_noise (and image_noise) "
+                "instead")
+    if name not in DRAW_HELP:
+        return f"unknown random draw {name!r}; known: {', '.join(DRAW_HELP)}"
+    return (f"{name} ({DRAW_HELP[name]}) is not drawn by this call; it draws {', '.join(draws)} "
+            "(image-to-image and inpainting draw image_noise only with sample_mode 'sample'; an inpainting UNet at "
+            "strength 1 starts from noise and does not encode the image; masked_image_noise is for inpainting UNets)")
 
 
 def _integer(value: Any, name: str, low: int, high: int, note: str = "") -> int:
@@ -160,21 +209,23 @@ def _prompt_list(value: Any, name: str, limits: Limits) -> list[str]:
     return texts
 
 
-def _check_size(constants: PipelineConstants, size_limits: tuple[int, int | None], limits: Limits, height: Any,
-                width: Any, batch: int) -> None:
+def _check_size(constants: PipelineConstants, size_limits: SizeLimits, limits: Limits, height: Any, width: Any,
+                batch: int) -> None:
     multiple = constants.spatial_multiple
-    low, high = size_limits
     for name, value in (("height", height), ("width", width)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise PipelineInputError(f"{name} must be an integer number of pixels, got {value!r:.60}")
         if value % multiple:
-            raise PipelineInputError(
-                f"{name} {value} is not a multiple of {multiple} pixels (this model's VAE factor "
-                f"{constants.vae_scale_factor} x its UNet's down-sampling); try {max(multiple, round(value / multiple) * multiple)}"
-            )
+            raise PipelineInputError(f"{name} {value} is not a multiple of {multiple} pixels ({constants.size_rule}); "
+                                     f"try {max(multiple, round(value / multiple) * multiple)}")
+    (low_h, high_h), (low_w, high_w) = size_limits.height, size_limits.width
+    if (low_h, low_w) == (high_h, high_w) and (height, width) != (low_h, low_w):
+        raise PipelineInputError(f"the loaded engines take {low_w}x{low_h} (width x height) only: they were built with a "
+                                 f"static profile; ask for that size or build engines with a size range")
+    for name, value, (low, high) in (("height", height, size_limits.height), ("width", width, size_limits.width)):
         if value < low or (high is not None and value > high):
-            upper = f"{high}" if high is not None else "unlimited"
-            raise PipelineInputError(f"{name} {value} is outside what the loaded engines accept ({low}..{upper})")
+            raise PipelineInputError(f"{name} {value} is outside what the loaded engines accept "
+                                     f"({low}..{'unlimited' if high is None else high})")
     if height * width > limits.max_pixels:
         raise PipelineInputError(f"{height}x{width} is {height * width:,} pixels per image; at most "
                                  f"{limits.max_pixels:,} (Limits.max_pixels)")
@@ -187,22 +238,21 @@ def _check_size(constants: PipelineConstants, size_limits: tuple[int, int | None
         )
 
 
-def _latents(constants: PipelineConstants, latents: Any, height: int, width: int, batch: int, prompts: int,
-             images_per_prompt: int) -> np.ndarray:
+def _noise(constants: PipelineConstants, name: str, value: Any, height: int, width: int, batch: int, prompts: int,
+           images_per_prompt: int) -> np.ndarray:
     expected = latent_shape(constants, height, width, batch)
-    if not isinstance(latents, np.ndarray) or latents.shape != expected or not np.issubdtype(latents.dtype, np.floating):
-        got = (f"{latents.dtype} array of shape {latents.shape}" if isinstance(latents, np.ndarray)
-               else type(latents).__name__)
+    if not isinstance(value, np.ndarray) or value.shape != expected or not np.issubdtype(value.dtype, np.floating):
+        got = f"{value.dtype} array of shape {value.shape}" if isinstance(value, np.ndarray) else type(value).__name__
         raise PipelineInputError(
-            f"latents must be a numpy array of floats of shape {expected} (batch {prompts} prompts x "
+            f"{name} must be a numpy array of floats of shape {expected} (batch {prompts} prompts x "
             f"{images_per_prompt} images, latent channels, height/{constants.vae_scale_factor}, "
             f"width/{constants.vae_scale_factor}), got {got}"
         )
-    if not np.all(np.isfinite(latents)):
-        raise PipelineInputError("latents contain NaN or infinite values")
-    converted: np.ndarray = latents.astype(np.float32)
+    if not np.all(np.isfinite(value)):
+        raise PipelineInputError(f"{name} contain NaN or infinite values")
+    converted: np.ndarray = value.astype(np.float32)
     if not np.all(np.isfinite(converted)):
-        raise PipelineInputError("latents overflow float32 (values beyond 3.4e38)")
+        raise PipelineInputError(f"{name} overflow float32 (values beyond 3.4e38)")
     return converted
 
 

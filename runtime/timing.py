@@ -1,4 +1,5 @@
-"""Per-stage wall-clock timings of one generation (tokenize, text encoder, every UNet step, scheduler, VAE decode)."""
+"""Per-stage wall-clock timings of one generation (tokenize, text encoder, every UNet step, scheduler, VAE encode and
+decode)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ class Timings:
     """Seconds of each UNet step (one or more engine calls: the guided batch, split if the engine caps it)."""
     scheduler: float = 0.0
     """scale_model_input + step + noise draws, summed over steps."""
+    vae_encode: float = 0.0
+    """Image tasks: preprocessing done, the VAE encoder runs and the starting latents are made."""
     vae_decode: float = 0.0
     total: float = 0.0
 
@@ -30,11 +33,13 @@ class Timings:
         return self.total - sum(self.stage_seconds().values())
 
     def stage_seconds(self) -> dict[str, float]:
+        """Seconds per stage; ``vae_encode`` only where an image was encoded (image-to-image, inpainting)."""
         return {
             "tokenize": self.tokenize,
             "text_encoder": self.text_encoder,
             "unet": self.unet,
             "scheduler": self.scheduler,
+            **({"vae_encode": self.vae_encode} if self.vae_encode else {}),
             "vae_decode": self.vae_decode,
         }
 
@@ -45,6 +50,7 @@ class Timings:
             text_encoder=self.text_encoder + other.text_encoder,
             unet_steps=self.unet_steps + other.unet_steps,
             scheduler=self.scheduler + other.scheduler,
+            vae_encode=self.vae_encode + other.vae_encode,
             vae_decode=self.vae_decode + other.vae_decode,
             total=self.total + other.total,
         )

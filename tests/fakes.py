@@ -69,8 +69,11 @@ def toy_functions(constants: PipelineConstants, seed: int = 0) -> dict[str, Func
         # (a BLAS matrix product rounds differently with the batch size).
         text = (feeds["encoder_hidden_states"].astype(np.float32).mean(axis=1)[:, :, None] * mix).sum(axis=1)
         time = (feeds["timestep"].astype(np.float32) / 1000.0)[:, None, None, None]
-        sample = feeds["sample"].astype(np.float32)
-        return {"model_output": 0.3 * sample + text[:, :, None, None] + 0.1 * time * np.tanh(sample)}
+        sample = feeds["sample"].astype(np.float32)[:, : constants.latent_channels]
+        # An inpainting UNet's extra channels (mask, masked-image latents) shift the output where they are set.
+        extra = feeds["sample"].astype(np.float32)[:, constants.latent_channels :].mean(axis=1, keepdims=True) \
+            if feeds["sample"].shape[1] > constants.latent_channels else 0.0
+        return {"model_output": 0.3 * sample + text[:, :, None, None] + 0.1 * time * np.tanh(sample) + 0.2 * extra}
 
     def vae_decoder(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         latents = feeds["latent_sample"].astype(np.float32)[:, :3]

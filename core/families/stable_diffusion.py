@@ -17,6 +17,7 @@ COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 def io_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
     """The fp32 I/O contract of every component, with symbolic batch and spatial dimensions."""
     latent = ("batch", constants.latent_channels, "latent_height", "latent_width")
+    unet_input = ("batch", constants.unet_channels, "latent_height", "latent_width")
     image = ("batch", 3, "image_height", "image_width")
     tokens = ("batch", constants.text_max_length)
     hidden = ("batch", constants.text_max_length, constants.text_hidden_size)
@@ -32,7 +33,7 @@ def io_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
         ComponentSpec(
             "unet",
             inputs=(
-                TensorSpec("sample", "float32", latent),
+                TensorSpec("sample", "float32", unet_input),
                 TensorSpec("timestep", "float32", ("batch",)),
                 TensorSpec("encoder_hidden_states", "float32", hidden),
             ),

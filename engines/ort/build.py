@@ -34,7 +34,6 @@ from engines.ort.targets import TARGETS, ort_engine_set_name, target_tag
 log = logging.getLogger(__name__)
 
 ORT_BUILD_SCHEMA = 2
-DEFAULT_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 _CHAIN_OPS = ("Reshape", "Transpose")
 
 
@@ -259,7 +258,7 @@ class OrtBuilder:
 def build_ort_engines(
     package_path: Path,
     precision: str = "fp32",
-    components: Sequence[str] = DEFAULT_COMPONENTS,
+    components: Sequence[str] | None = None,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
     target: str = "cpu",

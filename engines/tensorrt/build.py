@@ -43,7 +43,6 @@ from engines.tensorrt.api import RTX_ARCHS, Library, load_library, local_gpu_arc
 log = logging.getLogger(__name__)
 
 BUILD_SCHEMA = 1
-TXT2IMG_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 COMPUTE_LAYER_KINDS = {
     # Myelin (the compiler behind TensorRT-RTX and TensorRT 10's fused regions) and classic TensorRT layer names.
     "correlation": "convolution",
@@ -70,7 +69,8 @@ class BuildRequest:
     package: Path
     config: BuildConfig
     shapes: ShapeRequest
-    components: tuple[str, ...] = TXT2IMG_COMPONENTS
+    components: tuple[str, ...] | None = None
+    """None: every component of the package."""
     force: bool = False
 
 
@@ -446,6 +446,10 @@ def build_plan(
     builder_config.progress_monitor = monitor
     with _interrupts_cancel(monitor):
         serialized = builder.build_serialized_network(network, builder_config)
+    if serialized is None and getattr(monitor, "cancelled", False):
+        # Cancelled by an interrupt whose re-delivery did not raise here (seen once under heavy load): still an
+        # interrupt, not a build failure.
+        raise KeyboardInterrupt
     if serialized is None:
         raise EngineError(
             f"{library.name} failed to build {onnx_path.name}: " + " | ".join(_errors(logger) or ["no error message"])

@@ -6,11 +6,13 @@ optional arguments, exactly the I/O contract of ``core.families.stable_diffusion
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from core.families.stable_diffusion import COMPONENTS
 from core.specs import PipelineConstants
@@ -29,12 +31,68 @@ class TextEncoderBoundary(nn.Module):
         return output.last_hidden_state, output.pooler_output
 
 
+UPSAMPLE_TO_SKIP = 62
+"""A ``num_upsamplers`` that no latent size is a multiple of 2**it (which still fits the graph's int64), so that the
+UNet always up-samples to the size of the skip connection it joins (diffusers' path for sizes that are not multiples of
+8 latents) instead of doubling."""
+
+
+class SkipSizedUpsample(nn.Module):
+    """diffusers' ``Upsample2D`` (nearest interpolation, then its convolution) without its two memory workarounds,
+    ``contiguous()`` above 64 images or 2**31 elements: they change no number, but their shape tests are branches that
+    torch.export cannot keep symbolic (it specialises the batch to < 64, fails, and exports again more slowly)."""
+
+    def __init__(self, upsample: nn.Module) -> None:
+        super().__init__()
+        self.upsample = upsample
+
+    def forward(self, hidden_states: torch.Tensor, output_size: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if output_size is None:
+            hidden_states = F.interpolate(hidden_states, scale_factor=2.0, mode="nearest")
+        else:
+            hidden_states = F.interpolate(hidden_states, size=output_size, mode="nearest")
+        conv: Any = self.upsample.conv if self.upsample.name == "conv" else self.upsample.Conv2d_0
+        return conv(hidden_states)  # type: ignore[no-any-return]
+
+
+def _plain_upsample(module: nn.Module) -> bool:
+    """An ``Upsample2D`` that is nearest interpolation then a convolution, which SkipSizedUpsample reproduces."""
+    settings: Any = module
+    return bool(type(module).__name__ == "Upsample2D" and getattr(module, "norm", None) is None
+                and settings.interpolate and settings.use_conv and not settings.use_conv_transpose)
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    # A copy that shares parameters and submodules but has its own attributes and child table, so that what is
+    # replaced in the copy is not replaced in the source (diffusers' reference keeps its own modules).
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    return clone
+
+
 class UNetBoundary(nn.Module):
-    """(sample, timestep[batch], encoder_hidden_states) -> model output (noise, or v for v-prediction)."""
+    """(sample, timestep[batch], encoder_hidden_states) -> model output (noise, or v for v-prediction).
+
+    diffusers doubles at each up-sampling when the latent size is a multiple of 2**num_upsamplers and takes the skip
+    connection's size otherwise, a branch on the input's shape that one traced graph cannot hold. The boundary always
+    takes the second path, which gives the same numbers at every size (nearest interpolation to the same size), so the
+    exported graph serves every size diffusers accepts: any multiple of the VAE's factor. The source UNet is left as
+    it was: the boundary holds a shallow copy with the same weights.
+    """
 
     def __init__(self, unet: Any) -> None:
         super().__init__()
-        self.unet = unet
+        clone: Any = _shallow(unet)
+        clone.num_upsamplers = UPSAMPLE_TO_SKIP
+        blocks = []
+        for block in unet.up_blocks:
+            upsamplers = getattr(block, "upsamplers", None)
+            if upsamplers is not None and all(_plain_upsample(u) for u in upsamplers):
+                block = _shallow(block)
+                block.upsamplers = nn.ModuleList([SkipSizedUpsample(u) for u in upsamplers])
+            blocks.append(block)
+        clone.up_blocks = nn.ModuleList(blocks)
+        self.unet = clone
 
     def forward(
         self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
@@ -80,7 +138,6 @@ def derive_constants(source: SourceModels) -> PipelineConstants:
     """The numbers the runtime needs, read from the models' own configs (never assumed)."""
     unet_config, vae_config = source.unet.config, source.vae.config
     vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
-    up_factor = 2 ** (len(unet_config.block_out_channels) - 1)
     tokenizer_config = json.loads((source.tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
     pad_token = tokenizer_config.get("pad_token", "<|endoftext|>")
     if isinstance(pad_token, dict):
@@ -88,7 +145,7 @@ def derive_constants(source: SourceModels) -> PipelineConstants:
     sample_size = unet_config.sample_size
     height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
     return PipelineConstants(
-        latent_channels=int(unet_config.in_channels),
+        latent_channels=int(vae_config.latent_channels),
         vae_scale_factor=vae_scale_factor,
         scaling_factor=float(vae_config.scaling_factor),
         shift_factor=getattr(vae_config, "shift_factor", None),
@@ -98,5 +155,6 @@ def derive_constants(source: SourceModels) -> PipelineConstants:
         text_max_length=int(tokenizer_config.get("model_max_length", source.text_encoder.config.max_position_embeddings)),
         text_hidden_size=int(source.text_encoder.config.hidden_size),
         pad_token=str(pad_token),
-        spatial_multiple=vae_scale_factor * up_factor,
+        spatial_multiple=vae_scale_factor,  # the UNet boundary takes any latent size (see UNetBoundary)
+        unet_in_channels=int(unet_config.in_channels),
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.schedulers.common import Scheduler, SchedulerError, UnsupportedConfigError
+from runtime.schedulers.common import Scheduler, SchedulerError, UnsupportedConfigError, start_index
 from runtime.schedulers.ddim import DDIM
 from runtime.schedulers.dpm_solver import DPMSolverMultistep
 from runtime.schedulers.euler import Euler
@@ -30,6 +30,7 @@ __all__ = [
     "make_scheduler",
     "resolve_scheduler",
     "scheduler_names",
+    "start_index",
 ]
 
 SCHEDULER_CLASSES: dict[str, type[Scheduler]] = {

@@ -339,6 +339,8 @@ class Scheduler:
         self.num_inference_steps = int(num_inference_steps)
         self.generator = generator
         self.steps_taken = 0
+        """Steps taken since ``begin_index`` (multistep warm-up counts these, not the index)."""
+        self.begin_index = 0
         self.config = resolve_config(self.class_name, config, self.DEFAULTS, self.CHOICES, self.FIXED, self.ALIASES)
         self.alphas_cumprod = make_alphas_cumprod(self.config, self.class_name, zero_snr_floor=self.zero_snr_floor)
         self._schedule(self.num_inference_steps)
@@ -356,6 +358,22 @@ class Scheduler:
     def step(self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError
 
+    def begin(self, index: int) -> None:
+        """Start at step ``index`` instead of 0 (image-to-image), as diffusers' ``set_begin_index``: the first step
+        taken is ``index`` and multistep histories start empty there."""
+        if self.steps_taken:
+            raise SchedulerError(f"{self.class_name}: begin() comes before the first step")
+        if not 0 <= index < len(self.timesteps):
+            raise SchedulerError(f"{self.class_name}: begin index {index} is outside 0..{len(self.timesteps) - 1}")
+        self.begin_index = index
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        """``original`` noised to the level of step ``index`` (diffusers' ``add_noise`` at that step's timestep)."""
+        timestep = int(self.timesteps[index])
+        alpha_cumprod = self.alphas_cumprod[timestep]
+        noised = np.sqrt(alpha_cumprod) * original + np.sqrt(F32(1.0) - alpha_cumprod) * noise
+        return noised.astype(F32, copy=False)
+
     def final_alpha_cumprod(self) -> np.float32:
         """The cumulative alpha after the last step: 1 with ``set_alpha_to_one``, else the first train step's."""
         return F32(1.0) if self.config["set_alpha_to_one"] else self.alphas_cumprod[0]
@@ -363,10 +381,11 @@ class Scheduler:
     def _check_index(self, i: int, in_order: bool = False) -> None:
         if not 0 <= i < len(self.timesteps):
             raise SchedulerError(f"step index {i} is outside 0..{len(self.timesteps) - 1}")
-        if in_order and i != self.steps_taken:
+        expected = self.begin_index + self.steps_taken
+        if in_order and i != expected:
             raise SchedulerError(
-                f"{self.class_name} keeps a multistep history: expected step {self.steps_taken}, got {i}; "
-                "step in order 0, 1, 2, ... or build a new scheduler"
+                f"{self.class_name} keeps a multistep history: expected step {expected}, got {i}; "
+                "step in order (from begin_index), or build a new scheduler"
             )
 
     def _draw(self, noise: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -379,11 +398,22 @@ class Scheduler:
         return self.generator.standard_normal(shape, dtype=F32)
 
 
+def start_index(num_inference_steps: int, strength: float, order: int = 1) -> int:
+    """The step image-to-image starts from: ``strength`` of the schedule is run, counted from its end, as diffusers'
+    img2img pipelines compute it (``int(steps * strength)`` steps)."""
+    run = min(int(num_inference_steps * strength), num_inference_steps)
+    return max(num_inference_steps - run, 0) * order
+
+
 class MultistepSigmaScheduler(Scheduler):
     """DPM-Solver++ and UniPC: steps between noise levels ``sigmas`` in log-SNR ``lambda``, in order."""
 
     zero_snr_floor = True
     sigmas: np.ndarray
+
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        alpha_t, sigma_t = alpha_sigma(self.sigmas[index])
+        return (alpha_t * original + sigma_t * noise).astype(F32, copy=False)
 
     def _lambda(self, index: int) -> tuple[np.float32, np.float32, np.float32]:
         alpha, sigma = alpha_sigma(self.sigmas[index])

@@ -52,6 +52,10 @@ class SigmaScheduler(Scheduler):
         sigma = self.sigmas[i]
         return (sample / np.sqrt(sigma**2 + F32(1.0))).astype(F32, copy=False)
 
+    def add_noise(self, original: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        # VE form: the sample is x0 + sigma * noise.
+        return (original + noise * self.sigmas[index]).astype(F32, copy=False)
+
     def predict_original(self, model_output: np.ndarray, sigma: np.float32, sample: np.ndarray) -> np.ndarray:
         # The VE form of x0: the sample is x0 + sigma * noise, the UNet saw it scaled by 1/sqrt(sigma^2 + 1).
         prediction = self.config["prediction_type"]

@@ -49,15 +49,18 @@ class PNDM(Scheduler):
         self._check_index(i, in_order=True)
         timestep = int(self.timesteps[i])
         prev_timestep = timestep - self._stride
-        if i != 1:
+        # diffusers branches on how many steps were taken, not on the index: an image-to-image run that begins
+        # mid-schedule treats its second step as the repeat, as diffusers does.
+        taken = self.steps_taken
+        if taken != 1:
             self._history = [*self._history[-3:], model_output]
         else:
             # Step 1 re-evaluates the first timestep: average the two outputs and restart from the first sample.
             prev_timestep, timestep = timestep, timestep + self._stride
         history = self._history
-        if len(history) == 1 and i == 0:
+        if len(history) == 1 and taken == 0:
             self._first_sample = sample
-        elif len(history) == 1 and i == 1:
+        elif len(history) == 1 and taken == 1:
             model_output = (model_output + history[-1]) / 2
             assert self._first_sample is not None
             sample, self._first_sample = self._first_sample, None

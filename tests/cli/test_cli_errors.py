@@ -73,7 +73,7 @@ def test_export_bad_dtype(tmp_path: Path) -> None:
         (["--steps", "many"], "--steps"),
         (["--guidance", "-1"], "guidance_scale"),
         (["--guidance", "nan"], "guidance_scale"),
-        (["--width", "100"], "multiple of 64"),
+        (["--width", "100"], "not a multiple of 8 pixels"),
         (["--height", "0"], "height"),
         (["--scheduler", "heun"], "known: ddim, pndm"),
         (["--images", "0"], "num_images_per_prompt"),

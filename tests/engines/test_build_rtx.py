@@ -21,18 +21,20 @@ from engines.errors import EngineError, MissingLibraryError  # noqa: E402
 from engines.tensorrt.build import BuildRequest, build_engines  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 
-COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
+"""Every component: a build covers them all by default, the VAE encoder for image input included."""
 
 
 @pytest.fixture(scope="module")
 def built(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
-    """A copy of the tiny package with fp16 engines for sm89, built once for the module."""
+    """A copy of the tiny package with fp16 engines for sm89, built once for the module. The profile is tuned for
+    72x72 pixels (9 latents, not a multiple of the UNet's down-sampling): the builder takes the UNet's graph there."""
     package = tmp_path_factory.mktemp("rtx") / "tiny"
     shutil.copytree(tiny_package, package)
     constants = ModelPackage.open(package).constants
     request = BuildRequest(
         package, BuildConfig(backend="trt-rtx", precision="fp16", archs=("sm89",)),
-        shape_request(constants, Range(1, 1, 2), Range(64, 64, 128), Range(64, 64, 128)),
+        shape_request(constants, Range(1, 1, 2), Range(64, 72, 128), Range(64, 72, 128)),
     )
     return package, build_engines(request)
 
@@ -53,7 +55,7 @@ def test_fp16_build_writes_plans_listed_with_sha256(built) -> None:
             package.variant(component, "fp16").onnx].sha256
         assert entry.profile.shapes  # recorded min/opt/max
     assert package.verify_all() == []
-    assert engine_set.components["unet"].profile.shapes["sample"] == ((1, 4, 8, 8), (2, 4, 8, 8), (4, 4, 16, 16))
+    assert engine_set.components["unet"].profile.shapes["sample"] == ((1, 4, 8, 8), (2, 4, 9, 9), (4, 4, 16, 16))
 
 
 def test_fp16_build_runs_convolutions_and_matmuls_in_half(built) -> None:
@@ -76,7 +78,7 @@ def test_second_build_is_skipped_and_force_rebuilds(built) -> None:
     constants = ModelPackage.open(package_path).constants
     request = BuildRequest(
         package_path, BuildConfig(backend="trt-rtx", precision="fp16", archs=("sm89",)),
-        shape_request(constants, Range(1, 1, 2), Range(64, 64, 128), Range(64, 64, 128)),
+        shape_request(constants, Range(1, 1, 2), Range(64, 72, 128), Range(64, 72, 128)),
     )
     assert all(c.skipped for c in build_engines(request).components)
     forced = build_engines(BuildRequest(**{**request.__dict__, "force": True, "components": ("text_encoder",)}))
@@ -88,7 +90,7 @@ def test_changed_profile_rebuilds(built) -> None:
     constants = ModelPackage.open(package_path).constants
     request = BuildRequest(
         package_path, BuildConfig(backend="trt-rtx", precision="fp16", archs=("sm89",)),
-        shape_request(constants, Range(1, 1, 3), Range(64, 64, 128), Range(64, 64, 128)), components=("text_encoder",),
+        shape_request(constants, Range(1, 1, 3), Range(64, 72, 128), Range(64, 72, 128)), components=("text_encoder",),
     )
     result = build_engines(request)
     assert not result.components[0].skipped
@@ -191,7 +193,7 @@ def test_missing_library_names_the_extra(monkeypatch) -> None:
         (["--backend", "trt-rtx"], "--arch"),
         (["--backend", "trt"], "needs one (none found)"),
         (["--backend", "trt-rtx", "--arch", "sm89", "--static", "--batch", "1-2"], "--static"),
-        (["--backend", "trt-rtx", "--arch", "sm89", "--min-size", "100"], "multiple of 64"),
+        (["--backend", "trt-rtx", "--arch", "sm89", "--min-size", "100"], "not a multiple of 8 pixels"),
         (["--backend", "trt-rtx", "--arch", "banana"], "compute capability"),
         (["--backend", "trt-rtx", "--arch", "sm89", "--components", "unet,refiner"], "refiner"),
         (["--backend", "trt-rtx", "--arch", "sm89", "--workspace", "lots"], "--workspace"),

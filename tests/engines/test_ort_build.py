@@ -87,7 +87,7 @@ def test_cuda_target_fuses_attention_for_the_cuda_provider_and_the_cpu_ignores_i
     name = outcome.engine_set
     assert name == "ort-cuda-fp16"
     fused = {c.component: c.entry.fused_attention for c in outcome.components}  # type: ignore[attr-defined]
-    assert fused == {"text_encoder": 0, "unet": 20, "vae_decoder": 1}
+    assert fused == {"text_encoder": 0, "unet": 20, "vae_decoder": 1, "vae_encoder": 1}
     package = ModelPackage.open(built)
     engine_set = package.manifest.engines[name]
     assert engine_set.target == "cuda" and engine_set.precision == "fp16"

@@ -71,7 +71,8 @@ def test_export_onnx_io_matches_manifest_spec(package: ModelPackage) -> None:
 def test_export_records_constants_from_model_configs(package: ModelPackage) -> None:
     constants = package.constants
     assert constants.vae_scale_factor == 8 and constants.latent_channels == 4
-    assert constants.spatial_multiple == 64 and constants.text_max_length == 77
+    assert constants.spatial_multiple == 8 and constants.text_max_length == 77  # any multiple of 8 pixels
+    assert constants.unet_channels == 4 and not constants.inpainting_unet
     expected = {"tiny": ("epsilon", "<|endoftext|>"), "tiny-v": ("v_prediction", "!")}[package.manifest.source["model"]]
     assert (constants.prediction_type, constants.pad_token) == expected
     assert package.manifest.export["versions"]["torch"].startswith("2.13")

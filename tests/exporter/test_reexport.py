@@ -24,7 +24,7 @@ def test_force_reexport_keeps_engines_built_from_unchanged_onnx(tmp_path: Path) 
     lines: list[str] = []
     export_package(ExportRequest(**{**request.__dict__, "force": True}), on_progress=lines.append)
     package = ModelPackage.open(out)
-    assert set(package.manifest.engines[set_name].components) == {"text_encoder", "unet", "vae_decoder"}
+    assert set(package.manifest.engines[set_name].components) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
     assert package.verify_all() == [] and any("kept the engines" in line for line in lines)
 
     lines.clear()

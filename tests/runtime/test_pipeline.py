@@ -151,7 +151,7 @@ def test_fp16_precision_loads_the_fp16_export(tiny_package: Path) -> None:
         ({"guidance_scale": float("nan")}, "guidance_scale must be finite"),
         ({"guidance_scale": -1.0}, "guidance_scale must be finite and >= 0"),
         ({"guidance_scale": "7"}, "guidance_scale must be a number"),
-        ({"height": 100}, "not a multiple of 64"),
+        ({"height": 100}, "not a multiple of 8 pixels"),
         ({"width": 0}, "width 0 is outside"),
         ({"height": 64.0}, "integer number of pixels"),
         ({"scheduler": "heun"}, "unknown scheduler 'heun'; known: ddim"),

@@ -90,7 +90,7 @@ def test_static_guided_profile_serves_an_unguided_call(package: Path) -> None:
 
 def test_sizes_outside_the_profiles_are_refused_before_any_engine_runs(package: Path) -> None:
     pipe, backend = open_pipe(package, unet=(1, 2))
-    with pytest.raises(PipelineInputError, match="outside what the loaded engines accept"):
+    with pytest.raises(PipelineInputError, match=r"take 64x64 \(width x height\) only"):
         pipe("a red fox", height=128, width=64, num_inference_steps=2)
     assert all(not engine.calls for engine in backend.opened)
 

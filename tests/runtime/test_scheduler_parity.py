@@ -101,3 +101,47 @@ def test_scheduler_matches_diffusers(case: Case, steps: int, monkeypatch: pytest
             scale = max(float(np.max(np.abs(expected[finite]))), step_input_scale)
             error = float(np.max(np.abs(our_sample[finite] - expected[finite])))
             assert error <= STEP_TOLERANCE * scale, f"step {i} (t={t}): max diff {error:.3e} vs scale {scale:.3e}"
+
+
+MID_SCHEDULE = [(name, steps, strength) for name in ("ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras",
+                                                        "lcm", "unipc")
+                for steps, strength in ((10, 0.3), (10, 0.75), (25, 0.5), (4, 1.0))]
+
+
+@pytest.mark.parametrize("name,steps,strength", MID_SCHEDULE, ids=lambda v: str(v))
+def test_starting_mid_schedule_matches_diffusers(name: str, steps: int, strength: float,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Image-to-image: begin at the step strength gives, noise the image there with add_noise, run the rest; as
+    diffusers' img2img pipelines drive a scheduler (set_begin_index where the class has it)."""
+    from runtime.schedulers import start_index
+    from tests.runtime.scheduler_grid import SD15, SD21
+
+    base = SD21 if name == "unipc" else SD15
+    case = Case(name, "sd21" if base is SD21 else "sd15")
+    reference = reference_scheduler(case, steps)
+    ours = make_scheduler(name, case.config(), steps)
+    begin = start_index(steps, strength, getattr(reference, "order", 1))
+    if hasattr(reference, "set_begin_index"):
+        reference.set_begin_index(begin)
+    ours.begin(begin)
+    noise = np.random.default_rng(5).standard_normal((len(ours.timesteps) + 2, *SHAPE)).astype(np.float32)
+    module = importlib.import_module(type(reference).__module__)
+    if hasattr(module, "randn_tensor"):
+        monkeypatch.setattr(module, "randn_tensor", NoiseFeed(noise[1:]))
+    original = np.random.default_rng(4).standard_normal(SHAPE).astype(np.float32)
+    timesteps = reference.timesteps[begin:]
+    ref_sample = reference.add_noise(torch.from_numpy(original), torch.from_numpy(noise[0]), timesteps[:1])
+    our_sample = ours.add_noise(original, noise[0], begin)
+    np.testing.assert_allclose(our_sample, ref_sample.numpy(), rtol=1e-5, atol=1e-5, err_msg="add_noise differs")
+    for offset, t in enumerate(timesteps):
+        i = begin + offset
+        ref_input = reference.scale_model_input(ref_sample, t)
+        our_input = ours.scale_model_input(our_sample, i)
+        ref_sample = reference.step(torch.from_numpy(fake_model(ref_input.numpy(), float(t))), t, ref_sample,
+                                    return_dict=False)[0]
+        our_sample = ours.step(fake_model(our_input, float(ours.timesteps[i])), i, our_sample,
+                               noise=noise[1 + offset] if ours.stochastic else None)
+        expected = ref_sample.numpy()
+        scale = max(float(np.max(np.abs(expected))), 1.0)
+        error = float(np.max(np.abs(our_sample - expected)))
+        assert error <= STEP_TOLERANCE * scale, f"step {i} (t={t}): max diff {error:.3e} vs scale {scale:.3e}"

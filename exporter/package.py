@@ -23,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnx.checker
+import onnx.shape_inference
 import torch
 
 from core.errors import DiffshipError, PackageError
@@ -94,6 +97,13 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
     for dtype in request.dtypes:
         if dtype not in DTYPES:
             raise ExportError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+    if request.options.exporter == "legacy" and "fp16" in request.dtypes:
+        # torch's TorchScript exporter types the residual stream of transformers 5's CLIP as float32 around fp16
+        # weights, and onnx.checker rejects the LayerNormalization that mixes them; refuse before minutes of work.
+        raise ExportError(
+            "the legacy exporter writes an invalid fp16 text encoder (float32 and float16 mixed at LayerNormalization); "
+            "export fp16 with the dynamo exporter (the default), or use --exporter legacy with --dtype fp32"
+        )
     out = Path(request.out)
     check_source_arguments(request.model, request.model_path, request.random_weights)
     _check_destination(out)
@@ -259,7 +269,10 @@ def _write_package(
             size = sum(f.stat().st_size for f in files)
             progress(f"{label}: exported {_megabytes(size)} in {seconds['export']:.1f}s; running onnx.checker")
             tick = time.perf_counter()
-            check_onnx(files[0])
+            try:
+                check_onnx(files[0])
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+                raise ExportError(f"{label}: onnx.checker rejected the exported graph: {exc}") from None
             seconds["check"] = time.perf_counter() - tick
             progress(f"{label}: checker passed in {seconds['check']:.1f}s; verifying against torch in ONNX Runtime")
             tick = time.perf_counter()

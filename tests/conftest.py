@@ -77,9 +77,9 @@ def tiny_package(cache_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_v_package(cache_dir: Path) -> Path:
-    """SD 2.x (v-prediction) tiny model, fp32 and fp16 ONNX (legacy exporter: the dynamo one is covered by ``tiny``,
-    and this saves CI two minutes; both are verified against torch at export, odd latent sizes included)."""
-    return _export(cache_dir, "tiny-v", "tiny-v", ("fp32", "fp16"), exporter="legacy")
+    """SD 2.x (v-prediction) tiny model, fp32 ONNX (legacy exporter: 10 s where dynamo fp32+fp16 takes two minutes of
+    CI; the dynamo exporter and fp16 are covered by ``tiny``, and the legacy exporter cannot write fp16 text encoders)."""
+    return _export(cache_dir, "tiny-v", "tiny-v", ("fp32",), exporter="legacy")
 
 
 @pytest.fixture(scope="session")

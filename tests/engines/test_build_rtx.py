@@ -210,6 +210,6 @@ def test_build_trt_cli_errors(built, arguments: list[str], fragment: str) -> Non
 def test_build_trt_cli_prints_table(built) -> None:
     package_path, _ = built
     result = run_cli("build-trt", "--package", str(package_path), "--backend", "trt-rtx", "--arch", "sm89",
-                     "--batch", "1-2", "--min-size", "64", "--max-size", "128", "--height", "64", "--width", "64")
+                     "--batch", "1-2", "--min-size", "64", "--max-size", "128", "--height", "72", "--width", "72")
     assert result.returncode == 0, result.stderr
     assert "up to date" in result.stdout and "convolutions" in result.stdout and "Half" in result.stdout

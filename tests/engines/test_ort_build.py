@@ -101,10 +101,10 @@ def test_cuda_target_fuses_attention_for_the_cuda_provider_and_the_cpu_ignores_i
     assert package.verify_all() == []
 
 
-def test_the_readmes_fp16_unet_build_works(tiny_v_package: Path, tmp_path: Path) -> None:
+def test_the_readmes_fp16_unet_build_works(tiny_package: Path, tmp_path: Path) -> None:
     # `build-ort --precision fp16 --components unet` once always failed: fp16 graphs were held to the fp32 bar.
-    package = tmp_path / "tiny-v"
-    shutil.copytree(tiny_v_package, package)
+    package = tmp_path / "tiny"
+    shutil.copytree(tiny_package, package)
     outcome = build_ort_engines(package, "fp16", ["unet"])
     assert outcome.components[0].details["verification"]["passed"]
     assert outcome.components[0].details["verification"]["bar"].startswith("PSNR")

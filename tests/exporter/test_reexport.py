@@ -24,14 +24,15 @@ def test_force_reexport_keeps_engines_built_from_unchanged_onnx(tmp_path: Path) 
     lines: list[str] = []
     export_package(ExportRequest(**{**request.__dict__, "force": True}), on_progress=lines.append)
     package = ModelPackage.open(out)
-    assert set(package.manifest.engines[set_name].components) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+    components = set(package.manifest.engines[set_name].components)
+    assert components == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
     assert package.verify_all() == [] and any("kept the engines" in line for line in lines)
 
     lines.clear()
     export_package(ExportRequest(**{**request.__dict__, "seed": 7}), on_progress=lines.append)  # other weights
     package = ModelPackage.open(out)
     assert set_name not in package.manifest.engines and not (out / "engines" / set_name).exists()
-    assert sum("dropped, the ONNX it was built from changed" in line for line in lines) == 3
+    assert sum("dropped, the ONNX it was built from changed" in line for line in lines) == len(components)
 
 
 def test_a_file_changed_in_place_is_not_up_to_date(tmp_path: Path) -> None:

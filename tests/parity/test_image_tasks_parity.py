@@ -54,7 +54,7 @@ def test_covering_design_meets_every_pair() -> None:
     assert {(c[2], c[5]) for c in cases} == {(s, size) for s in SHORT_NAMES for size in SIZES}
 
 
-def test_image(height: int, width: int, seed: int = 3) -> object:
+def sample_image(height: int, width: int, seed: int = 3) -> object:
     """A smooth picture with edges (gradients, a disc, stripes): what a VAE meets, deterministic."""
     from PIL import Image
 
@@ -66,7 +66,7 @@ def test_image(height: int, width: int, seed: int = 3) -> object:
     return Image.fromarray((np.clip(rgb + noise, 0, 1) * 255).round().astype(np.uint8))
 
 
-def test_mask(height: int, width: int) -> object:
+def sample_mask(height: int, width: int) -> object:
     """White (repaint) over a rectangle, with a grey ramp at its edge so that binarising at 0.5 matters."""
     from PIL import Image
 
@@ -76,10 +76,6 @@ def test_mask(height: int, width: int) -> object:
     mask[top - 2 : top, left : left + width // 3] = 140  # >= 0.5: repaint
     mask[top + height // 2 : top + height // 2 + 2, left : left + width // 3] = 110  # < 0.5: keep
     return Image.fromarray(mask)
-
-
-test_image.__test__ = False  # type: ignore[attr-defined]  # helpers, not tests
-test_mask.__test__ = False  # type: ignore[attr-defined]
 
 
 def draws_for(pipe: Pipeline, masked: bool, strength: float, height: int, width: int) -> ImageDraws:
@@ -116,8 +112,8 @@ def compare(pipe: Pipeline, reference: Reference, task: str, scheduler: str, str
             **extra: object) -> int:
     """The worst pixel difference (0..255) between our images and diffusers' for one case (``image_size``: the input
     image's (height, width) when not the working size)."""
-    image = test_image(*(image_size or (height, width)))
-    mask = test_mask(*(image_size or (height, width))) if task == "inpaint" else None
+    image = sample_image(*(image_size or (height, width)))
+    mask = sample_mask(*(image_size or (height, width))) if task == "inpaint" else None
     draws = draws_for(pipe, mask is not None, strength, height, width)
     seeds = [SEED + k for k in range(len(PROMPTS))]
     ours = pipe(

@@ -18,6 +18,7 @@ diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
 from bench.reference import Reference, run_reference  # noqa: E402
+from core.package import ModelPackage  # noqa: E402
 from runtime import Pipeline  # noqa: E402
 from runtime.schedulers import SHORT_NAMES  # noqa: E402
 
@@ -32,7 +33,7 @@ SEED = 1234
 def our_pipelines(packages: dict[str, Path]) -> dict[tuple[str, str], Pipeline]:
     opened = {}
     for name, path in packages.items():
-        for precision in ("fp32", "fp16"):
+        for precision in ModelPackage.open(path).dtypes():
             opened[name, precision] = Pipeline.from_package(path, backend="ort", precision=precision, device="cpu")
     return opened
 

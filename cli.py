@@ -244,7 +244,7 @@ def build_trt(
         components=_parse_components(components),
         force=force,
     )
-    outcome = build_engines(request, on_progress=lambda line: click.echo(line, err=True))
+    outcome = build_engines(request)  # progress lines reach stderr through logging, as export's do
     built = ModelPackage.open(package)
     rows = []
     for c in outcome.components:
@@ -282,10 +282,7 @@ def build_ort(package: Path, precision: str, components: str | None, force: bool
     """
     from engines.ort.build import build_ort_engines
 
-    outcome = build_ort_engines(
-        package, precision, _parse_components(components), force,
-        progress=lambda line: click.echo(line, err=True), target=target,
-    )
+    outcome = build_ort_engines(package, precision, _parse_components(components), force, target=target)
     rows = [[c.component, "up to date" if c.skipped else f"{c.seconds:.1f}s",
              str(c.details.get("fused_attention", "-")),
              f"{c.details['verification']['load_seconds']:.1f}s" if "verification" in c.details else "-"]

@@ -92,6 +92,37 @@ def test_generate_bad_input(tiny_package: Path, tmp_path: Path, arguments: list[
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.fixture
+def image_files(tmp_path: Path) -> Path:
+    """A 64x64 picture and masks of the same and of another size, in ``tmp_path``."""
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 80, 40)).save(tmp_path / "in.png")
+    Image.new("L", (64, 64), 255).save(tmp_path / "mask64.png")
+    Image.new("L", (48, 48), 255).save(tmp_path / "mask48.png")
+    return tmp_path
+
+
+@pytest.mark.slow  # starts a process that imports the runtime
+@pytest.mark.parametrize(
+    "arguments,fragment",
+    [
+        (["--image", "{d}/none.png"], "cannot read"),
+        (["--image", "{d}/in.png", "--mask", "{d}/mask48.png"], "mask_image is 48x48 but image is 64x64"),
+        (["--image", "{d}/in.png", "--strength", "1.5"], "strength must be a number in (0, 1]"),
+        (["--image", "{d}/in.png", "--strength", "0.05", "--steps", "10"], "runs no step"),
+        (["--mask", "{d}/mask64.png"], "mask_image needs image"),
+        (["--image", "{d}/in.png", "--grid", "strength=0.5,2"], "strength must be a number in (0, 1]"),
+    ],
+)
+def test_generate_bad_image_input(tiny_package: Path, image_files: Path, arguments: list[str], fragment: str) -> None:
+    out = image_files / "x.png"
+    arguments = [a.format(d=image_files) for a in arguments]
+    result = run_cli("generate", "--package", str(tiny_package), "--prompt", "a fox", "--out", str(out), *arguments)
+    assert_one_line_error(result, fragment)
+    assert not out.exists()
+
+
 def test_generate_missing_package(tmp_path: Path) -> None:
     assert_one_line_error(run_cli("generate", "--package", str(tmp_path / "none"), "--prompt", "x"), "not a directory")
 

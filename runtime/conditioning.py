@@ -27,19 +27,23 @@ ImageInput = Any
 
 SAMPLE_MODES = ("sample", "argmax")
 """How an image becomes latents: a draw from the VAE encoder's distribution, or its mean (diffusers' names)."""
+TASKS = ("txt2img", "img2img", "inpaint")
 
 
 def load_image(value: ImageInput, what: str, mask: bool = False) -> Any:
     """``value`` as a PIL image, or a PipelineInputError saying what is accepted."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(value, Image.Image):
         return value
     if isinstance(value, (str, os.PathLike)):
+        if not str(value):
+            raise PipelineInputError(f"{what}: the path is empty")
         try:
             with Image.open(Path(value)) as opened:
                 opened.load()
-                return opened.copy()
+                # Upright as viewers show it (a phone photo's EXIF rotation), as diffusers.utils.load_image does.
+                return ImageOps.exif_transpose(opened)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
             raise PipelineInputError(f"{what}: cannot read {value}: {exc}") from None
     if isinstance(value, np.ndarray):
@@ -102,6 +106,11 @@ def read_image_inputs(
             raise PipelineInputError("padding_mask_crop is for inpainting: give image and mask_image")
         if strength is not None:
             raise PipelineInputError("strength is for image-to-image and inpainting: give image (and mask_image)")
+        if sample_mode != "sample":
+            raise PipelineInputError(
+                f"sample_mode {sample_mode!r:.60} is for image-to-image and inpainting (how the image is encoded): "
+                "give image"
+            )
         return None
     loaded = load_image(image, "image")
     mask = load_image(mask_image, "mask_image", mask=True) if mask_image is not None else None
@@ -111,11 +120,8 @@ def read_image_inputs(
             "same size (the mask marks pixels of the image: white = repaint, black = keep)"
         )
     default_strength = 1.0 if mask is not None else 0.8  # diffusers' inpaint and img2img defaults
-    value = default_strength if strength is None else strength
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0 < value <= 1:
-        raise PipelineInputError(f"strength must be a number in (0, 1] (how much of the schedule is run), got {value!r:.60}")
-    if sample_mode not in SAMPLE_MODES:
-        raise PipelineInputError(f"sample_mode must be one of {', '.join(SAMPLE_MODES)}, got {sample_mode!r:.60}")
+    value = check_strength(default_strength if strength is None else strength)
+    check_sample_mode(sample_mode)
     if padding_mask_crop is not None:
         if mask is None:
             raise PipelineInputError("padding_mask_crop needs mask_image (it crops around the masked region)")
@@ -124,8 +130,19 @@ def read_image_inputs(
             raise PipelineInputError(f"padding_mask_crop must be a number of pixels >= 0, got {padding_mask_crop!r:.60}")
         if not np.asarray(mask.convert("L")).any():
             raise PipelineInputError("padding_mask_crop needs a mask with at least one non-black pixel")
-    return ImageInputs(loaded, mask, float(value), str(sample_mode),
+    return ImageInputs(loaded, mask, value, str(sample_mode),
                        None if padding_mask_crop is None else int(padding_mask_crop))
+
+
+def check_strength(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0 < value <= 1:
+        raise PipelineInputError(f"strength must be a number in (0, 1] (how much of the schedule is run), got {value!r:.60}")
+    return float(value)
+
+
+def check_sample_mode(value: Any) -> None:
+    if not isinstance(value, str) or value not in SAMPLE_MODES:
+        raise PipelineInputError(f"sample_mode must be one of {', '.join(SAMPLE_MODES)}, got {value!r:.60}")
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def sweep(
     columns_axis = axes[1] if len(axes) > 1 else None
     column_values: tuple[Any, ...] = columns_axis.values if columns_axis else (None,)
     count = len(rows_axis.values) * len(column_values)
-    cells, total = [], Timings()
+    cells, total, described = [], Timings(), []
     for r, row_value in enumerate(rows_axis.values):
         row = []
         for c, column_value in enumerate(column_values):
@@ -96,6 +96,7 @@ def sweep(
             callback = cell_callback(r * len(column_values) + c, count) if cell_callback else None
             result = pipe(prompt, callback=callback, **cell)
             row.append(result.images[0])
+            described.append(result.parameters[0])
             total = total.add(result.timings)
         cells.append(row)
     names = {argument: key for key, (argument, _) in GRID_KEYS.items()}
@@ -104,6 +105,19 @@ def sweep(
              and not (names[k] == "strength" and arguments.get("image") is None)}  # no strength without an image
     title = f"{prompt!r}  " + "  ".join(f"{k}={'default' if v is None else v}" for k, v in fixed.items())
     sheet = contact_sheet(cells, rows_axis.labels(), columns_axis.labels() if columns_axis else [""], title=title)
-    parameters = {"prompt": prompt, "negative_prompt": arguments.get("negative_prompt"),
-                  "grid": {axis.key: list(axis.values) for axis in axes}, **fixed}
-    return GridResult(sheet, total, parameters)
+    return GridResult(sheet, total, grid_parameters(described, axes))
+
+
+DESCRIBED_AS = {"steps": "steps", "guidance": "guidance_scale", "scheduler": "scheduler", "seed": "seed",
+                "strength": "strength"}
+"""The field of an image's parameters (``GenerationResult.parameters``) that each grid key sets."""
+
+
+def grid_parameters(described: Sequence[Mapping[str, Any]], axes: Sequence[GridAxis]) -> dict[str, Any]:
+    """A sheet's metadata: what every cell shares (model, size, task, backend...: as a single image records it), the
+    axes and their values, and the negative prompt if any cell used it."""
+    swept = {DESCRIBED_AS[axis.key] for axis in axes}
+    shared = {key: value for key, value in described[0].items() if key not in swept and key != "negative_prompt"}
+    negative = next((cell["negative_prompt"] for cell in described if "negative_prompt" in cell), None)
+    return {**shared, **({"negative_prompt": negative} if negative else {}),
+            "grid": {axis.key: list(axis.values) for axis in axes}}

@@ -34,7 +34,17 @@ from core.errors import PackageError
 from core.package import ModelPackage
 from engines.backend import OpenRequest, open_engines
 from engines.base import EngineBase
-from runtime.conditioning import ImageInput, ImageInputs, ImageTask, latent_sample, prepare_task, read_image_inputs
+from runtime.conditioning import (
+    TASKS,
+    ImageInput,
+    ImageInputs,
+    ImageTask,
+    check_sample_mode,
+    check_strength,
+    latent_sample,
+    prepare_task,
+    read_image_inputs,
+)
 from runtime.errors import PipelineError, PipelineInputError
 from runtime.guidance import ClassifierFreeGuidance, run_engine
 from runtime.images import save_png, to_uint8
@@ -263,10 +273,17 @@ class Pipeline:
     def draw_order(self, task: str = "txt2img", strength: float = 1.0, sample_mode: str = "sample") -> tuple[str, ...]:
         """The random draws a call of ``task`` (``txt2img``, ``img2img``, ``inpaint``) makes for each image before the
         step noise, in the order its generator makes them (diffusers' order); an injected draw is not drawn."""
-        return draw_order(self.constants, task, strength, sample_mode)
+        if task not in TASKS:
+            raise PipelineInputError(f"task must be one of {', '.join(TASKS)}, got {task!r:.60}")
+        check_sample_mode(sample_mode)
+        if self.constants.inpainting_unet and task != "inpaint":
+            raise PipelineInputError(f"this package's UNet is an inpainting UNet: it does inpaint only, not {task}")
+        return draw_order(self.constants, task, check_strength(strength), sample_mode)
 
     def _draw_order(self, inputs: ImageInputs | None) -> tuple[str, ...]:
-        return self.draw_order() if inputs is None else self.draw_order(inputs.task, inputs.strength, inputs.sample_mode)
+        if inputs is None:
+            return draw_order(self.constants, "txt2img", 1.0, "sample")
+        return draw_order(self.constants, inputs.task, inputs.strength, inputs.sample_mode)
 
     def _initial_draws(self, request: Request, inputs: ImageInputs | None,
                        generators: list[np.random.Generator]) -> dict[str, np.ndarray]:

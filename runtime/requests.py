@@ -120,7 +120,7 @@ def validate_request(
     if strength is not None and int(steps * strength) < 1:
         raise PipelineInputError(
             f"strength {strength:g} of {steps} steps runs no step (int({steps} x {strength:g}) = 0, as diffusers "
-            f"counts); raise strength to at least {1 / steps:.3g} or give more steps"
+            f"counts); raise strength to at least {least_strength(steps):g} or give more steps"
         )
     guidance = _guidance(guidance_scale)
     if scheduler is not None:
@@ -238,6 +238,15 @@ def _check_size(constants: PipelineConstants, size_limits: SizeLimits, limits: L
         )
 
 
+def least_strength(steps: int) -> float:
+    """The smallest strength, in thousandths, that runs at least one of ``steps`` (what an error may advise: 1/steps
+    itself, printed rounded, can round down to a value that still runs none)."""
+    thousandths = math.ceil(1000 / steps)
+    while int(steps * (thousandths / 1000)) < 1:
+        thousandths += 1
+    return thousandths / 1000
+
+
 def _noise(constants: PipelineConstants, name: str, value: Any, height: int, width: int, batch: int, prompts: int,
            images_per_prompt: int) -> np.ndarray:
     expected = latent_shape(constants, height, width, batch)
@@ -249,7 +258,7 @@ def _noise(constants: PipelineConstants, name: str, value: Any, height: int, wid
             f"width/{constants.vae_scale_factor}), got {got}"
         )
     if not np.all(np.isfinite(value)):
-        raise PipelineInputError(f"{name} contain NaN or infinite values")
+        raise PipelineInputError(f"{name} contains NaN or infinite values")
     converted: np.ndarray = value.astype(np.float32)
     if not np.all(np.isfinite(converted)):
         raise PipelineInputError(f"{name} overflow float32 (values beyond 3.4e38)")

@@ -137,6 +137,18 @@ def test_images_arrive_as_arrays_pil_or_paths(tmp_path) -> None:
     assert load_image(str(path), "image").size == (24, 16) and load_image(path, "image").size == (24, 16)
 
 
+def test_a_path_is_read_upright_as_diffusers_load_image_reads_it(tmp_path) -> None:
+    from diffusers.utils import load_image as diffusers_load_image
+
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    picture(48, 64).save(path, exif=exif, quality=95)
+    ours, theirs = load_image(path, "image").convert("RGB"), diffusers_load_image(str(path))
+    assert ours.size == theirs.size == (48, 64)
+    assert np.array_equal(np.asarray(ours), np.asarray(theirs))
+
+
 @pytest.mark.parametrize("arguments,message", [
     ({"image": np.zeros((8, 8), np.uint8)}, "HxWx3 or HxWx4 uint8 array"),
     ({"image": np.zeros((8, 8, 3), np.float32)}, "uint8"),

@@ -5,6 +5,7 @@ Parity with diffusers' pipelines is tests/parity/test_image_tasks_parity.py."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -147,7 +148,7 @@ def test_a_package_without_a_vae_encoder_says_re_export(tmp_path: Path) -> None:
     ({"masked_image_noise": np.zeros((1, 4, 8, 9), np.float32)}, "masked_image_noise .* is not drawn by this call"),
     ({"sample_mode": "argmax", "image_noise": np.zeros((1, 4, 8, 9), np.float32)}, "image_noise .* is not drawn"),
     ({"start_noise": np.zeros((1, 4, 8, 8), np.float32)}, r"start_noise must be .* of shape \(1, 4, 8, 9\)"),
-    ({"image_noise": np.full((1, 4, 8, 9), np.nan, np.float32)}, "image_noise contain NaN"),
+    ({"image_noise": np.full((1, 4, 8, 9), np.nan, np.float32)}, "image_noise contains NaN"),
     ({"height": 60}, "height 60 is not a multiple of 8 pixels"),
     ({"strength": 0.05, "num_inference_steps": 10}, "runs no step"),
 ])
@@ -171,3 +172,50 @@ def test_a_static_profile_names_the_one_size_it_takes(tmp_path: Path) -> None:
     pipe("x", num_inference_steps=2, height=64, width=72, seed=0)
     with pytest.raises(PipelineInputError, match="take 72x64 .width x height. only: they were built with a static"):
         pipe("x", num_inference_steps=2, height=64, width=64)
+
+
+@pytest.mark.parametrize("steps", [3, 7, 49, 999])
+def test_the_least_strength_advised_runs_a_step(pipe: Pipeline, steps: int) -> None:
+    with pytest.raises(PipelineInputError, match="runs no step") as refused:
+        pipe("x", image=image(), num_inference_steps=steps, strength=0.5 / steps, seed=0)
+    advised = float(re.search(r"at least ([0-9.e-]+)", str(refused.value)).group(1))
+    assert int(steps * advised) == 1  # the advice works, and is not far above what is needed
+    if steps <= 49:
+        pipe("x", image=image(), num_inference_steps=steps, strength=advised, seed=0)
+
+
+@pytest.mark.parametrize("arguments,message", [
+    (("text2img", 1.0, "sample"), "task must be one of txt2img, img2img, inpaint"),
+    (("img2img", float("nan"), "sample"), "strength must be a number in"),
+    (("img2img", 2, "sample"), "strength must be a number in"),
+    (("img2img", "x", "sample"), "strength must be a number in"),
+    (("img2img", 0.5, "bad"), "sample_mode must be one of sample, argmax"),
+])
+def test_draw_order_checks_what_it_is_asked(pipe: Pipeline, arguments, message) -> None:
+    with pytest.raises(PipelineInputError, match=message):
+        pipe.draw_order(*arguments)
+
+
+def test_draw_order_on_an_inpainting_unet_knows_it_only_inpaints(tmp_path: Path) -> None:
+    pipe, _ = open_pipe(tmp_path / "pkg", INPAINTING)
+    for task in ("txt2img", "img2img"):
+        with pytest.raises(PipelineInputError, match=f"does inpaint only, not {task}"):
+            pipe.draw_order(task, 0.5)
+
+
+def test_sample_mode_without_an_image_is_refused(pipe: Pipeline) -> None:
+    with pytest.raises(PipelineInputError, match="sample_mode 'argmax' is for image-to-image and inpainting"):
+        pipe("x", num_inference_steps=2, sample_mode="argmax")
+
+
+def test_a_strength_grid_records_what_a_single_image_records(pipe: Pipeline, tmp_path: Path) -> None:
+    from runtime.grid import parse_axis, sweep
+
+    arguments = {"image": image(), "mask_image": mask(), "num_inference_steps": 4, "seed": 3, "sample_mode": "argmax",
+                 "negative_prompt": "blurry", "guidance_scale": 7.5}
+    grid = sweep(pipe, "x", [parse_axis("strength=0.5,1")], arguments)
+    single = pipe("x", strength=0.5, **arguments).parameters[0]
+    assert grid.parameters["grid"] == {"strength": [0.5, 1.0]}
+    assert {k: v for k, v in grid.parameters.items() if k != "grid"} == {k: v for k, v in single.items()
+                                                                           if k != "strength"}
+    assert grid.parameters["task"] == "inpaint" and {"model", "backend", "height", "sample_mode"} <= set(grid.parameters)

@@ -29,6 +29,20 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (DiffshipError,)
 
 
+def _list_schedulers(ctx: click.Context) -> None:
+    """``generate --scheduler list``: every name, what it stands for and what it is for; then exit."""
+    from runtime.schedulers import DESCRIPTIONS, NOT_IMPLEMENTED, SHORT_NAMES, WEB_UI_NAMES
+
+    web_ui = {short: name for name, short in WEB_UI_NAMES.items()}
+    rows = []
+    for short, (class_name, overrides) in SHORT_NAMES.items():
+        diffusers = class_name + "".join(f"({key}={value})" for key, value in overrides.items())
+        rows.append([short, web_ui.get(short, "-"), diffusers, DESCRIPTIONS[short]])
+    click.echo(format_table(["name", "web UI name", "diffusers", "for"], rows))
+    click.echo("\nNot implemented yet (refused by name): " + ", ".join(NOT_IMPLEMENTED))
+    ctx.exit(0)
+
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -376,8 +390,11 @@ def _timingformat_table(timings: Any, images: int) -> str:
 @click.option("--guidance", default=7.5, show_default=True, help="Classifier-free guidance scale (<= 1 disables it).")
 @click.option(
     "--scheduler",
-    help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm, unipc, or a diffusers class name "
-    "(default: the package's own scheduler).",
+    is_eager=True,
+    callback=lambda ctx, param, value: _list_schedulers(ctx) if value == "list" else value,
+    help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm, unipc, a web UI name ('DPM++ 2M Karras', "
+    "'Euler a', 'PLMS', ...) or a diffusers class name (default: the package's own scheduler). "
+    "'--scheduler list' prints them all with what each is for.",
 )
 @click.option("--height", type=int, help="Pixels (default: the model's native size).")
 @click.option("--width", type=int, help="Pixels (default: the model's native size).")

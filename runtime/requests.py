@@ -18,7 +18,7 @@ import numpy as np
 
 from core.specs import PipelineConstants
 from runtime.errors import PipelineInputError
-from runtime.schedulers import SchedulerError, resolve_scheduler, scheduler_names
+from runtime.schedulers import SchedulerError, resolve_scheduler
 
 MAX_SEED = 2**63 - 1
 DECODE_BYTES_PER_PIXEL = 3072
@@ -128,8 +128,8 @@ def validate_request(
             raise PipelineInputError(f"scheduler must be a name (a string), got {type(scheduler).__name__}")
         try:
             resolve_scheduler(scheduler)
-        except SchedulerError:
-            raise PipelineInputError(f"unknown scheduler {scheduler!r}; known: {', '.join(scheduler_names())}") from None
+        except SchedulerError as exc:
+            raise PipelineInputError(str(exc)) from None
     images_per_prompt = _integer(images_per_prompt, "num_images_per_prompt", 1, limits.max_images)
     batch = len(prompts) * images_per_prompt
     if batch > limits.max_images:

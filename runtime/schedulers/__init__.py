@@ -22,6 +22,8 @@ from runtime.schedulers.pndm import PNDM
 from runtime.schedulers.unipc import UniPC
 
 __all__ = [
+    "DESCRIPTIONS",
+    "NOT_IMPLEMENTED",
     "SCHEDULER_CLASSES",
     "SHORT_NAMES",
     "Scheduler",
@@ -31,6 +33,7 @@ __all__ = [
     "resolve_scheduler",
     "scheduler_names",
     "start_index",
+    "WEB_UI_NAMES",
 ]
 
 SCHEDULER_CLASSES: dict[str, type[Scheduler]] = {
@@ -48,18 +51,70 @@ SHORT_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+WEB_UI_NAMES: dict[str, str] = {
+    "DDIM": "ddim",
+    "PLMS": "pndm",
+    "Euler": "euler",
+    "Euler a": "euler_a",
+    "DPM++ 2M": "dpmpp_2m",
+    "DPM++ 2M Karras": "dpmpp_2m_karras",
+    "LCM": "lcm",
+    "UniPC": "unipc",
+}
+"""AUTOMATIC1111's sampler names for the schedulers here (the mapping of diffusers' scheduler overview), matched
+without regard to case."""
+
+NOT_IMPLEMENTED: dict[str, str] = {
+    "DPM++ 2M SDE": "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++')",
+    "DPM++ 2M SDE Karras": "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', use_karras_sigmas=True)",
+    "DPM++ SDE": "DPMSolverSinglestepScheduler",
+    "DPM++ SDE Karras": "DPMSolverSinglestepScheduler(use_karras_sigmas=True)",
+    "DPM2": "KDPM2DiscreteScheduler",
+    "DPM2 Karras": "KDPM2DiscreteScheduler(use_karras_sigmas=True)",
+    "DPM2 a": "KDPM2AncestralDiscreteScheduler",
+    "DPM2 a Karras": "KDPM2AncestralDiscreteScheduler(use_karras_sigmas=True)",
+    "Heun": "HeunDiscreteScheduler",
+    "LMS": "LMSDiscreteScheduler",
+    "LMS Karras": "LMSDiscreteScheduler(use_karras_sigmas=True)",
+    "DEIS": "DEISMultistepScheduler",
+    "TCD": "TCDScheduler",
+}
+"""Web UI and diffusers names people ask for that this runtime does not implement (yet): refused by name."""
+
+DESCRIPTIONS: dict[str, str] = {
+    "ddim": "deterministic, first-order; the SD 2.x configs' own; typically 20-50 steps",
+    "pndm": "pseudo-linear multistep (PLMS); the SD 1.x configs' own; steps + 1 UNet calls; typically 30-50",
+    "euler": "deterministic first-order Euler over sigmas; typically 20-30 steps",
+    "euler_a": "ancestral Euler: fresh noise every step, so the picture changes with the step count; typically 20-30",
+    "dpmpp_2m": "DPM-Solver++ second-order multistep; typically 15-25 steps",
+    "dpmpp_2m_karras": "DPM++ 2M on Karras sigmas, a common web UI choice; typically 15-25 steps",
+    "lcm": "for latent-consistency (LCM/LCM-LoRA) models only: 2-8 steps, guidance about 1-2",
+    "unipc": "UniPC multistep predictor-corrector; typically 10-20 steps",
+}
+"""What each scheduler is good for, one line each (``generate --scheduler list``)."""
+
+
 def scheduler_names() -> list[str]:
-    """Every name ``make_scheduler`` accepts: the short names, then the diffusers class names."""
-    return [*SHORT_NAMES, *SCHEDULER_CLASSES]
+    """Every name ``make_scheduler`` accepts: the short names, the web UI names, then the diffusers class names."""
+    return [*SHORT_NAMES, *WEB_UI_NAMES, *SCHEDULER_CLASSES]
 
 
 def resolve_scheduler(name: str) -> tuple[type[Scheduler], dict[str, Any]]:
-    """The class and the config overrides a short or class name stands for."""
-    if name in SHORT_NAMES:
-        class_name, overrides = SHORT_NAMES[name]
+    """The class and the config overrides a short, web UI or class name stands for."""
+    web_ui = {key.lower(): short for key, short in WEB_UI_NAMES.items()}
+    short_name = web_ui.get(name.lower(), name)
+    if short_name in SHORT_NAMES:
+        class_name, overrides = SHORT_NAMES[short_name]
         return SCHEDULER_CLASSES[class_name], dict(overrides)
     if name in SCHEDULER_CLASSES:
         return SCHEDULER_CLASSES[name], {}
+    missing = {key.lower(): value for key, value in NOT_IMPLEMENTED.items()}
+    missing.update({value.split("(")[0].lower(): value.split("(")[0] for value in NOT_IMPLEMENTED.values()})
+    if name.lower() in missing:
+        raise SchedulerError(
+            f"scheduler {name!r} (diffusers' {missing[name.lower()]}) is not implemented in this runtime yet; known: "
+            f"{', '.join(scheduler_names())}"
+        )
     raise SchedulerError(f"unknown scheduler {name!r}; known: {', '.join(scheduler_names())}")
 
 

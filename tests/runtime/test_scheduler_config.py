@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from runtime.schedulers import SchedulerError, UnsupportedConfigError, make_scheduler, scheduler_names
+from runtime.schedulers import (
+    NOT_IMPLEMENTED,
+    WEB_UI_NAMES,
+    SchedulerError,
+    UnsupportedConfigError,
+    make_scheduler,
+    scheduler_names,
+)
 from tests.runtime.scheduler_grid import SD15
 
 UNSUPPORTED = [
@@ -121,3 +130,31 @@ def test_pndm_refuses_more_steps_than_training_had() -> None:
     # diffusers degenerates to one repeated timestep there; refused, as DDIM refuses.
     with pytest.raises(SchedulerError, match="num_inference_steps 1001 exceeds num_train_timesteps 1000"):
         make_scheduler("pndm", SD15, 1001)
+
+
+@pytest.mark.parametrize("web_ui_name", list(WEB_UI_NAMES))
+def test_web_ui_names_give_the_diffusers_scheduler_of_diffusers_own_table(web_ui_name: str) -> None:
+    # diffusers' scheduler overview maps AUTOMATIC1111's names to its classes; the Karras ones add use_karras_sigmas.
+    diffusers = pytest.importorskip("diffusers")
+    ours = make_scheduler(web_ui_name, SD15, 10)
+    same = make_scheduler(web_ui_name.upper(), SD15, 10)
+    overrides = {"use_karras_sigmas": True} if web_ui_name.endswith("Karras") else {}
+    theirs = getattr(diffusers, ours.class_name).from_config({**SD15, **overrides})
+    theirs.set_timesteps(10)
+    assert np.array_equal(ours.timesteps, theirs.timesteps.numpy()) and np.array_equal(ours.timesteps, same.timesteps)
+
+
+@pytest.mark.parametrize("name,diffusers_name", [
+    ("Heun", "HeunDiscreteScheduler"),
+    ("dpm++ 2m sde karras", "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', use_karras_sigmas=True)"),
+    ("LMSDiscreteScheduler", "LMSDiscreteScheduler"),
+])
+def test_names_not_implemented_are_refused_naming_diffusers_class(name: str, diffusers_name: str) -> None:
+    with pytest.raises(SchedulerError, match=re.escape(f"(diffusers' {diffusers_name}) is not implemented")):
+        make_scheduler(name, SD15, 10)
+
+
+def test_every_not_implemented_name_is_a_diffusers_class() -> None:
+    diffusers = pytest.importorskip("diffusers")
+    for spelled in NOT_IMPLEMENTED.values():
+        assert hasattr(diffusers, spelled.split("(")[0]), spelled

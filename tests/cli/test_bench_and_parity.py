@@ -71,8 +71,8 @@ def test_parity_fails_on_a_perturbed_onnx(tiny_package: Path, tmp_path: Path) ->
 
 
 def test_parity_rejects_unknown_scheduler(tiny_package: Path, tmp_path: Path) -> None:
-    result = run_cli("parity", "--package", str(tiny_package), "--schedulers", "heun", "--out", str(tmp_path))
-    assert result.returncode == 2 and "unknown scheduler 'heun'" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("parity", "--package", str(tiny_package), "--schedulers", "warp", "--out", str(tmp_path))
+    assert result.returncode == 2 and "unknown scheduler 'warp'" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("backends,fragment", [("ort-fp8", "'fp8' is not fp32, fp16, graphs or exported"),

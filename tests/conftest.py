@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -116,6 +117,24 @@ def pretrained_dirs(cache_dir: Path) -> dict[str, Path]:
             staging.rename(folder)
         folders[model] = folder
     return folders
+
+
+def images_alone_and_from_threads(pipe: Any, calls: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:
+    """The first image of each call made one by one, then of the same calls made at once from one thread each."""
+    import threading
+
+    alone = [pipe(**call).images[0] for call in calls]
+    together: list[Any] = [None] * len(calls)
+
+    def run(k: int) -> None:
+        together[k] = pipe(**calls[k]).images[0]
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return alone, together
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:

@@ -13,6 +13,7 @@ import pytest
 from core.package import ModelPackage
 from engines.errors import EngineError
 from runtime import Pipeline
+from tests.conftest import images_alone_and_from_threads
 
 
 @pytest.fixture(scope="module")
@@ -128,18 +129,9 @@ def test_a_plan_whose_tensors_differ_from_the_spec_is_refused(tiny_package: Path
 
 @pytest.mark.gpu
 def test_trt_pipeline_from_several_threads_gives_the_images_of_one_by_one(package_with_engines: Path) -> None:
-    import threading
-
     _require_runnable_engines()
     with Pipeline.from_package(package_with_engines, backend="trt") as pipe:
         calls = [{"prompt": f"a fox {k}", "seed": k, "num_inference_steps": 3, "height": 64, "width": 64}
                  for k in range(4)]
-        alone = [pipe(**call).images[0] for call in calls]
-        together: list = [None] * len(calls)
-        threads = [threading.Thread(target=lambda k=k: together.__setitem__(k, pipe(**calls[k]).images[0]))
-                   for k in range(len(calls))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        alone, together = images_alone_and_from_threads(pipe, calls)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(alone, together, strict=True))

@@ -12,6 +12,7 @@ from engines.base import EngineBase
 from runtime import Pipeline
 from runtime.errors import PipelineError, PipelineInputError
 from runtime.images import read_parameters
+from tests.conftest import images_alone_and_from_threads
 
 
 @pytest.fixture(scope="module")
@@ -177,15 +178,6 @@ def test_latents_overflowing_stop_with_an_error_naming_the_step(pipe: Pipeline) 
 
 
 def test_eight_threads_on_onnx_runtime_give_the_images_of_one_by_one(pipe: Pipeline) -> None:
-    import threading
-
     calls = [{"prompt": f"a red fox {k}", "seed": k, "num_inference_steps": 3, "scheduler": "euler_a"} for k in range(8)]
-    alone = [pipe(**call).images[0] for call in calls]
-    together: list = [None] * len(calls)
-    threads = [threading.Thread(target=lambda k=k: together.__setitem__(k, pipe(**calls[k]).images[0]))
-               for k in range(len(calls))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    alone, together = images_alone_and_from_threads(pipe, calls)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(alone, together, strict=True))

@@ -5,7 +5,6 @@ runs. Over numpy engines (tests/fakes.py), so these run in the fast layer."""
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from runtime import Pipeline
 from runtime.errors import PipelineError, PipelineInputError
 from runtime.images import read_parameters
 from runtime.requests import Limits
+from tests.conftest import images_alone_and_from_threads
 from tests.fakes import TINY, NumpyBackend, toy_functions, write_package
 
 
@@ -131,16 +131,6 @@ def _umask() -> int:
 def test_calls_from_many_threads_give_what_they_give_one_by_one(pipe: Pipeline) -> None:
     arguments = [{"prompt": f"a fox number {k}", "seed": k, "num_inference_steps": 3, "scheduler": "euler_a"}
                  for k in range(8)]
-    alone = [pipe(**a).images[0] for a in arguments]
-    together: list[np.ndarray | None] = [None] * len(arguments)
-
-    def run(k: int) -> None:
-        together[k] = pipe(**arguments[k]).images[0]
-
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(arguments))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    alone, together = images_alone_and_from_threads(pipe, arguments)
     for a, b in zip(alone, together, strict=True):
         assert b is not None and a.tobytes() == b.tobytes()

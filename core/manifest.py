@@ -54,9 +54,14 @@ class ComponentVariant:
     """Every file the model needs (the ONNX file and its external data), relative to the package root."""
     spec: ComponentSpec
     verification: Mapping[str, Any] = field(default_factory=dict)
+    weight_map: str | None = None
+    """Path of the graph's weight map (``core.weights``): where the weights a LoRA can change are. None: the
+    component takes no LoRA, or the package was exported before LoRA support."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"onnx": self.onnx, "files": list(self.files), **self.spec.to_json(), "verification": self.verification}
+        extra = {"weight_map": self.weight_map} if self.weight_map is not None else {}
+        return {"onnx": self.onnx, "files": list(self.files), **self.spec.to_json(), "verification": self.verification,
+                **extra}
 
     @classmethod
     def from_json(cls, component: str, dtype: str, data: Mapping[str, Any], where: str) -> ComponentVariant:
@@ -68,6 +73,8 @@ class ComponentVariant:
             files=tuple(relative_path(f, f"{where}.files") for f in found["files"]),
             spec=ComponentSpec.from_json(component, data, where),
             verification=found.get("verification", {}),
+            weight_map=None if found.get("weight_map") is None else relative_path(found["weight_map"],
+                                                                                  f"{where}.weight_map"),
         )
 
 
@@ -95,6 +102,11 @@ class EngineEntry(Protocol):
 
     @property
     def files(self) -> tuple[str, ...]: ...
+
+    @property
+    def weight_map(self) -> str | None:
+        """Path of the weight map of the weights a LoRA can change in this engine; None: it takes no LoRA."""
+        ...
 
 
 class EngineSet(Protocol):
@@ -130,6 +142,8 @@ class OrtEngineEntry:
     """The graph's external-data files, if any."""
     report: str | None = None
     """Path of the build report (fusion count, verification against the exported graph)."""
+    weight_map: str | None = None
+    """Path of the built graph's weight map (``core.weights``); None: built before LoRA support."""
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -138,13 +152,16 @@ class OrtEngineEntry:
     def to_json(self) -> dict[str, Any]:
         return {"graph": self.graph, "data_files": list(self.data_files), "key": self.key,
                 "build_seconds": self.build_seconds, "source_onnx_sha256": self.source_onnx_sha256,
-                "source_dtype": self.source_dtype, "fused_attention": self.fused_attention, "report": self.report}
+                "source_dtype": self.source_dtype, "fused_attention": self.fused_attention, "report": self.report,
+                "weight_map": self.weight_map}
 
     @classmethod
     def from_json(cls, component: str, data: Mapping[str, Any], where: str) -> OrtEngineEntry:
         found = typed_fields(cls, data, where, skip=("component",))
         found["graph"] = relative_path(found["graph"], f"{where}.graph")
         found["data_files"] = tuple(relative_path(f, f"{where}.data_files") for f in found.get("data_files", ()))
+        if found.get("weight_map") is not None:
+            found["weight_map"] = relative_path(found["weight_map"], f"{where}.weight_map")
         return cls(component=component, **found)
 
 
@@ -188,6 +205,10 @@ class TrtEngineEntry:
     """Path of the per-layer precision report taken from the builder's own log."""
     compute_layers: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     """Convolutions and matrix products by data type, e.g. ``{"convolution": {"Half": 82}, "matmul": {"Half": 50}}``."""
+    refittable: bool = False
+    """Built with ``--refittable``: the weights its weight map lists can be refitted (LoRA without a rebuild)."""
+    weight_map: str | None = None
+    """Path of the weight map of the refittable weights (names as the plan knows them, base values in the package)."""
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -197,7 +218,8 @@ class TrtEngineEntry:
         return {"plan": self.plan, "profile": self.profile.to_json(), "key": self.key,
                 "build_seconds": self.build_seconds, "source_onnx_sha256": self.source_onnx_sha256,
                 "source_dtype": self.source_dtype, "layer_report": self.layer_report,
-                "compute_layers": {kind: dict(counts) for kind, counts in self.compute_layers.items()}}
+                "compute_layers": {kind: dict(counts) for kind, counts in self.compute_layers.items()},
+                "refittable": self.refittable, "weight_map": self.weight_map}
 
     @classmethod
     def from_json(cls, component: str, data: Mapping[str, Any], where: str) -> TrtEngineEntry:
@@ -205,6 +227,8 @@ class TrtEngineEntry:
         found["plan"] = relative_path(found["plan"], f"{where}.plan")
         if found.get("layer_report") is not None:
             found["layer_report"] = relative_path(found["layer_report"], f"{where}.layer_report")
+        if found.get("weight_map") is not None:
+            found["weight_map"] = relative_path(found["weight_map"], f"{where}.weight_map")
         profile = ShapeProfile.from_json(component, obj(data, where).get("profile"), f"{where}.profile")
         return cls(component=component, profile=profile, **found)
 

@@ -8,8 +8,8 @@ backend through ``get_backend(name)``; the run-time modules of a backend never i
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from core.manifest import EngineSet
@@ -31,6 +31,9 @@ class OpenRequest:
     cuda_graphs: bool = False
     options: Any = None
     """Backend-specific options (``OrtOptions`` for ``ort``) that override the fields above where they overlap."""
+    weights: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Per component, weights (numpy arrays by the graph's name, as its weight map gives them) that replace the
+    engine's own: LoRA-merged weights. A backend that cannot take them for a component raises EngineError."""
 
 
 @dataclass(frozen=True)

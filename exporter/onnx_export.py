@@ -1,8 +1,9 @@
-"""torch module -> ``model.onnx`` (+ ``model.onnx.data`` when over 2 GB), with the I/O named as in its ComponentSpec.
+"""torch module -> ``model.onnx`` + ``model.onnx.data``, with the I/O named as in its ComponentSpec.
 
 torch.onnx's dynamo exporter is the default; the legacy TorchScript exporter stays available (it is faster on big
 models). Whichever runs, the result is re-saved once so that the graph's inputs and outputs carry the spec's
-symbolic dimension names and all weights land in one external-data file.
+symbolic dimension names and all weights (over 1 KB) land in one external-data file, where the runtime can read the
+ones a LoRA changes without parsing the graph (``core.weights``).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def _export_legacy(
 
 
 def _finalize(raw_path: Path, spec: ComponentSpec, dest: Path) -> list[Path]:
-    """Name the graph's I/O dimensions as in ``spec`` and save, with one external-data file when over 2 GB."""
+    """Name the graph's I/O dimensions as in ``spec`` and save, its weights in one external-data file."""
     model = onnx.load(str(raw_path), load_external_data=True)
     graph_io = {v.name: v for v in (*model.graph.input, *model.graph.output)}
     for tensor in (*spec.inputs, *spec.outputs):
@@ -135,7 +136,7 @@ def _finalize(raw_path: Path, spec: ComponentSpec, dest: Path) -> list[Path]:
                 proto_dim.dim_param = want
             else:
                 proto_dim.dim_value = want
-    return save_onnx(model, dest)
+    return save_onnx(model, dest, external=True)
 
 
 @contextlib.contextmanager

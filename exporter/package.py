@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from core.metrics import random_feeds, verification_dims
 from core.package import ModelPackage, is_package
 from core.progress import ElapsedLog
 from core.specs import PipelineConstants, dim_multiples, symbolic_dims
+from engines.weight_maps import map_weights
 from exporter.families import family_wrappers
 from exporter.onnx_export import ExportOptions, export_component
 from exporter.sources import SourceModels, check_source_arguments, load_source
@@ -44,6 +45,9 @@ from runtime.timing import peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
+PACKAGE_LAYOUT = 2
+"""How the files are laid out; 2: every graph's weights in external data, with weight maps for LoRA. A package
+written with an older layout is re-exported, not taken as up to date."""
 BOUNDARY_VERSION = 2
 """How the torch modules are wrapped for export; 2: the UNet up-samples to its skip connections (any multiple of 8
 pixels). A package exported with an older one is re-exported, not taken as up to date."""
@@ -160,6 +164,7 @@ def _export_key(source: SourceModels, request: ExportRequest) -> tuple[str, dict
     inputs = {
         "schema": SCHEMA_VERSION,
         "boundaries": BOUNDARY_VERSION,
+        "layout": PACKAGE_LAYOUT,
         "source": source.info,
         "weights_sha256": source.weights_sha256(),
         "dtypes": list(request.dtypes),
@@ -287,6 +292,11 @@ def _write_package(
                 del module
             relative = [str(f.relative_to(staging)) for f in files]
             written += relative
+            weight_map = None
+            if component in family.adapters:
+                weight_map = _write_weight_map(wrappers.adapter_root(component, source), component, dtype, files[0],
+                                               relative[0], progress)
+                written.append(weight_map)
             variants.setdefault(component, {})[dtype] = ComponentVariant(
                 component=component,
                 dtype=dtype,
@@ -294,6 +304,7 @@ def _write_package(
                 files=tuple(relative),
                 spec=spec,
                 verification=verification.to_json(),
+                weight_map=weight_map,
             )
             reports.append(ComponentReport(component, dtype, size, seconds, verification))
 
@@ -314,6 +325,22 @@ def _write_package(
     ).with_files(staging, written)
     ModelPackage(staging, manifest).write_manifest(manifest)
     return reports
+
+
+def _write_weight_map(
+    root: torch.nn.Module, component: str, dtype: str, graph: Path, graph_relative: str, progress: Callable[[str], None]
+) -> str:
+    """Find every linear and convolution weight of ``root`` in the exported graph; write the map beside the graph."""
+    torch_dtype = torch.float32 if dtype == "fp32" else torch.float16
+    weights = {name: module.weight.detach().to(torch_dtype).numpy() for name, module in root.named_modules()
+               if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))}
+    weight_map = map_weights(graph, graph_relative, component, weights)
+    progress(f"{component} {dtype}: {len(weight_map.slots)} of {len(weights)} weights mapped for LoRA"
+             + (f" ({len(weight_map.unmapped)} not: {next(iter(weight_map.unmapped.values()))})"
+                if weight_map.unmapped else ""))
+    path = graph.with_name(graph.name.removesuffix(".onnx") + ".weights.json")
+    path.write_text(json.dumps(weight_map.to_json(), indent=1) + "\n", encoding="utf-8")
+    return str(PurePosixPath(graph_relative).with_name(path.name))
 
 
 def _example_dims(constants: PipelineConstants) -> dict[str, int]:

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +33,7 @@ import numpy as np
 
 from core.errors import PackageError
 from core.package import ModelPackage
-from engines.backend import OpenRequest, open_engines
+from engines.backend import OpenRequest, Selection, get_backend, open_engines
 from engines.base import EngineBase
 from runtime.conditioning import (
     TASKS,
@@ -46,8 +47,10 @@ from runtime.conditioning import (
     read_image_inputs,
 )
 from runtime.errors import PipelineError, PipelineInputError
+from runtime.gate import EngineGate, holds_engines
 from runtime.guidance import ClassifierFreeGuidance, run_engine
 from runtime.images import save_png, to_uint8
+from runtime.lora import LoraRequest, lora_weights
 from runtime.requests import Limits, Request, SizeLimits, StepCallback, latent_shape, validate_request
 from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, scheduler_names, start_index
 from runtime.starts import draw_order, starting_point
@@ -58,6 +61,8 @@ if TYPE_CHECKING:
     from engines.ort import OrtOptions
 
 log = logging.getLogger(__name__)
+
+LoraLike = str | os.PathLike[str] | tuple[str | os.PathLike[str], float] | LoraRequest
 
 
 @dataclass
@@ -95,6 +100,8 @@ class Pipeline:
         precision: str,
         limits: Limits | None = None,
         open_request: OpenRequest | None = None,
+        selection: Selection | None = None,
+        loras: Sequence[LoraRequest] = (),
     ) -> None:
         self.package = package
         self.constants = package.constants
@@ -105,7 +112,12 @@ class Pipeline:
         self.precision = precision
         self.limits = limits or Limits()
         self._open_request = open_request or OpenRequest(precision=precision)
+        self._selection = selection or Selection(backend, precision, package.manifest.engines.get(
+            self._open_request.engine_set or ""))
         self._open_lock = threading.Lock()
+        self._gate = EngineGate()
+        self.loras: tuple[LoraRequest, ...] = tuple(loras)
+        """The LoRAs the engines run with (``set_loras``)."""
 
     @classmethod
     def from_package(
@@ -119,6 +131,7 @@ class Pipeline:
         ort_options: OrtOptions | None = None,
         cuda_graphs: bool = False,
         limits: Limits | None = None,
+        loras: Sequence[LoraLike] = (),
     ) -> Pipeline:
         """Open a package: tokenizer and scheduler config from its folders, engines of ``backend`` (``ort``, ``trt``,
         or any registered with ``engines.backend.register_backend``).
@@ -128,18 +141,49 @@ class Pipeline:
         backend's choice for this machine). ``cuda_graphs``: capture each engine's run into a CUDA graph per input
         shape and replay it (``trt`` with static engines; ``ort`` on the CUDA provider, one static-shape session per
         shape). ``ort_options`` overrides the ONNX Runtime settings above. ``limits``: the most one call may ask for
-        (``runtime.requests.Limits``).
+        (``runtime.requests.Limits``). ``loras``: LoRA files to run with, each ``path``, ``"path:scale"`` or
+        ``(path, scale)`` (see ``set_loras``).
         """
         package = ModelPackage.open(path)
         request = OpenRequest(precision=precision, engine_set=engine_set, device=device, threads=threads,
                               cuda_graphs=cuda_graphs, options=ort_options if backend == "ort" else None)
         tokenizer, scheduler_config = _read_text_side(package)
-        engines, selection = open_engines(package, package.family.txt2img, backend, request)
-        # Engines opened later (the VAE encoder, on the first image) come from the same choice.
-        chosen = replace(request, precision=selection.precision,
+        chosen_backend = get_backend(backend)
+        selection = chosen_backend.select(package, request)
+        lora_requests = [LoraRequest.parse(lora) for lora in loras]
+        _, weights = lora_weights(package, selection, lora_requests)
+        # Engines opened later (the VAE encoder, on the first image, or after set_loras) come from the same choice.
+        chosen = replace(request, precision=selection.precision, weights=weights,
                          engine_set=selection.engine_set.name if selection.engine_set is not None else None)
+        engines = chosen_backend.open(package, selection, package.family.txt2img, chosen)
         return cls(package, engines, tokenizer, scheduler_config, selection.backend, selection.precision, limits,
-                   chosen)
+                   chosen, selection, lora_requests)
+
+    def set_loras(self, loras: Sequence[LoraLike]) -> None:
+        """Run with ``loras`` from now on (each ``path``, ``"path:scale"`` or ``(path, scale)``), in place of the ones
+        before; ``[]`` gives back the package's own weights. Nothing is re-exported or rebuilt: the merged weights
+        replace the engines' own (ONNX Runtime: a new session of each component a LoRA touches, or touched; TensorRT:
+        a refit). Every file is read and checked first: on any error the pipeline keeps running as it was. Waits for
+        calls in flight, and holds new ones until the swap is done (never call it from a step callback)."""
+        requests = [LoraRequest.parse(lora) for lora in loras]
+        _, weights = lora_weights(self.package, self._selection, requests)
+        with self._gate.exclusive():
+            previous = self._open_request
+            changed = [c for c in self.engines if weights.get(c) or previous.weights.get(c)]
+            request = replace(previous, weights=weights)
+            tick = time.perf_counter()
+            # Old sessions go before new ones open: the component's weights are never held twice.
+            for component in changed:
+                self.engines[component].close()
+            try:
+                reopened, _ = open_engines(self.package, changed, self.backend, request)
+            except BaseException:
+                self.engines = {**self.engines, **open_engines(self.package, changed, self.backend, previous)[0]}
+                raise
+            self.engines = {**self.engines, **reopened}
+            self._open_request, self.loras = request, tuple(requests)
+            log.info("LoRAs set (%s): %s reopened in %.2fs", ", ".join(f"{r.path.name}:{r.scale:g}" for r in requests)
+                     or "none", ", ".join(changed) or "nothing", time.perf_counter() - tick)
 
     def close(self) -> None:
         for engine in self.engines.values():
@@ -153,6 +197,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the algorithm
 
+    @holds_engines
     def __call__(
         self,
         prompt: str | Sequence[str],
@@ -403,6 +448,7 @@ class Pipeline:
                     **image_task,
                     **({"injected": sorted(request.injected)} if request.injected else {}),
                     "model": model,
+                    **({"loras": [f"{r.path.name}:{r.scale:g}" for r in self.loras]} if self.loras else {}),
                     "backend": self.backend,
                     "precision": self.precision,
                 }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.specs import ComponentSpec, PipelineConstants
 
@@ -24,6 +24,8 @@ class Family:
     """The fp32 I/O contract of every component, from the pipeline constants."""
     default_scheduler: str
     """The diffusers scheduler class to use when a package's scheduler config names none."""
+    adapters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Components a LoRA can change -> the prefixes of their keys in LoRA files (diffusers/peft first, then kohya's)."""
 
     def specs(self, constants: PipelineConstants) -> dict[str, ComponentSpec]:
         return dict(self.io_contract(constants))

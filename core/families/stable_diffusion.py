@@ -65,6 +65,7 @@ SD1 = Family(
     guided=frozenset({"text_encoder", "unet"}),
     io_contract=io_contract,
     default_scheduler="PNDMScheduler",
+    adapters={"unet": ("unet", "lora_unet"), "text_encoder": ("text_encoder", "lora_te")},
 )
 
 SD2 = replace(

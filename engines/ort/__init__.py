@@ -94,7 +94,8 @@ class OrtBackend:
                 for relative in files:
                     package.verify_file(relative)
                 log.debug("loading %s (%s) from %s into ONNX Runtime", component, selection.precision, path)
-                engines[component] = OrtEngine(path, variant.spec, component_options)
+                engines[component] = OrtEngine(path, variant.spec, component_options,
+                                               request.weights.get(component))
         except BaseException:
             for engine in engines.values():
                 engine.close()

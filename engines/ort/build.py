@@ -33,7 +33,7 @@ from engines.ort.targets import TARGETS, ort_engine_set_name, target_tag
 
 log = logging.getLogger(__name__)
 
-ORT_BUILD_SCHEMA = 2
+ORT_BUILD_SCHEMA = 3  # 3: weight maps
 _CHAIN_OPS = ("Reshape", "Transpose")
 
 
@@ -215,7 +215,31 @@ class OrtBuilder:
         report = {"fused_attention": fused, "target": target_tag(self.target)}
         (work / f"{component}.build.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         files = [p.name for p in reversed(written) if p.is_file()]  # external data before the graph that names it
-        return Compiled((*files, f"{component}.build.json"), time.perf_counter() - started, {"fused_attention": fused})
+        files.append(f"{component}.build.json")
+        if job.source.weight_map is not None:
+            progress(f"{component}: finding the LoRA-changeable weights in the built graph")
+            files.append(self._map_weights(package, job, work))
+        return Compiled(tuple(files), time.perf_counter() - started, {"fused_attention": fused})
+
+    def _map_weights(self, package: ModelPackage, job: BuildJob, work: Path) -> str:
+        """The built graph's weight map: the exported graph's weights found again (renamed, or reordered into
+        NCHWc filters by the CPU optimiser), so that LoRAs apply to this graph too."""
+        from core.weights import WeightMap
+        from engines.weight_maps import EXPORT_LAYOUTS, NCHWC_LAYOUTS, map_weights, torch_layout_weights
+
+        assert job.source.weight_map is not None
+        package.verify_file(job.source.weight_map)
+        source_map = WeightMap.read(package.path(job.source.weight_map), job.source.weight_map)
+        graph = f"engines/{self.set_name(package)}/{job.component}.onnx"
+        layouts = EXPORT_LAYOUTS if self.target == "cuda" else EXPORT_LAYOUTS + NCHWC_LAYOUTS
+        weight_map = map_weights(work / f"{job.component}.onnx", graph, job.component,
+                                 torch_layout_weights(package.root, source_map), layouts)
+        if weight_map.unmapped:
+            log.warning("%s: %d weights a LoRA could change are not separate in the built graph (%s)", job.component,
+                        len(weight_map.unmapped), next(iter(weight_map.unmapped.values())))
+        name = f"{job.component}.weights.json"
+        (work / name).write_text(json.dumps(weight_map.to_json(), indent=1) + "\n", encoding="utf-8")
+        return name
 
     def verify(
         self, package: ModelPackage, job: BuildJob, compiled: Compiled, work: Path, progress: Callable[[str], None]
@@ -248,6 +272,8 @@ class OrtBuilder:
             build_seconds=round(compiled.seconds, 3), source_onnx_sha256=job.source_sha256,
             source_dtype=job.source.dtype, fused_attention=int(compiled.details.get("fused_attention", 0)),
             report=f"engines/{set_name}/{job.component}.build.json",
+            weight_map=next((f"engines/{set_name}/{name}" for name in compiled.files if name.endswith(".weights.json")),
+                            None),
         )
 
     def engine_set(self, set_name: str, components: Mapping[str, EngineEntry]) -> EngineSet:

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,22 @@ class OrtOptions:
 class OrtEngine(EngineBase):
     """One ONNX model in an ``onnxruntime.InferenceSession``."""
 
-    def __init__(self, onnx_path: Path, spec: ComponentSpec, options: OrtOptions | None = None) -> None:
+    def __init__(
+        self,
+        onnx_path: Path,
+        spec: ComponentSpec,
+        options: OrtOptions | None = None,
+        initializers: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        """``initializers``: weights that replace the graph's of the same name (LoRA-merged; see ``open_session``)."""
         ort = import_onnxruntime()
+        self.initializers = dict(initializers or {})
+        if self.initializers and (options or OrtOptions()).graph_optimization == "all":
+            # ONNX Runtime's layout optimiser (NCHWc on the CPU) reorders convolution filters from the graph's own
+            # initializers and ignores overrides of them (tests/engines/test_ort_engine.py keeps checking that), so
+            # a session with overrides stops one level short of it. build-ort's CPU graphs are reordered already
+            # and open without optimisation: their LoRA sessions keep the NCHWc kernels.
+            options = replace(options or OrtOptions(), graph_optimization="extended")
         self._ort = ort
         self.spec = spec
         self.path = Path(onnx_path)
@@ -123,7 +137,7 @@ class OrtEngine(EngineBase):
         return open_session(
             self.path, providers=self._providers(graph), optimization=options.graph_optimization,
             threads=options.threads, memory_arena=options.memory_arena, memory_pattern=options.memory_pattern,
-            config=options.session_config, free_dimensions=free_dimensions,
+            config=options.session_config, free_dimensions=free_dimensions, initializers=self.initializers,
             what=" (as a CUDA graph: open it without CUDA graphs)" if graph else "",
         )
 

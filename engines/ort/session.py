@@ -41,12 +41,14 @@ def open_session(
     config: Mapping[str, str] | None = None,
     free_dimensions: Mapping[str, int] | None = None,
     optimized_model: Path | None = None,
+    initializers: Mapping[str, Any] | None = None,
     what: str = "",
 ) -> Any:
     """An ``InferenceSession`` for ``path``; ONNX Runtime's own failure becomes one EngineError line.
 
     ``free_dimensions`` pins symbolic dimensions (static-shape sessions); ``optimized_model`` saves the optimised
-    graph there (its weights in ``<name>.data``).
+    graph there (its weights in ``<name>.data``); ``initializers`` (name -> numpy array) replace the graph's weights
+    of those names as the session is created (LoRA-merged weights), without rewriting the graph.
     """
     ort = import_onnxruntime()
     if optimization not in GRAPH_OPTIMIZATION:
@@ -73,11 +75,17 @@ def open_session(
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                          f"{optimized_model.name}.data")
         options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    # ONNX Runtime uses these buffers in place: they must live as long as the session, which holds them.
+    values = [(name, ort.OrtValue.ortvalue_from_numpy(array)) for name, array in (initializers or {}).items()]
+    for name, value in values:
+        options.add_initializer(name, value)
     if any((p[0] if isinstance(p, tuple) else p) == "CUDAExecutionProvider" for p in providers):
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()
     try:
-        return ort.InferenceSession(str(path), options, providers=list(providers))
+        session = ort.InferenceSession(str(path), options, providers=list(providers))
+        session.diffship_initializers = values
+        return session
     except Exception as exc:  # ORT raises its own exception types for every failure
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EngineError(f"ONNX Runtime cannot load {path}{what}: {message}") from exc

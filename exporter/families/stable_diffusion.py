@@ -134,6 +134,11 @@ def boundary_module(component: str, source: SourceModels) -> nn.Module:
     raise ValueError(f"unknown component {component!r}; components are {', '.join(COMPONENTS)}")
 
 
+def adapter_root(component: str, source: SourceModels) -> nn.Module | None:
+    """The diffusers/transformers model whose module paths a LoRA's keys name, for the components that take one."""
+    return {"unet": source.unet, "text_encoder": source.text_encoder}.get(component)
+
+
 def derive_constants(source: SourceModels) -> PipelineConstants:
     """The numbers the runtime needs, read from the models' own configs (never assumed)."""
     unet_config, vae_config = source.unet.config, source.vae.config

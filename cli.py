@@ -430,6 +430,9 @@ def _timingformat_table(timings: Any, images: int) -> str:
                    "it back: detail for small masks in big images.")
 @click.option("--sample-mode", type=click.Choice(["sample", "argmax"]), default="sample", show_default=True,
               help="Image latents: a draw from the VAE encoder's distribution, or its mean.")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+              help="Apply a LoRA (.safetensors: diffusers/peft or kohya/web-UI format) at SCALE (default 1.0); repeat "
+                   "to stack. Merged into the loaded engines: nothing is re-exported or rebuilt.")
 @click.option("--overwrite", is_flag=True, help="Replace PNGs that already exist (otherwise that is an error).")
 def generate(
     package: Path,
@@ -455,6 +458,7 @@ def generate(
     strength: float | None,
     padding_mask_crop: int | None,
     sample_mode: str,
+    loras: tuple[str, ...],
     overwrite: bool,
 ) -> None:
     """Generate images from a model package, without PyTorch: from a prompt, from a picture (--image) or repainting
@@ -472,6 +476,8 @@ def generate(
       python cli.py generate --package packages/tiny --prompt "a cat" --image in.png --mask mask.png --out cat.png
       python cli.py generate --package packages/tiny --prompt "oil painting" --image in.png \\
           --grid strength=0.2,0.4,0.6,0.8 --out strengths.png
+      python cli.py generate --package packages/tiny --prompt "a fox" --lora loras/pixel-art.safetensors:0.8 \\
+          --lora loras/detail.safetensors:0.3 --out fox.png
 
     PNGs carry their generation parameters (JSON) in a "parameters" text chunk. A timing table per stage ends the run.
     """
@@ -492,7 +498,7 @@ def generate(
     seed = secrets.randbelow(2**31) if seed is None else seed
     with Pipeline.from_package(
         package, backend=backend, precision=precision, threads=threads, device=device, engine_set=engine_set,
-        cuda_graphs=cuda_graphs,
+        cuda_graphs=cuda_graphs, loras=loras,
     ) as pipe:
         arguments: dict[str, Any] = {
             "negative_prompt": negative_prompt, "num_inference_steps": steps, "guidance_scale": guidance,

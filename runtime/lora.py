@@ -117,18 +117,20 @@ def read_safetensors(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]
         with open(path, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
             head = handle.read(8)
-            if len(head) < 8:
-                raise LoraError(f"LoRA {path}: not a safetensors file (shorter than its 8-byte header length)")
-            (header_bytes,) = struct.unpack("<Q", head)
-            if header_bytes > min(size - 8, 100 << 20):
-                raise LoraError(f"LoRA {path}: not a safetensors file (header length {header_bytes} does not fit)")
-            header = json.loads(handle.read(header_bytes))
+            header_bytes = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            raw = handle.read(header_bytes) if 0 <= header_bytes <= min(size - 8, 100 << 20) else b""
     except FileNotFoundError:
         raise LoraError(f"LoRA file {path} does not exist") from None
     except IsADirectoryError:
         raise LoraError(f"LoRA {path} is a folder; give the .safetensors file inside it") from None
     except OSError as exc:
         raise LoraError(f"cannot read LoRA {path}: {exc.strerror or exc}") from None
+    if header_bytes < 0:
+        raise LoraError(f"LoRA {path}: not a safetensors file (shorter than its 8-byte header length)")
+    if not raw:
+        raise LoraError(f"LoRA {path}: not a safetensors file (header length {header_bytes} does not fit)")
+    try:
+        header = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise LoraError(f"LoRA {path}: not a safetensors file (its header is not JSON)") from None
     if not isinstance(header, dict):

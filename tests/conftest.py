@@ -35,7 +35,7 @@ def _gpu_present() -> bool:
         return False
 
 
-EXPORT_FIXTURES = {"tiny_package", "tiny_v_package", "tiny_inpaint_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir"}
+EXPORT_FIXTURES = {"tiny_package", "tiny_v_package", "tiny_inpaint_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files"}
 """Fixtures that export models with torch: a test using one is marked ``export`` (left out of make test-fast)."""
 
 
@@ -88,6 +88,36 @@ def tiny_inpaint_package(cache_dir: Path) -> Path:
     """SD 1.x tiny inpainting model (9-channel UNet), fp32 ONNX (legacy exporter: seconds where dynamo takes minutes;
     both are verified against torch at export, odd latent sizes included)."""
     return _export(cache_dir, "tiny-inpaint", "tiny-inpaint", ("fp32",), exporter="legacy")
+
+
+@pytest.fixture(scope="session")
+def ort_built_package(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ``tiny`` with its build-ort CPU engines (fp32)."""
+    from engines.ort.build import build_ort_engines
+
+    package = tmp_path_factory.mktemp("ort-build") / "tiny"
+    shutil.copytree(tiny_package, package)
+    build_ort_engines(package)
+    return package
+
+
+@pytest.fixture(scope="session")
+def lora_files(pretrained_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """LoRAs made with peft on the tiny models (scripts/make_lora.py): ``r4`` (rank 4, alpha 8, UNet attention,
+    projections, feed-forward and 3x3 resnet convolutions, and the text encoder; alpha in the file's metadata),
+    ``r8`` (rank 8, UNet attention only, no metadata: alpha = rank), ``r4-kohya`` (``r4`` in the kohya format),
+    ``v-r4`` (rank 4 on tiny-v)."""
+    from scripts.make_lora import make_lora, to_kohya
+
+    folder = tmp_path_factory.mktemp("loras")
+    files = {
+        "r4": make_lora(pretrained_dirs["tiny"], folder / "r4.safetensors", rank=4, alpha=8, seed=1),
+        "r8": make_lora(pretrained_dirs["tiny"], folder / "r8.safetensors", rank=8, seed=2,
+                        unet_targets=("to_q", "to_k", "to_v", "to_out.0"), text_targets=(), metadata=False),
+        "v-r4": make_lora(pretrained_dirs["tiny-v"], folder / "v-r4.safetensors", rank=4, alpha=4, seed=3),
+    }
+    files["r4-kohya"] = to_kohya(files["r4"], folder / "r4-kohya.safetensors")
+    return files
 
 
 @pytest.fixture(scope="session")

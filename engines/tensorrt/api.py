@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from engines.errors import EngineError, MissingLibraryError
 
@@ -89,6 +89,27 @@ def bind(library: Library) -> None:
     """Make ``tensorrt_api.trt`` the chosen library's module for the code that drives the API."""
     global trt
     trt = library.module
+
+
+def capturing_logger() -> Any:
+    """A logger of the bound library that keeps every message: builder reports and errors come from it, and a failed
+    call's own errors can go into a one-line EngineError instead of stderr."""
+
+    class CapturingLogger(trt.ILogger):  # type: ignore[misc]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[tuple[Any, str]] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            self.messages.append((severity, msg))
+
+    return CapturingLogger()
+
+
+def logged_errors(logger: Any) -> list[str]:
+    """The ERROR and INTERNAL_ERROR messages a ``capturing_logger`` received."""
+    bad = {trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR}
+    return [message for severity, message in logger.messages if severity in bad]
 
 
 def normalize_arch(text: str) -> str:

@@ -9,6 +9,11 @@ Precision routes (docs/design.md, "TensorRT and TensorRT-RTX builds"):
   (TensorRT then keeps in fp32 whatever it judges fragile).
 Engines land in ``engines/<backend>-<archs>-<precision>/<component>.plan`` with a ``<component>.layers.json``
 report. Cache key, work folder, publishing and the manifest record are ``engines.build``'s.
+
+Refittable builds (``BuildRequest.refittable``, for LoRA without a rebuild): the weights the source ONNX's weight map
+lists are marked refittable one by one (``REFIT_INDIVIDUAL``), everything else stays constant for the optimiser, and
+``<component>.weights.json`` beside the plan names the weights the plan can take (with their base values in the
+package's ONNX data). TensorRT-RTX 1.7 compiles refittable plans with CUDA, so they are built where a GPU is.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
+
 from core.families import get_family
 from core.files import publish_files, work_folder, write_bytes_atomic
 from core.manifest import ComponentVariant, EngineEntry, EngineSet, Manifest, TrtEngineEntry, TrtEngineSet
@@ -33,6 +40,7 @@ from core.metrics import verification_dims, verify_outputs
 from core.package import ModelPackage
 from core.profiles import shape_profiles
 from core.specs import BuildConfig, ShapeProfile, ShapeRequest
+from core.weights import WeightMap, read_stored
 from engines.build import BuildJob, BuildOutcome, Compiled, build_engine_set
 from engines.errors import EngineError
 from engines.onnx_graphs import sanitize_onnx, save_onnx
@@ -72,6 +80,9 @@ class BuildRequest:
     components: tuple[str, ...] | None = None
     """None: every component of the package."""
     force: bool = False
+    refittable: bool = False
+    """Plans whose LoRA-changeable weights can be refitted at load time (components the family gives LoRAs to; the
+    others build as usual). Needs the package's weight maps (an export by a diffship with LoRA support)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,16 @@ def _refuse_full_tensorrt_without_gpu() -> NoReturn:
     raise EngineError(
         "full TensorRT builds engines for the GPU it runs on and needs one (none found); for ahead-of-time builds "
         "without a GPU use --backend trt-rtx --arch sm86,sm89,... (TensorRT-RTX)"
+    )
+
+
+def _refuse_refittable_without_gpu(library: Library) -> NoReturn:
+    # Observed with TensorRT-RTX 1.7.1 on a CPU-only machine: every refit flavour (REFIT, REFIT_INDIVIDUAL,
+    # REFIT_IDENTICAL, STRIP_PLAN) fails in the compiler's JIT with CHECK(status == CUDA_SUCCESS), even for one MatMul.
+    raise EngineError(
+        f"refittable engines need an NVIDIA GPU here (none found): {library.name} {library.version} compiles them "
+        "with CUDA; run build-trt --refittable on a machine with an NVIDIA GPU and driver (--arch still picks the "
+        "targets), or build without --refittable (LoRAs then run with --backend ort)"
     )
 
 
@@ -131,16 +152,22 @@ def engine_set_name(backend: str, archs: Sequence[str], precision: str) -> str:
 class TensorRTBuilder:
     """``build-trt``'s half of the orchestration: choose the ONNX, sanitise, build, report the layers' precision."""
 
-    def __init__(self, package: ModelPackage, config: BuildConfig, shapes: ShapeRequest) -> None:
+    def __init__(
+        self, package: ModelPackage, config: BuildConfig, shapes: ShapeRequest, refittable: bool = False
+    ) -> None:
         if config.precision not in ("fp16", "fp32"):
             raise EngineError(f"precision {config.precision!r} is not supported; choose fp16 or fp32")
         if config.backend == "trt" and local_gpu_arch() is None:
             _refuse_full_tensorrt_without_gpu()
         self.library = load_library(config.backend)
+        if refittable and local_gpu_arch() is None:
+            _refuse_refittable_without_gpu(self.library)
         self.backend = self.library.backend
         self.config = replace(config, archs=resolve_archs(self.library, config.archs))
         self.shapes = shapes
         family = get_family(package.manifest.family)
+        self.refit_components = frozenset(family.adapters) if refittable else frozenset()
+        """Components built refittable: the ones the family gives LoRAs to."""
         specs = {c: package.variant(c, "fp32" if "fp32" in variants else "fp16").spec
                  for c, variants in package.manifest.components.items()}
         self.profiles = shape_profiles(shapes, package.constants, specs, family.guided)
@@ -150,19 +177,37 @@ class TensorRTBuilder:
 
     def job(self, package: ModelPackage, component: str, progress: Callable[[str], None]) -> BuildJob:
         choice = choose_onnx(package, component, self.config.precision, self.library, progress)
-        key = engine_key(choice, self.profiles[component], self.config, self.library)
         files = ModelPackage.open(package.root).manifest.files  # a conversion may just have added the fp16 ONNX
-        return BuildJob(component, choice.variant, files[choice.variant.onnx].sha256, key, {"choice": choice})
+        refit_map = self._refit_source(package, component, choice.variant)
+        key = engine_key(choice, self.profiles[component], self.config, self.library,
+                         files[refit_map].sha256 if refit_map is not None else None)
+        return BuildJob(component, choice.variant, files[choice.variant.onnx].sha256, key,
+                        {"choice": choice, "refit_map": refit_map})
+
+    def _refit_source(self, package: ModelPackage, component: str, variant: ComponentVariant) -> str | None:
+        """The weight map of the ONNX a refittable plan is built from; None when the plan is not refittable."""
+        if component not in self.refit_components:
+            return None
+        if variant.weight_map is None:
+            raise EngineError(
+                f"{component}: {variant.onnx} has no weight map, which --refittable needs (it names the weights a "
+                f"LoRA changes); re-export the package with this diffship (python cli.py export ... --out "
+                f"{package.root}), then build again"
+            )
+        return variant.weight_map
 
     def compile(self, package: ModelPackage, job: BuildJob, work: Path, progress: Callable[[str], None]) -> Compiled:
         choice: OnnxChoice = job.settings["choice"]
         component, config = job.component, self.config
         progress(f"{component}: sanitising {choice.variant.onnx} (constant folding, clean-up, topological sort)")
         sanitized = sanitize_onnx(package.path(choice.variant.onnx), work / "sanitized.onnx")
-        progress(f"{component}: building from {choice.route} (optimisation level {config.optimization_level})")
+        refit = parsed_weight_map(package, job.settings["refit_map"], sanitized) if job.settings["refit_map"] else None
+        progress(f"{component}: building from {choice.route} (optimisation level {config.optimization_level}"
+                 + (f", {len(refit.slots)} weights refittable)" if refit is not None else ")"))
         tick = time.perf_counter()
-        plan, messages = build_plan(sanitized, self.profiles[component], config, self.library, choice,
-                                    _timing_cache_path(package, self.library))
+        refit_names = tuple(slot.initializer for slot in refit.slots.values()) if refit is not None else None
+        plan, messages, refused = build_plan(sanitized, self.profiles[component], config, self.library, choice,
+                                             _timing_cache_path(package, self.library), refit_names)
         seconds = time.perf_counter() - tick
         layers = parse_layer_report(messages)
         summary = summarize_layers(layers)
@@ -171,8 +216,15 @@ class TensorRTBuilder:
         report = {"library": self.library.name, "version": self.library.version, "archs": list(config.archs),
                   "precision": config.precision, "route": choice.route, "summary": summary, "layers": layers}
         (work / f"{component}.layers.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        return Compiled((f"{component}.plan", f"{component}.layers.json"), seconds,
-                        {"route": choice.route, "plan_bytes": len(plan), "summary": summary})
+        files = (f"{component}.plan", f"{component}.layers.json")
+        details: dict[str, Any] = {"route": choice.route, "plan_bytes": len(plan), "summary": summary}
+        if refit is not None:
+            refit = without(refit, refused, "the TensorRT network has no weights of this name (its parser folded them)")
+            (work / f"{component}.weights.json").write_text(json.dumps(refit.to_json(), indent=1) + "\n",
+                                                            encoding="utf-8")
+            files += (f"{component}.weights.json",)
+            details["refittable"] = len(refit.slots)
+        return Compiled(files, seconds, details)
 
     def verify(
         self, package: ModelPackage, job: BuildJob, compiled: Compiled, work: Path, progress: Callable[[str], None]
@@ -184,6 +236,7 @@ class TensorRTBuilder:
                 "compute_layers": compiled.details["summary"]["compute_layers"]}
 
     def entry(self, set_name: str, job: BuildJob, compiled: Compiled) -> EngineEntry:
+        refittable = "refittable" in compiled.details
         return TrtEngineEntry(
             component=job.component,
             plan=f"engines/{set_name}/{job.component}.plan",
@@ -194,6 +247,8 @@ class TensorRTBuilder:
             source_dtype=job.source.dtype,
             layer_report=f"engines/{set_name}/{job.component}.layers.json",
             compute_layers=compiled.details["summary"]["compute_layers"],
+            refittable=refittable,
+            weight_map=f"engines/{set_name}/{job.component}.weights.json" if refittable else None,
         )
 
     def engine_set(self, set_name: str, components: Mapping[str, EngineEntry]) -> EngineSet:
@@ -205,7 +260,7 @@ class TensorRTBuilder:
 def build_engines(request: BuildRequest, on_progress: Callable[[str], None] | None = None) -> BuildOutcome:
     """Build (or find up to date) a TensorRT / TensorRT-RTX engine for every requested component of the package."""
     package = ModelPackage.open(request.package)
-    builder = TensorRTBuilder(package, request.config, request.shapes)
+    builder = TensorRTBuilder(package, request.config, request.shapes, request.refittable)
     if on_progress is not None:
         config = builder.config
         on_progress(f"{builder.library.name} {builder.library.version}, targets {', '.join(config.archs)}, "
@@ -221,7 +276,11 @@ def read_layer_summary(package: ModelPackage, entry: EngineEntry) -> dict[str, A
     return {}
 
 
-def engine_key(choice: OnnxChoice, profile: ShapeProfile, config: BuildConfig, library: Library) -> str:
+def engine_key(
+    choice: OnnxChoice, profile: ShapeProfile, config: BuildConfig, library: Library, refit_map_sha256: str | None = None
+) -> str:
+    """Digest of everything the plan depends on; ``refit_map_sha256``: the digest of the weight map whose weights a
+    refittable plan marks (None: not refittable, and the key is what it was before refittable builds existed)."""
     inputs = {
         "schema": BUILD_SCHEMA,
         "onnx": choice.variant.onnx,
@@ -235,6 +294,8 @@ def engine_key(choice: OnnxChoice, profile: ShapeProfile, config: BuildConfig, l
         "optimization_level": config.optimization_level,
         "workspace_bytes": config.workspace_bytes,
     }
+    if refit_map_sha256 is not None:
+        inputs["refittable"] = {"weight_map": refit_map_sha256}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode())
     return digest.hexdigest()
 
@@ -333,25 +394,58 @@ def _deduplicate_and_sort(model: Any) -> Any:
     return gs.export_onnx(graph)
 
 
+# ---------------------------------------------------------------------------------------------- refittable weights
+
+
+def parsed_weight_map(package: ModelPackage, source_map: str, sanitized: Path) -> WeightMap:
+    """The source ONNX's weight map cut to the weights the sanitised graph (what the parser reads) still holds, by name
+    and unchanged: the names a refittable plan knows, with base values the package's ONNX data still has."""
+    source = WeightMap.read(package.verify_file(source_map), source_map)
+    arrays = _initializers(sanitized, {slot.initializer for slot in source.slots.values()})
+    kept, folded, changed = {}, [], []
+    for module, slot in source.slots.items():
+        found = arrays.get(slot.initializer)
+        if found is None:
+            folded.append(module)
+        elif found.dtype != np.dtype(slot.dtype) or tuple(found.shape) != tuple(slot.dims) or \
+                not np.array_equal(found, read_stored(package.root, slot)):
+            changed.append(module)
+        else:
+            kept[module] = slot
+    weight_map = WeightMap(source.component, source.graph, kept, source.unmapped)
+    weight_map = without(weight_map, folded, "constant folding before the TensorRT parser folded it into another")
+    return without(weight_map, changed, "constant folding before the TensorRT parser changed its values")
+
+
+def without(weight_map: WeightMap, modules_or_names: Sequence[str], reason: str) -> WeightMap:
+    """``weight_map`` with the slots named (by module or initializer) moved to ``unmapped`` with ``reason``."""
+    dropped = set(modules_or_names)
+    gone = {m for m, slot in weight_map.slots.items() if m in dropped or slot.initializer in dropped}
+    if not gone:
+        return weight_map
+    if len(gone) > 0:
+        log.warning("%s: %d weights a LoRA could change are not refittable in the plan: %s", weight_map.component,
+                    len(gone), reason)
+    return WeightMap(weight_map.component, weight_map.graph,
+                     {m: slot for m, slot in weight_map.slots.items() if m not in gone},
+                     {**weight_map.unmapped, **{m: reason for m in sorted(gone)}})
+
+
+def _initializers(graph: Path, names: set[str]) -> dict[str, np.ndarray]:
+    """The initializers ``names`` of a saved graph (inline or in its external data)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(graph), load_external_data=False)
+    return {t.name: numpy_helper.to_array(t, base_dir=str(graph.parent))
+            for t in model.graph.initializer if t.name in names}
+
+
 # ---------------------------------------------------------------------------------------------- the TensorRT builder API
 
 
 def _timing_cache_path(package: ModelPackage, library: Library) -> Path:
     return package.path(f"engines/timing-cache/{library.name}-{library.version}.cache")
-
-
-def _make_logger() -> Any:
-    """A TensorRT logger that keeps every message: the per-layer report and the errors come from it."""
-
-    class CapturingLogger(api.trt.ILogger):  # type: ignore[name-defined,misc]
-        def __init__(self) -> None:
-            api.trt.ILogger.__init__(self)
-            self.messages: list[tuple[Any, str]] = []
-
-        def log(self, severity: Any, msg: str) -> None:
-            self.messages.append((severity, msg))
-
-    return CapturingLogger()
 
 
 def _make_monitor() -> Any:
@@ -396,12 +490,6 @@ def _interrupts_cancel(monitor: Any) -> Iterator[None]:
             signal.signal(sig, handler)
         if received:
             signal.raise_signal(received[0])
-
-
-def _errors(logger: Any) -> list[str]:
-    trt = api.trt
-    bad = {trt.ILogger.Severity.ERROR, trt.ILogger.Severity.INTERNAL_ERROR}
-    return [message for severity, message in logger.messages if severity in bad]
 
 
 def build_plan(

@@ -19,11 +19,8 @@ from runtime import Pipeline
 
 
 @pytest.fixture(scope="module")
-def built(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    package = tmp_path_factory.mktemp("ort-build") / "tiny"
-    shutil.copytree(tiny_package, package)
-    build_ort_engines(package)
-    return package
+def built(ort_built_package: Path) -> Path:
+    return ort_built_package
 
 
 def test_fuse_attention_replaces_every_unet_attention(tiny_package: Path) -> None:

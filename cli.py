@@ -201,6 +201,9 @@ def _parse_components(text: str | None) -> tuple[str, ...] | None:
 @click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5), help="Builder optimisation level.")
 @click.option("--workspace", help="Builder workspace limit, e.g. 4GiB (default: the library's).")
 @click.option("--components", help="Comma-separated components (default: all, the VAE encoder for image input included).")
+@click.option("--refittable", is_flag=True,
+              help="Mark the weights a LoRA can change refittable, so LoRAs are refitted into the engines at load time "
+                   "instead of rebuilding (needs the package's weight maps, and an NVIDIA GPU to build).")
 @click.option("--force", is_flag=True, help="Rebuild even when an engine with the same inputs exists.")
 def build_trt(
     package: Path,
@@ -216,6 +219,7 @@ def build_trt(
     opt_level: int,
     workspace: str | None,
     components: str | None,
+    refittable: bool,
     force: bool,
 ) -> None:
     """Build TensorRT or TensorRT-RTX engines for a package, into PACKAGE/engines/<backend>-<archs>-<precision>/.
@@ -226,6 +230,7 @@ def build_trt(
       python cli.py build-trt --package packages/tiny --fp16 --backend trt-rtx --arch sm86,sm89,sm120
       python cli.py build-trt --package packages/sd15 --fp16 --height 512 --width 512 --batch 1 --static
       python cli.py build-trt --package packages/sd15 --fp16 --min-size 256 --max-size 1024 --batch 1-4
+      python cli.py build-trt --package packages/sd15 --fp16 --refittable      # LoRA by refit (GPU machine)
 
     Each engine comes with a per-layer precision report (<component>.layers.json) taken from the builder's own log;
     an engine whose inputs (ONNX digest, shapes, precision, targets, library version, settings) did not change is
@@ -257,6 +262,7 @@ def build_trt(
         shapes=shape_request(constants, batch_range, heights, widths),
         components=_parse_components(components),
         force=force,
+        refittable=refittable,
     )
     outcome = build_engines(request)  # progress lines reach stderr through logging, as export's do
     built = ModelPackage.open(package)
@@ -654,6 +660,41 @@ def bench(
     written = write_outputs(result, json_path, plot_dir or json_path.parent)
     click.echo(format_tables(result))
     click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@cli.command("bench-lora")
+@click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
+@click.option("--lora", "loras", required=True, multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="A LoRA file (give two: the swaps go none -> A -> B -> none).")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1), help="Swap rounds per process.")
+@click.option("--processes", default=2, show_default=True, type=click.IntRange(1),
+              help="Fresh processes per side, alternated diffship / diffusers.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "json_path", default="bench-lora.json", show_default=True, type=click.Path(path_type=Path))
+def bench_lora(package: Path, loras: tuple[Path, ...], rounds: int, processes: int, device: str,
+               json_path: Path) -> None:
+    """Time and memory of swapping LoRAs on a loaded pipeline, against diffusers' load + fuse on the same weights.
+
+    \b
+    Example:
+      python scripts/make_lora.py DIFFUSERS_DIR loras/a.safetensors --rank 8
+      python cli.py bench-lora --package packages/sd15-random --lora loras/a.safetensors --lora loras/b.safetensors
+
+    diffusers loads a save_pretrained copy of the package's weights (made once, in the cache folder).
+    """
+    from bench.coldstart import pretrained_copy
+    from bench.lora import format_lora_table, measure_lora_swaps
+    from bench.machine import describe_machine
+    from core.files import write_json_atomic
+    from core.package import ModelPackage
+
+    opened = ModelPackage.open(package)
+    result = measure_lora_swaps(package, pretrained_copy(opened), list(loras), rounds, processes, device,
+                                lambda line: click.echo(line, err=True))
+    result["machine"] = describe_machine()
+    write_json_atomic(json_path, result)
+    click.echo(format_lora_table(result))
+    click.echo(f"wrote {json_path}")
 
 
 @cli.command()

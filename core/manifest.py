@@ -147,7 +147,7 @@ class OrtEngineEntry:
 
     @property
     def files(self) -> tuple[str, ...]:
-        return (self.graph, *self.data_files)
+        return (self.graph, *self.data_files, *([self.weight_map] if self.weight_map else []))
 
     def to_json(self) -> dict[str, Any]:
         return {"graph": self.graph, "data_files": list(self.data_files), "key": self.key,
@@ -212,7 +212,7 @@ class TrtEngineEntry:
 
     @property
     def files(self) -> tuple[str, ...]:
-        return (self.plan,)
+        return (self.plan, *([self.weight_map] if self.weight_map else []))
 
     def to_json(self) -> dict[str, Any]:
         return {"plan": self.plan, "profile": self.profile.to_json(), "key": self.key,

@@ -40,7 +40,7 @@ def make_lora(
     model_dir: Path,
     out: Path,
     rank: int = 4,
-    alpha: float | None = None,
+    alpha: int | None = None,
     seed: int = 0,
     unet_targets: Sequence[str] = UNET_TARGETS,
     text_targets: Sequence[str] = TEXT_TARGETS,
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("model_dir", type=Path, help="a diffusers folder (unet/, text_encoder/)")
     parser.add_argument("out", type=Path, help="the .safetensors file to write")
     parser.add_argument("--rank", type=int, default=4)
-    parser.add_argument("--alpha", type=float, default=None, help="default: the rank")
+    parser.add_argument("--alpha", type=int, default=None, help="default: the rank")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--unet-only", action="store_true", help="no text-encoder layers")
     parser.add_argument("--kohya", action="store_true", help="write the kohya / web-UI key format")

@@ -2,7 +2,7 @@
 
 Run time: ``TensorRTBackend`` picks a ``trt``/``trt-rtx`` engine set built for this GPU with an installed library and
 opens ``TrtEngine``\\ s on one shared ``Device`` (runtime, stream, activation pool). Build time (``engines.tensorrt.build``,
-imported only by ``build-trt``): the builder, fp16 routes, the per-layer precision report.
+imported only by ``build-trt``): the builder, fp16 routes, the per-layer precision report, refittable plans.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 
 from core.errors import PackageError
-from core.manifest import TrtEngineSet
+from core.manifest import TrtEngineEntry, TrtEngineSet
 from core.package import ModelPackage
 from engines.backend import OpenRequest, Selection
 from engines.base import EngineBase
@@ -78,26 +78,52 @@ class TensorRTBackend:
                 f"engines in engines/{chosen.name} were built with {chosen.library} {chosen.library_version}; this "
                 f"machine has {library.version}, which cannot load them: rebuild with build-trt"
             )
+        entries = _entries(package, chosen, components, request)
         device = Device(library)
         deserialized = {}
         try:
-            for component in components:
-                entry = chosen.components.get(component)
-                if entry is None:
-                    raise EngineError(f"engine set {chosen.name} has no {component}; rebuild with build-trt")
+            for component, entry in entries.items():
                 try:
                     plan = package.verify_file(entry.plan).read_bytes()
                 except PackageError as exc:
                     raise EngineError(str(exc)) from None
                 log.debug("loading %s from %s", component, entry.plan)
-                deserialized[component] = (entry, device.deserialize(plan, f"{chosen.name}/{component}"))
+                deserialized[component] = device.deserialize(plan, f"{chosen.name}/{component}")
             # Components run one after another: one activation pool, sized for the hungriest, serves them all.
-            device.reserve(max(activation_bytes(engine) for _, engine in deserialized.values()))
-            return {
-                component: TrtEngine(engine, package.variant(component, entry.source_dtype).spec, entry.profile,
-                                     device, f"{chosen.name}/{component}", request.cuda_graphs)
-                for component, (entry, engine) in deserialized.items()
+            device.reserve(max(activation_bytes(engine) for engine in deserialized.values()))
+            engines = {
+                component: TrtEngine(engine, package.variant(component, entries[component].source_dtype).spec,
+                                     entries[component].profile, device, f"{chosen.name}/{component}",
+                                     request.cuda_graphs)
+                for component, engine in deserialized.items()
             }
         except BaseException:
             device.close()
             raise
+        try:
+            for component, engine in engines.items():
+                engine.refit(request.weights.get(component) or {})
+        except BaseException:
+            for engine in engines.values():
+                engine.close()  # the last one closes the device
+            raise
+        return dict(engines)
+
+
+def _entries(
+    package: ModelPackage, chosen: TrtEngineSet, components: Sequence[str], request: OpenRequest
+) -> dict[str, TrtEngineEntry]:
+    """The set's entry for each component; checked before any GPU work, as refusals should be."""
+    entries = {}
+    for component in components:
+        entry = chosen.components.get(component)
+        if entry is None:
+            raise EngineError(f"engine set {chosen.name} has no {component}; rebuild with build-trt")
+        if request.weights.get(component) and not entry.refittable:
+            raise EngineError(
+                f"engines/{chosen.name}/{component} was built without --refittable and cannot take new weights (a "
+                f"LoRA); rebuild with `python cli.py build-trt --package {package.root} ... --refittable` (the same "
+                "options plus --refittable), or run with --backend ort"
+            )
+        entries[component] = entry
+    return entries

@@ -108,8 +108,8 @@ def _refuse_refittable_without_gpu(library: Library) -> NoReturn:
     # REFIT_IDENTICAL, STRIP_PLAN) fails in the compiler's JIT with CHECK(status == CUDA_SUCCESS), even for one MatMul.
     raise EngineError(
         f"refittable engines need an NVIDIA GPU here (none found): {library.name} {library.version} compiles them "
-        "with CUDA; run build-trt --refittable on a machine with an NVIDIA GPU and driver (--arch still picks the "
-        "targets), or build without --refittable (LoRAs then run with --backend ort)"
+        "with CUDA; run build-trt --refittable on a machine with an NVIDIA GPU and driver, or build without "
+        "--refittable (LoRAs then run with --backend ort)"
     )
 
 
@@ -201,7 +201,7 @@ class TensorRTBuilder:
         component, config = job.component, self.config
         progress(f"{component}: sanitising {choice.variant.onnx} (constant folding, clean-up, topological sort)")
         sanitized = sanitize_onnx(package.path(choice.variant.onnx), work / "sanitized.onnx")
-        refit = parsed_weight_map(package, job.settings["refit_map"], sanitized) if job.settings["refit_map"] else None
+        refit = self._refit_map(package, job, sanitized)
         progress(f"{component}: building from {choice.route} (optimisation level {config.optimization_level}"
                  + (f", {len(refit.slots)} weights refittable)" if refit is not None else ")"))
         tick = time.perf_counter()
@@ -216,7 +216,7 @@ class TensorRTBuilder:
         report = {"library": self.library.name, "version": self.library.version, "archs": list(config.archs),
                   "precision": config.precision, "route": choice.route, "summary": summary, "layers": layers}
         (work / f"{component}.layers.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        files = (f"{component}.plan", f"{component}.layers.json")
+        files: tuple[str, ...] = (f"{component}.plan", f"{component}.layers.json")
         details: dict[str, Any] = {"route": choice.route, "plan_bytes": len(plan), "summary": summary}
         if refit is not None:
             refit = without(refit, refused, "the TensorRT network has no weights of this name (its parser folded them)")
@@ -225,6 +225,18 @@ class TensorRTBuilder:
             files += (f"{component}.weights.json",)
             details["refittable"] = len(refit.slots)
         return Compiled(files, seconds, details)
+
+    def _refit_map(self, package: ModelPackage, job: BuildJob, sanitized: Path) -> WeightMap | None:
+        """The weights to mark refittable (None: a plain plan)."""
+        if job.settings["refit_map"] is None:
+            return None
+        refit = parsed_weight_map(package, job.settings["refit_map"], sanitized)
+        if not refit.slots:
+            raise EngineError(
+                f"{job.component}: none of the weights a LoRA changes is left in the graph TensorRT parses "
+                f"({next(iter(refit.unmapped.values()), 'none mapped')}); build without --refittable"
+            )
+        return refit
 
     def verify(
         self, package: ModelPackage, job: BuildJob, compiled: Compiled, work: Path, progress: Callable[[str], None]
@@ -342,7 +354,8 @@ def convert_to_fp16(package: ModelPackage, component: str) -> ComponentVariant:
     relative = source.onnx.replace("model.onnx", "model_fp16.onnx")
     folder = package.path(relative).parent
     with work_folder(folder, "fp16") as scratch:
-        staged = save_onnx(converted, scratch / "model_fp16.onnx")
+        # Weights in external data, as the exporter writes them: where a weight map can point LoRA merges at them.
+        staged = save_onnx(converted, scratch / "model_fp16.onnx", external=True)
         fp32, fp16 = open_session(package.path(source.onnx)), open_session(staged[0])
         vocab = len(json.loads(package.path("tokenizer/vocab.json").read_text(encoding="utf-8")))
         verification = verify_outputs(source.spec, "fp16", verification_dims(package.constants),
@@ -353,9 +366,17 @@ def convert_to_fp16(package: ModelPackage, component: str) -> ComponentVariant:
                 f"{component}: the fp32 -> fp16 conversion misses the fp16 bar ({'; '.join(verification.failures)}); "
                 "re-export the package with --dtype fp32,fp16 (half-precision export is the sturdier route)"
             )
+        weight_map = _converted_weight_map(package, source, staged[0], relative)
+        if weight_map is not None:
+            (scratch / "model_fp16.weights.json").write_text(json.dumps(weight_map.to_json(), indent=1) + "\n",
+                                                             encoding="utf-8")
         # External data before the graph that names it.
         published = publish_files(scratch, [p.name for p in reversed(staged)], folder)
         written = [str(p.relative_to(package.root)) for p in reversed(published)]
+        map_relative = None
+        if weight_map is not None:
+            (map_path,) = publish_files(scratch, ["model_fp16.weights.json"], folder)
+            map_relative = str(map_path.relative_to(package.root))
     variant = ComponentVariant(
         component=component,
         dtype="fp16",
@@ -365,14 +386,36 @@ def convert_to_fp16(package: ModelPackage, component: str) -> ComponentVariant:
         verification={**verification.to_json(), "converted_from": "fp32",
                       "method": "onnxruntime.transformers.float16 (timestep kept float32), checked against fp32 ONNX "
                                 "in ONNX Runtime"},
+        weight_map=map_relative,
     )
+    listed = [*written, map_relative] if map_relative is not None else written
 
     def record(manifest: Manifest) -> Manifest:
         components = {**manifest.components, component: {**manifest.components[component], "fp16": variant}}
-        return replace(manifest.with_files(package.root, written), components=components)
+        return replace(manifest.with_files(package.root, listed), components=components)
 
     package.update_manifest(record)
     return variant
+
+
+def _converted_weight_map(
+    package: ModelPackage, source: ComponentVariant, graph: Path, graph_relative: str
+) -> WeightMap | None:
+    """The converted graph's weight map: the fp32 graph's mapped weights, converted as the converter converts them
+    (tiny values clamped, not flushed), found again by their bytes. None when the fp32 graph has no map."""
+    from onnxruntime.transformers.float16 import convert_np_to_float16
+
+    from engines.weight_maps import map_weights, torch_layout_weights
+
+    if source.weight_map is None:
+        return None
+    fp32_map = WeightMap.read(package.verify_file(source.weight_map), source.weight_map)
+    weights = {module: convert_np_to_float16(weight)
+               for module, weight in torch_layout_weights(package.root, fp32_map).items()}
+    weight_map = map_weights(graph, graph_relative, source.component, weights)
+    log.debug("%s fp16 (converted): %d weights mapped for LoRA", source.component, len(weight_map.slots))
+    return WeightMap(weight_map.component, weight_map.graph, weight_map.slots,
+                     {**fp32_map.unmapped, **weight_map.unmapped})
 
 
 def _deduplicate_and_sort(model: Any) -> Any:
@@ -402,7 +445,7 @@ def parsed_weight_map(package: ModelPackage, source_map: str, sanitized: Path) -
     and unchanged: the names a refittable plan knows, with base values the package's ONNX data still has."""
     source = WeightMap.read(package.verify_file(source_map), source_map)
     arrays = _initializers(sanitized, {slot.initializer for slot in source.slots.values()})
-    kept, folded, changed = {}, [], []
+    folded, changed = [], []
     for module, slot in source.slots.items():
         found = arrays.get(slot.initializer)
         if found is None:
@@ -410,10 +453,7 @@ def parsed_weight_map(package: ModelPackage, source_map: str, sanitized: Path) -
         elif found.dtype != np.dtype(slot.dtype) or tuple(found.shape) != tuple(slot.dims) or \
                 not np.array_equal(found, read_stored(package.root, slot)):
             changed.append(module)
-        else:
-            kept[module] = slot
-    weight_map = WeightMap(source.component, source.graph, kept, source.unmapped)
-    weight_map = without(weight_map, folded, "constant folding before the TensorRT parser folded it into another")
+    weight_map = without(source, folded, "constant folding before the TensorRT parser folded it into another")
     return without(weight_map, changed, "constant folding before the TensorRT parser changed its values")
 
 
@@ -423,9 +463,8 @@ def without(weight_map: WeightMap, modules_or_names: Sequence[str], reason: str)
     gone = {m for m, slot in weight_map.slots.items() if m in dropped or slot.initializer in dropped}
     if not gone:
         return weight_map
-    if len(gone) > 0:
-        log.warning("%s: %d weights a LoRA could change are not refittable in the plan: %s", weight_map.component,
-                    len(gone), reason)
+    log.warning("%s: %d weights a LoRA could change are not refittable in the plan: %s", weight_map.component,
+                len(gone), reason)
     return WeightMap(weight_map.component, weight_map.graph,
                      {m: slot for m, slot in weight_map.slots.items() if m not in gone},
                      {**weight_map.unmapped, **{m: reason for m in sorted(gone)}})
@@ -499,18 +538,43 @@ def build_plan(
     library: Library,
     choice: OnnxChoice,
     timing_cache: Path | None = None,
-) -> tuple[bytes, list[str]]:
-    """Parse and build one engine; returns the serialized plan and every message the builder logged."""
+    refittable: Sequence[str] | None = None,
+) -> tuple[bytes, list[str], tuple[str, ...]]:
+    """Parse and build one engine; returns the serialized plan, every message the builder logged, and the names of
+    ``refittable`` (weights to mark refittable; None: a plain plan) that the network did not have."""
     api.bind(library)
     trt = api.trt
-    logger = _make_logger()
+    logger = api.capturing_logger()
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if choice.strongly_typed else 0
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, logger)  # owns the weights the network refers to: kept until the build is done
     if not parser.parse_from_file(str(onnx_path)):
         errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
-        raise EngineError(f"{library.name} cannot parse {onnx_path.name}: " + "; ".join(errors + _errors(logger)))
+        raise EngineError(f"{library.name} cannot parse {onnx_path.name}: "
+                          + "; ".join(errors + api.logged_errors(logger)))
+    builder_config = _builder_config(builder, profile, config, library, choice)
+    refused = mark_refittable(network, builder_config, refittable) if refittable is not None else ()
+    cache = _load_timing_cache(builder_config, timing_cache)
+    monitor = _make_monitor()
+    builder_config.progress_monitor = monitor
+    with _interrupts_cancel(monitor):
+        serialized = serialize_network(builder, network, builder_config)
+    if serialized is None and getattr(monitor, "cancelled", False):
+        # Cancelled by an interrupt whose re-delivery did not raise here (seen once under heavy load): still an
+        # interrupt, not a build failure.
+        raise KeyboardInterrupt
+    if serialized is None:
+        raise EngineError(f"{library.name} failed to build {onnx_path.name}: "
+                          + " | ".join(api.logged_errors(logger) or ["no error message"]))
+    if cache is not None and timing_cache is not None:
+        _save_timing_cache(builder_config, timing_cache)
+    return bytes(memoryview(serialized)), [message for _, message in logger.messages], refused
+
+
+def _builder_config(builder: Any, profile: ShapeProfile, config: BuildConfig, library: Library,
+                    choice: OnnxChoice) -> Any:
+    trt = api.trt
     builder_config = builder.create_builder_config()
     builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     builder_config.builder_optimization_level = config.optimization_level
@@ -529,22 +593,22 @@ def build_plan(
     for name, (low, opt, high) in profile.shapes.items():
         optimization_profile.set_shape(name, trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
     builder_config.add_optimization_profile(optimization_profile)
-    cache = _load_timing_cache(builder_config, timing_cache)
-    monitor = _make_monitor()
-    builder_config.progress_monitor = monitor
-    with _interrupts_cancel(monitor):
-        serialized = builder.build_serialized_network(network, builder_config)
-    if serialized is None and getattr(monitor, "cancelled", False):
-        # Cancelled by an interrupt whose re-delivery did not raise here (seen once under heavy load): still an
-        # interrupt, not a build failure.
-        raise KeyboardInterrupt
-    if serialized is None:
-        raise EngineError(
-            f"{library.name} failed to build {onnx_path.name}: " + " | ".join(_errors(logger) or ["no error message"])
-        )
-    if cache is not None and timing_cache is not None:
-        _save_timing_cache(builder_config, timing_cache)
-    return bytes(memoryview(serialized)), [message for _, message in logger.messages]
+    return builder_config
+
+
+def mark_refittable(network: Any, builder_config: Any, names: Sequence[str]) -> tuple[str, ...]:
+    """Mark exactly ``names`` refittable (REFIT_INDIVIDUAL: every other weight stays a constant the optimiser may
+    fold); returns the names the network has no weights for."""
+    builder_config.set_flag(api.trt.BuilderFlag.REFIT_INDIVIDUAL)
+    refused = tuple(name for name in names if not network.mark_weights_refittable(name))
+    if refused:
+        log.debug("no weights named %s in the network", ", ".join(refused))
+    return refused
+
+
+def serialize_network(builder: Any, network: Any, builder_config: Any) -> Any:
+    """The build itself (its own function: the one step tests without a GPU replace for refittable builds)."""
+    return builder.build_serialized_network(network, builder_config)
 
 
 def _load_timing_cache(builder_config: Any, path: Path | None) -> Any:

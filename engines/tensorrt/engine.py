@@ -6,12 +6,15 @@ since a pipeline runs its components one after another. Per call: set the input 
 ``execute_async_v3`` on the stream, copy the outputs back. With ``cuda_graphs=True`` and a static profile, the first
 call is captured into a CUDA graph and later calls replay it. Each plan's own I/O names and dtypes are checked against
 the manifest's spec at load; plans built for another GPU or library version are refused with the library's reason.
+Plans built refittable take new values for the weights their weight map names (``TrtEngine.refit``: LoRA without a
+rebuild).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -208,6 +211,27 @@ class TrtEngine(EngineBase):
             self._graph = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
             self._graph_shapes = shapes
 
+    def refit(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Replace the named weights (by the names the plan's weight map gives, in its stored layout and dtype, e.g.
+        LoRA-merged ones); the others keep their current values, so to undo a LoRA, pass its weights' base values.
+        Needs a plan built with ``--refittable``. After an EngineError some of the weights may have been set (as
+        TensorRT documents): refit again, or reopen the engine."""
+        if not weights:
+            return
+        started = time.perf_counter()
+        with self.device.lock:
+            refit_engine(self.engine, weights, self.label)
+            self._drop_graph()
+        log.info("%s: refitted %d weights in %.0f ms", self.spec.name, len(weights),
+                 (time.perf_counter() - started) * 1e3)
+
+    def _drop_graph(self) -> None:
+        # A captured graph replays the launches of its capture; whether they read the refitted weights where the
+        # capture saw the old ones is the library's business, so capture again on the next call.
+        if self._graph is not None:
+            self.cudart.cudaGraphExecDestroy(self._graph)
+            self._graph, self._graph_shapes = None, None
+
     def close(self) -> None:
         for buffer in getattr(self, "buffers", {}).values():
             buffer.release()
@@ -216,6 +240,41 @@ class TrtEngine(EngineBase):
             if self.device.users == 0:
                 self.device.close()
         self.__dict__.pop("engine", None)
+
+
+def refit_engine(engine: Any, weights: Mapping[str, np.ndarray], label: str) -> None:
+    """Set ``weights`` in a deserialized refittable engine (no work may be running on it)."""
+    trt = api.trt
+    logger = api.capturing_logger()
+    try:
+        refitter = trt.Refitter(engine, logger)
+        held = []  # TensorRT reads the arrays by reference until refit_cuda_engine returns
+        for name, array in weights.items():
+            data = np.ascontiguousarray(array)
+            held.append(data)
+            if not refitter.set_named_weights(name, trt.Weights(data)):
+                raise EngineError(f"{label}: cannot refit {name}: {_refusal(refitter, name, data)}")
+        missing = [name for name in refitter.get_missing_weights() if name]
+        if missing:
+            raise EngineError(
+                f"{label}: the plan refits {', '.join(sorted(weights)[:3])} only together with weights not given "
+                f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); pass those too (their base values)"
+            )
+        if not refitter.refit_cuda_engine():
+            errors = api.logged_errors(logger)
+            raise EngineError(f"{label}: refitting failed: {' | '.join(errors) or 'no error message'}")
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # The bindings' own errors (an unsupported dtype, a released engine): one line, as every engine error.
+        raise EngineError(f"{label}: cannot refit the engine: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+
+
+def _refusal(refitter: Any, name: str, data: np.ndarray) -> str:
+    prototype = refitter.get_weights_prototype(name)
+    if prototype.size < 0:
+        return ("the plan has no refittable weights of this name; its weight map and plan disagree: rebuild with "
+                "build-trt --refittable")
+    wanted = NUMPY_OF_TRT.get(str(prototype.dtype).rsplit(".", 1)[-1], str(prototype.dtype))
+    return f"the plan holds {prototype.size} {wanted} values, given {data.size} {data.dtype}"
 
 
 def check_io(engine: Any, spec: ComponentSpec, label: str) -> None:

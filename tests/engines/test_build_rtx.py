@@ -197,6 +197,7 @@ def test_missing_library_names_the_extra(monkeypatch) -> None:
         (["--backend", "trt-rtx", "--arch", "banana"], "compute capability"),
         (["--backend", "trt-rtx", "--arch", "sm89", "--components", "unet,refiner"], "refiner"),
         (["--backend", "trt-rtx", "--arch", "sm89", "--workspace", "lots"], "--workspace"),
+        (["--backend", "trt-rtx", "--arch", "sm89", "--refittable"], "need an NVIDIA GPU"),
     ],
 )
 def test_build_trt_cli_errors(built, arguments: list[str], fragment: str) -> None:

@@ -39,7 +39,7 @@ def test_build_records_verified_engines_in_the_manifest(built: Path) -> None:
     engine_set = package.manifest.engines[name]
     assert engine_set.backend == "ort" and engine_set.target == cpu_tag()
     unet = engine_set.components["unet"]
-    assert unet.fused_attention > 0 and unet.files == (unet.graph, *unet.data_files)
+    assert unet.fused_attention > 0 and unet.files == (unet.graph, *unet.data_files, unet.weight_map)
     report = json.loads(package.path(unet.report).read_text())
     assert report["verification"]["passed"]
     assert engine_set.components["vae_decoder"].fused_attention == 1

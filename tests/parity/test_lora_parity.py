@@ -98,6 +98,14 @@ def test_lora_on_build_ort_graphs_matches_diffusers(ort_built_package, lora_file
     assert worst(ours, diffusers_images(pretrained_dirs["tiny"], [(lora_files["r4"], 0.8)])) <= 2
 
 
+def test_lora_on_fp16_onnx_psnr_against_diffusers_fp32(tiny_package, lora_files, pretrained_dirs) -> None:
+    with Pipeline.from_package(tiny_package, precision="fp16", device="cpu", loras=[(lora_files["r4"], 0.8)]) as pipe:
+        ours = generate(pipe).astype(np.float64)
+    expected = diffusers_images(pretrained_dirs["tiny"], [(lora_files["r4"], 0.8)]).astype(np.float64)
+    psnr = 10 * np.log10(255.0**2 / max(float(np.mean((ours - expected) ** 2)), 1e-12))
+    assert psnr >= 30, f"PSNR {psnr:.1f} dB"
+
+
 def test_lora_on_sd2_tiny_v_matches_diffusers(tiny_v_package, lora_files, pretrained_dirs) -> None:
     with Pipeline.from_package(tiny_v_package, device="cpu", loras=[(lora_files["v-r4"], 1.0)]) as pipe:
         ours = generate(pipe)

@@ -272,7 +272,7 @@ def merged_weights(
     root: Path, weight_maps: Mapping[str, WeightMap], loras: Sequence[tuple[LoraFile, float]]
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per component, initializer -> base weight plus every LoRA's scaled delta, in the graph's layout and dtype."""
-    deltas: dict[tuple[str, str], np.ndarray] = {}
+    touched: dict[tuple[str, str], list[tuple[LoraLayer, float]]] = {}
     for lora, scale in loras:
         for layer in lora.layers:
             weight_map = weight_maps.get(layer.component)
@@ -289,15 +289,16 @@ def merged_weights(
                     f"LoRA's up/down are {list(layer.up.shape)}/{list(layer.down.shape)} (a LoRA for another model "
                     "family or size?)"
                 )
-            key = (layer.component, layer.module)
-            delta = layer.delta(slot.shape, scale * layer.alpha / layer.rank)
-            deltas[key] = deltas[key] + delta if key in deltas else delta
+            touched.setdefault((layer.component, layer.module), []).append((layer, scale * layer.alpha / layer.rank))
     merged: dict[str, dict[str, np.ndarray]] = {}
-    for (component, module), delta in deltas.items():
+    # One weight at a time, each delta added as soon as it is made: the peak is the merged weights plus one delta.
+    for (component, module), updates in touched.items():
         slot = weight_maps[component].slots[module]
-        base = read_stored(root, slot)
-        merged.setdefault(component, {})[slot.initializer] = \
-            (base.astype(np.float32) + slot.stored(delta)).astype(slot.dtype)
+        weight = np.array(read_stored(root, slot), dtype=np.float32)
+        for layer, scaling in updates:
+            weight += slot.stored(layer.delta(slot.shape, scaling))
+        merged.setdefault(component, {})[slot.initializer] = weight if slot.dtype == "float32" else \
+            weight.astype(slot.dtype)
     return merged
 
 

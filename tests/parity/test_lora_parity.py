@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 diffusers = pytest.importorskip("diffusers")
-pytest.importorskip("peft")
 
 from bench.reference import Reference, run_reference  # noqa: E402
 from runtime import Pipeline  # noqa: E402

@@ -207,7 +207,11 @@ def _carry_engines(previous_root: Path, staging: Path, progress: Callable[[str],
         kept = {}
         for component, entry in engine_set.components.items():
             variant = new.components.get(component, {}).get(entry.source_dtype)
-            if variant is not None and new.files[variant.onnx].sha256 == entry.source_onnx_sha256:
+            before = previous.manifest.components.get(component, {}).get(entry.source_dtype)
+            # The graph file alone says nothing of the weights, which are in its external data: compare every file.
+            if variant is not None and before is not None and new.files[variant.onnx].sha256 == \
+                    entry.source_onnx_sha256 and [new.files[f].sha256 for f in variant.files] == \
+                    [previous.manifest.files[f].sha256 for f in before.files if f in previous.manifest.files]:
                 kept[component] = entry
             else:
                 progress(f"engines/{name}/{component}: dropped, the ONNX it was built from changed (rebuild it)")

@@ -157,7 +157,8 @@ def test_large_models_get_one_external_data_file(tmp_path: Path, monkeypatch: py
     unet = package.variant("unet", "fp32")
     assert unet.files == ("onnx/unet/model.onnx", "onnx/unet/model.onnx.data")
     assert package.path(unet.files[1]).stat().st_size > package.path(unet.files[0]).stat().st_size
-    assert sorted(p.name for p in package.path("onnx/unet").iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert sorted(p.name for p in package.path("onnx/unet").iterdir()) == ["model.onnx", "model.onnx.data",
+                                                                         "model.weights.json"]
     ort.InferenceSession(str(package.path(unet.onnx)), providers=["CPUExecutionProvider"])
 
 

@@ -173,9 +173,11 @@ def read_lora(path: Path, adapters: Mapping[str, tuple[str, ...]], modules: Mapp
                         "LoRA (down/up or lora_A/lora_B) is supported")
     parts: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     unmatched: list[str] = []
+    # kohya's keys spell module paths with "_" for "."; the table is made once, not per key.
+    underscored = {c: {m.replace(".", "_"): m for m in known} for c, known in modules.items()}
     formats: set[str] = set()
     for key, array in tensors.items():
-        found = _match(key, adapters, modules)
+        found = _match(key, adapters, modules, underscored)
         if found is None:
             unmatched.append(key)
             continue
@@ -210,8 +212,8 @@ def read_lora(path: Path, adapters: Mapping[str, tuple[str, ...]], modules: Mapp
     return LoraFile(Path(path), "+".join(sorted(formats)), tuple(layers), tuple(unmatched))
 
 
-def _match(key: str, adapters: Mapping[str, tuple[str, ...]],
-           modules: Mapping[str, set[str]]) -> tuple[str, str, str, str] | None:
+def _match(key: str, adapters: Mapping[str, tuple[str, ...]], modules: Mapping[str, set[str]],
+           underscored: Mapping[str, Mapping[str, str]]) -> tuple[str, str, str, str] | None:
     """(component, module, 'down'/'up'/'alpha', format) for one key, or None."""
     for component, prefixes in adapters.items():
         diffusers_prefix, kohya_prefix = prefixes[0], prefixes[-1]
@@ -225,7 +227,7 @@ def _match(key: str, adapters: Mapping[str, tuple[str, ...]],
         if key.startswith(kohya_prefix + "_"):
             found = _KOHYA.match(key[len(kohya_prefix) + 1:])
             if found:
-                by_underscores = {m.replace(".", "_"): m for m in known}
+                by_underscores = underscored.get(component, {})
                 module = _known_module(found["module"], by_underscores.keys(), "_")
                 if module is not None:
                     return component, by_underscores[module], "alpha" if found["alpha"] else found["du"], "kohya"

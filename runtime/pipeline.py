@@ -251,7 +251,7 @@ class Pipeline:
         generators = [np.random.default_rng(s) for s in request.seeds]
         draws = self._initial_draws(request, inputs, generators)
         sampler = self._make_scheduler(request)
-        first = start_index(request.steps, task.strength) if task is not None else 0
+        first = start_index(request.steps, task.strength, sampler.order) if task is not None else 0
         sampler.begin(first)
         with timer.stage("vae_encode") if task is not None else contextlib.nullcontext():
             start = starting_point(self.constants, task, draws, sampler, first, request.batch, self._encode_image)
@@ -267,7 +267,7 @@ class Pipeline:
             with timer.stage("unet"):
                 model_output = denoise(model_input, timestep)
             with timer.stage("scheduler"):
-                noise = _draw(generators, latents.shape[1:]) if sampler.stochastic else None
+                noise = _draw(generators, latents.shape[1:]) if sampler.noise_at(i) else None
                 latents = sampler.step(model_output, i, latents, noise=noise)
                 if start.known is not None:  # a 4-channel UNet inpaints: the known region is put back each step
                     latents = start.keep_known(latents, sampler, i)

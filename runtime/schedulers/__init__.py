@@ -14,11 +14,18 @@ import numpy as np
 
 from runtime.schedulers.common import Scheduler, SchedulerError, UnsupportedConfigError, start_index
 from runtime.schedulers.ddim import DDIM
+from runtime.schedulers.deis import DEIS
+from runtime.schedulers.dpm_sde import DPMSolverSDE
 from runtime.schedulers.dpm_solver import DPMSolverMultistep
 from runtime.schedulers.euler import Euler
 from runtime.schedulers.euler_ancestral import EulerAncestral
+from runtime.schedulers.heun import Heun
+from runtime.schedulers.kdpm2 import KDPM2
+from runtime.schedulers.kdpm2_ancestral import KDPM2Ancestral
 from runtime.schedulers.lcm import LCM
+from runtime.schedulers.lms import LMS
 from runtime.schedulers.pndm import PNDM
+from runtime.schedulers.tcd import TCD
 from runtime.schedulers.unipc import UniPC
 
 __all__ = [
@@ -37,17 +44,35 @@ __all__ = [
 ]
 
 SCHEDULER_CLASSES: dict[str, type[Scheduler]] = {
-    cls.class_name: cls for cls in (DDIM, PNDM, Euler, EulerAncestral, DPMSolverMultistep, LCM, UniPC)
+    cls.class_name: cls
+    for cls in (DDIM, PNDM, Euler, EulerAncestral, Heun, LMS, KDPM2, KDPM2Ancestral, DPMSolverMultistep, DPMSolverSDE,
+                DEIS, UniPC, LCM, TCD)
 }
+KARRAS = {"use_karras_sigmas": True}
+SDE = {"algorithm_type": "sde-dpmsolver++"}
 SHORT_NAMES: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": ("DDIMScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
+    "euler_karras": ("EulerDiscreteScheduler", KARRAS),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "lms_karras": ("LMSDiscreteScheduler", KARRAS),
+    "dpm2": ("KDPM2DiscreteScheduler", {}),
+    "dpm2_karras": ("KDPM2DiscreteScheduler", KARRAS),
+    "dpm2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "dpm2_a_karras": ("KDPM2AncestralDiscreteScheduler", KARRAS),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {}),
-    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
-    "lcm": ("LCMScheduler", {}),
+    "dpmpp_2m_karras": ("DPMSolverMultistepScheduler", KARRAS),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", SDE),
+    "dpmpp_2m_sde_karras": ("DPMSolverMultistepScheduler", {**SDE, **KARRAS}),
+    "dpmpp_sde": ("DPMSolverSDEScheduler", {}),
+    "dpmpp_sde_karras": ("DPMSolverSDEScheduler", KARRAS),
+    "deis": ("DEISMultistepScheduler", {}),
     "unipc": ("UniPCMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+    "tcd": ("TCDScheduler", {}),
 }
 
 
@@ -55,41 +80,61 @@ WEB_UI_NAMES: dict[str, str] = {
     "DDIM": "ddim",
     "PLMS": "pndm",
     "Euler": "euler",
+    "Euler Karras": "euler_karras",
     "Euler a": "euler_a",
+    "Heun": "heun",
+    "LMS": "lms",
+    "LMS Karras": "lms_karras",
+    "DPM2": "dpm2",
+    "DPM2 Karras": "dpm2_karras",
+    "DPM2 a": "dpm2_a",
+    "DPM2 a Karras": "dpm2_a_karras",
     "DPM++ 2M": "dpmpp_2m",
     "DPM++ 2M Karras": "dpmpp_2m_karras",
-    "LCM": "lcm",
+    "DPM++ 2M SDE": "dpmpp_2m_sde",
+    "DPM++ 2M SDE Karras": "dpmpp_2m_sde_karras",
+    "DPM++ SDE": "dpmpp_sde",
+    "DPM++ SDE Karras": "dpmpp_sde_karras",
+    "DEIS": "deis",
     "UniPC": "unipc",
+    "LCM": "lcm",
+    "TCD": "tcd",
 }
 """AUTOMATIC1111's sampler names for the schedulers here (the mapping of diffusers' scheduler overview), matched
 without regard to case."""
 
 NOT_IMPLEMENTED: dict[str, str] = {
-    "DPM++ 2M SDE": "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++')",
-    "DPM++ 2M SDE Karras": "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', use_karras_sigmas=True)",
-    "DPM++ SDE": "DPMSolverSinglestepScheduler",
-    "DPM++ SDE Karras": "DPMSolverSinglestepScheduler(use_karras_sigmas=True)",
-    "DPM2": "KDPM2DiscreteScheduler",
-    "DPM2 Karras": "KDPM2DiscreteScheduler(use_karras_sigmas=True)",
-    "DPM2 a": "KDPM2AncestralDiscreteScheduler",
-    "DPM2 a Karras": "KDPM2AncestralDiscreteScheduler(use_karras_sigmas=True)",
-    "Heun": "HeunDiscreteScheduler",
-    "LMS": "LMSDiscreteScheduler",
-    "LMS Karras": "LMSDiscreteScheduler(use_karras_sigmas=True)",
-    "DEIS": "DEISMultistepScheduler",
-    "TCD": "TCDScheduler",
+    "DPM fast": "no diffusers scheduler",
+    "DPM adaptive": "no diffusers scheduler",
+    "DPM++ 2S a": "no diffusers scheduler (DPMSolverSinglestepScheduler is close but not the same sampler)",
+    "DPM++ 3M SDE": "DPMSolverMultistepScheduler(solver_order=3, algorithm_type='sde-dpmsolver++'), unsupported order",
+    "DPMSolverSinglestepScheduler": "DPMSolverSinglestepScheduler",
 }
-"""Web UI and diffusers names people ask for that this runtime does not implement (yet): refused by name."""
+"""Web UI and diffusers names people ask for that this runtime does not implement: refused by name."""
 
 DESCRIPTIONS: dict[str, str] = {
-    "ddim": "deterministic, first-order; the SD 2.x configs' own; typically 20-50 steps",
+    "ddim": "deterministic, first-order; the SD 2.x configs' own; typically 20-50 steps; eta > 0 adds fresh noise",
     "pndm": "pseudo-linear multistep (PLMS); the SD 1.x configs' own; steps + 1 UNet calls; typically 30-50",
     "euler": "deterministic first-order Euler over sigmas; typically 20-30 steps",
+    "euler_karras": "Euler on Karras sigmas (denser near the end); typically 20-30 steps",
     "euler_a": "ancestral Euler: fresh noise every step, so the picture changes with the step count; typically 20-30",
+    "heun": "second-order Heun: 2 UNet calls per step (2 x steps - 1), sharper at few steps; typically 10-20",
+    "lms": "linear multistep (order 4) over sigmas; typically 30-50 steps",
+    "lms_karras": "LMS on Karras sigmas; typically 30-50 steps",
+    "dpm2": "KDPM2, second-order: 2 UNet calls per step; typically 15-25 steps",
+    "dpm2_karras": "KDPM2 on Karras sigmas: 2 UNet calls per step; typically 15-25 steps",
+    "dpm2_a": "ancestral KDPM2: 2 UNet calls per step, fresh noise every step; typically 20-30 steps",
+    "dpm2_a_karras": "ancestral KDPM2 on Karras sigmas: 2 UNet calls per step; typically 20-30 steps",
     "dpmpp_2m": "DPM-Solver++ second-order multistep; typically 15-25 steps",
     "dpmpp_2m_karras": "DPM++ 2M on Karras sigmas, a common web UI choice; typically 15-25 steps",
-    "lcm": "for latent-consistency (LCM/LCM-LoRA) models only: 2-8 steps, guidance about 1-2",
+    "dpmpp_2m_sde": "stochastic DPM++ 2M (fresh noise each step): more detail, changes with steps; typically 20-30",
+    "dpmpp_2m_sde_karras": "DPM++ 2M SDE on Karras sigmas, a popular web UI choice; typically 20-30 steps",
+    "dpmpp_sde": "DPM++ SDE: second-order, 2 UNet calls per step, Brownian noise; typically 10-20 steps",
+    "dpmpp_sde_karras": "DPM++ SDE on Karras sigmas: 2 UNet calls per step; typically 10-20 steps",
+    "deis": "DEIS exponential-integrator multistep (order 3); good at 10-20 steps",
     "unipc": "UniPC multistep predictor-corrector; typically 10-20 steps",
+    "lcm": "for latent-consistency (LCM/LCM-LoRA) models only: 2-8 steps, guidance about 1-2",
+    "tcd": "for TCD/LCM-distilled models only: 2-8 steps; eta (gamma) sets the fresh noise, 0.3 in TCD's paper",
 }
 """What each scheduler is good for, one line each (``generate --scheduler list``)."""
 
@@ -109,10 +154,9 @@ def resolve_scheduler(name: str) -> tuple[type[Scheduler], dict[str, Any]]:
     if name in SCHEDULER_CLASSES:
         return SCHEDULER_CLASSES[name], {}
     missing = {key.lower(): value for key, value in NOT_IMPLEMENTED.items()}
-    missing.update({value.split("(")[0].lower(): value.split("(")[0] for value in NOT_IMPLEMENTED.values()})
     if name.lower() in missing:
         raise SchedulerError(
-            f"scheduler {name!r} (diffusers' {missing[name.lower()]}) is not implemented in this runtime yet; known: "
+            f"scheduler {name!r} ({missing[name.lower()]}) is not implemented in this runtime; known: "
             f"{', '.join(scheduler_names())}"
         )
     raise SchedulerError(f"unknown scheduler {name!r}; known: {', '.join(scheduler_names())}")
@@ -123,11 +167,13 @@ def make_scheduler(
     config: Mapping[str, Any],
     num_inference_steps: int,
     generator: np.random.Generator | None = None,
+    eta: float = 0.0,
 ) -> Scheduler:
-    """A scheduler ``name`` (None: the config's own ``_class_name``) set up for ``num_inference_steps`` steps."""
+    """A scheduler ``name`` (None: the config's own ``_class_name``) set up for ``num_inference_steps`` steps;
+    ``eta`` as diffusers' pipelines pass it to the step of DDIM and TCD."""
     if name is None:
         name = config.get("_class_name")
         if not isinstance(name, str):
             raise SchedulerError("the scheduler config names no _class_name; pass a scheduler name")
     scheduler_class, overrides = resolve_scheduler(name)
-    return scheduler_class({**config, **overrides}, num_inference_steps, generator)
+    return scheduler_class({**config, **overrides}, num_inference_steps, generator, eta)

@@ -303,6 +303,26 @@ def log_snr(alpha_t: Any, sigma_t: Any) -> Any:
         return F32(np.log(alpha_t) - np.log(sigma_t))
 
 
+THRESHOLD_DEFAULTS: dict[str, Any] = {
+    "thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0,
+}
+"""Dynamic thresholding (Imagen, Saharia et al. 2022), the keys of diffusers' schedulers that offer it."""
+
+
+def threshold_sample(x0: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
+    """diffusers' ``_threshold_sample``: per image, clamp x0 to the ``dynamic_thresholding_ratio`` quantile of its
+    absolute values (kept within 1..``sample_max_value``) and divide by it; a no-op unless ``thresholding`` is set.
+
+    Meant for pixel-space models; on SD latents (whose range is about +-4) it is a strong clamp, as in diffusers."""
+    if not config["thresholding"]:
+        return x0
+    batch = x0.shape[0]
+    flat = x0.reshape(batch, -1)
+    limit = np.quantile(np.abs(flat), config["dynamic_thresholding_ratio"], axis=1).astype(F32)
+    limit = np.clip(limit, F32(1.0), F32(config["sample_max_value"]))[:, np.newaxis]
+    return (np.clip(flat, -limit, limit) / limit).reshape(x0.shape).astype(F32, copy=False)
+
+
 class Scheduler:
     """The shared interface: ``timesteps``, ``init_noise_sigma``, ``scale_model_input``, ``step``.
 
@@ -316,8 +336,11 @@ class Scheduler:
     """
 
     class_name: ClassVar[str] = ""
-    stochastic: ClassVar[bool] = False
-    """Whether ``step`` consumes a Gaussian draw (then the pipeline supplies ``noise`` at every step)."""
+    order: ClassVar[int] = 1
+    """UNet calls per step (diffusers' ``order``): 2 for Heun and KDPM2, whose ``timesteps`` hold each step's
+    timestep twice (the last once); image-to-image starts at ``start_index(..., order)``."""
+    stochastic: bool = False
+    """Whether ``step`` consumes Gaussian draws (at the steps ``noise_at`` names); may depend on the config or eta."""
     DEFAULTS: ClassVar[Mapping[str, Any]] = BETA_DEFAULTS
     CHOICES: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
     FIXED: ClassVar[Mapping[str, Any]] = {}
@@ -331,8 +354,17 @@ class Scheduler:
     config: dict[str, Any]
 
     def __init__(
-        self, config: Mapping[str, Any], num_inference_steps: int, generator: np.random.Generator | None = None
+        self,
+        config: Mapping[str, Any],
+        num_inference_steps: int,
+        generator: np.random.Generator | None = None,
+        eta: float = 0.0,
     ) -> None:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+            raise SchedulerError(f"eta must be a number from 0 to 1, got {eta!r}")
+        self.eta = float(eta)
+        """diffusers' step(eta=...): the share of fresh noise DDIM and TCD inject; ignored by the others, as the SD
+        pipelines ignore it for schedulers whose step() takes no eta."""
         if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
                 or num_inference_steps < 1:
             raise SchedulerError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
@@ -354,6 +386,11 @@ class Scheduler:
 
     def scale_model_input(self, sample: np.ndarray, i: int) -> np.ndarray:
         return sample
+
+    def noise_at(self, i: int) -> bool:
+        """Whether ``step(..., i, ...)`` consumes a Gaussian draw: the pipeline draws one from each image's generator
+        exactly at these steps, in diffusers' order, so seeded runs match diffusers' draw for draw."""
+        return self.stochastic
 
     def step(self, model_output: np.ndarray, i: int, sample: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError

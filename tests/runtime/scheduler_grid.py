@@ -32,6 +32,8 @@ class Case:
     base: str
     """``sd15`` or ``sd21``."""
     overrides: dict[str, Any] = field(default_factory=dict)
+    eta: float = 0.0
+    """diffusers' step(eta=...), passed to the classes whose step takes it (DDIM, TCD), as its pipelines do."""
     shared_sigmas: bool = False
     """Step on the reference's sigma table (compared on its own to 1e-5). Only for zero-terminal-SNR Euler, whose
     sigma_max = sqrt(2**24 - 1) is 4095.9998 correctly rounded but 4096 from torch's float32 sqrt; the first step
@@ -39,7 +41,7 @@ class Case:
 
     @property
     def id(self) -> str:
-        extra = ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
+        extra = ",".join(f"{k}={v}" for k, v in sorted({**self.overrides, **({"eta": self.eta} if self.eta else {})}.items()))
         return f"{self.name}[{self.base}{',' + extra if extra else ''}]"
 
     def config(self) -> dict[str, Any]:
@@ -50,12 +52,27 @@ PREDICTIONS = {
     "ddim": ("epsilon", "v_prediction", "sample"),
     "pndm": ("epsilon", "v_prediction"),
     "euler": ("epsilon", "v_prediction", "sample"),
+    "euler_karras": ("epsilon", "v_prediction", "sample"),
     "euler_a": ("epsilon", "v_prediction"),
+    "heun": ("epsilon", "v_prediction", "sample"),
+    "lms": ("epsilon", "v_prediction"),
+    "lms_karras": ("epsilon", "v_prediction"),
+    "dpm2": ("epsilon", "v_prediction"),
+    "dpm2_karras": ("epsilon", "v_prediction"),
+    "dpm2_a": ("epsilon", "v_prediction"),
+    "dpm2_a_karras": ("epsilon", "v_prediction"),
     "dpmpp_2m": ("epsilon", "v_prediction", "sample"),
     "dpmpp_2m_karras": ("epsilon", "v_prediction", "sample"),
+    "dpmpp_2m_sde": ("epsilon", "v_prediction", "sample"),
+    "dpmpp_2m_sde_karras": ("epsilon", "v_prediction", "sample"),
+    "dpmpp_sde": ("epsilon", "v_prediction", "sample"),
+    "dpmpp_sde_karras": ("epsilon", "v_prediction", "sample"),
+    "deis": ("epsilon", "v_prediction", "sample"),
     "lcm": ("epsilon", "v_prediction", "sample"),
     "unipc": ("epsilon", "v_prediction", "sample"),
+    "tcd": ("epsilon", "v_prediction", "sample"),
 }
+"""Every short name, with the prediction types its diffusers class implements (the grid also asserts refusals)."""
 SPACINGS = ("leading", "trailing", "linspace")
 
 

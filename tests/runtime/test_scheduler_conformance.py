@@ -115,6 +115,74 @@ class TestUniPC(SchedulerConformance):
     keeps_history = True
 
 
+class TestEulerKarras(SchedulerConformance):
+    name = "euler_karras"
+
+
+class TestHeun(SchedulerConformance):
+    name = "heun"
+    keeps_history = True
+
+
+class TestLMS(SchedulerConformance):
+    name = "lms"
+    keeps_history = True
+
+
+class TestLMSKarras(SchedulerConformance):
+    name = "lms_karras"
+    keeps_history = True
+
+
+class TestKDPM2(SchedulerConformance):
+    name = "dpm2"
+    keeps_history = True
+
+
+class TestKDPM2Karras(SchedulerConformance):
+    name = "dpm2_karras"
+    keeps_history = True
+
+
+class TestKDPM2Ancestral(SchedulerConformance):
+    name = "dpm2_a"
+    keeps_history = True
+
+
+class TestKDPM2AncestralKarras(SchedulerConformance):
+    name = "dpm2_a_karras"
+    keeps_history = True
+
+
+class TestDPMSolverSDEMultistep(SchedulerConformance):
+    name = "dpmpp_2m_sde"
+    keeps_history = True
+
+
+class TestDPMSolverSDEMultistepKarras(SchedulerConformance):
+    name = "dpmpp_2m_sde_karras"
+    keeps_history = True
+
+
+class TestDPMSolverSDE(SchedulerConformance):
+    name = "dpmpp_sde"
+    keeps_history = True
+
+
+class TestDPMSolverSDEKarras(SchedulerConformance):
+    name = "dpmpp_sde_karras"
+    keeps_history = True
+
+
+class TestDEIS(SchedulerConformance):
+    name = "deis"
+    keeps_history = True
+
+
+class TestTCD(SchedulerConformance):
+    name = "tcd"
+
+
 def test_every_scheduler_has_a_conformance_class() -> None:
     covered = {cls.name for cls in SchedulerConformance.__subclasses__()}
     assert covered == set(SHORT_NAMES)

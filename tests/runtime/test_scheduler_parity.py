@@ -13,6 +13,7 @@ sqrt on AVX-512 CPUs is not correctly rounded (1 ulp off IEEE in ~17% of inputs)
 from __future__ import annotations
 
 import importlib
+import inspect
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ import pytest
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
-from runtime.schedulers import make_scheduler, resolve_scheduler  # noqa: E402
+from runtime.schedulers import SHORT_NAMES, make_scheduler, resolve_scheduler  # noqa: E402
 from tests.runtime.scheduler_grid import Case, parametrize  # noqa: E402
 
 SHAPE = (2, 4, 8, 8)
@@ -44,6 +45,22 @@ def reference_scheduler(case: Case, steps: int):
     return scheduler
 
 
+def step_kwargs(reference, eta: float) -> dict[str, float]:
+    """diffusers' pipelines pass eta to the step of the classes whose step takes it (prepare_extra_step_kwargs)."""
+    return {"eta": eta} if "eta" in inspect.signature(reference.step).parameters else {}
+
+
+def feed_noise(reference, noise: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Gaussian draw the reference makes comes from ``noise``, in order: randn_tensor, and DPM++ SDE's Brownian
+    tree (whose increments, divided by sqrt(dt) as diffusers does, are standard normal)."""
+    feed = NoiseFeed(noise)
+    module = importlib.import_module(type(reference).__module__)
+    if hasattr(module, "randn_tensor"):
+        monkeypatch.setattr(module, "randn_tensor", feed)
+    if hasattr(module, "BrownianTreeNoiseSampler"):
+        monkeypatch.setattr(module, "BrownianTreeNoiseSampler", lambda x, *args, **kwargs: lambda s, t: feed(x.shape))
+
+
 class NoiseFeed:
     """Replaces diffusers' randn_tensor so that it returns our pre-drawn noise, in order."""
 
@@ -59,7 +76,7 @@ class NoiseFeed:
 @pytest.mark.parametrize("case,steps", parametrize(), ids=lambda v: v.id if isinstance(v, Case) else f"{v}steps")
 def test_scheduler_matches_diffusers(case: Case, steps: int, monkeypatch: pytest.MonkeyPatch) -> None:
     reference = reference_scheduler(case, steps)
-    ours = make_scheduler(case.name, case.config(), steps)
+    ours = make_scheduler(case.name, case.config(), steps, eta=case.eta)
 
     ref_timesteps = reference.timesteps.numpy()
     assert ours.timesteps.dtype == ref_timesteps.dtype
@@ -75,10 +92,8 @@ def test_scheduler_matches_diffusers(case: Case, steps: int, monkeypatch: pytest
         ours.init_noise_sigma = float(reference.init_noise_sigma)
 
     noise = np.random.default_rng(11).standard_normal((len(ours.timesteps) + 1, *SHAPE)).astype(np.float32)
-    feed = NoiseFeed(noise)
-    module = importlib.import_module(type(reference).__module__)
-    if hasattr(module, "randn_tensor"):
-        monkeypatch.setattr(module, "randn_tensor", feed)
+    feed_noise(reference, noise, monkeypatch)
+    drawn = 0
 
     start = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
     ref_sample = torch.from_numpy(start) * reference.init_noise_sigma
@@ -89,8 +104,10 @@ def test_scheduler_matches_diffusers(case: Case, steps: int, monkeypatch: pytest
         our_input = ours.scale_model_input(our_sample, i)
         ref_output = torch.from_numpy(fake_model(ref_input.numpy(), float(t)))
         our_output = fake_model(our_input, float(ours.timesteps[i]))
-        ref_sample = reference.step(ref_output, t, ref_sample, return_dict=False)[0]
-        our_sample = ours.step(our_output, i, our_sample, noise=noise[i] if ours.stochastic else None)
+        ref_sample = reference.step(ref_output, t, ref_sample, return_dict=False, **step_kwargs(reference, case.eta))[0]
+        our_noise = noise[drawn] if ours.noise_at(i) else None
+        drawn += our_noise is not None
+        our_sample = ours.step(our_output, i, our_sample, noise=our_noise)
         assert our_sample.dtype == np.float32
         expected = ref_sample.numpy()
         # Degenerate schedules (e.g. Euler ancestral on squaredcos_cap_v2 betas) give NaN in diffusers too:
@@ -103,8 +120,7 @@ def test_scheduler_matches_diffusers(case: Case, steps: int, monkeypatch: pytest
             assert error <= STEP_TOLERANCE * scale, f"step {i} (t={t}): max diff {error:.3e} vs scale {scale:.3e}"
 
 
-MID_SCHEDULE = [(name, steps, strength) for name in ("ddim", "pndm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras",
-                                                        "lcm", "unipc")
+MID_SCHEDULE = [(name, steps, strength) for name in SHORT_NAMES
                 for steps, strength in ((10, 0.3), (10, 0.75), (25, 0.5), (4, 1.0))]
 
 
@@ -125,9 +141,8 @@ def test_starting_mid_schedule_matches_diffusers(name: str, steps: int, strength
         reference.set_begin_index(begin)
     ours.begin(begin)
     noise = np.random.default_rng(5).standard_normal((len(ours.timesteps) + 2, *SHAPE)).astype(np.float32)
-    module = importlib.import_module(type(reference).__module__)
-    if hasattr(module, "randn_tensor"):
-        monkeypatch.setattr(module, "randn_tensor", NoiseFeed(noise[1:]))
+    feed_noise(reference, noise[1:], monkeypatch)
+    drawn = 1
     original = np.random.default_rng(4).standard_normal(SHAPE).astype(np.float32)
     timesteps = reference.timesteps[begin:]
     ref_sample = reference.add_noise(torch.from_numpy(original), torch.from_numpy(noise[0]), timesteps[:1])
@@ -138,9 +153,10 @@ def test_starting_mid_schedule_matches_diffusers(name: str, steps: int, strength
         ref_input = reference.scale_model_input(ref_sample, t)
         our_input = ours.scale_model_input(our_sample, i)
         ref_sample = reference.step(torch.from_numpy(fake_model(ref_input.numpy(), float(t))), t, ref_sample,
-                                    return_dict=False)[0]
-        our_sample = ours.step(fake_model(our_input, float(ours.timesteps[i])), i, our_sample,
-                               noise=noise[1 + offset] if ours.stochastic else None)
+                                    return_dict=False, **step_kwargs(reference, 0.0))[0]
+        our_noise = noise[drawn] if ours.noise_at(i) else None
+        drawn += our_noise is not None
+        our_sample = ours.step(fake_model(our_input, float(ours.timesteps[i])), i, our_sample, noise=our_noise)
         expected = ref_sample.numpy()
         scale = max(float(np.max(np.abs(expected))), 1.0)
         error = float(np.max(np.abs(our_sample - expected)))

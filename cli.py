@@ -398,7 +398,7 @@ def _timingformat_table(timings: Any, images: int) -> str:
     "--scheduler",
     is_eager=True,
     callback=lambda ctx, param, value: _list_schedulers(ctx) if value == "list" else value,
-    help="ddim, pndm, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, lcm, unipc, a web UI name ('DPM++ 2M Karras', "
+    help="A short name (euler_a, dpmpp_2m_karras, heun, dpmpp_2m_sde_karras, ...), a web UI name ('DPM++ 2M Karras', "
     "'Euler a', 'PLMS', ...) or a diffusers class name (default: the package's own scheduler). "
     "'--scheduler list' prints them all with what each is for.",
 )
@@ -439,6 +439,15 @@ def _timingformat_table(timings: Any, images: int) -> str:
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
               help="Apply a LoRA (.safetensors: diffusers/peft or kohya/web-UI format) at SCALE (default 1.0); repeat "
                    "to stack. Merged into the loaded engines: nothing is re-exported or rebuilt.")
+@click.option("--eta", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Fresh noise per step for DDIM and TCD (0: deterministic DDIM; TCD's paper uses 0.3); others ignore it.")
+@click.option("--long-prompts", is_flag=True,
+              help="Read prompts past 77 tokens (encoded in 75-token chunks) and the web UI's weights: (word) x1.1, "
+                   "((word)) x1.21, [word] /1.1, (word:1.3) x1.3, \\( \\) literal brackets, BREAK starts a new chunk. "
+                   "Off: diffusers' truncation, no syntax.")
+@click.option("--prompt-weighting", type=click.Choice(["webui", "compel"]), default="webui", show_default=True,
+              help="With --long-prompts: webui scales token states and keeps each chunk's mean (AUTOMATIC1111); compel "
+                   "scales them about the empty prompt and blends down-weighted words out (compel's REMOVE mode).")
 @click.option("--overwrite", is_flag=True, help="Replace PNGs that already exist (otherwise that is an error).")
 def generate(
     package: Path,
@@ -465,6 +474,9 @@ def generate(
     padding_mask_crop: int | None,
     sample_mode: str,
     loras: tuple[str, ...],
+    eta: float,
+    long_prompts: bool,
+    prompt_weighting: str,
     overwrite: bool,
 ) -> None:
     """Generate images from a model package, without PyTorch: from a prompt, from a picture (--image) or repainting
@@ -484,6 +496,10 @@ def generate(
           --grid strength=0.2,0.4,0.6,0.8 --out strengths.png
       python cli.py generate --package packages/tiny --prompt "a fox" --lora loras/pixel-art.safetensors:0.8 \\
           --lora loras/detail.safetensors:0.3 --out fox.png
+      python cli.py generate --package packages/tiny --long-prompts \\
+          --prompt "a (red:1.3) fox in [deep] snow, ((golden hour)) BREAK film grain, 35mm" --out weighted.png
+      python cli.py generate --package packages/tiny --prompt "a red fox" --steps 20 \\
+          --grid scheduler=euler,heun,dpm2,"DPM++ 2M SDE Karras",lms,deis --out samplers.png
 
     PNGs carry their generation parameters (JSON) in a "parameters" text chunk. A timing table per stage ends the run.
     """
@@ -510,7 +526,8 @@ def generate(
             "negative_prompt": negative_prompt, "num_inference_steps": steps, "guidance_scale": guidance,
             "scheduler": scheduler, "height": height, "width": width, "seed": seed, "image": init_image,
             "mask_image": mask_image, "strength": strength, "padding_mask_crop": padding_mask_crop,
-            "sample_mode": sample_mode,
+            "sample_mode": sample_mode, "eta": eta, "long_prompts": long_prompts,
+            "prompt_weighting": prompt_weighting,
         }
         if not axes:
             progress = _StepProgress()

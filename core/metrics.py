@@ -163,14 +163,15 @@ class Verification:
 
 
 def verification_dims(constants: PipelineConstants) -> list[dict[str, int]]:
-    """Two request shapes that differ in batch and in (non-square) spatial size. Where any multiple of the VAE factor
+    """Two request shapes that differ in batch, (non-square) spatial size and prompt windows (1 and 2). Where any multiple of the VAE factor
     is accepted, the second is not a multiple of the UNet's down-sampling (odd latent sizes: 9 x 13)."""
     unit, factor = constants.spatial_multiple, constants.vae_scale_factor
     if unit == factor:
         first, second = (8 * unit, 8 * unit), (9 * unit, 13 * unit)
     else:  # packages exported before sizes became free: multiples of the UNet's down-sampling only
         first, second = (unit, unit), (2 * unit, 3 * unit)
-    return [symbolic_dims(1, *first, factor), symbolic_dims(3, *second, factor)]
+    window = constants.text_max_length
+    return [symbolic_dims(1, *first, factor, window), symbolic_dims(3, *second, factor, 2 * window)]
 
 
 def verify_outputs(

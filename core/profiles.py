@@ -22,6 +22,7 @@ def shape_request(
     batch: Range,
     height: Range | None = None,
     width: Range | None = None,
+    prompt_chunks: Range | None = None,
 ) -> ShapeRequest:
     """A request with sizes defaulting to the model's native size, checked against the model's spatial multiple."""
     height = height or Range.fixed(constants.default_height)
@@ -34,7 +35,7 @@ def shape_request(
                     f"{name} {label} {value} is not a multiple of {multiple} pixels, which this model needs "
                     f"({constants.size_rule})"
                 )
-    return ShapeRequest(batch=batch, height=height, width=width)
+    return ShapeRequest(batch=batch, height=height, width=width, prompt_chunks=prompt_chunks or Range(1, 1, 1))
 
 
 def component_batch(component: str, batch: Range, static: bool, guided: frozenset[str]) -> Range:
@@ -57,12 +58,13 @@ def shape_profiles(
     profiles = {}
     for name, spec in specs.items():
         batch = component_batch(name, request.batch, request.static, guided)
+        chunks, window = request.prompt_chunks, constants.text_max_length
         corners = [
-            symbolic_dims(b, h, w, factor)
-            for b, h, w in (
-                (batch.min, request.height.min, request.width.min),
-                (batch.opt, request.height.opt, request.width.opt),
-                (batch.max, request.height.max, request.width.max),
+            symbolic_dims(b, h, w, factor, c * window)
+            for b, h, w, c in (
+                (batch.min, request.height.min, request.width.min, chunks.min),
+                (batch.opt, request.height.opt, request.width.opt, chunks.opt),
+                (batch.max, request.height.max, request.width.max, chunks.max),
             )
         ]
         profiles[name] = ShapeProfile(

@@ -15,16 +15,21 @@ from core.reading import build, obj, typed_fields
 Dim = int | str
 """A tensor dimension: a fixed size, or the name of a symbolic dimension (see ``SYMBOLIC_DIMS``)."""
 
-SYMBOLIC_DIMS = ("batch", "latent_height", "latent_width", "image_height", "image_width")
-"""The symbolic dimension names a package may use; all derive from (batch, image height, image width)."""
+SYMBOLIC_DIMS = ("batch", "latent_height", "latent_width", "image_height", "image_width", "text_length")
+"""The symbolic dimension names a package may use; all derive from (batch, image height, image width) and the number
+of prompt chunks (``text_length``: the UNet's text sequence, one text-encoder window per chunk of a long prompt)."""
 
 NUMPY_DTYPES = ("float32", "float16", "int64", "int32")
 
 
-def symbolic_dims(batch: int, height: int, width: int, vae_scale_factor: int) -> dict[str, int]:
-    """Values of every symbolic dimension for one request of ``batch`` images of ``height`` x ``width`` pixels."""
+def symbolic_dims(
+    batch: int, height: int, width: int, vae_scale_factor: int, text_length: int = 77
+) -> dict[str, int]:
+    """Values of every symbolic dimension for one request of ``batch`` images of ``height`` x ``width`` pixels whose
+    prompts fill ``text_length`` text positions (the text encoder's window, times the chunks of a long prompt)."""
     return {
         "batch": batch,
+        "text_length": text_length,
         "image_height": height,
         "image_width": width,
         "latent_height": height // vae_scale_factor,
@@ -176,6 +181,7 @@ def dim_multiples(constants: PipelineConstants) -> dict[str, int]:
         "latent_width": latent_multiple,
         "image_height": constants.spatial_multiple,
         "image_width": constants.spatial_multiple,
+        "text_length": constants.text_max_length,
     }
 
 
@@ -203,10 +209,12 @@ class ShapeRequest:
     batch: Range
     height: Range
     width: Range
+    prompt_chunks: Range = Range(1, 1, 1)
+    """Text-encoder windows per prompt the UNet accepts (long prompts, ``--long-prompts``): 1 is the 77-token default."""
 
     @property
     def static(self) -> bool:
-        return all(r.min == r.max for r in (self.batch, self.height, self.width))
+        return all(r.min == r.max for r in (self.batch, self.height, self.width, self.prompt_chunks))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -45,9 +45,10 @@ from runtime.timing import peak_rss_bytes
 
 log = logging.getLogger(__name__)
 
-PACKAGE_LAYOUT = 2
-"""How the files are laid out; 2: every graph's weights in external data, with weight maps for LoRA. A package
-written with an older layout is re-exported, not taken as up to date."""
+PACKAGE_LAYOUT = 3
+"""How the files are laid out; 2: every graph's weights in external data, with weight maps for LoRA; 3: the UNet's
+text sequence is symbolic (``text_length``), for long prompts. A package written with an older layout is re-exported,
+not taken as up to date."""
 BOUNDARY_VERSION = 2
 """How the torch modules are wrapped for export; 2: the UNet up-samples to its skip connections (any multiple of 8
 pixels). A package exported with an older one is re-exported, not taken as up to date."""
@@ -351,7 +352,7 @@ def _example_dims(constants: PipelineConstants) -> dict[str, int]:
     # Batch 2 (the dynamo exporter specialises batch 1 in the VAE) and odd latent sizes (9 x 13), so no symbolic
     # dimension is traced at the special values 0 or 1, nor at a size the UNet's down-sampling divides.
     factor = constants.vae_scale_factor
-    return symbolic_dims(2, 9 * factor, 13 * factor, factor)
+    return symbolic_dims(2, 9 * factor, 13 * factor, factor, 2 * constants.text_max_length)
 
 
 def _copy_tokenizer(source_dir: Path, dest: Path) -> list[str]:

@@ -52,6 +52,7 @@ from runtime.guidance import ClassifierFreeGuidance, run_engine
 from runtime.images import save_png, to_uint8
 from runtime.lora import LoraRequest, lora_weights
 from runtime.requests import Limits, Request, SizeLimits, StepCallback, latent_shape, validate_request
+from runtime.prompts import PromptEncoder
 from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, scheduler_names, start_index
 from runtime.starts import draw_order, starting_point
 from runtime.timing import StageTimer, Timings
@@ -219,6 +220,9 @@ class Pipeline:
         start_noise: np.ndarray | None = None,
         image_noise: np.ndarray | None = None,
         masked_image_noise: np.ndarray | None = None,
+        eta: float = 0.0,
+        long_prompts: bool = False,
+        prompt_weighting: str = "webui",
     ) -> GenerationResult:
         """Generate images: from text alone, from ``image`` (image-to-image, ``strength`` default 0.8), or repainting
         the white part of ``mask_image`` (inpainting, ``strength`` default 1). See the module docstring for seeds and
@@ -236,17 +240,23 @@ class Pipeline:
             self.constants, self.size_limits(), self.limits, prompt, negative_prompt, num_inference_steps,
             guidance_scale, scheduler, height, width, seed, num_images_per_prompt, injected, callback,
             draws=self._draw_order(inputs), strength=inputs.strength if inputs is not None else None,
+            eta=eta, long_prompts=long_prompts, prompt_weighting=prompt_weighting,
         )
         task = prepare_task(inputs, request.height, request.width) if inputs is not None else None
         timer = StageTimer()
         guided = request.guidance_scale > 1.0
 
-        with timer.stage("tokenize"):
-            cond_ids = self._tokenize(request.prompts)
-            uncond_ids = self._tokenize(request.negative_prompts or [""] * len(request.prompts)) if guided else None
-
-        with timer.stage("text_encoder"):
-            cond_embeddings, uncond_embeddings = self._encode_text(cond_ids, uncond_ids, request.images_per_prompt)
+        negatives = request.negative_prompts or [""] * len(request.prompts)
+        if request.long_prompts:
+            with timer.stage("text_encoder"):
+                cond_embeddings, uncond_embeddings = self._encode_long(request.prompts, negatives if guided else None,
+                                                                       request)
+        else:
+            with timer.stage("tokenize"):
+                cond_ids = self._tokenize(request.prompts)
+                uncond_ids = self._tokenize(negatives) if guided else None
+            with timer.stage("text_encoder"):
+                cond_embeddings, uncond_embeddings = self._encode_text(cond_ids, uncond_ids, request.images_per_prompt)
 
         generators = [np.random.default_rng(s) for s in request.seeds]
         draws = self._initial_draws(request, inputs, generators)
@@ -307,11 +317,40 @@ class Pipeline:
         uncond, cond = np.split(hidden, 2)
         return cond, uncond
 
+    def _encode_long(
+        self, prompts: list[str], negatives: list[str] | None, request: Request
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prompts of any length, weighted (runtime/prompts.py); both sides padded to the same number of windows."""
+        encoder = PromptEncoder(
+            self.tokenizer, lambda ids: run_engine(self.engines["text_encoder"], {"input_ids": ids})["last_hidden_state"],
+            request.prompt_weighting)
+        counts = [encoder.chunk_count(p) for p in [*prompts, *(negatives or [])]]
+        self._check_text_length(max(counts) * self.tokenizer.max_length)
+        cond = np.repeat(encoder.encode_batch(prompts, max(counts)), request.images_per_prompt, axis=0)
+        if negatives is None:
+            return cond, None
+        return cond, np.repeat(encoder.encode_batch(negatives, max(counts)), request.images_per_prompt, axis=0)
+
+    def _check_text_length(self, length: int) -> None:
+        spec = self.engines["unet"].spec.input("encoder_hidden_states")
+        profile = self.engines["unet"].profile
+        high = spec.shape[1] if isinstance(spec.shape[1], int) else None
+        if profile is not None:
+            high = profile.shapes["encoder_hidden_states"][2][1]
+        window = self.tokenizer.max_length
+        if high is not None and length > high:
+            why = ("this package's UNet was exported for one window; re-export it with this version for long prompts"
+                   if isinstance(spec.shape[1], int) else "its engine was built for at most this many; rebuild with "
+                   "--prompt-chunks 1-N for longer prompts")
+            raise PipelineInputError(
+                f"the prompt needs {length // window} text windows of {window} tokens ({length // window * (window - 2)}"
+                f" tokens), the UNet takes at most {high // window}: {why}")
+
     def _make_scheduler(self, request: Request) -> Scheduler:
         # The package's own scheduler unless one is asked for; its family's when the config names none.
         name = request.scheduler or self.scheduler_config.get("_class_name") or self.package.family.default_scheduler
         try:
-            return make_scheduler(name, self.scheduler_config, request.steps)
+            return make_scheduler(name, self.scheduler_config, request.steps, eta=request.eta)
         except SchedulerError as exc:
             raise PipelineInputError(str(exc)) from None
 
@@ -443,6 +482,9 @@ class Pipeline:
                     "steps": request.steps,
                     "guidance_scale": request.guidance_scale,
                     "scheduler": request.scheduler or scheduler.class_name,
+                    **({"eta": request.eta} if request.eta else {}),
+                    **({"long_prompts": True, "prompt_weighting": request.prompt_weighting}
+                       if request.long_prompts else {}),
                     "height": request.height,
                     "width": request.width,
                     **image_task,

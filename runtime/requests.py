@@ -18,6 +18,7 @@ import numpy as np
 
 from core.specs import PipelineConstants
 from runtime.errors import PipelineInputError
+from runtime.prompts import WEIGHTINGS
 from runtime.schedulers import SchedulerError, resolve_scheduler
 
 MAX_SEED = 2**63 - 1
@@ -53,6 +54,9 @@ class Request:
     seeds: list[int]
     injected: dict[str, np.ndarray] = field(repr=False)
     """Random draws given by the caller instead of drawn (``latents``, ``start_noise``, ``image_noise``, ...)."""
+    eta: float = 0.0
+    long_prompts: bool = False
+    prompt_weighting: str = "webui"
 
     @property
     def batch(self) -> int:
@@ -103,6 +107,9 @@ def validate_request(
     callback: Any,
     draws: Sequence[str] = ("latents",),
     strength: float | None = None,
+    eta: Any = 0.0,
+    long_prompts: Any = False,
+    prompt_weighting: Any = "webui",
 ) -> Request:
     """A checked request, or a PipelineInputError saying what was wrong and what is allowed.
 
@@ -150,8 +157,15 @@ def validate_request(
         checked[name] = _noise(constants, name, value, height, width, batch, len(prompts), images_per_prompt)
     if callback is not None and not callable(callback):
         raise PipelineInputError(f"callback must be callable (step, timestep, latents), got {type(callback).__name__}")
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+        raise PipelineInputError(f"eta must be a number from 0 to 1 (the share of fresh noise DDIM and TCD add at each "
+                                 f"step), got {eta!r:.60}")
+    if not isinstance(long_prompts, bool):
+        raise PipelineInputError(f"long_prompts must be true or false, got {long_prompts!r:.60}")
+    if prompt_weighting not in WEIGHTINGS:
+        raise PipelineInputError(f"prompt_weighting must be one of {', '.join(WEIGHTINGS)}, got {prompt_weighting!r:.60}")
     return Request(prompts, negatives, steps, guidance, scheduler, int(height), int(width), images_per_prompt,
-                   [seed + k for k in range(batch)], checked)
+                   [seed + k for k in range(batch)], checked, float(eta), long_prompts, prompt_weighting)
 
 
 def _unused_draw(name: str, draws: Sequence[str]) -> str:

@@ -21,6 +21,8 @@ def io_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
     image = ("batch", 3, "image_height", "image_width")
     tokens = ("batch", constants.text_max_length)
     hidden = ("batch", constants.text_max_length, constants.text_hidden_size)
+    # The UNet reads any number of text windows: a long prompt is encoded window by window and concatenated.
+    unet_text = ("batch", "text_length", constants.text_hidden_size)
     specs = [
         ComponentSpec(
             "text_encoder",
@@ -35,7 +37,7 @@ def io_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
             inputs=(
                 TensorSpec("sample", "float32", unet_input),
                 TensorSpec("timestep", "float32", ("batch",)),
-                TensorSpec("encoder_hidden_states", "float32", hidden),
+                TensorSpec("encoder_hidden_states", "float32", unet_text),
             ),
             outputs=(TensorSpec("model_output", "float32", latent),),
         ),

@@ -383,7 +383,7 @@ def _timingformat_table(timings: Any, images: int) -> str:
     rows = []
     for name, seconds in [*stages.items(), ("other", timings.other), ("total", timings.total)]:
         share = f"{100 * seconds / timings.total:5.1f}%" if timings.total else "-"
-        note = f"{steps} steps, {timings.unet / steps * 1000:.1f} ms/step" if name == "unet" and steps else ""
+        note = f"{steps} UNet calls, {timings.unet / steps * 1000:.1f} ms each" if name == "unet" and steps else ""
         rows.append([name, f"{seconds:.3f}s", share, note])
     return format_table(["stage", "time", "share", ""], rows) + f"\n{images} image(s)"
 
@@ -711,6 +711,47 @@ def bench_lora(package: Path, loras: tuple[Path, ...], rounds: int, processes: i
     result["machine"] = describe_machine()
     write_json_atomic(json_path, result)
     click.echo(format_lora_table(result))
+    click.echo(f"wrote {json_path}")
+
+
+@cli.command("bench-samplers")
+@click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
+@click.option("--samplers", default="all", show_default=True,
+              help="'all' (every short name) or comma-separated scheduler names.")
+@click.option("--steps", "steps_text", default="10,20", show_default=True, help="Comma-separated step counts.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(8), help="Image height and width.")
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1), help="Rounds over all cases (median).")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--json", "json_path", default="bench-samplers.json", show_default=True,
+              type=click.Path(path_type=Path))
+def bench_samplers(package: Path, samplers: str, steps_text: str, size: int, rounds: int, threads: int | None,
+                   json_path: Path) -> None:
+    """Time per image by sampler and step count (ONNX Runtime, CPU), with UNet calls per image and the sampler's own
+    arithmetic time.
+
+    \b
+    Example:
+      python cli.py bench-samplers --package packages/sd15-random --steps 10,20 --size 256
+    """
+    from bench.machine import describe_machine
+    from bench.samplers import format_sampler_table, measure_samplers
+    from core.files import write_json_atomic
+    from runtime import Pipeline
+    from runtime.schedulers import SHORT_NAMES, resolve_scheduler
+
+    names = list(SHORT_NAMES) if samplers == "all" else [n.strip() for n in samplers.split(",") if n.strip()]
+    for name in names:
+        try:
+            resolve_scheduler(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--samplers") from None
+    step_counts = _parse_list(steps_text, int, "--steps")
+    with Pipeline.from_package(package, backend="ort", device="cpu", threads=threads) as pipe:
+        result = measure_samplers(pipe, names, step_counts, size, rounds, lambda line: click.echo(line, err=True))
+    result["machine"] = describe_machine()
+    result["package"] = str(package)
+    write_json_atomic(json_path, result)
+    click.echo(format_sampler_table(result))
     click.echo(f"wrote {json_path}")
 
 

@@ -3,8 +3,8 @@
 ``reference_pipeline`` rebuilds the package's source (``manifest.source``) and checks its weights digest against
 the manifest, so "same weights" is proven, not assumed. ``run_reference`` swaps schedulers the way users do
 (``Class.from_config(loaded_config)``, plus ``use_karras_sigmas`` for the ``_karras`` names), injects the caller's
-starting latents, and feeds ancestral/LCM samplers the same per-image noise runtime.Pipeline draws (image ``k``:
-``numpy.random.default_rng(seed + k)``).
+starting latents, and feeds the stochastic samplers (ancestral, SDE, LCM/TCD) the same per-image noise
+runtime.Pipeline draws (image ``k``: ``numpy.random.default_rng(seed + k)``), DPM++ SDE's Brownian tree included.
 """
 
 from __future__ import annotations
@@ -97,25 +97,37 @@ def use_scheduler(reference: Reference, name: str | None) -> None:
 
 @contextlib.contextmanager
 def shared_noise(reference: Reference, seeds: Sequence[int]) -> Iterator[None]:
-    """Make the scheduler's random draws the same per-image numpy draws runtime.Pipeline makes."""
+    """Make the scheduler's random draws the same per-image numpy draws runtime.Pipeline makes.
+
+    Both kinds of draw a diffusers scheduler makes are fed, from one generator per image, in the order they are made:
+    ``randn_tensor`` (ancestral, SDE multistep, LCM, TCD), and the noise sampler of DPMSolverSDEScheduler, whose
+    Brownian tree (``BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed)``, called per step as
+    ``sampler(sigma, sigma_next)`` for a standard-normal increment) runtime does not reproduce: it draws a standard
+    normal per image at those calls instead, so the tree is replaced by the same draws here."""
     import torch
 
     module: Any = importlib.import_module(type(reference.pipe.scheduler).__module__)
-    original = getattr(module, "randn_tensor", None)
-    if original is None:
-        yield
-        return
     generators = [np.random.default_rng(seed) for seed in seeds]
 
     def draws(shape: Sequence[int], generator: Any = None, device: Any = None, dtype: Any = None, layout: Any = None) -> Any:
+        if int(shape[0]) != len(generators):
+            raise AssertionError(f"diffusers drew noise of shape {tuple(shape)} for {len(generators)} seeded images")
         noise = np.stack([g.standard_normal(tuple(shape[1:]), dtype=np.float32) for g in generators])
         return torch.from_numpy(noise).to(device=device or reference.device, dtype=dtype or torch.float32)
 
-    module.randn_tensor = draws
+    def noise_sampler(x: Any, *args: Any, **kwargs: Any) -> Any:
+        # Per image, stacked along the batch, in x's dtype and device (the tree's increments have them too).
+        return lambda sigma, sigma_next: draws(x.shape, device=x.device, dtype=x.dtype)
+
+    replacements = {"randn_tensor": draws, "BrownianTreeNoiseSampler": noise_sampler}
+    originals = {name: getattr(module, name) for name in replacements if hasattr(module, name)}
+    for name in originals:
+        setattr(module, name, replacements[name])
     try:
         yield
     finally:
-        module.randn_tensor = original
+        for name, original in originals.items():
+            setattr(module, name, original)
 
 
 def run_reference(

@@ -80,7 +80,6 @@ WEB_UI_NAMES: dict[str, str] = {
     "DDIM": "ddim",
     "PLMS": "pndm",
     "Euler": "euler",
-    "Euler Karras": "euler_karras",
     "Euler a": "euler_a",
     "Heun": "heun",
     "LMS": "lms",
@@ -107,7 +106,7 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "DPM fast": "no diffusers scheduler",
     "DPM adaptive": "no diffusers scheduler",
     "DPM++ 2S a": "no diffusers scheduler (DPMSolverSinglestepScheduler is close but not the same sampler)",
-    "DPM++ 3M SDE": "DPMSolverMultistepScheduler(solver_order=3, algorithm_type='sde-dpmsolver++'), unsupported order",
+    "DPM++ 3M SDE": "no diffusers scheduler (DPMSolverMultistepScheduler's SDE solver is second order at most)",
     "DPMSolverSinglestepScheduler": "DPMSolverSinglestepScheduler",
 }
 """Web UI and diffusers names people ask for that this runtime does not implement: refused by name."""
@@ -134,7 +133,7 @@ DESCRIPTIONS: dict[str, str] = {
     "deis": "DEIS exponential-integrator multistep (order 3); good at 10-20 steps",
     "unipc": "UniPC multistep predictor-corrector; typically 10-20 steps",
     "lcm": "for latent-consistency (LCM/LCM-LoRA) models only: 2-8 steps, guidance about 1-2",
-    "tcd": "for TCD/LCM-distilled models only: 2-8 steps; eta (gamma) sets the fresh noise, 0.3 in TCD's paper",
+    "tcd": "for TCD/LCM-distilled models only: 2-8 steps; --eta (gamma) adds fresh noise: 0 by default, 0.3 in TCD's paper",
 }
 """What each scheduler is good for, one line each (``generate --scheduler list``)."""
 

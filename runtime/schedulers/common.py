@@ -95,6 +95,9 @@ def _check_values(class_name: str, config: Mapping[str, Any], defaults: Mapping[
         if not numbers or len(betas) != config["num_train_timesteps"]:
             raise SchedulerError(f"{class_name}: trained_betas must be {config['num_train_timesteps']} numbers between "
                                  f"0 and 1 (one per train timestep), got {str(betas)[:60]}")
+    ratio = config.get("dynamic_thresholding_ratio")
+    if config.get("thresholding") and not (isinstance(ratio, (int, float)) and 0 <= ratio <= 1):
+        raise SchedulerError(f"{class_name}: dynamic_thresholding_ratio must lie between 0 and 1, got {ratio!r}")
     for key in ("sigma_min", "sigma_max"):
         if config.get(key) is not None and not (isinstance(config[key], (int, float)) and config[key] > 0):
             raise SchedulerError(f"{class_name}: {key} must be null or a number > 0, got {config[key]!r}")
@@ -313,12 +316,25 @@ def threshold_sample(x0: np.ndarray, config: Mapping[str, Any]) -> np.ndarray:
     """diffusers' ``_threshold_sample``: per image, clamp x0 to the ``dynamic_thresholding_ratio`` quantile of its
     absolute values (kept within 1..``sample_max_value``) and divide by it; a no-op unless ``thresholding`` is set.
 
-    Meant for pixel-space models; on SD latents (whose range is about +-4) it is a strong clamp, as in diffusers."""
+    Meant for pixel-space models; on SD latents (whose range is about +-4) it is a strong clamp, as in diffusers. The
+    quantile is torch.quantile's float32 arithmetic: rank q * (n - 1) in float32, then a lerp between its neighbours
+    fused as torch's CPU kernel does (float64 then float32: one rounding); a NaN makes the image's limit NaN, as in
+    torch. numpy's own quantile ranks in float64 and differs by up to 2e-5."""
     if not config["thresholding"]:
         return x0
     batch = x0.shape[0]
     flat = x0.reshape(batch, -1)
-    limit = np.quantile(np.abs(flat), config["dynamic_thresholding_ratio"], axis=1).astype(F32)
+    ordered = np.sort(np.abs(flat), axis=1)
+    rank = F32(config["dynamic_thresholding_ratio"]) * F32(flat.shape[1] - 1)
+    below, above = int(np.floor(rank)), int(np.ceil(rank))
+    weight = F32(rank - F32(below))
+    low, high = ordered[:, below], ordered[:, above]
+    span = (high - low).astype(np.float64)
+    if weight < 0.5:
+        limit = (low.astype(np.float64) + np.float64(weight) * span).astype(F32)
+    else:
+        limit = (high.astype(np.float64) - span * np.float64(F32(1.0) - weight)).astype(F32)
+    limit = np.where(np.isnan(ordered[:, -1]), F32(np.nan), limit)
     limit = np.clip(limit, F32(1.0), F32(config["sample_max_value"]))[:, np.newaxis]
     return (np.clip(flat, -limit, limit) / limit).reshape(x0.shape).astype(F32, copy=False)
 

@@ -1,11 +1,11 @@
 """Latent Consistency Model sampling: matches diffusers 0.42 ``LCMScheduler``.
 
 Honours beta_schedule, trained_betas, prediction_type (epsilon, v_prediction, sample), original_inference_steps,
-timestep_scaling, set_alpha_to_one, clip_sample and clip_sample_range, rescale_betas_zero_snr. Timesteps are the
-LCM "skipping" schedule over ``original_inference_steps`` (timestep_spacing and steps_offset do not apply, as in
-diffusers), so num_inference_steps may not exceed original_inference_steps. Stochastic: every step but the last
-consumes one standard-normal draw. Limitations: img2img ``strength`` and custom timesteps are not implemented;
-dynamic thresholding is refused.
+timestep_scaling, set_alpha_to_one, clip_sample and clip_sample_range, dynamic thresholding (thresholding,
+dynamic_thresholding_ratio, sample_max_value; it takes precedence over clip_sample, as in diffusers),
+rescale_betas_zero_snr. Timesteps are the LCM "skipping" schedule over ``original_inference_steps``
+(timestep_spacing and steps_offset do not apply, as in diffusers), so num_inference_steps may not exceed
+original_inference_steps. Stochastic: every step but the last consumes one standard-normal draw. Limitations: img2img ``strength`` and custom timesteps are not implemented.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from runtime.schedulers.common import (
     BETA_SCHEDULES,
     F32,
     PREDICTION_TYPES,
+    THRESHOLD_DEFAULTS,
     Scheduler,
     SchedulerError,
     predicted_original,
+    threshold_sample,
 )
 
 SIGMA_DATA = 0.5
@@ -40,9 +42,9 @@ class LCM(Scheduler):
         "prediction_type": "epsilon",
         "timestep_scaling": 10.0,
         "rescale_betas_zero_snr": False,
+        **THRESHOLD_DEFAULTS,
     }
     CHOICES = {"prediction_type": PREDICTION_TYPES, "beta_schedule": BETA_SCHEDULES}
-    FIXED = {"thresholding": False}
 
     def _schedule(self, count: int) -> None:
         train_steps, original_steps = self.config["num_train_timesteps"], self.config["original_inference_steps"]
@@ -72,7 +74,9 @@ class LCM(Scheduler):
         c_skip, c_out = self._boundary_scalings(timestep)
         x0 = predicted_original(self.config["prediction_type"], model_output, sample, np.sqrt(alpha_t),
                                 np.sqrt(F32(1.0) - alpha_t))
-        if self.config["clip_sample"]:
+        if self.config["thresholding"]:
+            x0 = threshold_sample(x0, self.config)
+        elif self.config["clip_sample"]:
             limit = F32(self.config["clip_sample_range"])
             x0 = np.clip(x0, -limit, limit)
         denoised = c_out * x0 + c_skip * sample

@@ -3,9 +3,11 @@
 Honours beta_schedule, trained_betas, prediction_type (epsilon, v_prediction, sample), predict_x0, solver_type
 (bh1, bh2; midpoint/heun/logrho are read as bh2, as diffusers does), solver_order (1-3), lower_order_final,
 disable_corrector, use_karras_sigmas with sigma_min/sigma_max, timestep_spacing (leading, trailing, linspace),
-steps_offset, final_sigmas_type (zero, sigma_min), rescale_betas_zero_snr. Limitations: an external predictor
-(``solver_p``), thresholding, exponential/beta/flow sigmas and dynamic shifting are refused; so are bh1 and
-predict_x0=False with final_sigmas_type zero, whose last step is NaN in diffusers. Multistep: step in order.
+steps_offset, final_sigmas_type (zero, sigma_min), rescale_betas_zero_snr, dynamic thresholding (thresholding,
+dynamic_thresholding_ratio, sample_max_value: applied to the x0 prediction, so with predict_x0=True only; with
+predict_x0=False diffusers ignores it, and so do we). Limitations: an external predictor (``solver_p``),
+exponential/beta/flow sigmas and dynamic shifting are refused; so are bh1 and predict_x0=False with
+final_sigmas_type zero, whose last step is NaN in diffusers. Multistep: step in order.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from runtime.schedulers.common import (
     F32,
     SCHEDULE_CHOICES,
     SIGMA_CHOICES,
+    THRESHOLD_DEFAULTS,
     UNSUPPORTED_SIGMAS,
     MultistepSigmaScheduler,
     UnsupportedConfigError,
@@ -29,6 +32,7 @@ from runtime.schedulers.common import (
     multistep_timesteps,
     predicted_noise,
     predicted_original,
+    threshold_sample,
     train_sigmas,
 )
 
@@ -57,6 +61,7 @@ class UniPC(MultistepSigmaScheduler):
     class_name = "UniPCMultistepScheduler"
     DEFAULTS = {
         **BETA_DEFAULTS,
+        **THRESHOLD_DEFAULTS,
         "solver_order": 2,
         "prediction_type": "epsilon",
         "predict_x0": True,
@@ -73,7 +78,7 @@ class UniPC(MultistepSigmaScheduler):
     }
     CHOICES = {**SCHEDULE_CHOICES, **SIGMA_CHOICES, "solver_order": (1, 2, 3), "solver_type": ("bh1", "bh2"),
                "predict_x0": (True, False)}
-    FIXED = {**UNSUPPORTED_SIGMAS, "thresholding": False, "solver_p": None, "shift_terminal": None}
+    FIXED = {**UNSUPPORTED_SIGMAS, "solver_p": None, "shift_terminal": None}
     ALIASES = {"solver_type": {"midpoint": "bh2", "heun": "bh2", "logrho": "bh2"}}
 
     def _schedule(self, count: int) -> None:
@@ -115,8 +120,11 @@ class UniPC(MultistepSigmaScheduler):
 
     def _convert(self, model_output: np.ndarray, sample: np.ndarray, sigma: np.float32) -> np.ndarray:
         alpha_t, sigma_t = alpha_sigma(sigma)
-        convert = predicted_original if self.config["predict_x0"] else predicted_noise
-        return convert(self.config["prediction_type"], model_output, sample, alpha_t, sigma_t)
+        if not self.config["predict_x0"]:
+            return predicted_noise(self.config["prediction_type"], model_output, sample, alpha_t, sigma_t)
+        x0 = predicted_original(self.config["prediction_type"], model_output, sample, alpha_t, sigma_t)
+        # diffusers thresholds the x0 prediction before it enters the history (a no-op unless thresholding is set).
+        return threshold_sample(x0, self.config)
 
     def _coefficients(
         self, h: np.float32, rks: list[np.float32], order: int

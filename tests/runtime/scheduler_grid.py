@@ -55,8 +55,8 @@ PREDICTIONS = {
     "euler_karras": ("epsilon", "v_prediction", "sample"),
     "euler_a": ("epsilon", "v_prediction"),
     "heun": ("epsilon", "v_prediction", "sample"),
-    "lms": ("epsilon", "v_prediction"),
-    "lms_karras": ("epsilon", "v_prediction"),
+    "lms": ("epsilon", "v_prediction", "sample"),
+    "lms_karras": ("epsilon", "v_prediction", "sample"),
     "dpm2": ("epsilon", "v_prediction"),
     "dpm2_karras": ("epsilon", "v_prediction"),
     "dpm2_a": ("epsilon", "v_prediction"),
@@ -74,6 +74,12 @@ PREDICTIONS = {
 }
 """Every short name, with the prediction types its diffusers class implements (the grid also asserts refusals)."""
 SPACINGS = ("leading", "trailing", "linspace")
+
+
+THRESHOLD = {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5}
+"""Dynamic thresholding set to bite on the grid's samples."""
+PRK = {"skip_prk_steps": False}
+"""PNDM's Runge-Kutta warm-up: the real configs all set skip_prk_steps: true (PLMS)."""
 
 
 def cases() -> list[Case]:
@@ -129,6 +135,49 @@ def cases() -> list[Case]:
         Case("unipc", "sd15", {"disable_corrector": [0, 2]}),
         Case("unipc", "sd15", {"lower_order_final": False, "final_sigmas_type": "sigma_min"}),
         Case("unipc", "sd21", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}),
+        Case("lms", "sd15", {"trained_betas": [0.0001 + i * 2e-5 for i in range(1000)]}),
+        Case("deis", "sd15", {"solver_order": 1}),
+        Case("deis", "sd15", {"solver_order": 3}),
+        Case("deis", "sd15", {"lower_order_final": False}),
+        Case("deis", "sd15", {"thresholding": True}),
+        Case("deis", "sd15", {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 2.0}),
+        Case("deis", "sd15", {"use_karras_sigmas": True}),
+        Case("deis", "sd15", {"use_karras_sigmas": True, "solver_order": 3}),
+        Case("deis", "sd15", {"use_karras_sigmas": True, "timestep_spacing": "trailing", "solver_order": 3}),
+        Case("deis", "sd15", {"use_karras_sigmas": True, "sigma_min": 0.05, "sigma_max": 10.0}),
+        Case("deis", "sd15", {"algorithm_type": "dpmsolver++", "solver_type": "midpoint"}),
+        Case("tcd", "sd15", eta=0.3),
+        Case("tcd", "sd15", eta=1.0),
+        Case("tcd", "sd21", eta=0.3),
+        Case("tcd", "sd15", {"prediction_type": "sample"}, eta=0.3),
+        Case("tcd", "sd15", {"thresholding": True}, eta=0.3),  # diffusers' TCD step ignores it; so do we
+        Case("tcd", "sd15", {"clip_sample": True, "clip_sample_range": 0.8}),
+        Case("tcd", "sd15", {"original_inference_steps": 100}, eta=0.3),
+        Case("tcd", "sd21", {"rescale_betas_zero_snr": True}, eta=0.3),
+        Case("ddim", "sd15", eta=0.5),
+        Case("ddim", "sd15", eta=1.0),
+        Case("ddim", "sd21", eta=0.5),
+        Case("ddim", "sd21", eta=1.0),
+        Case("ddim", "sd15", {"prediction_type": "sample"}, eta=1.0),
+        Case("ddim", "sd15", {"timestep_spacing": "trailing"}, eta=0.3),
+        Case("ddim", "sd15", {"clip_sample": True, "clip_sample_range": 0.8}, eta=0.5),
+        Case("ddim", "sd21", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}, eta=0.5),
+        Case("ddim", "sd15", THRESHOLD),
+        Case("ddim", "sd21", THRESHOLD),
+        Case("ddim", "sd15", {**THRESHOLD, "clip_sample": True, "clip_sample_range": 0.5}),
+        Case("ddim", "sd15", THRESHOLD, eta=0.5),
+        Case("pndm", "sd15", PRK),
+        Case("pndm", "sd21", PRK),
+        Case("pndm", "sd15", {**PRK, "timestep_spacing": "trailing"}),
+        Case("pndm", "sd15", {**PRK, "timestep_spacing": "linspace"}),
+        Case("pndm", "sd15", {**PRK, "set_alpha_to_one": True}),
+        Case("unipc", "sd15", THRESHOLD),
+        Case("unipc", "sd21", THRESHOLD),
+        Case("unipc", "sd15", {**THRESHOLD, "solver_order": 3}),
+        Case("unipc", "sd15", {**THRESHOLD, "predict_x0": False, "final_sigmas_type": "sigma_min"}),
+        Case("lcm", "sd15", THRESHOLD),
+        Case("lcm", "sd21", THRESHOLD),
+        Case("lcm", "sd15", {**THRESHOLD, "clip_sample": True, "clip_sample_range": 0.5}),
     ]
     return grid
 

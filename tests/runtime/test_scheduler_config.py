@@ -15,14 +15,12 @@ from runtime.schedulers import (
     make_scheduler,
     scheduler_names,
 )
-from tests.runtime.scheduler_grid import SD15
+from tests.runtime.scheduler_grid import SD15, SD21
 
 UNSUPPORTED = [
-    ("ddim", "thresholding", True),
     ("ddim", "prediction_type", "flow_prediction"),
     ("ddim", "timestep_spacing", "karras"),
     ("ddim", "beta_schedule", "sigmoid"),
-    ("pndm", "skip_prk_steps", False),
     ("pndm", "prediction_type", "sample"),
     ("euler", "use_exponential_sigmas", True),
     ("euler", "use_beta_sigmas", True),
@@ -36,12 +34,20 @@ UNSUPPORTED = [
     ("dpmpp_2m", "variance_type", "learned_range"),
     ("dpmpp_2m", "solver_order", 4),
     ("dpmpp_2m_karras", "use_flow_sigmas", True),
-    ("lcm", "thresholding", True),
     ("lcm", "prediction_type", "x0"),
     ("unipc", "solver_p", "DDIMScheduler"),
     ("unipc", "use_flow_sigmas", True),
     ("unipc", "solver_order", 5),
     ("unipc", "solver_type", "bh3"),
+    ("lms", "use_exponential_sigmas", True),
+    ("lms_karras", "use_beta_sigmas", True),
+    ("lms", "prediction_type", "flow_prediction"),
+    ("deis", "prediction_type", "flow_prediction"),
+    ("deis", "use_flow_sigmas", True),
+    ("deis", "solver_order", 4),
+    ("deis", "algorithm_type", "sde-dpmsolver++"),
+    ("deis", "solver_type", "bh3"),
+    ("tcd", "prediction_type", "flow_prediction"),
 ]
 
 
@@ -54,8 +60,8 @@ def test_make_scheduler_refuses_unsupported_value_by_name(name: str, key: str, v
 
 def test_make_scheduler_lists_known_names_for_unknown_one() -> None:
     with pytest.raises(SchedulerError) as raised:
-        make_scheduler("heun", SD15, 10)
-    assert "heun" in str(raised.value)
+        make_scheduler("huen", SD15, 10)
+    assert "unknown scheduler 'huen'" in str(raised.value)
     for name in scheduler_names():
         assert name in str(raised.value)
 
@@ -138,23 +144,63 @@ def test_web_ui_names_give_the_diffusers_scheduler_of_diffusers_own_table(web_ui
     diffusers = pytest.importorskip("diffusers")
     ours = make_scheduler(web_ui_name, SD15, 10)
     same = make_scheduler(web_ui_name.upper(), SD15, 10)
-    overrides = {"use_karras_sigmas": True} if web_ui_name.endswith("Karras") else {}
+    overrides: dict[str, object] = {"use_karras_sigmas": True} if web_ui_name.endswith("Karras") else {}
+    if web_ui_name.startswith("DPM++ 2M SDE"):
+        overrides["algorithm_type"] = "sde-dpmsolver++"
     theirs = getattr(diffusers, ours.class_name).from_config({**SD15, **overrides})
     theirs.set_timesteps(10)
-    assert np.array_equal(ours.timesteps, theirs.timesteps.numpy()) and np.array_equal(ours.timesteps, same.timesteps)
+    assert {key: theirs.config[key] for key in overrides} == {key: ours.config[key] for key in overrides}
+    reference = theirs.timesteps.numpy()
+    if np.issubdtype(reference.dtype, np.integer):
+        assert np.array_equal(ours.timesteps, reference)
+    else:  # Karras timesteps: torch's float32 sqrt is 1 ulp off in places (see test_scheduler_parity.py)
+        np.testing.assert_allclose(ours.timesteps, reference, rtol=1e-6, atol=0)
+    assert np.array_equal(ours.timesteps, same.timesteps)
 
 
-@pytest.mark.parametrize("name,diffusers_name", [
-    ("Heun", "HeunDiscreteScheduler"),
-    ("dpm++ 2m sde karras", "DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', use_karras_sigmas=True)"),
-    ("LMSDiscreteScheduler", "LMSDiscreteScheduler"),
-])
-def test_names_not_implemented_are_refused_naming_diffusers_class(name: str, diffusers_name: str) -> None:
-    with pytest.raises(SchedulerError, match=re.escape(f"(diffusers' {diffusers_name}) is not implemented")):
+@pytest.mark.parametrize("name", ["DPM fast", "dpm++ 2s a", "DPMSolverSinglestepScheduler"])
+def test_names_not_implemented_are_refused_by_name(name: str) -> None:
+    with pytest.raises(SchedulerError, match=re.escape(f"scheduler {name!r} (")) as raised:
         make_scheduler(name, SD15, 10)
+    assert "is not implemented in this runtime" in str(raised.value)
+    assert set(NOT_IMPLEMENTED).isdisjoint(scheduler_names())
 
 
-def test_every_not_implemented_name_is_a_diffusers_class() -> None:
+def test_tcd_draws_only_with_eta() -> None:
+    assert not make_scheduler("tcd", SD15, 4).stochastic
+    scheduler = make_scheduler("tcd", SD15, 4, eta=0.3)
+    assert scheduler.stochastic and [scheduler.noise_at(i) for i in range(4)] == [True, True, True, False]
+
+
+def test_pndm_runge_kutta_needs_four_steps() -> None:
+    # diffusers' set_timesteps fails with a numpy broadcast error below 4 steps in PRK mode; refused by name here.
+    with pytest.raises(SchedulerError, match=r"skip_prk_steps=False .* needs num_inference_steps >= 4, got 3"):
+        make_scheduler("pndm", {**SD15, "skip_prk_steps": False}, 3)
+
+
+def test_pndm_runge_kutta_refuses_to_start_mid_schedule() -> None:
+    scheduler = make_scheduler("pndm", {**SD15, "skip_prk_steps": False}, 10)
+    with pytest.raises(UnsupportedConfigError, match="skip_prk_steps=False cannot start mid-schedule"):
+        scheduler.begin(3)
+    scheduler.begin(0)
+
+
+def test_ddim_eta_one_on_zero_snr_is_finite_where_diffusers_is_nan() -> None:
+    """The clamp departs from diffusers only while diffusers returns NaN here: if this fails, revisit it."""
     diffusers = pytest.importorskip("diffusers")
-    for spelled in NOT_IMPLEMENTED.values():
-        assert hasattr(diffusers, spelled.split("(")[0]), spelled
+    torch = pytest.importorskip("torch")
+    config = {**SD21, "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    reference = diffusers.DDIMScheduler.from_config(config)
+    reference.set_timesteps(3)
+    sample = torch.ones(1, 4, 8, 8)
+    theirs = reference.step(0.1 * sample, reference.timesteps[0], sample, eta=1.0,
+                            variance_noise=torch.zeros_like(sample))
+    assert not torch.isfinite(theirs.prev_sample).any()
+    ones = np.ones((1, 4, 8, 8), np.float32)
+    ours = make_scheduler("ddim", config, 3, eta=1.0).step(0.1 * ones, 0, ones, noise=np.zeros_like(ones))
+    assert np.isfinite(ours).all()
+
+
+def test_thresholding_ratio_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(SchedulerError, match="dynamic_thresholding_ratio must lie between 0 and 1, got 1.5"):
+        make_scheduler("ddim", {**SD15, "thresholding": True, "dynamic_thresholding_ratio": 1.5}, 10)

@@ -73,7 +73,7 @@ class SchedulerConformance:
     def test_config_round_trips(self) -> None:
         scheduler = self.make()
         scheduler_class, _ = resolve_scheduler(self.name)
-        rebuilt = scheduler_class(scheduler.config, scheduler.num_inference_steps)
+        rebuilt = scheduler_class(scheduler.config, scheduler.num_inference_steps, eta=scheduler.eta)
         assert rebuilt.config == scheduler.config
         np.testing.assert_array_equal(rebuilt.timesteps, scheduler.timesteps)
         assert self.run(rebuilt).tobytes() == self.run(self.make()).tobytes()
@@ -181,6 +181,26 @@ class TestDEIS(SchedulerConformance):
 
 class TestTCD(SchedulerConformance):
     name = "tcd"
+
+
+class TestPNDMRungeKutta(SchedulerConformance):
+    name = "pndm"
+    keeps_history = True
+    config = {**SD15, "skip_prk_steps": False}
+
+
+class TestDDIMWithEta(SchedulerConformance):
+    name = "ddim"
+
+    def make(self, steps: int = 6, generator: np.random.Generator | None = None) -> Scheduler:
+        return make_scheduler(self.name, self.config, steps, generator, eta=0.5)
+
+
+class TestTCDWithEta(SchedulerConformance):
+    name = "tcd"
+
+    def make(self, steps: int = 6, generator: np.random.Generator | None = None) -> Scheduler:
+        return make_scheduler(self.name, self.config, steps, generator, eta=0.3)
 
 
 def test_every_scheduler_has_a_conformance_class() -> None:

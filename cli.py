@@ -198,6 +198,9 @@ def _parse_components(text: str | None) -> tuple[str, ...] | None:
 @click.option("--max-size", type=int, help="Largest height/width the engines accept (dynamic shapes).")
 @click.option("--batch", default=None, help="Images per call: N or MIN-MAX (default 1-4; with --static, 1).")
 @click.option("--static", is_flag=True, help="One shape only (fastest engines; enables CUDA graph replay at run time).")
+@click.option("--prompt-chunks", default="1", show_default=True,
+              help="Text windows of 75 tokens the UNet engine accepts: N or MIN-MAX, e.g. 1-3 for --long-prompts up to "
+                   "225 tokens (1: the 77-token window, as diffusers).")
 @click.option("--opt-level", default=3, show_default=True, type=click.IntRange(0, 5), help="Builder optimisation level.")
 @click.option("--workspace", help="Builder workspace limit, e.g. 4GiB (default: the library's).")
 @click.option("--components", help="Comma-separated components (default: all, the VAE encoder for image input included).")
@@ -216,6 +219,7 @@ def build_trt(
     max_size: int | None,
     batch: str | None,
     static: bool,
+    prompt_chunks: str,
     opt_level: int,
     workspace: str | None,
     components: str | None,
@@ -231,6 +235,7 @@ def build_trt(
       python cli.py build-trt --package packages/sd15 --fp16 --height 512 --width 512 --batch 1 --static
       python cli.py build-trt --package packages/sd15 --fp16 --min-size 256 --max-size 1024 --batch 1-4
       python cli.py build-trt --package packages/sd15 --fp16 --refittable      # LoRA by refit (GPU machine)
+      python cli.py build-trt --package packages/sd15 --fp16 --prompt-chunks 1-3  # --long-prompts up to 225 tokens
 
     Each engine comes with a per-layer precision report (<component>.layers.json) taken from the builder's own log;
     an engine whose inputs (ONNX digest, shapes, precision, targets, library version, settings) did not change is
@@ -249,6 +254,9 @@ def build_trt(
     if static and batch_range.min != batch_range.max:
         raise click.UsageError("--static builds one shape: give --batch N (one number)")
     heights, widths = size_ranges(constants, height, width, min_size, max_size, static)
+    chunk_range = parse_range(prompt_chunks, "--prompt-chunks")
+    if static and chunk_range.min != chunk_range.max:
+        raise click.UsageError("--static builds one shape: give --prompt-chunks N (one number)")
     config = BuildConfig(
         backend=backend,
         precision="fp16" if fp16 else "fp32",
@@ -259,7 +267,7 @@ def build_trt(
     request = BuildRequest(
         package=package,
         config=config,
-        shapes=shape_request(constants, batch_range, heights, widths),
+        shapes=shape_request(constants, batch_range, heights, widths, chunk_range),
         components=_parse_components(components),
         force=force,
         refittable=refittable,

@@ -279,7 +279,7 @@ class PromptEncoder:
             return base
         weights = np.asarray(blend_weights, dtype=np.float32)
         weights = weights / weights.sum(dtype=np.float32)
-        return np.sum(np.stack(blends) * weights[:, np.newaxis, np.newaxis], axis=0, dtype=np.float32)
+        return np.asarray(np.sum(np.stack(blends) * weights[:, np.newaxis, np.newaxis], axis=0, dtype=np.float32))
 
     def empty(self) -> np.ndarray:
         """The empty prompt's hidden states [window, hidden]: padding for shorter prompts, compel's origin."""

@@ -106,7 +106,9 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "DPM fast": "no diffusers scheduler",
     "DPM adaptive": "no diffusers scheduler",
     "DPM++ 2S a": "no diffusers scheduler (DPMSolverSinglestepScheduler is close but not the same sampler)",
-    "DPM++ 3M SDE": "no diffusers scheduler (DPMSolverMultistepScheduler's SDE solver is second order at most)",
+    "DPM++ 3M SDE": "not mapped: diffusers' overview names no class for it; DPMSolverMultistepScheduler's third-order "
+                    "SDE solver (dpmpp_2m_sde with solver_order 3 in the config) is implemented, but is not known to "
+                    "be the web UI's sampler",
     "DPMSolverSinglestepScheduler": "DPMSolverSinglestepScheduler",
 }
 """Web UI and diffusers names people ask for that this runtime does not implement: refused by name."""

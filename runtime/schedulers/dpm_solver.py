@@ -68,12 +68,11 @@ class DPMSolverMultistep(MultistepSigmaScheduler):
 
     def _schedule(self, count: int) -> None:
         cfg = self.config
-        # A quantile outside 0..1 fails in diffusers' first step (torch.quantile), a non-positive clamp divides x0 by
-        # zero or flips it: say so here, by name, not mid-request.
-        if cfg["thresholding"] and not (0 <= cfg["dynamic_thresholding_ratio"] <= 1 and cfg["sample_max_value"] > 0):
+        # A clamp limit <= 0 divides x0 by zero or flips its sign (NaN latents in diffusers): refused here, by name,
+        # not mid-request. (resolve_config checks dynamic_thresholding_ratio.)
+        if cfg["thresholding"] and not cfg["sample_max_value"] > 0:
             raise SchedulerError(
-                f"{self.class_name}: thresholding needs 0 <= dynamic_thresholding_ratio <= 1 and sample_max_value > 0, "
-                f"got {cfg['dynamic_thresholding_ratio']!r} and {cfg['sample_max_value']!r}"
+                f"{self.class_name}: thresholding needs sample_max_value > 0, got {cfg['sample_max_value']!r}"
             )
         self.stochastic = cfg["algorithm_type"] == SDE
         train_steps = cfg["num_train_timesteps"]

@@ -65,8 +65,8 @@ PREDICTIONS = {
     "dpmpp_2m_karras": ("epsilon", "v_prediction", "sample"),
     "dpmpp_2m_sde": ("epsilon", "v_prediction", "sample"),
     "dpmpp_2m_sde_karras": ("epsilon", "v_prediction", "sample"),
-    "dpmpp_sde": ("epsilon", "v_prediction", "sample"),
-    "dpmpp_sde_karras": ("epsilon", "v_prediction", "sample"),
+    "dpmpp_sde": ("epsilon", "v_prediction"),
+    "dpmpp_sde_karras": ("epsilon", "v_prediction"),
     "deis": ("epsilon", "v_prediction", "sample"),
     "lcm": ("epsilon", "v_prediction", "sample"),
     "unipc": ("epsilon", "v_prediction", "sample"),
@@ -93,7 +93,7 @@ def cases() -> list[Case]:
             for spacing in SPACINGS:
                 grid.append(Case(name, "sd15", {"timestep_spacing": spacing}))
         for schedule in ("linear", "squaredcos_cap_v2"):
-            if name == "dpmpp_2m_karras" and schedule == "squaredcos_cap_v2":
+            if name in ("dpmpp_2m_karras", "dpmpp_2m_sde_karras") and schedule == "squaredcos_cap_v2":
                 # Karras sigmas on this schedule repeat the first timestep from 4 steps on; diffusers then starts
                 # at the repeat (index 1) and fails with IndexError at the last step. We step from index 0.
                 continue
@@ -178,6 +178,23 @@ def cases() -> list[Case]:
         Case("lcm", "sd15", THRESHOLD),
         Case("lcm", "sd21", THRESHOLD),
         Case("lcm", "sd15", {**THRESHOLD, "clip_sample": True, "clip_sample_range": 0.5}),
+        Case("dpmpp_2m", "sd15", {"thresholding": True, "sample_max_value": 1.5}),
+        Case("dpmpp_2m", "sd15", {"thresholding": True, "solver_order": 3, "prediction_type": "v_prediction"}),
+        Case("dpmpp_2m_sde", "sd15", {"solver_order": 1}),
+        Case("dpmpp_2m_sde", "sd15", {"solver_order": 3}),
+        Case("dpmpp_2m_sde", "sd15", {"solver_type": "heun"}),
+        Case("dpmpp_2m_sde", "sd15", {"solver_order": 3, "lower_order_final": False, "final_sigmas_type": "sigma_min"}),
+        Case("dpmpp_2m_sde", "sd15", {"final_sigmas_type": "sigma_min"}),
+        Case("dpmpp_2m_sde", "sd15", {"euler_at_final": True, "final_sigmas_type": "sigma_min"}),
+        Case("dpmpp_2m_sde", "sd15", {"lambda_min_clipped": -5.1}),
+        Case("dpmpp_2m_sde", "sd15", {"thresholding": True}),
+        Case("dpmpp_2m_sde", "sd15", {"thresholding": True, "sample_max_value": 2.0, "dynamic_thresholding_ratio": 0.9}),
+        Case("dpmpp_2m_sde", "sd21", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}),
+        Case("dpmpp_2m_sde_karras", "sd15", {"solver_order": 3}),
+        Case("dpmpp_2m_sde_karras", "sd15", {"final_sigmas_type": "sigma_min"}),
+        Case("dpmpp_sde", "sd15", {"trained_betas": [0.0001 + i * 2e-5 for i in range(1000)]}),
+        Case("dpmpp_sde", "sd21", {"rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}),
+        Case("dpmpp_sde_karras", "sd15", {"timestep_spacing": "trailing", "prediction_type": "v_prediction"}),
     ]
     return grid
 

@@ -1,4 +1,4 @@
-"""Heun (Karras et al. 2022, Algorithm 2 without churn): matches diffusers 0.42 ``HeunDiscreteScheduler``.
+"""Heun's second-order method (Karras et al. 2022, Algorithm 1): matches diffusers 0.42 ``HeunDiscreteScheduler``.
 
 Honours beta_schedule (linear, scaled_linear, squaredcos_cap_v2), trained_betas, prediction_type (epsilon,
 v_prediction, sample), clip_sample with clip_sample_range, timestep_spacing (leading, trailing, linspace),

@@ -52,6 +52,11 @@ UNSUPPORTED = [
     ("deis", "algorithm_type", "sde-dpmsolver++"),
     ("deis", "solver_type", "bh3"),
     ("tcd", "prediction_type", "flow_prediction"),
+    ("heun", "use_exponential_sigmas", True),
+    ("heun", "beta_schedule", "exp"),
+    ("dpm2", "prediction_type", "sample"),
+    ("dpm2_a", "prediction_type", "sample"),
+    ("dpm2_a_karras", "use_beta_sigmas", True),
 ]
 
 

@@ -18,6 +18,8 @@ SHAPE = (2, 4, 8, 8)
 class SchedulerConformance:
     name: ClassVar[str]
     keeps_history: ClassVar[bool] = False
+    timestep_rise: ClassVar[float] = 0.0
+    """How far a timestep may lie above the one before it."""
     config: ClassVar[dict[str, Any]] = SD15
 
     def make(self, steps: int = 6, generator: np.random.Generator | None = None) -> Scheduler:
@@ -46,7 +48,7 @@ class SchedulerConformance:
         scheduler = self.make(steps=10)
         timesteps = np.asarray(scheduler.timesteps, dtype=np.float64)
         assert len(scheduler) == len(timesteps) >= 10
-        assert np.all(np.diff(timesteps) <= 0) and 0 <= timesteps.min() and timesteps.max() < 1000
+        assert np.all(np.diff(timesteps) <= self.timestep_rise) and 0 <= timesteps.min() and timesteps.max() < 1000
         assert scheduler.init_noise_sigma >= 1.0
 
     def test_step_order_is_enforced_only_where_history_is_kept(self) -> None:
@@ -152,6 +154,9 @@ class TestKDPM2Ancestral(SchedulerConformance):
 class TestKDPM2AncestralKarras(SchedulerConformance):
     name = "dpm2_a_karras"
     keeps_history = True
+    # Its midpoint sigmas equal the next step's (sigma_down^2 = sigma_next^4 / sigma^2), but diffusers rounds the
+    # steps' Karras timesteps and not the midpoints', so a midpoint can lie up to 0.5 (plus float32 noise) below.
+    timestep_rise = 1.0
 
 
 class TestDPMSolverSDEMultistep(SchedulerConformance):

@@ -90,12 +90,15 @@ def test_scheduler_matches_diffusers(case: Case, steps: int, monkeypatch: pytest
     if np.issubdtype(ref_timesteps.dtype, np.integer):
         np.testing.assert_array_equal(ours.timesteps, ref_timesteps, err_msg="timesteps differ")
     else:
-        np.testing.assert_allclose(ours.timesteps, ref_timesteps, rtol=1e-6, atol=0, err_msg="timesteps differ")
+        np.testing.assert_allclose(ours.timesteps, ref_timesteps, rtol=1e-6, atol=case.timestep_atol,
+                                   err_msg="timesteps differ")
     if hasattr(reference, "sigmas"):
         np.testing.assert_allclose(ours.sigmas, reference.sigmas.numpy(), rtol=1e-5, atol=0, err_msg="sigmas differ")
     assert ours.init_noise_sigma == pytest.approx(float(reference.init_noise_sigma), rel=1e-5)
     if case.shared_sigmas:
-        ours.sigmas = reference.sigmas.numpy().copy()
+        for table in ("sigmas", "sigmas_interpol", "sigmas_up", "sigmas_down"):
+            if hasattr(reference, table):
+                setattr(ours, table, getattr(reference, table).numpy().copy())
         ours.init_noise_sigma = float(reference.init_noise_sigma)
 
     noise = np.random.default_rng(11).standard_normal((len(ours.timesteps) + 1, *SHAPE)).astype(np.float32)

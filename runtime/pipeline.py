@@ -51,8 +51,8 @@ from runtime.gate import EngineGate, holds_engines
 from runtime.guidance import ClassifierFreeGuidance, run_engine
 from runtime.images import save_png, to_uint8
 from runtime.lora import LoraRequest, lora_weights
-from runtime.requests import Limits, Request, SizeLimits, StepCallback, latent_shape, validate_request
 from runtime.prompts import PromptEncoder
+from runtime.requests import Limits, Request, SizeLimits, StepCallback, latent_shape, validate_request
 from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, scheduler_names, start_index
 from runtime.starts import draw_order, starting_point
 from runtime.timing import StageTimer, Timings

@@ -36,10 +36,11 @@ def _list_schedulers(ctx: click.Context) -> None:
     web_ui = {short: name for name, short in WEB_UI_NAMES.items()}
     rows = []
     for short, (class_name, overrides) in SHORT_NAMES.items():
-        diffusers = class_name + "".join(f"({key}={value})" for key, value in overrides.items())
+        arguments = ", ".join(f"{key}={value!r}" for key, value in overrides.items())
+        diffusers = f"{class_name}({arguments})" if arguments else class_name
         rows.append([short, web_ui.get(short, "-"), diffusers, DESCRIPTIONS[short]])
     click.echo(format_table(["name", "web UI name", "diffusers", "for"], rows))
-    click.echo("\nNot implemented yet (refused by name): " + ", ".join(NOT_IMPLEMENTED))
+    click.echo("\nNot implemented (refused by name): " + ", ".join(NOT_IMPLEMENTED))
     ctx.exit(0)
 
 

@@ -139,8 +139,10 @@ def run_reference(
     steps: int = 20,
     guidance: float = 7.5,
     scheduler: str | None = None,
+    eta: float = 0.0,
 ) -> list[np.ndarray]:
-    """diffusers' images (HxWx3 uint8, as its PIL output) for injected ``latents`` and per-image noise ``seeds``."""
+    """diffusers' images (HxWx3 uint8, as its PIL output) for injected ``latents`` and per-image noise ``seeds``;
+    ``eta`` as the pipeline passes it to DDIM's and TCD's step."""
     import torch
 
     use_scheduler(reference, scheduler)
@@ -155,6 +157,7 @@ def run_reference(
             height=height,
             width=width,
             latents=torch.from_numpy(latents.copy()).to(device=reference.device, dtype=dtype),
+            eta=eta,
             output_type="np",
         ).images
     return list((np.asarray(images, dtype=np.float32) * 255).round().astype(np.uint8))

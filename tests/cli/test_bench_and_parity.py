@@ -38,13 +38,14 @@ def test_bench_quick_writes_table_json_and_plots(tiny_package: Path, tmp_path: P
         assert (out.parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("model", ["tiny", "tiny-v"])
-def test_parity_passes_on_tiny_models(model: str, packages: dict[str, Path], tmp_path: Path) -> None:
-    result = run_cli("parity", "--package", str(packages[model]), "--schedulers", "all", "--steps", "8",
+# Every scheduler's end-to-end parity is tests/parity/test_pipeline_parity.py's; here the command, on a few.
+@pytest.mark.parametrize("model,schedulers", [("tiny", "pndm,euler_a,dpm2_a"), ("tiny-v", "ddim,heun,DPM++ SDE Karras")])
+def test_parity_passes_on_tiny_models(model: str, schedulers: str, packages: dict[str, Path], tmp_path: Path) -> None:
+    result = run_cli("parity", "--package", str(packages[model]), "--schedulers", schedulers, "--steps", "8",
                      "--out", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     report = json.loads((tmp_path / "parity.json").read_text())
-    assert report["passed"] and len(report["cases"]) == 16
+    assert report["passed"] and len(report["cases"]) == 2 * 3  # x guidance 1 and 7.5
     assert all(case["max_pixel_diff"] <= 2 for case in report["cases"])
     assert (tmp_path / "parity-worst.png").is_file()
 

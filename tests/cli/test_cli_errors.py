@@ -75,7 +75,7 @@ def test_export_bad_dtype(tmp_path: Path) -> None:
         (["--guidance", "nan"], "guidance_scale"),
         (["--width", "100"], "not a multiple of 8 pixels"),
         (["--height", "0"], "height"),
-        (["--scheduler", "heun"], "known: ddim, pndm"),
+        (["--scheduler", "huen"], "unknown scheduler 'huen'; known: ddim, pndm"),
         (["--images", "0"], "num_images_per_prompt"),
         (["--seed", "-3"], "seed"),
         (["--out", "image.jpg"], ".png"),

@@ -74,6 +74,23 @@ def test_pipeline_fp32_matches_diffusers(model, scheduler, guidance, negatives, 
     assert worst <= 2, f"max pixel difference {worst}/255"
 
 
+@pytest.mark.parametrize("scheduler,eta", [("ddim", 0.5), ("ddim", 1.0), ("tcd", 0.3)], ids=lambda v: str(v))
+@pytest.mark.parametrize("model", ["tiny", "tiny-v"])
+def test_pipeline_with_eta_matches_diffusers(model, scheduler, eta, our_pipelines, reference_pipelines) -> None:
+    """eta > 0: DDIM and TCD inject fresh noise each step, drawn from each image's seed as diffusers' pipeline gets it."""
+    latents = starting_latents()
+    ours = our_pipelines[model, "fp32"](
+        PROMPTS, negative_prompt=NEGATIVES, num_inference_steps=STEPS, scheduler=scheduler, height=HEIGHT,
+        width=WIDTH, latents=latents, seed=SEED, eta=eta,
+    )
+    seeds = [SEED + k for k in range(len(latents))]
+    expected = np.stack(run_reference(reference_pipelines[model], PROMPTS, latents, seeds, NEGATIVES, STEPS, 7.5,
+                                      scheduler, eta=eta))
+    worst = int(np.abs(np.stack(ours.images).astype(int) - expected.astype(int)).max())
+    assert worst <= 2, f"max pixel difference {worst}/255"
+    assert ours.parameters[0]["eta"] == eta
+
+
 @pytest.mark.parametrize("scheduler", ["pndm", "euler_a", "dpmpp_2m_karras"])
 @pytest.mark.parametrize("model", ["tiny"])  # the fixtures export fp16 for tiny only (tests/conftest.py)
 def test_pipeline_fp16_onnx_psnr_against_diffusers_fp32(model, scheduler, our_pipelines, reference_pipelines) -> None:

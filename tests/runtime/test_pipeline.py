@@ -156,7 +156,7 @@ def test_fp16_precision_loads_the_fp16_export(tiny_package: Path) -> None:
         ({"width": 0}, "width 0 is outside"),
         ({"height": 64.0}, "integer number of pixels"),
         ({"scheduler": "warp"}, "unknown scheduler 'warp'; known: ddim"),
-        ({"scheduler": "heun"}, "scheduler 'heun' (diffusers' HeunDiscreteScheduler) is not implemented"),
+        ({"scheduler": "DPM fast"}, "scheduler 'DPM fast' (no diffusers scheduler) is not implemented in this runtime"),
         ({"num_images_per_prompt": 0}, "num_images_per_prompt"),
         ({"seed": -1}, "seed must be an integer from 0 to"),
         ({"latents": np.zeros((1, 4, 8, 9), np.float32)}, "latents must be a numpy array of floats of shape (1, 4, 8, 8)"),

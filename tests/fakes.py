@@ -141,6 +141,7 @@ class NumpyBackend:
 
 def with_profile(spec: ComponentSpec, batch: tuple[int, int], size: tuple[int, int] = (8, 8)) -> ShapeProfile:
     """A profile for ``spec`` accepting batches ``batch[0]..batch[1]`` at latent size ``size``."""
-    dims = {"latent_height": size[0], "latent_width": size[1], "image_height": size[0] * 8, "image_width": size[1] * 8}
+    dims = {"latent_height": size[0], "latent_width": size[1], "image_height": size[0] * 8, "image_width": size[1] * 8,
+            "text_length": 77}
     low, high = ({**dims, "batch": batch[0]}, {**dims, "batch": batch[1]})
     return ShapeProfile(spec.name, {t.name: (t.resolve(low), t.resolve(low), t.resolve(high)) for t in spec.inputs})

@@ -31,12 +31,11 @@ from runtime.schedulers.common import (
     F32,
     SCHEDULE_CHOICES,
     SchedulerError,
-    karras_schedule,
     sigma_to_t,
     spaced_timesteps,
     train_sigmas,
 )
-from runtime.schedulers.euler import SigmaScheduler, init_noise_sigma
+from runtime.schedulers.euler import SigmaScheduler, init_noise_sigma, interpolated_sigmas
 
 
 class DPMSolverSDE(SigmaScheduler):
@@ -64,12 +63,8 @@ class DPMSolverSDE(SigmaScheduler):
         timesteps = spaced_timesteps(
             cfg["timestep_spacing"], cfg["num_train_timesteps"], count, cfg["steps_offset"]
         ).astype(np.float64)
-        base_sigmas = train_sigmas(self.alphas_cumprod)
-        log_sigmas = np.log(base_sigmas)
-        sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
-        if cfg["use_karras_sigmas"]:
-            # Between the ends of the interpolated schedule, as diffusers' _convert_to_karras takes them.
-            sigmas, timesteps = karras_schedule(base_sigmas, count, sigmas[-1].item(), sigmas[0].item())
+        log_sigmas = np.log(train_sigmas(self.alphas_cumprod))
+        timesteps, sigmas = interpolated_sigmas(cfg, self.alphas_cumprod, timesteps)
         # The second UNet call of each step sees the log-sigma midpoint of the step's interval (float64, as diffusers'
         # _second_order_timesteps).
         t = -np.log(sigmas)

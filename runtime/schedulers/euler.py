@@ -33,6 +33,22 @@ def euler_timesteps(config: Mapping[str, Any], count: int) -> np.ndarray:
     return spaced_timesteps(config["timestep_spacing"], train_steps, count, config["steps_offset"]).astype(np.float32)
 
 
+def interpolated_sigmas(
+    config: Mapping[str, Any], alphas_cumprod: np.ndarray, timesteps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The train sigmas interpolated at ``timesteps``; with ``use_karras_sigmas``, Karras sigmas instead, between the
+    config's sigma_min/sigma_max (default: the interpolated ends, as diffusers' ``_convert_to_karras``) and the
+    fractional timesteps they fall on. Returns (timesteps, sigmas), float64 sigmas."""
+    base_sigmas = train_sigmas(alphas_cumprod)
+    sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
+    if config.get("use_karras_sigmas"):
+        low, high = config.get("sigma_min"), config.get("sigma_max")
+        sigma_min = low if low is not None else sigmas[-1].item()
+        sigma_max = high if high is not None else sigmas[0].item()
+        sigmas, timesteps = karras_schedule(base_sigmas, len(timesteps), sigma_min, sigma_max)
+    return timesteps, sigmas
+
+
 def init_noise_sigma(sigmas: np.ndarray, spacing: str) -> float:
     """The initial latents' scale: the largest sigma, or sqrt(sigma^2 + 1) with leading spacing (as diffusers)."""
     max_sigma = sigmas.max()
@@ -86,13 +102,7 @@ class Euler(SigmaScheduler):
 
     def _schedule(self, count: int) -> None:
         cfg = self.config
-        timesteps = euler_timesteps(cfg, count)
-        base_sigmas = train_sigmas(self.alphas_cumprod)
-        sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
-        if cfg["use_karras_sigmas"]:
-            sigma_min = cfg["sigma_min"] if cfg["sigma_min"] is not None else sigmas[-1].item()
-            sigma_max = cfg["sigma_max"] if cfg["sigma_max"] is not None else sigmas[0].item()
-            sigmas, timesteps = karras_schedule(base_sigmas, count, sigma_min, sigma_max)
+        timesteps, sigmas = interpolated_sigmas(cfg, self.alphas_cumprod, euler_timesteps(cfg, count))
         self.sigmas = np.concatenate([sigmas, [final_sigma(cfg, self.alphas_cumprod)]]).astype(np.float32)
         self.timesteps = timesteps.astype(np.float32)
         self.init_noise_sigma = init_noise_sigma(self.sigmas, cfg["timestep_spacing"])

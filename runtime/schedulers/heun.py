@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.schedulers.common import BETA_DEFAULTS, F32, SCHEDULE_CHOICES, karras_schedule, train_sigmas
-from runtime.schedulers.euler import SigmaScheduler, euler_timesteps, init_noise_sigma
+from runtime.schedulers.common import BETA_DEFAULTS, F32, SCHEDULE_CHOICES
+from runtime.schedulers.euler import SigmaScheduler, euler_timesteps, init_noise_sigma, interpolated_sigmas
 
 K_DEFAULTS: dict[str, Any] = {
     **BETA_DEFAULTS,
@@ -40,14 +40,7 @@ K_FIXED: dict[str, Any] = {"use_exponential_sigmas": False, "use_beta_sigmas": F
 def k_schedule(config: Mapping[str, Any], alphas_cumprod: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``count`` timesteps (float32, or float64 on Karras sigmas) and float64 sigmas of the family, before
     interleaving."""
-    timesteps = euler_timesteps(config, count)
-    base_sigmas = train_sigmas(alphas_cumprod)
-    sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
-    if config["use_karras_sigmas"]:
-        sigma_min = config["sigma_min"] if config["sigma_min"] is not None else sigmas[-1].item()
-        sigma_max = config["sigma_max"] if config["sigma_max"] is not None else sigmas[0].item()
-        sigmas, timesteps = karras_schedule(base_sigmas, count, sigma_min, sigma_max)
-    return timesteps, sigmas
+    return interpolated_sigmas(config, alphas_cumprod, euler_timesteps(config, count))
 
 
 class KScheduler(SigmaScheduler):

@@ -10,6 +10,9 @@ original_inference_steps. Stochastic: every step but the last consumes one stand
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 from runtime.schedulers.common import (
@@ -24,6 +27,20 @@ from runtime.schedulers.common import (
 )
 
 SIGMA_DATA = 0.5
+
+
+def consistency_timesteps(config: Mapping[str, Any], count: int, label: str) -> np.ndarray:
+    """``count`` int64 timesteps picked evenly from the ``original_inference_steps`` the model was distilled on (LCM's
+    and TCD's schedule)."""
+    train_steps, original_steps = config["num_train_timesteps"], config["original_inference_steps"]
+    if original_steps > train_steps:
+        raise SchedulerError(f"original_inference_steps {original_steps} exceeds num_train_timesteps {train_steps}")
+    if count > original_steps:
+        raise SchedulerError(f"{label} takes at most original_inference_steps={original_steps} steps, got {count}")
+    origin = np.asarray(list(range(1, original_steps + 1))) * (train_steps // original_steps) - 1
+    origin = origin[::-1].copy()
+    picks = np.floor(np.linspace(0, len(origin), num=count, endpoint=False)).astype(np.int64)
+    return origin[picks].astype(np.int64)
 
 
 class LCM(Scheduler):
@@ -47,15 +64,7 @@ class LCM(Scheduler):
     CHOICES = {"prediction_type": PREDICTION_TYPES, "beta_schedule": BETA_SCHEDULES}
 
     def _schedule(self, count: int) -> None:
-        train_steps, original_steps = self.config["num_train_timesteps"], self.config["original_inference_steps"]
-        if original_steps > train_steps:
-            raise SchedulerError(f"original_inference_steps {original_steps} exceeds num_train_timesteps {train_steps}")
-        if count > original_steps:
-            raise SchedulerError(f"LCM takes at most original_inference_steps={original_steps} steps, got {count}")
-        origin = np.asarray(list(range(1, original_steps + 1))) * (train_steps // original_steps) - 1
-        origin = origin[::-1].copy()
-        picks = np.floor(np.linspace(0, len(origin), num=count, endpoint=False)).astype(np.int64)
-        self.timesteps = origin[picks].astype(np.int64)
+        self.timesteps = consistency_timesteps(self.config, count, "LCM")
         self.init_noise_sigma = 1.0
 
     def _boundary_scalings(self, timestep: int) -> tuple[np.float32, np.float32]:

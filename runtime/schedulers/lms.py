@@ -26,10 +26,8 @@ from runtime.schedulers.common import (
     BETA_DEFAULTS,
     F32,
     SCHEDULE_CHOICES,
-    karras_schedule,
-    train_sigmas,
 )
-from runtime.schedulers.euler import SigmaScheduler, euler_timesteps, init_noise_sigma
+from runtime.schedulers.euler import SigmaScheduler, euler_timesteps, init_noise_sigma, interpolated_sigmas
 
 LMS_ORDER = 4
 
@@ -48,11 +46,7 @@ class LMS(SigmaScheduler):
 
     def _schedule(self, count: int) -> None:
         cfg = self.config
-        timesteps = euler_timesteps(cfg, count)
-        base_sigmas = train_sigmas(self.alphas_cumprod)
-        sigmas = np.interp(timesteps, np.arange(0, len(base_sigmas)), base_sigmas)
-        if cfg["use_karras_sigmas"]:
-            sigmas, timesteps = karras_schedule(base_sigmas, count, sigmas[-1].item(), sigmas[0].item())
+        timesteps, sigmas = interpolated_sigmas(cfg, self.alphas_cumprod, euler_timesteps(cfg, count))
         self.sigmas = np.concatenate([sigmas, [0.0]]).astype(np.float32)
         self.timesteps = timesteps.astype(np.float32)
         self.init_noise_sigma = init_noise_sigma(self.sigmas, cfg["timestep_spacing"])

@@ -26,10 +26,10 @@ from runtime.schedulers.common import (
     PREDICTION_TYPES,
     THRESHOLD_DEFAULTS,
     Scheduler,
-    SchedulerError,
     predicted_noise,
     predicted_original,
 )
+from runtime.schedulers.lcm import consistency_timesteps
 
 
 class TCD(Scheduler):
@@ -54,15 +54,7 @@ class TCD(Scheduler):
     CHOICES = {"prediction_type": PREDICTION_TYPES, "beta_schedule": BETA_SCHEDULES}
 
     def _schedule(self, count: int) -> None:
-        train_steps, original_steps = self.config["num_train_timesteps"], self.config["original_inference_steps"]
-        if original_steps > train_steps:
-            raise SchedulerError(f"original_inference_steps {original_steps} exceeds num_train_timesteps {train_steps}")
-        if count > original_steps:
-            raise SchedulerError(f"TCD takes at most original_inference_steps={original_steps} steps, got {count}")
-        origin = np.asarray(list(range(1, original_steps + 1))) * (train_steps // original_steps) - 1
-        origin = origin[::-1].copy()
-        picks = np.floor(np.linspace(0, len(origin), num=count, endpoint=False)).astype(np.int64)
-        self.timesteps = origin[picks].astype(np.int64)
+        self.timesteps = consistency_timesteps(self.config, count, "TCD")
         self.init_noise_sigma = 1.0
         self.stochastic = self.eta > 0 and count > 1
 

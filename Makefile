@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/patch_tensorrt_stubs.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e '.[export,ort,trt-rtx,bench,dev]'
+	$(PIP) install --quiet -c constraints.txt -e '.[export,ort,trt-rtx,bench,serve,ray,dev]'
 	$(PIP) install --quiet --no-deps tensorrt-stubs==10.13.0.35.1
 	$(PY) scripts/patch_tensorrt_stubs.py
 	touch $(STAMP)
@@ -46,7 +46,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy core engines runtime exporter bench scripts cli.py
+	$(VENV)/bin/mypy core engines runtime serve exporter bench scripts cli.py
 
 clean:
 	rm -rf $(VENV) packages demo-out .pytest_cache .mypy_cache

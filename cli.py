@@ -1,4 +1,4 @@
-"""diffship command line: export | build-ort | build-trt | generate | bench | parity | verify.
+"""diffship command line: export | build-ort | build-trt | generate | serve | bench | parity | verify.
 
 Each command maps its options onto the library's request dataclasses and calls one function; the logic lives in
 exporter/, engines/ and runtime/. Errors a user can fix are printed as one line (no traceback) with exit status 2.
@@ -688,6 +688,68 @@ def bench(
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 
+@cli.command()
+@click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), help="Which export ONNX Runtime loads (default fp32).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="Serve with this LoRA; repeatable.")
+@click.option("--max-batch", default=4, show_default=True, type=click.IntRange(1),
+              help="Most images in one batched denoising loop (1: no batching).")
+@click.option("--max-wait-ms", default=0.0, show_default=True, type=click.FloatRange(0, 10_000),
+              help="How long a request waits for companions when the engines are free (0: batches form from the "
+                   "requests that queue while a batch runs).")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1),
+              help="Requests waiting beyond the running batch; more get 429 with Retry-After.")
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a request may take, queued and running; after it: 504.")
+@click.option("--no-warmup", is_flag=True, help="Report ready without the warm-up generation.")
+@click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (see --replicas, README 'Serving').")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1), help="Ray Serve replicas.")
+@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
+def serve(package: Path, host: str, port: int, backend: str, precision: str | None, device: str, threads: int | None,
+          loras: tuple[str, ...], max_batch: int, max_wait_ms: float, max_queue: int, timeout_s: float,
+          no_warmup: bool, use_ray: bool, replicas: int, ray_address: str | None) -> None:
+    """Serve a package over HTTP: OpenAI's Images API and AUTOMATIC1111's txt2img API, with request batching.
+
+    \b
+    Examples:
+      python cli.py serve --package packages/tiny --port 8000 --max-batch 4 --max-queue 64
+      curl -s localhost:8000/v1/images/generations -d '{"prompt": "a red fox", "size": "64x64"}'
+      curl -s localhost:8000/sdapi/v1/txt2img -d '{"prompt": "a red fox", "steps": 20, "cfg_scale": 7}'
+      python cli.py serve --package packages/tiny --ray --replicas 2
+
+    \b
+    Endpoints: POST /v1/images/generations, POST /sdapi/v1/txt2img, GET /sdapi/v1/samplers, GET /healthz,
+    GET /readyz (engines loaded and warmed up), GET /metrics (Prometheus). SIGTERM (or Ctrl-C) stops taking
+    connections and finishes the requests accepted before exiting.
+    """
+    from core.package import ModelPackage
+    from runtime.batching import BatchSettings
+    from serve.service import ServeConfig
+
+    ModelPackage.open(package)  # a wrong path is one clear line here, not a stack trace from the server's startup
+    config = ServeConfig(package=package, backend=backend, precision=precision, threads=threads, device=device,
+                         loras=loras, batch=BatchSettings(max_batch, max_wait_ms / 1000, max_queue),
+                         timeout_s=timeout_s, warmup=not no_warmup)
+    if use_ray:
+        from serve.ray_app import run_on_ray
+
+        run_on_ray(config, replicas, host, port, ray_address, lambda line: click.echo(line, err=True))
+        return
+    import uvicorn
+
+    from serve.app import create_app
+    from serve.service import ImageService
+
+    click.echo(f"serving {package} on http://{host}:{port} (max batch {max_batch}, queue {max_queue})", err=True)
+    uvicorn.run(create_app(ImageService(config)), host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=int(timeout_s) + 5)
+
+
 @cli.command("bench-lora")
 @click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
 @click.option("--lora", "loras", required=True, multiple=True, type=click.Path(path_type=Path, dir_okay=False),
@@ -721,6 +783,46 @@ def bench_lora(package: Path, loras: tuple[Path, ...], rounds: int, processes: i
     write_json_atomic(json_path, result)
     click.echo(format_lora_table(result))
     click.echo(f"wrote {json_path}")
+
+
+@cli.command("bench-serve")
+@click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
+@click.option("--concurrency", "concurrency_text", default="1,2,4,8", show_default=True,
+              help="Comma-separated numbers of concurrent clients.")
+@click.option("--max-batch", default=4, show_default=True, type=click.IntRange(2), help="Batch limit of 'batching on'.")
+@click.option("--steps", default=4, show_default=True, type=click.IntRange(1), help="Steps per request.")
+@click.option("--size", default=256, show_default=True, type=click.IntRange(8), help="Image height and width.")
+@click.option("--requests-per-client", default=2, show_default=True, type=click.IntRange(1))
+@click.option("--rounds", default=1, show_default=True, type=click.IntRange(1), help="Rounds over all cases (median).")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--ray-replicas", default=0, show_default=True, type=click.IntRange(0),
+              help="Also measure this many Ray Serve replicas (0: skip Ray).")
+@click.option("--json", "json_path", default="bench-serve.json", show_default=True, type=click.Path(path_type=Path))
+@click.option("--plot", "plot_path", default="bench-serve.png", show_default=True, type=click.Path(path_type=Path))
+def bench_serve(package: Path, concurrency_text: str, max_batch: int, steps: int, size: int, requests_per_client: int,
+                rounds: int, threads: int | None, ray_replicas: int, json_path: Path, plot_path: Path) -> None:
+    """Throughput and latency of the HTTP service against concurrent clients, batching off vs on (and Ray replicas).
+
+    \b
+    Example:
+      python cli.py bench-serve --package packages/tiny --size 64 --steps 4 --concurrency 1,2,4,8 --ray-replicas 2
+      python cli.py bench-serve --package packages/sd15-random --size 256 --steps 2 --concurrency 1,2,4
+    """
+    from bench.machine import describe_machine
+    from bench.serving import format_serving_table, measure_serving, plot_serving
+    from core.files import write_json_atomic
+    from core.package import ModelPackage
+
+    ModelPackage.open(package)
+    levels = _parse_list(concurrency_text, int, "--concurrency")
+    result = measure_serving(package, levels, max_batch, steps, size, rounds, requests_per_client, threads,
+                             ray_replicas, progress=lambda line: click.echo(line, err=True))
+    result["machine"] = describe_machine()
+    result["package"] = str(package)
+    write_json_atomic(json_path, result)
+    plot_serving(result, plot_path)
+    click.echo(format_serving_table(result))
+    click.echo(f"wrote {json_path} and {plot_path}")
 
 
 @cli.command("bench-samplers")

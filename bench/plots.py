@@ -16,7 +16,7 @@ STAGE_COLOURS = {
 }
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +26,7 @@ def _pyplot() -> Any:
 
 
 def plot_latency(summary: Sequence[dict[str, Any]], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for contender in sorted({r["contender"] for r in summary}):
         rows = sorted((r for r in summary if r["contender"] == contender), key=lambda r: r["steps"])
@@ -48,7 +48,7 @@ def plot_latency(summary: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_stages(summary: Sequence[dict[str, Any]], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     top = max(r["steps"] for r in summary)
     rows = sorted((r for r in summary if r["steps"] == top), key=lambda r: r["contender"])
     figure, axes = plt.subplots(figsize=(8, 1.2 + 0.7 * len(rows)))

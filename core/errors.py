@@ -34,6 +34,10 @@ EXTRAS = {
     "tensorrt_rtx": "trt-rtx",
     "matplotlib": "bench",
     "cuda": "cuda",
+    "starlette": "serve",
+    "uvicorn": "serve",
+    "prometheus_client": "serve",
+    "ray": "ray",
 }
 
 

@@ -9,3 +9,7 @@ class PipelineError(DiffshipError):
 
 class PipelineInputError(PipelineError, ValueError):
     """An argument to ``Pipeline.__call__`` is invalid (type, range, shape, unknown name)."""
+
+
+class PipelineCancelled(PipelineError):
+    """A call stopped between steps because its ``cancel`` said so (or a service's deadline passed)."""

@@ -36,7 +36,7 @@ class ClassifierFreeGuidance:
     """Model output for a batch of latents, guided: ``uncond + w * (cond - uncond)`` from ONE UNet call on [uncond; cond].
 
     With ``guidance_scale <= 1`` (or no unconditional embeddings) it is a plain conditional call on the batch, as
-    diffusers does.
+    diffusers does. A batch of calls gives each image its own scale: an array [images, 1, 1, 1], all above 1 or none.
     """
 
     def __init__(
@@ -44,11 +44,11 @@ class ClassifierFreeGuidance:
         unet: EngineBase,
         cond_embeddings: np.ndarray,
         uncond_embeddings: np.ndarray | None,
-        guidance_scale: float,
+        guidance_scale: float | np.ndarray,
     ) -> None:
         self.unet = unet
         self.guidance_scale = guidance_scale
-        self.enabled = uncond_embeddings is not None and guidance_scale > 1.0
+        self.enabled = uncond_embeddings is not None and bool(np.all(np.asarray(guidance_scale) > 1.0))
         # Embeddings are the same every step: concatenate once.
         self.embeddings = (
             np.concatenate([uncond_embeddings, cond_embeddings]) if self.enabled and uncond_embeddings is not None

@@ -6,7 +6,7 @@ import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -25,28 +25,33 @@ def to_uint8(images: np.ndarray) -> list[np.ndarray]:
 
 def save_png(image: np.ndarray, path: Path, parameters: Mapping[str, Any] | None = None) -> Path:
     """Write ``image`` as a PNG carrying ``parameters`` in a text chunk; atomically (no half-written file)."""
-    from PIL import Image, PngImagePlugin
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_bytes_atomic(path, png_bytes(image, parameters))
+    except OSError as exc:
+        raise ImageWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def png_bytes(image: np.ndarray, parameters: Mapping[str, Any] | None = None) -> bytes:
+    """``image`` encoded as PNG, ``parameters`` as JSON in its text chunk (what ``read_parameters`` reads)."""
+    from PIL import Image, PngImagePlugin
+
     info = PngImagePlugin.PngInfo()
     if parameters:
         info.add_text(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True))
     encoded = io.BytesIO()
     Image.fromarray(image).save(encoded, format="PNG", pnginfo=info)
-    try:
-        write_bytes_atomic(path, encoded.getvalue())
-    except OSError as exc:
-        raise ImageWriteError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
+    return encoded.getvalue()
 
 
 class ImageWriteError(PipelineError):
     """An image cannot be written where it was asked to go."""
 
 
-def read_parameters(path: Path) -> dict[str, Any]:
-    """The generation parameters stored in a PNG written by ``save_png``."""
+def read_parameters(path: Path | IO[bytes]) -> dict[str, Any]:
+    """The generation parameters stored in a PNG written by ``save_png`` or ``png_bytes`` (a path or a file object)."""
     from PIL import Image
 
     with Image.open(path) as image:

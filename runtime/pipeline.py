@@ -6,6 +6,10 @@ torch, diffusers or transformers.
     result = pipe("an oil painting", image="photo.png", strength=0.6, seed=1)                    # image-to-image
     result = pipe("a red fox", image="photo.png", mask_image="mask.png", seed=1)                 # inpainting
     result.save("out/")
+    results = pipe.run_batch([pipe.prepare("a fox", seed=1), pipe.prepare("a cat", seed=2)])     # one loop, two calls
+
+Calls may come from many threads at once; ``cancel=event.is_set`` stops one between steps (``PipelineCancelled``);
+``runtime.batching.Batcher`` gathers concurrent calls into batches (runtime/calls.py says which may share a loop).
 
 Seeds: image ``k`` of a call (prompt-major, as diffusers orders them) makes its random draws from
 ``numpy.random.default_rng(seed + k)``: first the ones ``draw_order`` names (text-to-image: the starting latents;
@@ -19,15 +23,16 @@ the draws for that (``latents``; ``start_noise``, ``image_noise``, ``masked_imag
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -35,6 +40,7 @@ from core.errors import PackageError
 from core.package import ModelPackage
 from engines.backend import OpenRequest, Selection, get_backend, open_engines
 from engines.base import EngineBase
+from runtime.calls import Call, Cancel, guidance_scales, image_slices
 from runtime.conditioning import (
     TASKS,
     ImageInput,
@@ -46,7 +52,7 @@ from runtime.conditioning import (
     prepare_task,
     read_image_inputs,
 )
-from runtime.errors import PipelineError, PipelineInputError
+from runtime.errors import PipelineCancelled, PipelineError, PipelineInputError
 from runtime.gate import EngineGate, holds_engines
 from runtime.guidance import ClassifierFreeGuidance, run_engine
 from runtime.images import save_png, to_uint8
@@ -85,6 +91,22 @@ class GenerationResult:
             save_png(image, out / f"{prefix}-{index:02d}-{params['seed']}.png", params)
             for index, (image, params) in enumerate(zip(self.images, self.parameters, strict=True))
         ]
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _arguments_of(
+    source: Callable[Concatenate[Any, P], Any],
+) -> Callable[[Callable[..., R]], Callable[Concatenate[Any, P], R]]:
+    """Give a method ``source``'s parameters (signature and types): ``__call__`` takes exactly ``prepare``'s."""
+
+    def decorate(method: Callable[..., R]) -> Callable[Concatenate[Any, P], R]:
+        method.__signature__ = inspect.signature(source)  # type: ignore[attr-defined]
+        return method
+
+    return decorate
 
 
 class Pipeline:
@@ -196,10 +218,9 @@ class Pipeline:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ the algorithm
+    # ------------------------------------------------------------------ calls
 
-    @holds_engines
-    def __call__(
+    def prepare(
         self,
         prompt: str | Sequence[str],
         negative_prompt: str | Sequence[str] | None = None,
@@ -223,10 +244,10 @@ class Pipeline:
         eta: float = 0.0,
         long_prompts: bool = False,
         prompt_weighting: str = "webui",
-    ) -> GenerationResult:
-        """Generate images: from text alone, from ``image`` (image-to-image, ``strength`` default 0.8), or repainting
-        the white part of ``mask_image`` (inpainting, ``strength`` default 1). See the module docstring for seeds and
-        injected draws, README for every argument."""
+        cancel: Cancel | None = None,
+    ) -> Call:
+        """Check a call's arguments (the same as ``__call__``'s) without running it: a ``Call`` for ``run_batch``, or
+        a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image."""
         inputs = read_image_inputs(image, mask_image, strength, sample_mode, padding_mask_crop)
         self._check_task(inputs)
         if inputs is not None:
@@ -242,33 +263,65 @@ class Pipeline:
             draws=self._draw_order(inputs), strength=inputs.strength if inputs is not None else None,
             eta=eta, long_prompts=long_prompts, prompt_weighting=prompt_weighting,
         )
+        if cancel is not None and not callable(cancel):
+            raise PipelineInputError(f"cancel must be callable (returning True to stop), got {type(cancel).__name__}")
+        return Call(request, inputs, callback, cancel)
+
+    @holds_engines
+    @_arguments_of(prepare)
+    def __call__(self, *args: Any, **kwargs: Any) -> GenerationResult:
+        """Generate images: from text alone, from ``image`` (image-to-image, ``strength`` default 0.8), or repainting
+        the white part of ``mask_image`` (inpainting, ``strength`` default 1). ``callback(step, timestep, latents)``
+        sees each step; ``cancel()`` returning True stops the call between steps (``PipelineCancelled``). See the
+        module docstring for seeds and injected draws, README for every argument. Safe from many threads at once."""
+        outcome = self._run([self.prepare(*args, **kwargs)])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    @holds_engines
+    def run_batch(self, calls: Sequence[Call]) -> list[GenerationResult | PipelineError]:
+        """Run prepared calls that share a ``batch_key`` in one denoising loop; each gets exactly the images it would
+        get alone, or its own error (cancelled, or NaN in its images) while the others go on."""
+        if not calls:
+            return []
+        keys = {call.batch_key() for call in calls}
+        if len(calls) > 1 and (None in keys or len(keys) > 1):
+            raise PipelineInputError("run_batch takes calls with one batch_key (same size, steps, scheduler, eta, "
+                                     "guided or not; no image tasks, long prompts or injected draws)")
+        return self._run(list(calls))
+
+    # ------------------------------------------------------------------ the algorithm
+
+    def _run(self, calls: list[Call]) -> list[GenerationResult | PipelineError]:
+        """One denoising loop over every image of ``calls`` (one call, or several with one batch key)."""
+        request = calls[0].request  # what the calls share: size, steps, scheduler, eta, guided or not
+        inputs = calls[0].inputs
         task = prepare_task(inputs, request.height, request.width) if inputs is not None else None
         timer = StageTimer()
         guided = request.guidance_scale > 1.0
 
-        negatives = request.negative_prompts or [""] * len(request.prompts)
-        if request.long_prompts:
-            with timer.stage("text_encoder"):
-                cond_embeddings, uncond_embeddings = self._encode_long(request.prompts, negatives if guided else None,
-                                                                       request)
-        else:
-            with timer.stage("tokenize"):
-                cond_ids = self._tokenize(request.prompts)
-                uncond_ids = self._tokenize(negatives) if guided else None
-            with timer.stage("text_encoder"):
-                cond_embeddings, uncond_embeddings = self._encode_text(cond_ids, uncond_ids, request.images_per_prompt)
+        embeddings = [self._embed(call.request, guided, timer) for call in calls]
+        cond_embeddings = np.concatenate([cond for cond, _ in embeddings])
+        uncond_embeddings = np.concatenate([uncond for _, uncond in embeddings]) if guided else None
 
-        generators = [np.random.default_rng(s) for s in request.seeds]
-        draws = self._initial_draws(request, inputs, generators)
+        generators = [np.random.default_rng(s) for call in calls for s in call.request.seeds]
+        draws = self._initial_draws(calls, generators)
         sampler = self._make_scheduler(request)
         first = start_index(request.steps, task.strength, sampler.order) if task is not None else 0
         sampler.begin(first)
         with timer.stage("vae_encode") if task is not None else contextlib.nullcontext():
-            start = starting_point(self.constants, task, draws, sampler, first, request.batch, self._encode_image)
+            start = starting_point(self.constants, task, draws, sampler, first, len(generators), self._encode_image)
         latents = start.latents
-        denoise = ClassifierFreeGuidance(self.engines["unet"], cond_embeddings, uncond_embeddings, request.guidance_scale)
+        denoise = ClassifierFreeGuidance(self.engines["unet"], cond_embeddings, uncond_embeddings,
+                                         guidance_scales(calls))
+        rows = image_slices(calls)
+        outcomes: list[GenerationResult | PipelineError | None] = [None] * len(calls)
 
         for i in range(first, len(sampler.timesteps)):
+            self._stop_cancelled(calls, outcomes, i, sampler)
+            if all(outcome is not None for outcome in outcomes):
+                break
             timestep = float(sampler.timesteps[i])
             with timer.stage("scheduler"):
                 model_input = sampler.scale_model_input(latents, i)
@@ -281,19 +334,55 @@ class Pipeline:
                 latents = sampler.step(model_output, i, latents, noise=noise)
                 if start.known is not None:  # a 4-channel UNet inpaints: the known region is put back each step
                     latents = start.keep_known(latents, sampler, i)
-            self._check_finite(latents, i, request, sampler)
-            if callback is not None:
-                callback(i - first, timestep, latents)
+            for index, (call, row) in enumerate(zip(calls, rows, strict=True)):
+                if outcomes[index] is None:
+                    outcomes[index] = self._check_finite(latents[row], i, call.request, sampler)
+                if outcomes[index] is None and call.callback is not None:
+                    call.callback(i - first, timestep, latents[row])
 
+        running = [index for index, outcome in enumerate(outcomes) if outcome is None]
         with timer.stage("vae_decode"):
-            pixels = self._decode(latents)
-        self._check_decoded(pixels, request)
+            pixels = self._decode(np.concatenate([latents[rows[index]] for index in running])) if running else None
+        timings = timer.finish()
+        offset = 0
+        for index in running:
+            call = calls[index]
+            decoded = pixels[offset : offset + call.images] if pixels is not None else None
+            offset += call.images
+            outcomes[index] = self._finish(call, decoded, task, sampler, timings)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    # ------------------------------------------------------------------ stages
+
+    def _embed(self, request: Request, guided: bool, timer: StageTimer) -> tuple[np.ndarray, np.ndarray | None]:
+        """One call's text embeddings (conditional, unconditional when guided), each image's row, prompt-major."""
+        negatives = request.negative_prompts or [""] * len(request.prompts)
+        if request.long_prompts:
+            with timer.stage("text_encoder"):
+                return self._encode_long(request.prompts, negatives if guided else None, request)
+        with timer.stage("tokenize"):
+            cond_ids = self._tokenize(request.prompts)
+            uncond_ids = self._tokenize(negatives) if guided else None
+        with timer.stage("text_encoder"):
+            return self._encode_text(cond_ids, uncond_ids, request.images_per_prompt)
+
+    def _stop_cancelled(self, calls: list[Call], outcomes: list[Any], i: int, sampler: Scheduler) -> None:
+        for index, call in enumerate(calls):
+            if outcomes[index] is None and call.cancelled():
+                outcomes[index] = PipelineCancelled(
+                    f"cancelled before step {i + 1} of {len(sampler.timesteps)}")
+
+    def _finish(self, call: Call, pixels: np.ndarray | None, task: ImageTask | None, sampler: Scheduler,
+                timings: Timings) -> GenerationResult | PipelineError:
+        assert pixels is not None
+        if not np.isfinite(pixels).all():
+            # Finite but huge latents (guidance 1e38) overflow inside the VAE: a black image, unless checked here.
+            return PipelineError(
+                f"the VAE decoder returned NaN or infinite pixels; {self._overflow_hint(call.request)}")
         images = to_uint8(pixels)
         if task is not None:
             images = [task.finish(generated) for generated in images]
-        return GenerationResult(images, timer.finish(), self._describe(request, sampler, task))
-
-    # ------------------------------------------------------------------ stages
+        return GenerationResult(images, timings, self._describe(call.request, sampler, task))
 
     def _tokenize(self, texts: list[str]) -> np.ndarray:
         batch = self.tokenizer.encode(texts)
@@ -369,14 +458,14 @@ class Pipeline:
             return draw_order(self.constants, "txt2img", 1.0, "sample")
         return draw_order(self.constants, inputs.task, inputs.strength, inputs.sample_mode)
 
-    def _initial_draws(self, request: Request, inputs: ImageInputs | None,
-                       generators: list[np.random.Generator]) -> dict[str, np.ndarray]:
+    def _initial_draws(self, calls: list[Call], generators: list[np.random.Generator]) -> dict[str, np.ndarray]:
+        """Each draw the task makes for every image, in its generator's order; a call's injected draw is not drawn
+        (calls that inject draws run alone)."""
+        request = calls[0].request
         shape = latent_shape(self.constants, request.height, request.width)[1:]
-        draws = {}
-        for name in self._draw_order(inputs):
-            injected = request.injected.get(name)
-            draws[name] = injected if injected is not None else _draw(generators, shape)
-        return draws
+        injected = request.injected if len(calls) == 1 else {}
+        return {name: injected[name] if name in injected else _draw(generators, shape)
+                for name in self._draw_order(calls[0].inputs)}
 
     def _encode_image(self, pixels: np.ndarray, noise: np.ndarray | None, batch: int) -> np.ndarray:
         """Scaled latents of one preprocessed image for each of ``batch`` images: one encoder run, one draw per image
@@ -409,19 +498,14 @@ class Pipeline:
                 opened, _ = open_engines(self.package, ["vae_encoder"], self.backend, self._open_request)
                 self.engines = {**self.engines, **opened}
 
-    def _check_finite(self, latents: np.ndarray, i: int, request: Request, sampler: Scheduler) -> None:
+    def _check_finite(self, latents: np.ndarray, i: int, request: Request, sampler: Scheduler) -> PipelineError | None:
         # NaN latents decode to a black image without a word; a clear error at the step it happened is kinder.
         if np.isfinite(latents).all():
-            return
-        raise PipelineError(
+            return None
+        return PipelineError(
             f"latents became NaN or infinite at step {i + 1} of {len(sampler.timesteps)} "
             f"({type(sampler).class_name}, guidance_scale {request.guidance_scale:g}); {self._overflow_hint(request)}"
         )
-
-    def _check_decoded(self, pixels: np.ndarray, request: Request) -> None:
-        # Finite but huge latents (guidance 1e38) overflow inside the VAE: a black image, unless checked here.
-        if not np.isfinite(pixels).all():
-            raise PipelineError(f"the VAE decoder returned NaN or infinite pixels; {self._overflow_hint(request)}")
 
     def _overflow_hint(self, request: Request) -> str:
         """The likeliest cause of values that overflowed, for the error message."""
@@ -532,4 +616,4 @@ def _draw(generators: list[np.random.Generator], shape: tuple[int, ...]) -> np.n
     return np.stack([g.standard_normal(shape, dtype=np.float32) for g in generators])
 
 
-__all__ = ["GenerationResult", "Pipeline", "PipelineError", "PipelineInputError", "StepCallback"]
+__all__ = ["Call", "GenerationResult", "Pipeline", "PipelineCancelled", "PipelineError", "PipelineInputError", "StepCallback"]

@@ -25,6 +25,7 @@ def test_runtime_and_engines_import_without_torch_diffusers_transformers() -> No
         "import core, core.specs, core.package, core.manifest, core.families, core.profiles, core.metrics\n"
         "import engines, engines.base, engines.backend, engines.build, engines.ort, engines.ort.build\n"
         "import engines.tensorrt, engines.tensorrt.engine, engines.tensorrt.build, engines.onnx_graphs\n"
+        "import runtime.batching, serve, serve.app, serve.service, serve.metrics, serve.local, serve.ray_app\n"
         "print('ok')"
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

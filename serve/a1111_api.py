@@ -1,0 +1,121 @@
+"""``POST /sdapi/v1/txt2img`` as AUTOMATIC1111's web UI API has it, which many existing clients speak: ``prompt``,
+``negative_prompt``, ``steps``, ``cfg_scale``, ``width``, ``height``, ``seed`` (-1: random), ``sampler_name`` (the web
+UI's names: ``Euler a``, ``DPM++ 2M Karras``, ...; ``scheduler: "Karras"`` as newer clients send it), ``batch_size``,
+``n_iter``, ``eta`` -> base64 PNGs and an ``info`` JSON string with the seeds and infotexts. The web UI's other fields
+are accepted and ignored unless they ask for something this server does not do (hires fix, face restoration, tiling,
+variation seeds, styles, scripts), which answers 422 naming the field. Absent ``width``/``height``/``sampler_name``
+mean the package's own default size and scheduler; absent ``steps`` means the web UI's 20."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+from runtime.images import png_bytes
+from runtime.pipeline import GenerationResult
+from runtime.schedulers import NOT_IMPLEMENTED, WEB_UI_NAMES
+from serve.fields import ApiInputError, check_object, take
+
+DEFAULT_STEPS = 20
+UNSUPPORTED = {
+    "enable_hr": "hires fix", "restore_faces": "face restoration", "tiling": "tiling",
+    "styles": "styles", "script_name": "scripts", "alwayson_scripts": "scripts",
+}
+"""Fields whose non-empty value asks for something this server does not do."""
+SCHEDULER_SUFFIXES = {"automatic": "", "karras": " Karras"}
+
+
+def parse(body: Any) -> dict[str, Any]:
+    body = check_object(body)
+    for field, feature in UNSUPPORTED.items():
+        if body.get(field):
+            raise ApiInputError(f"{field}: {feature} is not supported by this server; leave it out or empty")
+    if (take(body, "subseed_strength", (int, float), 0) or 0) > 0:
+        raise ApiInputError("subseed_strength: variation seeds are not supported by this server; leave it at 0")
+    seed = take(body, "seed", int, -1)
+    batch_size, n_iter = take(body, "batch_size", int, 1), take(body, "n_iter", int, 1)
+    for name, value in (("batch_size", batch_size), ("n_iter", n_iter)):
+        if value < 1:
+            raise ApiInputError(f"{name} must be an integer >= 1, got {value}")
+    # n_iter batches of batch_size: the web UI's seeds run on across batches, so this is one call of all the images.
+    arguments: dict[str, Any] = {
+        "prompt": take(body, "prompt", str, ""),
+        "negative_prompt": take(body, "negative_prompt", str, "") or None,
+        "num_inference_steps": take(body, "steps", int, DEFAULT_STEPS),
+        "guidance_scale": take(body, "cfg_scale", (int, float), 7.0),
+        "seed": None if seed == -1 else seed,
+        "num_images_per_prompt": batch_size * n_iter,
+    }
+    for field in ("width", "height"):
+        value = take(body, field, int)
+        if value is not None:
+            arguments[field] = value
+    sampler = sampler_for(take(body, "sampler_name", str) or take(body, "sampler_index", str),
+                          take(body, "scheduler", str))
+    if sampler is not None:
+        arguments["scheduler"] = sampler
+    eta = take(body, "eta", (int, float))
+    if eta is not None:
+        arguments["eta"] = eta
+    return arguments
+
+
+def sampler_for(name: str | None, scheduler: str | None) -> str | None:
+    """The web UI's sampler (and scheduler) as a name ``Pipeline`` takes; None: the package's own."""
+    if not name:
+        return None
+    suffix = SCHEDULER_SUFFIXES.get((scheduler or "automatic").lower())
+    if suffix is None:
+        raise ApiInputError(f"scheduler must be Automatic or Karras here, got {scheduler!r:.40}")
+    full = name if name.lower().endswith(suffix.lower()) else name + suffix
+    known = {key.lower(): key for key in WEB_UI_NAMES}
+    if full.lower() in known:
+        return known[full.lower()]
+    if name in NOT_IMPLEMENTED:
+        raise ApiInputError(f"sampler_name {name!r} is not implemented here ({NOT_IMPLEMENTED[name]})")
+    raise ApiInputError(f"sampler_name {full!r:.40} is not one of {', '.join(WEB_UI_NAMES)}")
+
+
+def response(result: GenerationResult, body: dict[str, Any], model_name: str) -> dict[str, Any]:
+    first = result.parameters[0]
+    infotexts = [infotext(parameters, model_name) for parameters in result.parameters]
+    info = {
+        "prompt": first["prompt"], "all_prompts": [p["prompt"] for p in result.parameters],
+        "negative_prompt": first.get("negative_prompt", ""),
+        "all_negative_prompts": [p.get("negative_prompt", "") for p in result.parameters],
+        "seed": first["seed"], "all_seeds": result.seeds, "subseed": -1, "all_subseeds": [-1] * len(result.seeds),
+        "subseed_strength": 0, "width": first["width"], "height": first["height"],
+        "sampler_name": first["scheduler"], "cfg_scale": first["guidance_scale"], "steps": first["steps"],
+        "batch_size": len(result.images), "restore_faces": False, "sd_model_name": model_name,
+        "index_of_first_image": 0, "infotexts": infotexts, "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        "version": "diffship",
+    }
+    return {
+        "images": [base64.b64encode(png_bytes(image, parameters)).decode("ascii")
+                   for image, parameters in zip(result.images, result.parameters, strict=True)],
+        "parameters": body,
+        "info": json.dumps(info),
+    }
+
+
+def infotext(parameters: dict[str, Any], model_name: str) -> str:
+    """The web UI's one-paragraph description of an image (what its PNG info and clients show)."""
+    lines = [parameters["prompt"]]
+    if parameters.get("negative_prompt"):
+        lines.append(f"Negative prompt: {parameters['negative_prompt']}")
+    lines.append(f"Steps: {parameters['steps']}, Sampler: {parameters['scheduler']}, CFG scale: "
+                 f"{parameters['guidance_scale']:g}, Seed: {parameters['seed']}, Size: {parameters['width']}x"
+                 f"{parameters['height']}, Model: {model_name}, Version: diffship")
+    return "\n".join(lines)
+
+
+def samplers() -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/samplers``."""
+    return [{"name": name, "aliases": [short], "options": {}} for name, short in WEB_UI_NAMES.items()]
+
+
+def error(message: str, kind: str) -> dict[str, Any]:
+    """The web UI's (FastAPI's) error body."""
+    return {"error": kind, "detail": message, "body": None, "errors": message}

@@ -1,0 +1,130 @@
+"""The HTTP image service (Starlette, run by uvicorn or as Ray Serve's ingress):
+
+    POST /v1/images/generations   OpenAI Images API (serve/openai_api.py)
+    POST /sdapi/v1/txt2img        AUTOMATIC1111's API (serve/a1111_api.py); GET /sdapi/v1/samplers, /sdapi/v1/sd-models
+    GET  /healthz                 the process answers
+    GET  /readyz                  engines loaded and warmed up (503 before, and while draining)
+    GET  /metrics                 Prometheus text (serve/metrics.py)
+
+Status codes: 422 bad input (the Python API's message), 429 queue full (with Retry-After), 503 not ready or shutting
+down, 504 deadline passed (the server's ``--timeout``, or a shorter ``X-Request-Timeout: SECONDS`` header), 500 the
+generation failed (NaN, engine error). A client that disconnects has its call withdrawn. Every response says which
+process made it in ``X-Diffship-Replica``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from runtime.errors import PipelineInputError
+from serve import a1111_api
+from serve.metrics import CONTENT_TYPE
+from serve.service import API_FORMATS, Disconnected, Reply
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    """What answers the requests: an ``ImageService`` in this process, or a gateway to Ray Serve replicas."""
+
+    ready: bool
+    draining: bool
+    replica: str
+
+    def start(self) -> None: ...
+    def stop(self, drain: bool = True) -> None: ...
+    def model_name(self) -> str: ...
+    def metrics_text(self) -> bytes: ...
+    async def respond(self, api: str, raw: bytes, timeout_s: float | None = None,
+                      disconnected: Disconnected = ...) -> Reply: ...
+
+
+def create_app(backend: Backend, manage_backend: bool = True) -> Starlette:
+    """The ASGI app over ``backend``. ``manage_backend``: start it (open, warm up) at startup and drain it at
+    shutdown; a host that runs it itself passes False."""
+
+    async def openai_generations(request: Request) -> Response:
+        return await _answer(backend, request, "openai")
+
+    async def a1111_txt2img(request: Request) -> Response:
+        return await _answer(backend, request, "a1111")
+
+    async def samplers(request: Request) -> Response:
+        return JSONResponse(a1111_api.samplers())
+
+    async def models(request: Request) -> Response:
+        name = backend.model_name()
+        return JSONResponse([{"title": name, "model_name": name, "hash": None, "filename": name}])
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"}, headers=_replica(backend))
+
+    async def readyz(request: Request) -> Response:
+        if backend.ready:
+            return JSONResponse({"status": "ready"}, headers=_replica(backend))
+        why = "shutting down" if backend.draining else "starting: engines loading or warming up"
+        return JSONResponse({"status": why}, status_code=503, headers=_replica(backend))
+
+    async def metrics(request: Request) -> Response:
+        return Response(backend.metrics_text(), media_type=CONTENT_TYPE)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if manage_backend:
+            await run_in_threadpool(backend.start)
+        try:
+            yield
+        finally:
+            if manage_backend:
+                log.info("shutting down: finishing the requests accepted")
+                await run_in_threadpool(backend.stop)
+
+    return Starlette(
+        routes=[
+            Route("/v1/images/generations", openai_generations, methods=["POST"]),
+            Route("/sdapi/v1/txt2img", a1111_txt2img, methods=["POST"]),
+            Route("/sdapi/v1/samplers", samplers, methods=["GET"]),
+            Route("/sdapi/v1/sd-models", models, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _answer(backend: Backend, request: Request, api: str) -> Response:
+    try:
+        timeout_s = _timeout(request)
+    except PipelineInputError as exc:
+        return JSONResponse(API_FORMATS[api][2](str(exc), "invalid"), status_code=422, headers=_replica(backend))
+    reply = await backend.respond(api, await request.body(), timeout_s, request.is_disconnected)
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+
+def _timeout(request: Request) -> float | None:
+    """``X-Request-Timeout: SECONDS``: a deadline shorter than the server's for this request."""
+    value = request.headers.get("x-request-timeout")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise PipelineInputError(f"X-Request-Timeout must be a positive number of seconds, got {value!r:.40}")
+    return seconds
+
+
+def _replica(backend: Backend) -> dict[str, str]:
+    return {"X-Diffship-Replica": backend.replica}

@@ -1,0 +1,35 @@
+"""Run the app with uvicorn in a background thread of this process, on a free port: for tests, ``bench-serve`` and
+notebooks. (``cli.py serve`` runs uvicorn in the foreground, with its signal handling.)"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+STARTUP_TIMEOUT_S = 300.0
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Yield the base URL (``http://host:port``) once the app has started (lifespan included); stop it on exit."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name="diffship-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("the server stopped during startup (see the log above)")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the server did not start within {STARTUP_TIMEOUT_S:.0f}s")
+        time.sleep(0.02)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(STARTUP_TIMEOUT_S)

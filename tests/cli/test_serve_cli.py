@@ -1,0 +1,31 @@
+"""``cli.py serve`` and ``bench-serve`` refuse bad input with one line and exit status 2, before starting anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--package", "/nonexistent/package"], "/nonexistent/package"),
+        (["serve", "--package", "packages/tiny", "--max-batch", "0"], "--max-batch"),
+        (["serve", "--package", "packages/tiny", "--timeout", "0"], "--timeout"),
+        (["bench-serve", "--package", "/nonexistent/package"], "/nonexistent/package"),
+    ],
+)
+def test_serve_bad_options_are_one_line_errors(args: list[str], message: str, tmp_path: Path) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error:") and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_help_shows_examples() -> None:
+    result = run_cli("serve", "--help")
+    assert result.returncode == 0
+    assert "/v1/images/generations" in result.stdout and "--max-queue" in result.stdout and "--ray" in result.stdout

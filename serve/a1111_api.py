@@ -4,7 +4,13 @@ UI's names: ``Euler a``, ``DPM++ 2M Karras``, ...; ``scheduler: "Karras"`` as ne
 ``n_iter``, ``eta`` -> base64 PNGs and an ``info`` JSON string with the seeds and infotexts. The web UI's other fields
 are accepted and ignored unless they ask for something this server does not do (hires fix, face restoration, tiling,
 variation seeds, styles, scripts), which answers 422 naming the field. Absent ``width``/``height``/``sampler_name``
-mean the package's own default size and scheduler; absent ``steps`` means the web UI's 20."""
+mean the package's own default size and scheduler; absent ``steps`` means the web UI's 20.
+
+``POST /sdapi/v1/img2img`` adds ``init_images`` (one base64 image), ``denoising_strength`` (default 0.75), and for
+inpainting ``mask`` (base64; white is repainted), ``inpainting_mask_invert``, ``inpaint_full_res`` with
+``inpaint_full_res_padding`` (diffusers' ``padding_mask_crop``). Only ``resize_mode`` 0 (just resize) is done;
+``mask_blur`` and ``inpainting_fill`` are ignored, as diffusers' pipelines have no such steps. Without width and height
+the image's own size is used (rounded down to a multiple of 8)."""
 
 from __future__ import annotations
 
@@ -62,6 +68,42 @@ def parse(body: Any) -> dict[str, Any]:
     return arguments
 
 
+def parse_img2img(body: Any) -> dict[str, Any]:
+    arguments = parse(body)
+    images = take(body, "init_images", list)
+    if not images or len(images) != 1 or not isinstance(images[0], str):
+        raise ApiInputError("init_images must be a list of exactly one base64-encoded image")
+    arguments["image"] = decode_image(images[0], "init_images[0]")
+    arguments["strength"] = take(body, "denoising_strength", (int, float), 0.75)
+    if take(body, "resize_mode", int, 0) != 0:
+        raise ApiInputError("resize_mode: only 0 (just resize) is supported by this server")
+    mask = take(body, "mask", str)
+    if mask:
+        from PIL import ImageOps
+
+        decoded = decode_image(mask, "mask").convert("L")
+        arguments["mask_image"] = ImageOps.invert(decoded) if take(body, "inpainting_mask_invert", int, 0) else decoded
+        if take(body, "inpaint_full_res", (bool, int), False):
+            arguments["padding_mask_crop"] = take(body, "inpaint_full_res_padding", int, 32)
+    return arguments
+
+
+def decode_image(value: str, name: str) -> Any:
+    """A base64 image (a ``data:image/...;base64,`` prefix allowed) as a PIL image."""
+    import binascii
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    encoded = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(encoded, validate=True))) as image:
+            image.load()
+            return image.copy()
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
+        raise ApiInputError(f"{name} is not a base64-encoded PNG or JPEG image ({type(exc).__name__})") from None
+
+
 def sampler_for(name: str | None, scheduler: str | None) -> str | None:
     """The web UI's sampler (and scheduler) as a name ``Pipeline`` takes; None: the package's own."""
     if not name:
@@ -95,7 +137,7 @@ def response(result: GenerationResult, body: dict[str, Any], model_name: str) ->
     return {
         "images": [base64.b64encode(png_bytes(image, parameters)).decode("ascii")
                    for image, parameters in zip(result.images, result.parameters, strict=True)],
-        "parameters": body,
+        "parameters": {**body, **{key: None for key in ("init_images", "mask") if key in body}},
         "info": json.dumps(info),
     }
 

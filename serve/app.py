@@ -1,7 +1,8 @@
 """The HTTP image service (Starlette, run by uvicorn or as Ray Serve's ingress):
 
     POST /v1/images/generations   OpenAI Images API (serve/openai_api.py)
-    POST /sdapi/v1/txt2img        AUTOMATIC1111's API (serve/a1111_api.py); GET /sdapi/v1/samplers, /sdapi/v1/sd-models
+    POST /sdapi/v1/txt2img        AUTOMATIC1111's API (serve/a1111_api.py); also /sdapi/v1/img2img (image-to-image
+                                  and inpainting); GET /sdapi/v1/samplers, /sdapi/v1/sd-models
     GET  /healthz                 the process answers
     GET  /readyz                  engines loaded and warmed up (503 before, and while draining)
     GET  /metrics                 Prometheus text (serve/metrics.py)
@@ -59,6 +60,9 @@ def create_app(backend: Backend, manage_backend: bool = True) -> Starlette:
     async def a1111_txt2img(request: Request) -> Response:
         return await _answer(backend, request, "a1111")
 
+    async def a1111_img2img(request: Request) -> Response:
+        return await _answer(backend, request, "a1111_img2img")
+
     async def samplers(request: Request) -> Response:
         return JSONResponse(a1111_api.samplers())
 
@@ -93,6 +97,7 @@ def create_app(backend: Backend, manage_backend: bool = True) -> Starlette:
         routes=[
             Route("/v1/images/generations", openai_generations, methods=["POST"]),
             Route("/sdapi/v1/txt2img", a1111_txt2img, methods=["POST"]),
+            Route("/sdapi/v1/img2img", a1111_img2img, methods=["POST"]),
             Route("/sdapi/v1/samplers", samplers, methods=["GET"]),
             Route("/sdapi/v1/sd-models", models, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),

@@ -176,10 +176,15 @@ def application(config: ServeConfig, replicas: int = 1, gpus_per_replica: float 
 def run_on_ray(config: ServeConfig, replicas: int, host: str, port: int, address: str | None,
                echo: Callable[[str], None]) -> None:
     """Start (or join) Ray, deploy, and serve until interrupted; then shut the deployment down (replicas drain)."""
+    import signal
+
     import ray
 
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    # Ray's driver installs a SIGTERM handler that dumps a stack and exits on the spot; ours drains first.
+    signal.signal(signal.SIGTERM, on_sigterm)
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= replicas else 0.0
     serve.start(http_options=HTTPOptions(host=host, port=port))
     echo(f"deploying {replicas} replica(s) of {config.package} ({'1 GPU' if gpus else '1 CPU'} each) on Ray")

@@ -110,7 +110,8 @@ class ImageService:
 
     async def respond(self, api: str, raw: bytes, timeout_s: float | None = None,
                       disconnected: Disconnected = _never_disconnected) -> Reply:
-        """Answer one request of ``api`` (``openai``, ``a1111``) whose body is ``raw`` JSON; metrics recorded."""
+        """Answer one request of ``api`` (``openai``, ``a1111``, ``a1111_img2img``) whose body is ``raw`` JSON; metrics
+        recorded."""
         received = time.perf_counter()
         reply = await self._reply(api, raw, timeout_s, disconnected)
         self.metrics.observe_request(api, reply.outcome, time.perf_counter() - received, reply.images)
@@ -123,7 +124,7 @@ class ImageService:
                 raise BatcherClosed("the service is shutting down" if self.draining else
                                     "the service is starting (engines loading or warming up); retry shortly")
             body = _json(raw)
-            call = self.prepare(parse(body))
+            call = await asyncio.to_thread(self.prepare, parse(body))  # an image call may open the VAE encoder
             result = await self.generate(call, disconnected, timeout_s)
             payload = await asyncio.to_thread(respond, result, body, self.model_name())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status and a message
@@ -188,5 +189,6 @@ API_FORMATS: dict[str, tuple[Callable[[Any], dict[str, Any]], Callable[[Generati
                              Callable[[str, str], dict[str, Any]]]] = {
     "openai": (openai_api.parse, openai_api.response, openai_api.error),
     "a1111": (a1111_api.parse, a1111_api.response, a1111_api.error),
+    "a1111_img2img": (a1111_api.parse_img2img, a1111_api.response, a1111_api.error),
 }
 """Each API's (parse body -> Pipeline arguments, format result, error body)."""

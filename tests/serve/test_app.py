@@ -77,6 +77,35 @@ def test_a1111_txt2img_gets_the_pipelines_images_and_seeds(serve_pipe: Pipeline,
     assert {"name": "DPM++ 2M Karras", "aliases": ["dpmpp_2m_karras"], "options": {}} in samplers
 
 
+def png_b64(image: Image.Image) -> str:
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    return base64.b64encode(encoded.getvalue()).decode("ascii")
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["img2img", "inpaint"])
+def test_a1111_img2img_gets_the_pipelines_images(serve_pipe: Pipeline, tiny_package: Path, masked: bool) -> None:
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (72, 64, 3), dtype=np.uint8))
+    mask = Image.fromarray(np.where(np.hypot(*np.mgrid[-36:36, -32:32]) < 20, 255, 0).astype(np.uint8))
+    body: dict[str, Any] = {"prompt": "an oil painting", "init_images": [png_b64(picture)], "denoising_strength": 0.6,
+                            "steps": 5, "cfg_scale": 7.5, "seed": 3, "sampler_name": "Euler a", "mask_blur": 4}
+    python: dict[str, Any] = {"strength": 0.6}
+    if masked:
+        body |= {"mask": "data:image/png;base64," + png_b64(Image.fromarray(255 - np.asarray(mask))),
+                 "inpainting_mask_invert": 1, "inpaint_full_res": True, "inpaint_full_res_padding": 8}
+        python |= {"mask_image": mask, "padding_mask_crop": 8}
+    with running_service(serve_pipe, tiny_package) as (url, _):
+        response = httpx.post(f"{url}/sdapi/v1/img2img", json=body, timeout=120)
+    assert response.status_code == 200, response.text
+    expected = serve_pipe("an oil painting", image=picture, num_inference_steps=5, guidance_scale=7.5, seed=3,
+                          scheduler="Euler a", **python)
+    pixels, recorded = decode(response.json()["images"][0])
+    np.testing.assert_array_equal(pixels, expected.images[0])
+    assert recorded["task"] == ("inpaint" if masked else "img2img") and recorded["strength"] == 0.6
+    assert response.json()["parameters"]["init_images"] is None  # not echoed back
+
+
 @pytest.mark.parametrize(
     ("path", "body", "python_call"),
     [
@@ -108,6 +137,8 @@ def test_invalid_input_answers_422_with_the_python_apis_message(
         ("/sdapi/v1/txt2img", {"prompt": "a", "sampler_name": "DPM fast"}, "not implemented here"),
         ("/sdapi/v1/txt2img", {"prompt": "a", "steps": "20"}, "steps must be an integer, got a string"),
         ("/sdapi/v1/txt2img", [1, 2], "must be a JSON object"),
+        ("/sdapi/v1/img2img", {"prompt": "a"}, "init_images must be a list of exactly one"),
+        ("/sdapi/v1/img2img", {"prompt": "a", "init_images": ["bm90IGFuIGltYWdl"]}, "is not a base64-encoded PNG"),
     ],
 )
 def test_request_shape_errors_answer_422_naming_the_field(

@@ -732,6 +732,7 @@ def serve(package: Path, host: str, port: int, backend: str, precision: str | No
     from serve.service import ServeConfig
 
     ModelPackage.open(package)  # a wrong path is one clear line here, not a stack trace from the server's startup
+    package = package.resolve()  # Ray replicas may run in another working directory
     config = ServeConfig(package=package, backend=backend, precision=precision, threads=threads, device=device,
                          loras=loras, batch=BatchSettings(max_batch, max_wait_ms / 1000, max_queue),
                          timeout_s=timeout_s, warmup=not no_warmup)
@@ -740,14 +741,20 @@ def serve(package: Path, host: str, port: int, backend: str, precision: str | No
 
         run_on_ray(config, replicas, host, port, ray_address, lambda line: click.echo(line, err=True))
         return
+    import signal
+
     import uvicorn
 
     from serve.app import create_app
     from serve.service import ImageService
 
-    click.echo(f"serving {package} on http://{host}:{port} (max batch {max_batch}, queue {max_queue})", err=True)
-    uvicorn.run(create_app(ImageService(config)), host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=int(timeout_s) + 5)
+    def stop_on_failure(error: BaseException) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down; the error is in the log above
+
+    click.echo(f"serving {package} on http://{host}:{port} (max batch {max_batch}, queue {max_queue}); /readyz says "
+               "when the engines are loaded", err=True)
+    uvicorn.run(create_app(ImageService(config), on_start_failure=stop_on_failure), host=host, port=port,
+                log_level="warning", timeout_graceful_shutdown=int(timeout_s) + 5)
 
 
 @cli.command("bench-lora")

@@ -16,11 +16,13 @@ queued call at once and stops a running one at its next step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -100,6 +102,15 @@ class Ticket:
             self._withdraw(self)
 
     def result(self, timeout: float | None = None) -> GenerationResult:
+        """Wait for the outcome, up to ``timeout`` seconds; past the call's deadline it is ``DeadlineExceeded`` at
+        once, without waiting for the worker to come to it."""
+        if self.deadline is not None:
+            remaining = max(0.0, self.deadline - time.monotonic())
+            with contextlib.suppress(FutureTimeout):
+                return self.future.result(remaining if timeout is None else min(timeout, remaining))
+            self.check_deadline()
+            if timeout is not None:
+                timeout = max(0.0, timeout - remaining)
         return self.future.result(timeout)
 
     def check_deadline(self) -> None:
@@ -158,6 +169,8 @@ class Batcher:
         with self._condition:
             if self._closing:
                 raise BatcherClosed("the service is shutting down and takes no new requests")
+            if not self._worker.is_alive():
+                raise BatcherClosed("the batcher's worker has stopped (see the log); restart the service")
             self._drop_settled()
             if len(self._queue) >= self.settings.max_queue:
                 raise QueueFull(f"the queue is full ({self.settings.max_queue} requests waiting); retry later",
@@ -205,7 +218,14 @@ class Batcher:
             batch = self._next_batch()
             if batch is None:
                 return
-            self._run(batch)
+            try:
+                self._run(batch)
+            except BaseException as exc:  # noqa: BLE001 - the worker must outlive any one batch
+                log.exception("the batcher failed around a batch of %d calls", len(batch))
+                for ticket in batch:
+                    ticket._settle(exc)
+                with self._condition:
+                    self._running = []
 
     def _next_batch(self) -> list[Ticket] | None:
         """The oldest live call and its companions, once the batch is full or the oldest has waited ``max_wait_s``;
@@ -267,8 +287,11 @@ class Batcher:
             self._batch_seconds = seconds if not self._batch_seconds else 0.8 * self._batch_seconds + 0.2 * seconds
         if self._on_batch is not None:
             stages = next((o.timings.stage_seconds() for o in outcomes if isinstance(o, GenerationResult)), {})
-            self._on_batch(BatchReport(len(batch), sum(t.call.images for t in batch), seconds,
-                                       tuple(started - t.submitted for t in batch), stages))
+            try:
+                self._on_batch(BatchReport(len(batch), sum(t.call.images for t in batch), seconds,
+                                           tuple(started - t.submitted for t in batch), stages))
+            except Exception:  # noqa: BLE001 - a metrics failure must not stop the service
+                log.exception("the on_batch callback failed")
 
 
 def _either(call: Call, ticket: Ticket) -> Callable[[], bool]:

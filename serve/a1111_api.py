@@ -21,7 +21,7 @@ from typing import Any
 
 from runtime.images import png_bytes
 from runtime.pipeline import GenerationResult
-from runtime.schedulers import NOT_IMPLEMENTED, WEB_UI_NAMES
+from runtime.schedulers import NOT_IMPLEMENTED, SHORT_NAMES, WEB_UI_NAMES
 from serve.fields import ApiInputError, check_object, take
 
 DEFAULT_STEPS = 20
@@ -95,7 +95,7 @@ def decode_image(value: str, name: str) -> Any:
 
     from PIL import Image, UnidentifiedImageError
 
-    encoded = value.split(",", 1)[1] if value.startswith("data:") else value
+    encoded = "".join((value.split(",", 1)[1] if value.startswith("data:") else value).split())  # wrapped lines too
     try:
         with Image.open(io.BytesIO(base64.b64decode(encoded, validate=True))) as image:
             image.load()
@@ -129,7 +129,7 @@ def response(result: GenerationResult, body: dict[str, Any], model_name: str) ->
         "all_negative_prompts": [p.get("negative_prompt", "") for p in result.parameters],
         "seed": first["seed"], "all_seeds": result.seeds, "subseed": -1, "all_subseeds": [-1] * len(result.seeds),
         "subseed_strength": 0, "width": first["width"], "height": first["height"],
-        "sampler_name": first["scheduler"], "cfg_scale": first["guidance_scale"], "steps": first["steps"],
+        "sampler_name": web_ui_name(first["scheduler"]), "cfg_scale": first["guidance_scale"], "steps": first["steps"],
         "batch_size": len(result.images), "restore_faces": False, "sd_model_name": model_name,
         "index_of_first_image": 0, "infotexts": infotexts, "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
         "version": "diffship",
@@ -147,10 +147,17 @@ def infotext(parameters: dict[str, Any], model_name: str) -> str:
     lines = [parameters["prompt"]]
     if parameters.get("negative_prompt"):
         lines.append(f"Negative prompt: {parameters['negative_prompt']}")
-    lines.append(f"Steps: {parameters['steps']}, Sampler: {parameters['scheduler']}, CFG scale: "
+    lines.append(f"Steps: {parameters['steps']}, Sampler: {web_ui_name(parameters['scheduler'])}, CFG scale: "
                  f"{parameters['guidance_scale']:g}, Seed: {parameters['seed']}, Size: {parameters['width']}x"
                  f"{parameters['height']}, Model: {model_name}, Version: diffship")
     return "\n".join(lines)
+
+
+def web_ui_name(scheduler: str) -> str:
+    """The web UI's name for a scheduler as the parameters record it (a diffusers class name when the package's own
+    ran: ``PNDMScheduler`` is the web UI's ``PLMS``); unchanged when it has none."""
+    by_class = {SHORT_NAMES[short][0]: name for name, short in WEB_UI_NAMES.items() if not SHORT_NAMES[short][1]}
+    return by_class.get(scheduler, scheduler)
 
 
 def samplers() -> list[dict[str, Any]]:

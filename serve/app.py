@@ -15,10 +15,11 @@ process made it in ``X-Diffship-Replica``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from starlette.applications import Starlette
@@ -50,9 +51,12 @@ class Backend(Protocol):
                       disconnected: Disconnected = ...) -> Reply: ...
 
 
-def create_app(backend: Backend, manage_backend: bool = True) -> Starlette:
-    """The ASGI app over ``backend``. ``manage_backend``: start it (open, warm up) at startup and drain it at
-    shutdown; a host that runs it itself passes False."""
+def create_app(backend: Backend, manage_backend: bool = True,
+               on_start_failure: Callable[[BaseException], None] | None = None) -> Starlette:
+    """The ASGI app over ``backend``. ``manage_backend``: start it (open, warm up) in the background once the server
+    listens, so that /healthz answers and /readyz says 503 while a large model loads, and drain it at shutdown; a host
+    that runs it itself passes False. ``on_start_failure``: called if starting fails (``cli.py serve`` exits)."""
+    start_error: list[BaseException] = []
 
     async def openai_generations(request: Request) -> Response:
         return await _answer(backend, request, "openai")
@@ -77,19 +81,33 @@ def create_app(backend: Backend, manage_backend: bool = True) -> Starlette:
         if backend.ready:
             return JSONResponse({"status": "ready"}, headers=_replica(backend))
         why = "shutting down" if backend.draining else "starting: engines loading or warming up"
+        if start_error:
+            why = f"failed to start: {start_error[0]}"
         return JSONResponse({"status": why}, status_code=503, headers=_replica(backend))
 
     async def metrics(request: Request) -> Response:
         return Response(backend.metrics_text(), media_type=CONTENT_TYPE)
 
+    def started(task: asyncio.Future[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        start_error.append(error)
+        log.error("the service could not start: %s", error, exc_info=error)
+        if on_start_failure is not None:
+            on_start_failure(error)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if manage_backend:
-            await run_in_threadpool(backend.start)
+        starting = asyncio.ensure_future(run_in_threadpool(backend.start)) if manage_backend else None
+        if starting is not None:
+            starting.add_done_callback(started)
         try:
             yield
         finally:
-            if manage_backend:
+            if starting is not None:
+                await asyncio.wait({starting})  # a thread cannot be interrupted: let the start finish, then stop
                 log.info("shutting down: finishing the requests accepted")
                 await run_in_threadpool(backend.stop)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from runtime.errors import PipelineInputError
@@ -27,7 +28,7 @@ def take(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default
 def size_pair(value: str, name: str = "size") -> tuple[int, int]:
     """``"WxH"`` -> (width, height)."""
     parts = value.lower().split("x")
-    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+    if len(parts) != 2 or not all(re.fullmatch("[0-9]{1,6}", part) for part in parts):
         raise ApiInputError(f"{name} must be WIDTHxHEIGHT in pixels such as \"512x512\", got {value!r:.40}")
     return int(parts[0]), int(parts[1])
 

@@ -14,7 +14,7 @@ STARTUP_TIMEOUT_S = 300.0
 
 @contextlib.contextmanager
 def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Yield the base URL (``http://host:port``) once the app has started (lifespan included); stop it on exit."""
+    """Yield the base URL (``http://host:port``) once the app listens and ``/readyz`` says ready; stop it on exit."""
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
@@ -28,8 +28,25 @@ def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterato
             raise TimeoutError(f"the server did not start within {STARTUP_TIMEOUT_S:.0f}s")
         time.sleep(0.02)
     bound = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://{host}:{bound}"
     try:
-        yield f"http://{host}:{bound}"
+        _wait_ready(url, deadline)
+        yield url
     finally:
         server.should_exit = True
         thread.join(STARTUP_TIMEOUT_S)
+
+
+def _wait_ready(url: str, deadline: float) -> None:
+    import httpx
+
+    while True:
+        answer = httpx.get(f"{url}/readyz", timeout=30)
+        if answer.status_code == 200:
+            return
+        status = str(answer.json().get("status", ""))
+        if status.startswith("failed"):
+            raise RuntimeError(f"the service {status}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the service was not ready within {STARTUP_TIMEOUT_S:.0f}s: {status}")
+        time.sleep(0.05)

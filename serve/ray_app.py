@@ -15,6 +15,8 @@ or from Python: ``serve.run(application(ServeConfig(package=Path("packages/sd15"
 - A client that disconnects has its request cancelled in the replica (Ray propagates the cancellation).
 - ``GET /metrics`` on the gateway counts requests, outcomes, latency and retries; batch and stage metrics live in each
   replica (``ImageReplica.metrics_text``) and Ray's own metrics.
+- Every node runs replicas from its own install: diffship importable (installed, or this repository at the same path,
+  which ``PYTHONPATH`` names) and the package at the same absolute path (shared storage), as Ray does not ship them.
 - Autoscaling: pass ``autoscaling`` (Ray's ``autoscaling_config``: ``min_replicas``, ``max_replicas``,
   ``target_ongoing_requests`` about ``max_batch``) instead of a fixed replica count.
 """
@@ -35,6 +37,7 @@ from ray.exceptions import RayActorError
 from ray.serve.config import HTTPOptions
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 
+from runtime.errors import PipelineError
 from serve.app import create_app
 from serve.metrics import ServiceMetrics
 from serve.service import API_FORMATS, Disconnected, ImageService, Reply, ServeConfig
@@ -47,7 +50,7 @@ RETRIES = 2
 DISCONNECT_POLL_S = 0.1
 
 
-@serve.deployment(name="diffship-images", health_check_period_s=5, graceful_shutdown_timeout_s=120)
+@serve.deployment(name="diffship-images", health_check_period_s=5)
 class ImageReplica:
     """One replica: opens and warms its pipeline before Ray routes it any request."""
 
@@ -104,11 +107,16 @@ class RayBackend:
 
     async def _forward(self, api: str, raw: bytes, timeout_s: float | None, disconnected: Disconnected | None) -> Reply:
         error_body = API_FORMATS[api][2]
+        # One deadline for the whole request: Ray's queue and every retry count against it.
+        deadline = time.monotonic() + min(timeout_s or self.config.timeout_s, self.config.timeout_s)
         lost: list[str] = []
         for _ in range(1 + RETRIES):
-            response = self.images.respond.remote(api, raw, timeout_s)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return _deadline_reply(error_body)
+            response = self.images.respond.remote(api, raw, remaining)
             try:
-                return await _unless_disconnected(response, disconnected, error_body)
+                return await _unless_disconnected(response, disconnected, error_body, deadline)
             except (RayActorError, ReplicaUnavailableError) as exc:
                 lost.append(type(exc).__name__)
                 self.metrics.retries.inc()
@@ -121,19 +129,29 @@ class RayBackend:
 
 
 async def _unless_disconnected(response: Any, disconnected: Disconnected | None,
-                               error_body: Callable[[str, str], Any]) -> Reply:
+                               error_body: Callable[[str, str], Any], deadline: float) -> Reply:
+    """The replica's reply, unless the client goes away or the deadline passes first (the call is then cancelled)."""
     async def result() -> Reply:
         return await response  # type: ignore[no-any-return]
 
     waiting = asyncio.ensure_future(result())
+    waiting.add_done_callback(lambda future: future.cancelled() or future.exception())
     while True:
         done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
         if done:
             return waiting.result()
-        if disconnected is not None and await disconnected():
+        gone = disconnected is not None and await disconnected()
+        if gone or time.monotonic() >= deadline:
             response.cancel()
             waiting.cancel()
-            return Reply(499, error_body("the client went away", "cancelled"), {}, "cancelled")
+            if gone:
+                return Reply(499, error_body("the client went away", "cancelled"), {}, "cancelled")
+            return _deadline_reply(error_body)
+
+
+def _deadline_reply(error_body: Callable[[str, str], Any]) -> Reply:
+    return Reply(504, error_body("deadline passed (queued at Ray or in a replica, retries included)", "deadline"), {},
+                 "deadline")
 
 
 @serve.deployment(name="diffship")
@@ -155,12 +173,13 @@ def application(config: ServeConfig, replicas: int = 1, gpus_per_replica: float 
     if not gpus_per_replica and config.threads is None:
         # CPU replicas on one machine would each start one thread per core: split the cores instead.
         config = replace(config, threads=max(1, (os.cpu_count() or 1) // replicas))
-    environment = {"env_vars": {"PYTHONPATH": str(ROOT)}}
+    environment = {"env_vars": _forwarded_environment()}
     options: dict[str, Any] = {
         "ray_actor_options": {"num_gpus": gpus_per_replica, "num_cpus": 0 if gpus_per_replica else 1,
                               "runtime_env": environment},
         "max_ongoing_requests": config.batch.max_batch + config.batch.max_queue,
         "max_queued_requests": config.batch.max_queue,
+        "graceful_shutdown_timeout_s": config.timeout_s + 30,  # a draining replica finishes what it accepted
     }
     if autoscaling is not None:
         options["autoscaling_config"] = autoscaling
@@ -173,6 +192,14 @@ def application(config: ServeConfig, replicas: int = 1, gpus_per_replica: float 
         ray_actor_options={"num_cpus": 0, "runtime_env": environment}).bind(images, config)
 
 
+def _forwarded_environment() -> dict[str, str]:
+    """What replicas need from the driver's environment: this repository on their path, the same cache folder."""
+    forwarded = {"PYTHONPATH": str(ROOT)}
+    if "DIFFSHIP_CACHE" in os.environ:
+        forwarded["DIFFSHIP_CACHE"] = os.environ["DIFFSHIP_CACHE"]
+    return forwarded
+
+
 def run_on_ray(config: ServeConfig, replicas: int, host: str, port: int, address: str | None,
                echo: Callable[[str], None]) -> None:
     """Start (or join) Ray, deploy, and serve until interrupted; then shut the deployment down (replicas drain)."""
@@ -182,10 +209,15 @@ def run_on_ray(config: ServeConfig, replicas: int, host: str, port: int, address
 
     on_sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+             runtime_env={"env_vars": _forwarded_environment()})
     # Ray's driver installs a SIGTERM handler that dumps a stack and exits on the spot; ours drains first.
     signal.signal(signal.SIGTERM, on_sigterm)
-    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= replicas else 0.0
+    available = ray.cluster_resources().get("GPU", 0)
+    if 0 < available < replicas:
+        ray.shutdown()
+        raise PipelineError(f"the Ray cluster has {available:g} GPU(s) for {replicas} replicas, one GPU each: ask for "
+                            f"at most {int(available)} replicas")
+    gpus = 1.0 if available else 0.0
     serve.start(http_options=HTTPOptions(host=host, port=port))
     echo(f"deploying {replicas} replica(s) of {config.package} ({'1 GPU' if gpus else '1 CPU'} each) on Ray")
     serve.run(application(config, replicas, gpus), name="diffship", route_prefix="/")

@@ -147,6 +147,8 @@ class ImageService:
         limit = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
         ticket = self.batcher.submit(call, limit)
         waiting = asyncio.wrap_future(ticket.future)
+        # Settled after we stopped waiting (a cancelled request task): mark its outcome read, or asyncio logs it.
+        waiting.add_done_callback(lambda future: future.cancelled() or future.exception())
         try:
             while True:
                 done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
@@ -180,9 +182,13 @@ def classify(exc: BaseException) -> tuple[int, str, dict[str, str]]:
 
 def _json(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PipelineInputError(f"the request body is not valid JSON ({exc})") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise PipelineInputError(f"the request body holds {name}, which JSON does not have; give finite numbers")
 
 
 API_FORMATS: dict[str, tuple[Callable[[Any], dict[str, Any]], Callable[[GenerationResult, Any, str], Any],

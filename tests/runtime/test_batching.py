@@ -176,6 +176,32 @@ def test_batcher_close_drains_accepted_calls_then_refuses(pipe: Pipeline) -> Non
         batcher.submit(pipe.prepare("a", num_inference_steps=2))
 
 
+def test_a_failing_metrics_callback_does_not_stop_the_worker(pipe: Pipeline) -> None:
+    def broken(report: BatchReport) -> None:
+        raise RuntimeError("metrics backend down")
+
+    batcher = Batcher(pipe, BatchSettings(max_batch=1), on_batch=broken)
+    try:
+        for seed in range(2):  # the second call runs only if the worker survived the first batch's callback
+            assert batcher.submit(pipe.prepare("a", num_inference_steps=2, seed=seed)).result(timeout=60).images
+    finally:
+        batcher.close()
+
+
+def test_result_answers_at_the_deadline_while_the_worker_is_busy(pipe: Pipeline) -> None:
+    release = threading.Event()
+    batcher = Batcher(pipe, BatchSettings(max_batch=1))
+    try:
+        batcher.submit(pipe.prepare("a", num_inference_steps=2, callback=lambda *a: release.wait(30)))
+        queued = batcher.submit(pipe.prepare("b", num_inference_steps=2), timeout_s=0.2)
+        with pytest.raises(DeadlineExceeded):
+            queued.result(timeout=20)
+        assert not release.is_set()  # answered while the first call still held the worker
+    finally:
+        release.set()
+        batcher.close()
+
+
 @pytest.mark.slow
 def test_memory_stays_bounded_over_hundreds_of_calls_from_threads(pipe: Pipeline) -> None:
     def burst(count: int) -> None:

@@ -151,6 +151,33 @@ def test_request_shape_errors_answer_422_naming_the_field(
     assert broken.status_code == 422 and "not valid JSON" in broken.text
 
 
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"prompt": "a", "steps": 3, "s_noise": Infinity}', "holds Infinity, which JSON does not have"),
+        (b'{"prompt": "a", "cfg_scale": NaN}', "holds NaN"),
+        ('{"prompt": "a", "size": "\u00b2x8"}'.encode(), "size must be WIDTHxHEIGHT"),
+    ],
+)
+def test_bodies_python_reads_but_json_forbids_answer_422(serve_pipe: Pipeline, tiny_package: Path, raw: bytes,
+                                                          message: str) -> None:
+    path = "/v1/images/generations" if b"size" in raw else "/sdapi/v1/txt2img"
+    with running_service(serve_pipe, tiny_package) as (url, _):
+        response = httpx.post(url + path, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422 and message in response.text, response.text
+
+
+def test_a1111_accepts_line_wrapped_base64(serve_pipe: Pipeline, tiny_package: Path) -> None:
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    encoded = png_b64(picture)
+    wrapped = "\n".join(encoded[k : k + 76] for k in range(0, len(encoded), 76))  # what `base64 file.png` writes
+    body = {"prompt": "a", "init_images": [wrapped], "steps": 2, "seed": 1}
+    with running_service(serve_pipe, tiny_package) as (url, _):
+        response = httpx.post(f"{url}/sdapi/v1/img2img", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert json.loads(response.json()["info"])["sampler_name"] == "PLMS"  # the package's PNDM, by the web UI's name
+
+
 def test_full_queue_answers_429_with_retry_after_and_deadline_504(serve_pipe: Pipeline, tiny_package: Path) -> None:
     release = threading.Event()
     with running_service(serve_pipe, tiny_package, max_batch=1, max_wait_s=0.0, max_queue=1) as (url, service):
@@ -227,3 +254,13 @@ def send_and_hang_up(url: str, path: str, body: dict[str, Any], until: Any) -> N
         connection.sendall(f"POST {path} HTTP/1.1\r\nHost: {address.hostname}\r\nContent-Type: application/json\r\n"
                            f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
         wait_for(until)
+
+
+def test_a_service_that_cannot_start_says_why_on_readyz(tmp_path: Path) -> None:
+    from serve.app import create_app
+    from serve.local import serve_in_thread
+    from serve.service import ImageService, ServeConfig
+
+    with pytest.raises(RuntimeError, match="failed to start: .*manifest"):
+        with serve_in_thread(create_app(ImageService(ServeConfig(package=tmp_path, warmup=False)))):
+            pass

@@ -56,18 +56,20 @@ def generate(url: str, seed: int, steps: int = 3) -> httpx.Response:
 
 def in_parallel(url: str, seeds: list[int], steps: int, during: Any = None) -> list[httpx.Response | Exception]:
     outcomes: list[httpx.Response | Exception] = [RuntimeError("never ran")] * len(seeds)
+    answered = threading.Semaphore(0)
 
     def run(index: int) -> None:
         try:
             outcomes[index] = generate(url, seeds[index], steps)
         except Exception as exc:  # noqa: BLE001 - recorded: an exception is a request without an answer
             outcomes[index] = exc
+        answered.release()
 
     threads = [threading.Thread(target=run, args=(k,)) for k in range(len(seeds))]
     for thread in threads:
         thread.start()
     if during is not None:
-        during()
+        during(answered)
     for thread in threads:
         thread.join(180)
     return outcomes
@@ -96,8 +98,9 @@ def test_two_replicas_share_requests_and_a_killed_one_loses_none(
 
     victim = int(sorted(replicas)[0].rsplit(":", 1)[1])
 
-    def kill_one_replica() -> None:
-        time.sleep(1.0)  # requests are in both replicas' queues by now
+    def kill_one_replica(answered: threading.Semaphore) -> None:
+        for _ in range(2):  # two answers in: the load is running and both replicas hold queued requests
+            answered.acquire(timeout=120)
         os.kill(victim, signal.SIGKILL)
 
     outcomes = in_parallel(ray_url, list(range(100, 124)), steps=40, during=kill_one_replica)

@@ -72,25 +72,13 @@ def _in_process(pipe: Any, config: Any) -> Iterator[str]:
 
 @contextlib.contextmanager
 def _on_ray(config: Any, replicas: int) -> Iterator[str]:
-    import socket
-
-    import ray
     from ray import serve
-    from ray.serve.config import HTTPOptions
 
-    from serve.ray_app import ROOT, application
+    from serve.ray_app import application, ray_serve
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
-    try:
-        serve.start(http_options=HTTPOptions(host="127.0.0.1", port=port))
+    with ray_serve() as url:
         serve.run(application(config, replicas), name="diffship", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+        yield url
 
 
 def _closed_loop(url: str, clients: int, per_client: int, steps: int, size: int) -> dict[str, float]:

@@ -221,7 +221,7 @@ class Batcher:
             try:
                 self._run(batch)
             except BaseException as exc:  # noqa: BLE001 - the worker must outlive any one batch
-                log.exception("the batcher failed around a batch of %d calls", len(batch))
+                log.exception("a batch of %d calls failed", len(batch))
                 for ticket in batch:
                     ticket._settle(exc)
                 with self._condition:
@@ -272,11 +272,7 @@ class Batcher:
     def _run(self, batch: list[Ticket]) -> None:
         started = time.monotonic()
         calls = [replace(ticket.call, cancel=_either(ticket.call, ticket)) for ticket in batch]
-        try:
-            outcomes = self.runner.run_batch(calls)
-        except BaseException as exc:  # noqa: BLE001 - every caller must hear of it, not just the log
-            log.exception("batch of %d calls failed", len(batch))
-            outcomes = [exc] * len(batch)  # type: ignore[list-item]
+        outcomes = self.runner.run_batch(calls)  # raising: _work settles every ticket of the batch with the error
         seconds = time.monotonic() - started
         for ticket, outcome in zip(batch, outcomes, strict=True):
             if isinstance(outcome, PipelineCancelled) and ticket.stopping():

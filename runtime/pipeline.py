@@ -341,15 +341,13 @@ class Pipeline:
                     call.callback(i - first, timestep, latents[row])
 
         running = [index for index, outcome in enumerate(outcomes) if outcome is None]
-        with timer.stage("vae_decode"):
-            pixels = self._decode(np.concatenate([latents[rows[index]] for index in running])) if running else None
-        timings = timer.finish()
-        offset = 0
-        for index in running:
-            call = calls[index]
-            decoded = pixels[offset : offset + call.images] if pixels is not None else None
-            offset += call.images
-            outcomes[index] = self._finish(call, decoded, task, sampler, timings)
+        if running:
+            with timer.stage("vae_decode"):
+                pixels = self._decode(np.concatenate([latents[rows[index]] for index in running]))
+            timings = timer.finish()
+            ends = np.cumsum([calls[index].images for index in running])[:-1]
+            for index, decoded in zip(running, np.split(pixels, ends), strict=True):
+                outcomes[index] = self._finish(calls[index], decoded, task, sampler, timings)
         return [outcome for outcome in outcomes if outcome is not None]
 
     # ------------------------------------------------------------------ stages
@@ -372,9 +370,8 @@ class Pipeline:
                 outcomes[index] = PipelineCancelled(
                     f"cancelled before step {i + 1} of {len(sampler.timesteps)}")
 
-    def _finish(self, call: Call, pixels: np.ndarray | None, task: ImageTask | None, sampler: Scheduler,
+    def _finish(self, call: Call, pixels: np.ndarray, task: ImageTask | None, sampler: Scheduler,
                 timings: Timings) -> GenerationResult | PipelineError:
-        assert pixels is not None
         if not np.isfinite(pixels).all():
             # Finite but huge latents (guidance 1e38) overflow inside the VAE: a black image, unless checked here.
             return PipelineError(

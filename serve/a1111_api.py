@@ -156,8 +156,10 @@ def infotext(parameters: dict[str, Any], model_name: str) -> str:
 def web_ui_name(scheduler: str) -> str:
     """The web UI's name for a scheduler as the parameters record it (a diffusers class name when the package's own
     ran: ``PNDMScheduler`` is the web UI's ``PLMS``); unchanged when it has none."""
-    by_class = {SHORT_NAMES[short][0]: name for name, short in WEB_UI_NAMES.items() if not SHORT_NAMES[short][1]}
-    return by_class.get(scheduler, scheduler)
+    return _WEB_UI_BY_CLASS.get(scheduler, scheduler)
+
+
+_WEB_UI_BY_CLASS = {SHORT_NAMES[short][0]: name for name, short in WEB_UI_NAMES.items() if not SHORT_NAMES[short][1]}
 
 
 def samplers() -> list[dict[str, Any]]:

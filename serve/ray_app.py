@@ -24,10 +24,12 @@ or from Python: ``serve.run(application(ServeConfig(package=Path("packages/sd15"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -108,7 +110,7 @@ class RayBackend:
     async def _forward(self, api: str, raw: bytes, timeout_s: float | None, disconnected: Disconnected | None) -> Reply:
         error_body = API_FORMATS[api][2]
         # One deadline for the whole request: Ray's queue and every retry count against it.
-        deadline = time.monotonic() + min(timeout_s or self.config.timeout_s, self.config.timeout_s)
+        deadline = time.monotonic() + self.config.limit_s(timeout_s)
         lost: list[str] = []
         for _ in range(1 + RETRIES):
             remaining = deadline - time.monotonic()
@@ -200,31 +202,48 @@ def _forwarded_environment() -> dict[str, str]:
     return forwarded
 
 
-def run_on_ray(config: ServeConfig, replicas: int, host: str, port: int, address: str | None,
-               echo: Callable[[str], None]) -> None:
-    """Start (or join) Ray, deploy, and serve until interrupted; then shut the deployment down (replicas drain)."""
+@contextlib.contextmanager
+def ray_serve(host: str = "127.0.0.1", port: int = 0, address: str | None = None,
+              num_cpus: int | None = None) -> Iterator[str]:
+    """Ray (a local instance, or the cluster at ``address``) with Serve's HTTP proxy on ``host:port`` (0: a free port):
+    yields the proxy's base URL, and shuts Serve and Ray down after."""
     import signal
+    import socket
 
     import ray
 
-    on_sigterm = signal.getsignal(signal.SIGTERM)
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+    if port == 0:
+        with socket.socket() as probe:
+            probe.bind((host, 0))
+            port = probe.getsockname()[1]
+    main_thread = threading.current_thread() is threading.main_thread()
+    on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": _forwarded_environment()})
-    # Ray's driver installs a SIGTERM handler that dumps a stack and exits on the spot; ours drains first.
-    signal.signal(signal.SIGTERM, on_sigterm)
-    available = ray.cluster_resources().get("GPU", 0)
-    if 0 < available < replicas:
-        ray.shutdown()
-        raise PipelineError(f"the Ray cluster has {available:g} GPU(s) for {replicas} replicas, one GPU each: ask for "
-                            f"at most {int(available)} replicas")
-    gpus = 1.0 if available else 0.0
-    serve.start(http_options=HTTPOptions(host=host, port=port))
-    echo(f"deploying {replicas} replica(s) of {config.package} ({'1 GPU' if gpus else '1 CPU'} each) on Ray")
-    serve.run(application(config, replicas, gpus), name="diffship", route_prefix="/")
-    echo(f"serving on http://{host}:{port} (Ctrl-C stops)")
+    if main_thread:
+        # Ray's driver installs a SIGTERM handler that dumps a stack and exits on the spot; ours drains first.
+        signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        while True:
-            time.sleep(1)
+        serve.start(http_options=HTTPOptions(host=host, port=port))
+        yield f"http://{host}:{port}"
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def run_on_ray(config: ServeConfig, replicas: int, host: str, port: int, address: str | None,
+               echo: Callable[[str], None]) -> None:
+    """Start (or join) Ray, deploy, and serve until interrupted; then shut the deployment down (replicas drain)."""
+    import ray
+
+    with ray_serve(host, port, address) as url:
+        available = ray.cluster_resources().get("GPU", 0)
+        if 0 < available < replicas:
+            raise PipelineError(f"the Ray cluster has {available:g} GPU(s) for {replicas} replicas, one GPU each: "
+                                f"ask for at most {int(available)} replicas")
+        gpus = 1.0 if available else 0.0
+        echo(f"deploying {replicas} replica(s) of {config.package} ({'1 GPU' if gpus else '1 CPU'} each) on Ray")
+        serve.run(application(config, replicas, gpus), name="diffship", route_prefix="/")
+        echo(f"serving on {url} (Ctrl-C stops)")
+        while True:
+            time.sleep(1)

@@ -59,6 +59,10 @@ class ServeConfig:
     warmup: bool = True
     """Run one guided step at the default size before reporting ready (first-call costs are paid at start)."""
 
+    def limit_s(self, requested_s: float | None) -> float:
+        """A request's time limit: the one it asked for (``X-Request-Timeout``), at most ``timeout_s``."""
+        return self.timeout_s if requested_s is None else min(requested_s, self.timeout_s)
+
 
 class ImageService:
     def __init__(self, config: ServeConfig, pipeline: Pipeline | None = None) -> None:
@@ -138,14 +142,12 @@ class ImageService:
         assert self.pipeline is not None, "start() first"
         return self.pipeline.prepare(**arguments)
 
-    async def generate(self, call: Call, disconnected: Callable[[], Awaitable[bool]],
-                       timeout_s: float | None = None) -> GenerationResult:
+    async def generate(self, call: Call, disconnected: Disconnected, timeout_s: float | None = None) -> GenerationResult:
         """Queue ``call`` and wait for it, up to ``timeout_s`` (at most the configured timeout); a client that goes
         away has its call withdrawn. Raises QueueFull, BatcherClosed, DeadlineExceeded, PipelineCancelled, or the
         call's own error."""
         assert self.batcher is not None, "start() first"
-        limit = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
-        ticket = self.batcher.submit(call, limit)
+        ticket = self.batcher.submit(call, self.config.limit_s(timeout_s))
         waiting = asyncio.wrap_future(ticket.future)
         # Settled after we stopped waiting (a cancelled request task): mark its outcome read, or asyncio logs it.
         waiting.add_done_callback(lambda future: future.cancelled() or future.exception())

@@ -8,7 +8,6 @@ import base64
 import io
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -27,26 +26,14 @@ from tests.serve.conftest import metric
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def ray_url() -> Iterator[str]:
-    import ray
-    from ray import serve
-    from ray.serve.config import HTTPOptions
+    from serve.ray_app import ray_serve
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "DIFFSHIP_CACHE": os.environ["DIFFSHIP_CACHE"]}})
-    serve.start(http_options=HTTPOptions(host="127.0.0.1", port=port))
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with ray_serve(num_cpus=2) as url:  # replicas get this process's DIFFSHIP_CACHE
+        yield url
 
 
 def generate(url: str, seed: int, steps: int = 3) -> httpx.Response:

@@ -79,7 +79,8 @@ def _parse_dtypes(value: str) -> tuple[str, ...]:
 
 
 @cli.command()
-@click.option("--model", help="Preset: tiny, tiny-v (local, random weights), sd15, sd21-base, sd21 (hub ids).")
+@click.option("--model", help="Preset: shapes (trained here, ships in models/), tiny, tiny-v, tiny-inpaint (local, random "
+              "weights), sd15, sd21-base, sd21, sd15-inpaint, sd2-inpaint (hub ids).")
 @click.option(
     "--model-path",
     type=click.Path(file_okay=False, path_type=Path),
@@ -115,6 +116,7 @@ def export(
 
     \b
     Examples:
+      python cli.py export --model shapes --out packages/shapes
       python cli.py export --model tiny --out packages/tiny
       python cli.py export --model sd15 --random-weights --out packages/sd15-random
       python cli.py export --model-path /path/to/diffusers/dir --out packages/mine
@@ -871,6 +873,84 @@ def bench_samplers(package: Path, samplers: str, steps_text: str, size: int, rou
     write_json_atomic(json_path, result)
     click.echo(format_sampler_table(result))
     click.echo(f"wrote {json_path}")
+
+
+@cli.command()
+@click.option("--package", required=True, type=click.Path(path_type=Path),
+              help="Package exported from the shapes model (export --model shapes).")
+@click.option("--model-dir", type=click.Path(path_type=Path),
+              help="Folder with quality_prompts.json and the classifier (default: models/shapes).")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Denoising steps.")
+@click.option("--guidance", default=4.0, show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--scheduler", help="Scheduler name (default: the package's own; see generate --scheduler list).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--grid", "grid_values", multiple=True, metavar="KEY=V1,V2,...",
+              help="Sweep steps, guidance, scheduler or precision; several --grid give every combination.")
+@click.option("--prompts", "prompt_limit", type=click.IntRange(1), help="Score only the first N prompts (default all).")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
+@click.option("--out", "out_dir", default="quality-out", show_default=True, type=click.Path(path_type=Path),
+              help="Folder for quality.json, quality.png (a plot, when steps or guidance vary) and samples.png.")
+def quality(package: Path, model_dir: Path | None, steps: int, guidance: float, scheduler: str | None, precision: str,
+            grid_values: tuple[str, ...], prompt_limit: int | None, threads: int | None, out_dir: Path) -> None:
+    """Score generated images for the prompt's shape, colour and position (shapes model, held-out prompts).
+
+    A classifier trained with the model (scripts/train_tiny.py) judges each image; accuracies come with 95% Wilson
+    intervals, and "all / s" (all three right, per second of generation) is the quality-per-speed summary.
+
+    \b
+    Examples:
+      python cli.py quality --package packages/shapes
+      python cli.py quality --package packages/shapes --grid steps=1,2,4,8,16,32 --grid scheduler=euler,dpmpp_2m,ddim
+      python cli.py quality --package packages/shapes --grid guidance=1,2,4,7.5,12
+      python cli.py quality --package packages/shapes --grid precision=fp32,fp16 --grid steps=4,20
+    """
+    from bench.machine import describe_machine
+    from bench.quality import (
+        DEFAULT_MODEL_DIR,
+        QualityError,
+        QualitySet,
+        format_quality_table,
+        grid_cases,
+        measure_quality,
+        parse_quality_axis,
+        plot_quality,
+    )
+    from core.files import write_json_atomic
+    from runtime import Pipeline
+    from runtime.images import contact_sheet, save_png
+    from runtime.schedulers import resolve_scheduler
+
+    try:
+        axes = [parse_quality_axis(value) for value in grid_values]
+    except QualityError as exc:
+        raise click.BadParameter(str(exc), param_hint="--grid") from None
+    fixed = {"steps": steps, "guidance": guidance, "scheduler": scheduler, "precision": precision}
+    cases = grid_cases(axes, fixed)
+    for name in {case["scheduler"] for case in cases} - {None}:
+        try:
+            resolve_scheduler(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--scheduler/--grid") from None
+    quality_set = QualitySet.load(model_dir or DEFAULT_MODEL_DIR, prompt_limit)
+    samples: list[tuple[str, list[Any]]] = []
+
+    def open_pipeline(chosen: str) -> Any:
+        return Pipeline.from_package(package, backend="ort", precision=chosen, device="cpu", threads=threads)
+
+    result = measure_quality(open_pipeline, quality_set, cases, lambda line: click.echo(line, err=True),
+                             lambda row, images: samples.append((f"{row['scheduler']} {row['steps']} "
+                                                                 f"g{row['guidance']:g} {row['precision']}",
+                                                                 images[:8])))
+    result.update(machine=describe_machine(), package=str(package))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "quality.json", result)
+    width = max(len(images) for _, images in samples)
+    sheet = contact_sheet([images + [images[0] * 0] * (width - len(images)) for _, images in samples],
+                          [label for label, _ in samples], [p["prompt"][:24] for p in quality_set.prompts[:width]])
+    save_png(sheet, out_dir / "samples.png", {"cases": [label for label, _ in samples]})
+    plot = plot_quality(result, out_dir / "quality.png")
+    click.echo(format_quality_table(result))
+    click.echo(f"wrote {out_dir / 'quality.json'}, {out_dir / 'samples.png'}" + (f", {plot}" if plot else ""))
 
 
 @cli.command()

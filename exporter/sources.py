@@ -25,6 +25,8 @@ from exporter.vocab import write_clip_tokenizer
 log = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+"""Trained models that ship with diffship (diffusers ``save_pretrained`` folders)."""
 DEFAULT_SEED = 0
 
 
@@ -39,6 +41,8 @@ class ModelPreset:
     hub_id: str | None
     """None for models that only exist locally (the tiny ones)."""
     description: str
+    folder: Path | None = None
+    """A bundled diffusers folder (trained weights that ship in the repository), or None."""
 
 
 PRESETS: dict[str, ModelPreset] = {
@@ -47,6 +51,9 @@ PRESETS: dict[str, ModelPreset] = {
     "sd15": ModelPreset("sd15", "sd1", "stable-diffusion-v1-5/stable-diffusion-v1-5", "Stable Diffusion 1.5"),
     "sd21-base": ModelPreset("sd21-base", "sd2", "stabilityai/stable-diffusion-2-1-base", "Stable Diffusion 2.1 base (512px)"),
     "sd21": ModelPreset("sd21", "sd2", "stabilityai/stable-diffusion-2-1", "Stable Diffusion 2.1 (768px, v-prediction)"),
+    "shapes": ModelPreset("shapes", "sd1", None,
+                          "SD 1.x architecture at tiny widths, trained here to draw coloured shapes (scripts/train_tiny.py)",
+                          MODELS_DIR / "shapes"),
     "tiny-inpaint": ModelPreset("tiny-inpaint", "sd1", None,
                                 "SD 1.x inpainting architecture (9-channel UNet) at tiny widths, seeded random weights"),
     "sd15-inpaint": ModelPreset("sd15-inpaint", "sd1", "stable-diffusion-v1-5/stable-diffusion-inpainting",
@@ -140,6 +147,8 @@ def check_source_arguments(model: str | None, model_path: str | os.PathLike[str]
         raise SourceError("--random-weights applies to --model presets, not to --model-path")
     if model is not None and model not in PRESETS:
         raise SourceError(f"unknown model {model!r}; choose one of: {', '.join(PRESETS)} (or use --model-path DIR)")
+    if model is not None and random_weights and PRESETS[model].folder is not None:
+        raise SourceError(f"{model} ships trained weights; --random-weights applies to the other presets")
 
 
 def load_source(
@@ -154,6 +163,8 @@ def load_source(
         return _load_diffusers_dir(Path(model_path), {"kind": "path", "path": str(Path(model_path).resolve())})
     assert model is not None
     preset = PRESETS[model]
+    if preset.folder is not None:
+        return _load_bundled(preset)
     if preset.hub_id is None or random_weights:
         return _build_from_configs(preset, seed)
     return _load_hub(preset)
@@ -166,7 +177,7 @@ def load_source_from_info(info: dict[str, Any]) -> SourceModels:
         return load_source(model_path=info["path"])
     if kind in ("tiny", "random"):
         return load_source(model=info["model"], random_weights=kind == "random", seed=info.get("seed", DEFAULT_SEED))
-    if kind == "hub":
+    if kind in ("hub", "bundled"):
         return load_source(model=info["model"])
     raise SourceError(f"cannot rebuild a source of kind {kind!r}")
 
@@ -204,6 +215,18 @@ def _build_from_configs(preset: ModelPreset, seed: int) -> SourceModels:
         info={"kind": kind, "model": preset.name, "seed": seed, "hub_id": preset.hub_id, "random_weights": True},
         _scratch=scratch,
     )
+
+
+def _load_bundled(preset: ModelPreset) -> SourceModels:
+    assert preset.folder is not None
+    if not (preset.folder / "model_index.json").is_file():
+        raise SourceError(f"{preset.name}'s weights are missing from {preset.folder}; restore them from git "
+                          f"(git checkout -- {preset.folder}) or retrain with scripts/train_tiny.py --out {preset.folder}")
+    training = preset.folder / "training.json"
+    record = json.loads(training.read_text(encoding="utf-8")) if training.is_file() else {}
+    info = {"kind": "bundled", "model": preset.name, "path": str(preset.folder), "random_weights": False,
+            "trained_weights_sha256": record.get("weights_sha256")}
+    return _load_diffusers_dir(preset.folder, info, family=preset.family)
 
 
 def _load_hub(preset: ModelPreset) -> SourceModels:

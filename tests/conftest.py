@@ -35,7 +35,7 @@ def _gpu_present() -> bool:
         return False
 
 
-EXPORT_FIXTURES = {"tiny_package", "tiny_v_package", "tiny_inpaint_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files"}
+EXPORT_FIXTURES = {"tiny_package", "tiny_v_package", "tiny_inpaint_package", "shapes_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files"}
 """Fixtures that export models with torch: a test using one is marked ``export`` (left out of make test-fast)."""
 
 
@@ -88,6 +88,12 @@ def tiny_inpaint_package(cache_dir: Path) -> Path:
     """SD 1.x tiny inpainting model (9-channel UNet), fp32 ONNX (legacy exporter: seconds where dynamo takes minutes;
     both are verified against torch at export, odd latent sizes included)."""
     return _export(cache_dir, "tiny-inpaint", "tiny-inpaint", ("fp32",), exporter="legacy")
+
+
+@pytest.fixture(scope="session")
+def shapes_package(cache_dir: Path) -> Path:
+    """The trained shapes model (models/shapes), fp32 ONNX (legacy exporter, for CI time as with tiny-v)."""
+    return _export(cache_dir, "shapes", "shapes", ("fp32",), exporter="legacy")
 
 
 @pytest.fixture(scope="session")

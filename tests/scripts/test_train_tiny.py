@@ -1,0 +1,45 @@
+"""scripts/train_tiny.py at a few steps: the same seed gives the same bytes, and what it writes is a diffusers folder
+StableDiffusionPipeline loads, with the classifier and the quality prompt set beside it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICK = ["--vae-steps", "3", "--vae-batch", "4", "--classifier-steps", "2", "--classifier-eval", "64", "--pool", "256", "--unet-steps", "3",
+         "--batch", "8", "--epochs", "1", "--sample-steps", "2"]
+
+
+def train(out: Path) -> dict:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_tiny.py"), "--out", str(out), *QUICK],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "diffusion 3/3" in done.stderr  # progress is shown as it goes
+    return json.loads((out / "training.json").read_text())
+
+
+@pytest.mark.slow
+def test_train_tiny_is_deterministic_and_writes_a_diffusers_folder(tmp_path: Path) -> None:
+    diffusers = pytest.importorskip("diffusers")
+    first, second = train(tmp_path / "a"), train(tmp_path / "b")
+    assert first["weights_sha256"] == second["weights_sha256"]
+    folder = tmp_path / "a"
+    assert not list(tmp_path.glob(".*.partial"))
+    for name in ("classifier.onnx", "classifier.json", "quality_prompts.json", "train-log.json", "samples/epoch-01.png"):
+        assert (folder / name).is_file(), name
+    pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None)
+    image = pipe("a red star", num_inference_steps=2, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"
+
+
+def test_train_tiny_refuses_to_overwrite_without_asking(tmp_path: Path) -> None:
+    (tmp_path / "exists").mkdir()
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_tiny.py"), "--out", str(tmp_path / "exists")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--overwrite" in done.stderr

@@ -50,7 +50,11 @@ def worst_difference(actual: list[np.ndarray], expected: list[np.ndarray]) -> in
     return int(np.abs(a.astype(int) - b.astype(int)).max())
 
 
-CASES = [(scheduler, 4.0, "negative") for scheduler in SHORT_NAMES] + [
+SCHEDULERS = ("pndm", "ddim", "euler", "euler_a", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde_karras", "dpmpp_sde", "unipc",
+              "lcm")
+"""One of each kind (multistep, ancestral, second order, SDE, Karras, LCM): every name runs on tiny and tiny-v."""
+assert set(SCHEDULERS) <= set(SHORT_NAMES)
+CASES = [(scheduler, 4.0, "negative") for scheduler in SCHEDULERS] + [
     (scheduler, guidance, negatives) for scheduler in ("pndm", "euler_a")
     for guidance, negatives in ((1.0, "no-negative"), (7.5, "no-negative"))]
 

@@ -75,22 +75,17 @@ def held_out_triples() -> frozenset[tuple[str, str, str]]:
 
 def random_scene(rng: np.random.Generator, exclude: frozenset[tuple[str, str, str]] = frozenset()) -> Scene:
     while True:
-        colour = COLOURS_LIST[rng.integers(len(COLOURS_LIST))]
-        background = rng.choice([c for c in COLOURS_LIST if c != colour])
+        colour = ATTRIBUTES["colour"][rng.integers(len(ATTRIBUTES["colour"]))]
+        background = rng.choice([c for c in ATTRIBUTES["colour"] if c != colour])
         scene = Scene(
             shape=SHAPES[rng.integers(len(SHAPES))],
             colour=colour,
-            size=SIZE_LIST[rng.integers(len(SIZE_LIST))],
-            position=POSITION_LIST[rng.integers(len(POSITION_LIST))],
+            size=ATTRIBUTES["size"][rng.integers(len(ATTRIBUTES["size"]))],
+            position=ATTRIBUTES["position"][rng.integers(len(ATTRIBUTES["position"]))],
             background=str(background),
         )
         if scene.triple not in exclude:
             return scene
-
-
-COLOURS_LIST = tuple(COLOURS)
-SIZE_LIST = tuple(SIZES)
-POSITION_LIST = tuple(POSITIONS)
 
 
 def caption(scene: Scene, rng: np.random.Generator | None = None) -> str:
@@ -165,8 +160,8 @@ def quality_prompts(seeds_per_prompt: int = 2) -> list[dict[str, object]]:
     prompts: list[dict[str, object]] = []
     for shape, colour, position in sorted(held_out_triples()):
         for variant in range(3):
-            background = str(rng.choice([c for c in COLOURS_LIST if c != colour]))
-            scene = Scene(shape, colour, SIZE_LIST[variant % len(SIZE_LIST)], position, background)
+            background = str(rng.choice([c for c in ATTRIBUTES["colour"] if c != colour]))
+            scene = Scene(shape, colour, ATTRIBUTES["size"][variant % len(ATTRIBUTES["size"])], position, background)
             for _seed in range(seeds_per_prompt):
                 prompts.append({"prompt": caption(scene), "seed": len(prompts),
                                 **{name: getattr(scene, name) for name in ATTRIBUTES}})

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from scripts.probe_prompt_words import PROMPT, probe
+from scripts.probe_prompt_words import PROMPT, main, probe
 
-ROOT = Path(__file__).resolve().parents[2]
-SHAPES = ROOT / "models" / "shapes"
+SHAPES = Path(__file__).resolve().parents[2] / "models" / "shapes"
 
 
 @pytest.mark.slow
@@ -24,11 +21,11 @@ def test_probe_prompt_words_sees_the_colour_word_and_nothing_for_an_identity_swa
 
 
 @pytest.mark.slow
-def test_probe_prompt_words_cli_prints_a_table_and_refuses_a_swap_not_in_the_prompt() -> None:
-    script = [sys.executable, str(ROOT / "scripts" / "probe_prompt_words.py"), "--model", str(SHAPES)]
-    done = subprocess.run(script, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert PROMPT in done.stdout and "position: top left -> bottom right" in done.stdout
-    refused = subprocess.run([*script, "--prompt", "a cat"], capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "'red' is not in the prompt" in refused.stderr
-    assert "Traceback" not in refused.stderr
+def test_probe_prompt_words_main_prints_a_table_and_refuses_a_swap_not_in_the_prompt(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--model", str(SHAPES)]) == 0
+    printed = capsys.readouterr().out
+    assert PROMPT in printed and "position: top left -> bottom right" in printed
+    with pytest.raises(SystemExit) as refused:
+        main(["--model", str(SHAPES), "--prompt", "a cat"])
+    assert refused.value.code == 2 and "'red' is not in the prompt" in capsys.readouterr().err

@@ -50,18 +50,19 @@ def probe(model: Path, prompt: str = PROMPT, swaps: dict[str, tuple[str, str]] =
     size = unet.config.sample_size
     latents = torch.randn(batch, unet.config.in_channels, size, size, generator=torch.Generator().manual_seed(seed))
 
-    def predicted_noise(text: str, timestep: int) -> torch.Tensor:
+    def predicted_noise(text: str) -> dict[int, torch.Tensor]:
         ids = tokenizer([text] * batch, padding="max_length", max_length=tokenizer.model_max_length,
                         truncation=True, return_tensors="pt").input_ids
         with torch.no_grad():
-            return unet(latents, torch.full((batch,), timestep), text_encoder(ids).last_hidden_state).sample
+            states = text_encoder(ids).last_hidden_state
+            return {t: unet(latents, torch.full((batch,), t), states).sample for t in timesteps}
 
-    reference = {t: predicted_noise(prompt, t) for t in timesteps}
+    reference = predicted_noise(prompt)
     effects = []
     for attribute, (old, new) in swaps.items():
-        swapped = prompt.replace(old, new)
+        swapped = predicted_noise(prompt.replace(old, new))
         effects.append(WordEffect(attribute, (old, new), {
-            t: float((predicted_noise(swapped, t) - reference[t]).norm() / reference[t].norm()) for t in timesteps}))
+            t: float((swapped[t] - reference[t]).norm() / reference[t].norm()) for t in timesteps}))
     return effects
 
 

@@ -4,7 +4,8 @@
 
 Opens each component's engine (the package's ``build-ort --target cuda`` set when there is one) once per setting,
 runs it twice to warm up (cuDNN's algorithm search, CUDA graph capture), then times ``--repeats`` calls and prints
-median and min per setting, and the largest difference of its output from the plain engine's. Needs onnxruntime-gpu
+median and min per setting, and the largest difference of its output from the plain engine's. "plain" is ONNX
+Runtime's own defaults; "diffship-defaults" is what the runtime opens (engines/ort/engine.py, CUDA_DEFAULTS). Needs onnxruntime-gpu
 and an NVIDIA GPU. The figures in BENCHMARKS.md ("GPU") were measured with this loop.
 """
 
@@ -26,14 +27,18 @@ from core.package import ModelPackage  # noqa: E402
 from core.specs import symbolic_dims  # noqa: E402
 from engines.ort import OrtEngine, OrtOptions  # noqa: E402
 
+ORT_DEFAULTS = {"prefer_nhwc": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}
+"""ONNX Runtime's own defaults, named so that the engine's per-component CUDA_DEFAULTS do not apply."""
 SETTINGS = {
-    "plain": ({}, False),
-    "graph": ({}, True),
-    "nhwc": ({"prefer_nhwc": "1"}, False),
-    "heuristic": ({"cudnn_conv_algo_search": "HEURISTIC"}, False),
-    "nhwc+graph": ({"prefer_nhwc": "1"}, True),
-    "heuristic+graph": ({"cudnn_conv_algo_search": "HEURISTIC"}, True),
+    "plain": (ORT_DEFAULTS, False),
+    "graph": (ORT_DEFAULTS, True),
+    "nhwc": ({**ORT_DEFAULTS, "prefer_nhwc": "1"}, False),
+    "heuristic": ({**ORT_DEFAULTS, "cudnn_conv_algo_search": "HEURISTIC"}, False),
+    "nhwc+graph": ({**ORT_DEFAULTS, "prefer_nhwc": "1"}, True),
+    "heuristic+graph": ({**ORT_DEFAULTS, "cudnn_conv_algo_search": "HEURISTIC"}, True),
     "nhwc+heuristic+graph": ({"prefer_nhwc": "1", "cudnn_conv_algo_search": "HEURISTIC"}, True),
+    "diffship-defaults": ({}, False),
+    "diffship-defaults+graph": ({}, True),
 }
 
 
@@ -42,7 +47,7 @@ def main() -> None:
     parser.add_argument("--package", required=True, type=Path)
     parser.add_argument("--precision", default="fp16", choices=["fp32", "fp16"])
     parser.add_argument("--size", type=int, default=512, help="image height and width in pixels")
-    parser.add_argument("--components", default="unet,vae_decoder")
+    parser.add_argument("--components", default="unet,vae_decoder,vae_encoder")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", type=Path)
     arguments = parser.parse_args()

@@ -30,6 +30,20 @@ log = logging.getLogger(__name__)
 DEVICES = ("cpu", "cuda", "auto")
 ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
+CUDA_DEFAULTS: Mapping[tuple[str, bool], Mapping[str, str]] = {
+    # ONNX Runtime's exhaustive cuDNN search picks slow convolutions for the VAE's large activations (H100, fp16,
+    # 512x512: decoder 92 -> 22 ms per call with the heuristic); the UNet keeps it (17.1 vs 16.1 ms with the heuristic).
+    ("vae_decoder", False): {"cudnn_conv_algo_search": "HEURISTIC"},
+    ("vae_decoder", True): {"cudnn_conv_algo_search": "HEURISTIC"},
+    ("vae_encoder", False): {"cudnn_conv_algo_search": "HEURISTIC"},
+    ("vae_encoder", True): {"cudnn_conv_algo_search": "HEURISTIC"},
+    # NHWC convolutions add layout transposes that cost more than they save when every kernel is launched (UNet step
+    # 18.9 vs 16.1 ms) and pay once a CUDA graph replays the launches (11.8 vs 14.5 ms). BENCHMARKS.md, "GPU".
+    ("unet", True): {"prefer_nhwc": "1"},
+}
+"""CUDA provider options per (component, captured into a CUDA graph), measured with scripts/ort_cuda_tuning.py;
+``OrtOptions.cuda_provider_options`` overrides them."""
+
 
 @dataclass(frozen=True)
 class OrtOptions:
@@ -56,7 +70,8 @@ class OrtOptions:
     """CUDA provider: let fp32 convolutions and matrix products use TF32 (faster on Ampere and newer, about 1e-3
     relative error). Off by default so that an fp32 engine computes in fp32, as the parity bars assume."""
     cuda_provider_options: Mapping[str, str] = field(default_factory=dict)
-    """Extra CUDA provider options (e.g. ``prefer_nhwc``, ``cudnn_conv_algo_search``), passed as given."""
+    """Extra CUDA provider options (e.g. ``prefer_nhwc``, ``cudnn_conv_algo_search``), passed as given; they override
+    the per-component ``CUDA_DEFAULTS``."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -71,6 +86,15 @@ class OrtOptions:
             raise EngineError("CUDA graphs need the CUDA provider: use device 'cuda' (or 'auto' on a GPU machine)")
         if self.cuda_graph_shapes < 1:
             raise EngineError(f"cuda_graph_shapes must be >= 1, got {self.cuda_graph_shapes}")
+
+
+def cuda_provider_options(component: str, graph: bool, options: OrtOptions) -> dict[str, str]:
+    """The CUDA provider's options for one component's session: ``CUDA_DEFAULTS``, then the caller's overrides."""
+    cuda = {"device_id": "0", "use_tf32": "1" if options.tf32 else "0", **CUDA_DEFAULTS.get((component, graph), {}),
+            **options.cuda_provider_options}
+    if graph:
+        cuda["enable_cuda_graph"] = "1"
+    return cuda
 
 
 class OrtEngine(EngineBase):
@@ -127,9 +151,7 @@ class OrtEngine(EngineBase):
     def _providers(self, graph: bool = False) -> list[Any]:
         if self.device != "cuda":
             return ["CPUExecutionProvider"]
-        cuda = {"device_id": "0", "use_tf32": "1" if self.options.tf32 else "0", **self.options.cuda_provider_options}
-        if graph:
-            cuda["enable_cuda_graph"] = "1"
+        cuda = cuda_provider_options(self.spec.name, graph, self.options)
         return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
     def _open_session(self, free_dimensions: Mapping[str, int] | None = None, graph: bool = False) -> Any:

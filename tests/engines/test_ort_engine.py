@@ -122,6 +122,20 @@ def test_cuda_graph_on_the_cpu_is_refused() -> None:
         OrtOptions(device="cpu", cuda_graph=True)
 
 
+def test_cuda_provider_options_take_component_defaults_and_let_the_caller_override_them() -> None:
+    from engines.ort.engine import cuda_provider_options
+
+    plain = OrtOptions(device="cuda")
+    assert cuda_provider_options("vae_decoder", False, plain)["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert "cudnn_conv_algo_search" not in cuda_provider_options("unet", False, plain)  # ONNX Runtime's own search
+    assert "prefer_nhwc" not in cuda_provider_options("unet", False, plain)
+    graphed = cuda_provider_options("unet", True, plain)
+    assert graphed["prefer_nhwc"] == "1" and graphed["enable_cuda_graph"] == "1"
+    own = OrtOptions(device="cuda", tf32=True, cuda_provider_options={"cudnn_conv_algo_search": "EXHAUSTIVE"})
+    chosen = cuda_provider_options("vae_decoder", False, own)
+    assert chosen["cudnn_conv_algo_search"] == "EXHAUSTIVE" and chosen["use_tf32"] == "1"
+
+
 def test_overrides_reach_convolutions_that_onnx_runtime_layout_optimiser_would_drop(tiny_package: Path) -> None:
     """ONNX Runtime's CPU layout optimiser (level "all") reorders convolution filters from the graph's own weights
     and drops overrides of them; OrtEngine stops at "extended" when it has overrides. If the first assertion fails,

@@ -293,27 +293,56 @@ def build_trt(
 
 @cli.command("build-ort")
 @click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="int8: the UNet statically quantized for the CPU (calibrated on the package's own runs); the other "
+              "components as fp32. Runs only when asked for (--precision int8).")
 @click.option("--components", help="Comma-separated components (default: all, the VAE encoder for image input included).")
 @click.option("--force", is_flag=True, help="Rebuild even when an engine with the same inputs exists.")
 @click.option("--target", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cpu: optimised for this CPU and saved; cuda: attention fused for ONNX Runtime's CUDA provider "
               "(flash / memory-efficient attention), built on any machine.")
-def build_ort(package: Path, precision: str, components: str | None, force: bool, target: str) -> None:
+@click.option("--calibration-prompts", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="int8: a text file of prompts, one per line, to calibrate on (default: two built-in prompts).")
+@click.option("--calibration-steps", type=click.IntRange(1, 100), default=8, show_default=True,
+              help="int8: denoising steps per calibration prompt (each one guided UNet call recorded).")
+@click.option("--calibration-size", type=click.IntRange(64, 2048), default=None,
+              help="int8: image side of the calibration runs in pixels (default: the model's, capped at 256).")
+@click.option("--threads", type=click.IntRange(1, 512), help="ONNX Runtime threads for the calibration runs.")
+def build_ort(package: Path, precision: str, components: str | None, force: bool, target: str,
+              calibration_prompts: Path | None, calibration_steps: int, calibration_size: int | None,
+              threads: int | None) -> None:
     """Build ONNX Runtime engines: attention fused; for the CPU, graphs also optimised for this CPU once and saved.
 
     \b
     Examples:
       python cli.py build-ort --package packages/sd15-random
       python cli.py build-ort --package packages/sd15-random --precision fp16 --target cuda
+      python cli.py build-ort --package packages/sd15-random --precision int8 --calibration-steps 8
 
     The runtime then loads these (the cpu set on a CPU of the same family, the cuda set on the CUDA provider, with the
     same onnxruntime) instead of the plain ONNX: faster sessions, less memory, faster UNet steps (see BENCHMARKS.md).
-    Each graph is checked against the exported one.
+    Each graph is checked against the exported one (int8: relative L2 <= 0.15 per UNet call). int8 needs the fp32
+    export; `generate --precision int8` runs it; LoRAs need fp32 or fp16.
     """
     from engines.ort.build import build_ort_engines
 
-    outcome = build_ort_engines(package, precision, _parse_components(components), force, target=target)
+    calibration, calibration_key = None, ""
+    if precision == "int8":
+        from runtime.calibration import DEFAULT_PROMPTS, CalibrationPlan, prompts_from_file, record_unet_inputs
+
+        try:
+            prompts = tuple(prompts_from_file(calibration_prompts)) if calibration_prompts else DEFAULT_PROMPTS[:2]
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--calibration-prompts") from exc
+        plan = CalibrationPlan(prompts=prompts, steps=calibration_steps, size=calibration_size)
+        calibration_key = plan.key()
+
+        def calibration() -> list[dict[str, Any]]:
+            return list(record_unet_inputs(package, plan, threads, progress=click.echo))
+
+    outcome = build_ort_engines(package, precision, _parse_components(components), force, target=target,
+                                calibration=calibration if precision == "int8" else None,
+                                calibration_key=calibration_key)
     rows = [[c.component, "up to date" if c.skipped else f"{c.seconds:.1f}s",
              str(c.details.get("fused_attention", "-")),
              f"{c.details['verification']['load_seconds']:.1f}s" if "verification" in c.details else "-"]
@@ -427,7 +456,8 @@ def _timingformat_table(timings: Any, images: int) -> str:
               help="PNG path; several images become NAME-00.png, NAME-01.png, ...")
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True,
               help="ONNX Runtime, or TensorRT engines built with build-trt (NVIDIA GPU).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), help="Which export ONNX Runtime loads (default fp32).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Which engines ONNX Runtime loads (default fp32; int8 needs build-ort --precision int8).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="ONNX Runtime device (cuda needs onnxruntime-gpu).")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
@@ -611,7 +641,7 @@ def _parse_backends(values: list[str], parse: Any) -> tuple[str, ...]:
 @click.option("--prompt", default="a photograph of an astronaut riding a horse, highly detailed", show_default=True)
 @click.option("--backends", default="ort", show_default=True,
               help="Runtime contenders, comma-separated, each BACKEND[-PRECISION][-graphs]: ort, ort-fp16, "
-              "ort-fp16-graphs (CUDA graphs), trt, trt-graphs.")
+              "ort-fp16-graphs (CUDA graphs), ort-int8 (build-ort --precision int8), trt, trt-graphs.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
               help="cpu, or cuda for ONNX Runtime's CUDA provider and diffusers in fp16 on the GPU.")
 @click.option("--threads", type=int, help="Threads for both ONNX Runtime and torch (default: their own defaults).")
@@ -695,7 +725,8 @@ def bench(
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), help="Which export ONNX Runtime loads (default fp32).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Which engines ONNX Runtime loads (default fp32; int8 needs build-ort --precision int8).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: one per core).")
 @click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", help="Serve with this LoRA; repeatable.")
@@ -883,7 +914,7 @@ def bench_samplers(package: Path, samplers: str, steps_text: str, size: int, rou
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Denoising steps.")
 @click.option("--guidance", default=4.0, show_default=True, type=float, help="Classifier-free guidance scale.")
 @click.option("--scheduler", help="Scheduler name (default: the package's own; see generate --scheduler list).")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--grid", "grid_values", multiple=True, metavar="KEY=V1,V2,...",
               help="Sweep steps, guidance, scheduler or precision; several --grid give every combination.")
 @click.option("--prompts", "prompt_limit", type=click.IntRange(1), help="Score only the first N prompts (default all).")
@@ -960,7 +991,8 @@ def quality(package: Path, model_dir: Path | None, steps: int, guidance: float, 
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Denoising steps per case.")
 @click.option("--size", type=int, help="Image height and width (default: the model's native size).")
 @click.option("--backend", type=click.Choice(["ort", "trt"]), default="ort", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), help="ONNX precision for ort (default fp32).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="ONNX precision for ort (default fp32; int8: build-ort --precision int8 engines, bar PSNR >= 25 dB).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
               help="Where ONNX Runtime runs (cuda: onnxruntime-gpu's CUDA provider).")
 @click.option("--cuda-graphs", is_flag=True, help="Run the engines as captured CUDA graphs.")
@@ -988,8 +1020,10 @@ def parity(
       python cli.py parity --package packages/tiny --schedulers all
       python cli.py parity --package packages/tiny --precision fp16 --schedulers euler_a,dpmpp_2m --guidance 7.5
       python cli.py parity --package packages/sd15 --device cuda --precision fp16 --reference-device cuda
+      python cli.py parity --package packages/sd15-random --precision int8 --schedulers euler_a --size 256
 
-    Bars: fp32 ONNX Runtime, max pixel difference <= 2/255; fp16 and TensorRT, PSNR >= 30 dB against diffusers fp32.
+    Bars: fp32 ONNX Runtime, max pixel difference <= 2/255; fp16 and TensorRT, PSNR >= 30 dB against diffusers fp32;
+    int8 (build-ort --precision int8), PSNR >= 25 dB.
     """
     from bench.parity import parity_report
     from runtime.schedulers import SHORT_NAMES, resolve_scheduler

@@ -59,14 +59,14 @@ class BackendChoice:
             raise ValueError(f"{text!r}: the backend is ort or trt (e.g. ort, ort-fp16, ort-fp16-graphs, trt)")
         precision, graphs, prebuilt = None, False, True
         for flag in flags:
-            if flag in ("fp32", "fp16") and precision is None:
+            if flag in ("fp32", "fp16", "int8") and precision is None:
                 precision = flag
             elif flag == "graphs" and not graphs:
                 graphs = True
             elif flag == "exported" and prebuilt and name == "ort":
                 prebuilt = False
             else:
-                raise ValueError(f"{text!r}: {flag!r} is not fp32, fp16, graphs or exported (e.g. ort-fp16-graphs)")
+                raise ValueError(f"{text!r}: {flag!r} is not fp32, fp16, int8, graphs or exported (e.g. ort-fp16-graphs)")
         return cls(name, precision, graphs, prebuilt)
 
     def ort_options(self, device: str, threads: int | None) -> OrtOptions:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.reference import reference_pipeline, run_reference
-from core.metrics import psnr
+from core.metrics import INT8_MIN_PSNR_DB, psnr
 from core.package import ModelPackage
 from runtime import Pipeline
 from runtime.images import save_png
@@ -86,7 +86,8 @@ def parity_report(
     pipe = Pipeline.from_package(package_path, backend=backend, precision=precision, device=device,
                                  cuda_graphs=cuda_graphs)
     strict = backend == "ort" and pipe.precision == "fp32"
-    bar = f"max pixel diff <= {FP32_MAX_PIXEL_DIFF}/255" if strict else f"PSNR >= {LOW_PRECISION_MIN_PSNR:g} dB"
+    min_psnr = INT8_MIN_PSNR_DB if pipe.precision == "int8" else LOW_PRECISION_MIN_PSNR
+    bar = f"max pixel diff <= {FP32_MAX_PIXEL_DIFF}/255" if strict else f"PSNR >= {min_psnr:g} dB"
     reference = reference_pipeline(package, device=reference_device)
     latents = np.random.default_rng(seed).standard_normal(
         (len(prompts), constants.latent_channels, height // constants.vae_scale_factor,
@@ -102,7 +103,7 @@ def parity_report(
             theirs = np.stack(run_reference(reference, prompts, latents, seeds, negatives, steps, guidance, scheduler))
             difference = int(np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).max())
             quality = psnr(ours, theirs, 255.0)
-            passed = difference <= FP32_MAX_PIXEL_DIFF if strict else quality >= LOW_PRECISION_MIN_PSNR
+            passed = difference <= FP32_MAX_PIXEL_DIFF if strict else quality >= min_psnr
             result = CaseResult(scheduler, guidance, difference, quality, passed, time.perf_counter() - tick)
             log.info("%-16s guidance %-5g max diff %3d/255  PSNR %6.1f dB  %s", scheduler, guidance, difference,
                      quality, "ok" if passed else "FAIL")

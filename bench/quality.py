@@ -76,8 +76,8 @@ def parse_quality_axis(text: str) -> tuple[str, tuple[Any, ...]]:
         values = tuple(AXES[key](item.strip()) for item in items.split(",") if item.strip())
     except ValueError:
         raise QualityError(f"{text!r}: values of {key} must be {AXES[key].__name__}") from None
-    if key == "precision" and not set(values) <= {"fp32", "fp16"}:
-        raise QualityError(f"{text!r}: precision is fp32 or fp16")
+    if key == "precision" and not set(values) <= {"fp32", "fp16", "int8"}:
+        raise QualityError(f"{text!r}: precision is fp32, fp16 or int8 (int8: build-ort --precision int8 first)")
     return key, values
 
 

@@ -308,6 +308,8 @@ def engine_weight_maps(package: ModelPackage, selection: Selection) -> dict[str,
     """The weight maps of the graphs ``selection`` runs, for every component of the family that takes a LoRA."""
     maps = {}
     engine_set = selection.engine_set
+    if selection.precision == "int8":
+        raise LoraError("LoRA cannot be merged into int8 weights: use the fp32 engines (--precision fp32) with LoRAs")
     for component in package.family.adapters:
         entry = engine_set.components.get(component) if engine_set is not None else None
         relative = entry.weight_map if entry is not None else package.variant(component, selection.precision).weight_map

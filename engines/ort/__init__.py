@@ -57,9 +57,11 @@ class OrtBackend:
                     f"(it has {', '.join(ort_sets) or 'none'}; TensorRT sets run with --backend trt)"
                 )
             return Selection(self.name, chosen.precision, chosen)
+        on_cuda = options.device == "cuda" or (options.device == "auto" and cuda_available())
+        if precision == "int8":
+            return self._select_int8(package, sets.get(ort_engine_set_name("int8", "cpu")), options, on_cuda)
         if not options.prebuilt:
             return Selection(self.name, precision)
-        on_cuda = options.device == "cuda" or (options.device == "auto" and cuda_available())
         found = sets.get(ort_engine_set_name(precision, "cuda" if on_cuda else "cpu"))
         if not isinstance(found, OrtEngineSet):
             return Selection(self.name, precision)
@@ -70,6 +72,21 @@ class OrtBackend:
             return Selection(self.name, precision)
         return Selection(self.name, precision, found)
 
+    def _select_int8(self, package: ModelPackage, found: object, options: OrtOptions, on_cuda: bool) -> Selection:
+        """int8 runs only from a ``build-ort --precision int8`` set, and only when asked for: never a default."""
+        if on_cuda:
+            raise EngineError("int8 engines run on ONNX Runtime's CPU provider; on a GPU use --precision fp16")
+        if not isinstance(found, OrtEngineSet):
+            raise EngineError(f"{package.root} has no int8 engines for this CPU ({ort_engine_set_name('int8', 'cpu')}); "
+                              f"build them with `python cli.py build-ort --package {package.root} --precision int8`")
+        installed = import_onnxruntime().__version__
+        if found.library_version != installed:
+            raise EngineError(f"engines/{found.name} was built with onnxruntime {found.library_version}, this is "
+                              f"{installed}: run build-ort --precision int8 again")
+        if not options.prebuilt:
+            raise EngineError("int8 has no exported ONNX to fall back to: it needs its build-ort engines (prebuilt)")
+        return Selection(self.name, "int8", found)
+
     def open(
         self, package: ModelPackage, selection: Selection, components: Sequence[str], request: OpenRequest
     ) -> dict[str, EngineBase]:
@@ -78,7 +95,8 @@ class OrtBackend:
         engines: dict[str, EngineBase] = {}
         try:
             for component in components:
-                variant = package.variant(component, selection.precision)
+                # An int8 set quantizes the fp32 export; its specs (float32 I/O) are the fp32 variant's.
+                variant = package.variant(component, "fp32" if selection.precision == "int8" else selection.precision)
                 entry = engine_set.components.get(component) if isinstance(engine_set, OrtEngineSet) else None
                 if entry is None:
                     files, path, component_options = variant.files, package.path(variant.onnx), options
@@ -87,8 +105,10 @@ class OrtBackend:
                     files, path, component_options = entry.files, package.path(entry.graph), options
                 else:
                     # Optimised once already; without prepacking the weights stay memory-mapped and a session opens
-                    # in a fraction of a second (measured: same step time, see BENCHMARKS.md).
-                    config = {"session.disable_prepacking": "1", **options.session_config}
+                    # in a fraction of a second (measured: same step time, see BENCHMARKS.md). Not for int8: its
+                    # integer kernels repack unpacked weights on every call (sd15 UNet, 32x32: 2.3 s vs 1.3 s a step).
+                    prepack = {} if selection.precision == "int8" else {"session.disable_prepacking": "1"}
+                    config = {**prepack, **options.session_config}
                     files, path = entry.files, package.path(entry.graph)
                     component_options = replace(options, graph_optimization="disable", session_config=config)
                 for relative in files:

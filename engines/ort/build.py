@@ -18,13 +18,15 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from core.manifest import EngineEntry, EngineSet, OrtEngineEntry, OrtEngineSet
-from core.metrics import verification_dims, verify_outputs
+from core.metrics import verification_dims, verify_on_feeds, verify_outputs
 from core.package import ModelPackage
 from engines.build import BuildJob, BuildOutcome, Compiled, build_engine_set
 from engines.errors import EngineError
@@ -34,6 +36,13 @@ from engines.ort.targets import TARGETS, ort_engine_set_name, target_tag
 log = logging.getLogger(__name__)
 
 ORT_BUILD_SCHEMA = 3  # 3: weight maps
+PRECISIONS = ("fp32", "fp16", "int8")
+QUANTIZED_COMPONENTS = ("unet",)
+"""What ``--precision int8`` quantizes; the other components of an int8 set are built as for fp32."""
+INT8_HELD_OUT = "int8-held-out.npz"
+_FEED_ORDER = ("sample", "timestep", "encoder_hidden_states")
+Calibration = Callable[[], Iterable[Mapping[str, Any]]]
+"""Recorded UNet inputs (float32 feeds) for int8 calibration, produced when the UNet is built."""
 _CHAIN_OPS = ("Reshape", "Transpose")
 
 
@@ -175,22 +184,39 @@ class OrtBuilder:
     precision: str = "fp32"
     target: str = "cpu"
     backend: str = "ort"
+    calibration: Calibration | None = field(default=None, compare=False)
+    """int8 only: the UNet inputs to calibrate activation ranges on (``runtime.calibration`` records them)."""
+    calibration_key: str = ""
+    """int8 only: what the calibration data depends on (prompts, steps, size), part of the build's cache key."""
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "fp16"):
-            raise EngineError(f"precision {self.precision!r} is not supported; choose fp32 or fp16")
+        if self.precision not in PRECISIONS:
+            raise EngineError(f"precision {self.precision!r} is not supported; choose {', '.join(PRECISIONS)}")
         if self.target not in TARGETS:
             raise EngineError(f"unknown build-ort target {self.target!r}; choose {' or '.join(TARGETS)}")
+        if self.precision == "int8" and self.target != "cpu":
+            raise EngineError("int8 engines are for ONNX Runtime's CPU provider; use fp16 for --target cuda")
+
+    @property
+    def source_precision(self) -> str:
+        """The exported ONNX a build starts from: int8 quantizes the fp32 export."""
+        return "fp32" if self.precision == "int8" else self.precision
+
+    def quantizes(self, component: str) -> bool:
+        return self.precision == "int8" and component in QUANTIZED_COMPONENTS
 
     def set_name(self, package: ModelPackage) -> str:
         return ort_engine_set_name(self.precision, self.target)
 
     def job(self, package: ModelPackage, component: str, progress: Callable[[str], None]) -> BuildJob:
-        variant = package.variant(component, self.precision)
-        key = hashlib.sha256(json.dumps({
+        variant = package.variant(component, self.source_precision)
+        inputs: dict[str, Any] = {
             "schema": ORT_BUILD_SCHEMA, "onnx": [package.manifest.files[f].sha256 for f in variant.files],
             "onnxruntime": import_onnxruntime().__version__, "target": target_tag(self.target),
-        }, sort_keys=True).encode()).hexdigest()
+        }
+        if self.quantizes(component):
+            inputs["int8"] = {"calibration": self.calibration_key}
+        key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
         return BuildJob(component, variant, package.manifest.files[variant.onnx].sha256, key)
 
     def compile(self, package: ModelPackage, job: BuildJob, work: Path, progress: Callable[[str], None]) -> Compiled:
@@ -200,6 +226,7 @@ class OrtBuilder:
 
         started = time.perf_counter()
         component = job.component
+        quantization: dict[str, Any] = {}
         progress(f"{component}: fusing attention ({job.source.onnx})")
         model, fused = fuse_attention(onnx.load(str(package.path(job.source.onnx))))
         if self.target == "cuda":
@@ -209,17 +236,46 @@ class OrtBuilder:
             fused_path = work / "fused.onnx"
             save_onnx(model, fused_path, external=True)
             del model
+            if self.quantizes(component):
+                fused_path = self._quantize(fused_path, work, progress, quantization)
             progress(f"{component}: {fused} attention blocks fused; optimising for this CPU and saving")
             open_session(fused_path, optimization="all", optimized_model=work / f"{component}.onnx")
             written = [work / f"{component}.onnx", work / f"{component}.onnx.data"]
-        report = {"fused_attention": fused, "target": target_tag(self.target)}
+        report = {"fused_attention": fused, "target": target_tag(self.target), **quantization}
         (work / f"{component}.build.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         files = [p.name for p in reversed(written) if p.is_file()]  # external data before the graph that names it
         files.append(f"{component}.build.json")
-        if job.source.weight_map is not None:
+        if job.source.weight_map is not None and not self.quantizes(component):  # int8 weights take no LoRA
             progress(f"{component}: finding the LoRA-changeable weights in the built graph")
             files.append(self._map_weights(package, job, work))
         return Compiled(tuple(files), time.perf_counter() - started, {"fused_attention": fused})
+
+    def _quantize(self, fused: Path, work: Path, progress: Callable[[str], None], report: dict[str, Any]) -> Path:
+        from engines.ort.quantize import cpu_has_int8_dot_product, quantize_unet
+
+        if self.calibration is None:
+            raise EngineError("int8 needs calibration data: build it with `cli.py build-ort --precision int8`, which "
+                              "records the UNet's inputs from the package's own denoising runs")
+        if not cpu_has_int8_dot_product():
+            log.warning("this CPU has no int8 dot-product instructions (VNNI); int8 still ran 1.7x faster than fp32 "
+                        "on such a CPU (BENCHMARKS.md, \"int8\"), but less than it would with them")
+        progress("unet: recording calibration inputs from the package's own denoising runs (fp32)")
+        recorded = list(self.calibration())
+        # Every 4th recorded input is held out of calibration: verify() judges the int8 graph on those.
+        held_out = recorded[3::4]
+        feeds = [f for k, f in enumerate(recorded) if k % 4 != 3]
+        if not held_out or not feeds:
+            raise EngineError(f"unet: {len(recorded)} recorded UNet inputs are too few to calibrate and verify int8 "
+                              "(give more --calibration-steps)")
+        np.savez(work / INT8_HELD_OUT, *[np.stack([f[name] for f in held_out]) for name in _FEED_ORDER],
+                 names=np.array(_FEED_ORDER))
+        progress(f"unet: quantizing to int8 on {len(feeds)} recorded UNet inputs ({len(held_out)} held out)")
+        quantized = work / "quantized.onnx"
+        try:
+            report["int8"] = quantize_unet(fused, quantized, feeds)
+        except ValueError as exc:
+            raise EngineError(f"unet: int8 quantization failed: {exc}") from exc
+        return quantized
 
     def _map_weights(self, package: ModelPackage, job: BuildJob, work: Path) -> str:
         """The built graph's weight map: the exported graph's weights found again (renamed, or reordered into
@@ -251,17 +307,28 @@ class OrtBuilder:
         built = open_session(work / f"{component}.onnx", optimization="disable")
         load_seconds = time.perf_counter() - tick
         vocab = len(json.loads(package.path("tokenizer/vocab.json").read_text(encoding="utf-8")))
-        verification = verify_outputs(
-            job.source.spec.with_float_dtype("float32"), self.precision, verification_dims(package.constants),
-            lambda feeds: run_session(exported, feeds), lambda feeds: run_session(built, feeds), vocab,
-        )
+        spec = job.source.spec.with_float_dtype("float32")
+        bar = "int8" if self.quantizes(component) else self.source_precision
+        if bar == "int8":
+            # Random inputs (text states of N(0, 1), say) lie outside every calibrated range; real ones do not.
+            with np.load(work / INT8_HELD_OUT) as held:
+                stacked = {str(name): held[f"arr_{k}"] for k, name in enumerate(held["names"])}
+            cases = [({"held_out_call": k}, {name: values[k] for name, values in stacked.items()})
+                     for k in range(len(stacked["sample"]))]
+            verification = verify_on_feeds(spec, bar, cases, lambda feeds: run_session(exported, feeds),
+                                           lambda feeds: run_session(built, feeds))
+        else:
+            verification = verify_outputs(
+                spec, bar, verification_dims(package.constants),
+                lambda feeds: run_session(exported, feeds), lambda feeds: run_session(built, feeds), vocab,
+            )
         if not verification.passed:
             raise EngineError(f"{component}: the built graph misses the bar: {'; '.join(verification.failures)}")
         report_path = work / f"{component}.build.json"
         report = json.loads(report_path.read_text(encoding="utf-8"))
         report.update(verification=verification.to_json(), load_seconds=load_seconds)
         report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        progress(f"{component}: within the {self.precision} bar ({verification.describe()}); loads in {load_seconds:.1f}s")
+        progress(f"{component}: within the {bar} bar ({verification.describe()}); loads in {load_seconds:.1f}s")
         return {**verification.to_json(), "load_seconds": load_seconds}
 
     def entry(self, set_name: str, job: BuildJob, compiled: Compiled) -> EngineEntry:
@@ -288,6 +355,10 @@ def build_ort_engines(
     force: bool = False,
     progress: Callable[[str], None] | None = None,
     target: str = "cpu",
+    calibration: Calibration | None = None,
+    calibration_key: str = "",
 ) -> BuildOutcome:
-    """Build (or find up to date) the ``build-ort`` engine of every component for ``target`` (``cpu`` or ``cuda``)."""
-    return build_engine_set(package_path, OrtBuilder(precision, target), components, force, progress)
+    """Build (or find up to date) the ``build-ort`` engine of every component for ``target`` (``cpu`` or ``cuda``);
+    ``int8`` quantizes the UNet on ``calibration``'s recorded inputs (see ``engines.ort.quantize``)."""
+    builder = OrtBuilder(precision, target, calibration=calibration, calibration_key=calibration_key)
+    return build_engine_set(package_path, builder, components, force, progress)

@@ -76,7 +76,7 @@ def test_parity_rejects_unknown_scheduler(tiny_package: Path, tmp_path: Path) ->
     assert result.returncode == 2 and "unknown scheduler 'warp'" in result.stderr and "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("backends,fragment", [("ort-fp8", "'fp8' is not fp32, fp16, graphs or exported"),
+@pytest.mark.parametrize("backends,fragment", [("ort-fp8", "'fp8' is not fp32, fp16, int8, graphs or exported"),
                                                ("onnx", "the backend is ort or trt")])
 def test_bench_refuses_unknown_contenders(tiny_package: Path, backends: str, fragment: str) -> None:
     result = run_cli("bench", "--package", str(tiny_package), "--backends", backends, "--quick")

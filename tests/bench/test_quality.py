@@ -75,7 +75,7 @@ def test_quality_grid_is_every_combination_and_rejects_bad_axes() -> None:
     cases = grid_cases(axes, {"steps": 20, "guidance": 4.0, "scheduler": None, "precision": "fp32"})
     assert [(c["steps"], c["scheduler"]) for c in cases] == [(1, "euler"), (1, "ddim"), (4, "euler"), (4, "ddim")]
     assert {c["guidance"] for c in cases} == {4.0}
-    for bad, says in [("cfg=1", "KEY one of"), ("steps=a", "must be int"), ("precision=int8", "fp32 or fp16")]:
+    for bad, says in [("cfg=1", "KEY one of"), ("steps=a", "must be int"), ("precision=bf16", "fp32, fp16 or int8")]:
         with pytest.raises(QualityError, match=says):
             parse_quality_axis(bad)
     with pytest.raises(QualityError, match="twice"):

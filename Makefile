@@ -8,12 +8,11 @@ STAMP  := $(VENV)/.installed
 .PHONY: install test test-fast demo lint typecheck clean
 
 # torch goes in first, pinned: anything that asks for an unpinned torch would pull several GB of CUDA packages.
-# --no-compile: Python compiles what is imported when it is first imported, not every file of torch up front.
 $(STAMP): pyproject.toml constraints.txt scripts/patch_tensorrt_stubs.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet --no-compile torch==2.13.0
-	$(PIP) install --quiet --no-compile -c constraints.txt -e '.[export,ort,trt-rtx,bench,serve,ray,dev]'
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[export,ort,trt-rtx,bench,serve,ray,dev]'
 	$(PIP) install --quiet --no-deps tensorrt-stubs==10.13.0.35.1
 	$(PY) scripts/patch_tensorrt_stubs.py
 	touch $(STAMP)

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from engines.ort.targets import cpu_flags
+
 log = logging.getLogger(__name__)
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
@@ -31,14 +33,7 @@ VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 
 
 def cpu_has_int8_dot_product() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith(("flags", "Features")):
-                    return bool(set(line.split(":", 1)[1].split()) & set(VNNI_FLAGS))
-    except OSError:
-        pass
-    return False
+    return bool(cpu_flags() & set(VNNI_FLAGS))
 
 
 def nodes_to_quantize(model: Any, spatial_input: str = "sample") -> tuple[list[str], dict[str, int]]:

@@ -16,18 +16,23 @@ TARGETS = ("cpu", "cuda")
 
 
 @functools.cache
-def cpu_tag() -> str:
-    """The CPU family an NCHWc-optimised graph is specific to: machine and widest vector extension."""
-    machine = platform.machine().lower()
-    flags: set[str] = set()
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (``/proc/cpuinfo``; empty where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:
                 if line.startswith(("flags", "Features")):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
+    return frozenset()
+
+
+@functools.cache
+def cpu_tag() -> str:
+    """The CPU family an NCHWc-optimised graph is specific to: machine and widest vector extension."""
+    machine = platform.machine().lower()
+    flags = cpu_flags()
     for extension in ("avx512f", "avx2", "neon", "asimd"):
         if extension in flags:
             return f"cpu-{machine}-{extension}"

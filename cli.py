@@ -428,6 +428,18 @@ def _timingformat_table(timings: Any, images: int) -> str:
     return format_table(["stage", "time", "share", ""], rows) + f"\n{images} image(s)"
 
 
+def _pair_option(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    """``A,B`` -> (A, B) as integers; the pipeline checks the ranges."""
+    if value is None:
+        return None
+    parts = value.split(",")
+    try:
+        first, second = (int(part.strip()) for part in parts)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not two integers; give {param.metavar} such as 1024,1024") from None
+    return first, second
+
+
 @cli.command()
 @click.option("--package", required=True, type=click.Path(path_type=Path), help="Model package folder (from export).")
 @click.option("--prompt", "prompts", required=True, multiple=True, help="Prompt; repeat for a batch of prompts.")
@@ -489,6 +501,24 @@ def _timingformat_table(timings: Any, images: int) -> str:
 @click.option("--prompt-weighting", type=click.Choice(["webui", "compel"]), default="webui", show_default=True,
               help="With --long-prompts: webui scales token states and keeps each chunk's mean (AUTOMATIC1111); compel "
                    "scales them about the empty prompt and blends down-weighted words out (compel's REMOVE mode).")
+@click.option("--guidance-rescale", default=0.0, show_default=True, type=float,
+              help="Pull the guided prediction's spread back toward the conditional one's, 0 to 1 (diffusers' "
+                   "guidance_rescale; 0.7 suits zero-terminal-SNR models).")
+@click.option("--original-size", callback=_pair_option, metavar="HEIGHT,WIDTH",
+              help="SDXL: the size the model is told the training image had (default: the output size).")
+@click.option("--target-size", callback=_pair_option, metavar="HEIGHT,WIDTH",
+              help="SDXL base: the size the model is told to aim for (default: the output size).")
+@click.option("--crop-top-left", callback=_pair_option, metavar="TOP,LEFT",
+              help="SDXL: the crop corner the model is told of (default 0,0; larger values draw cropped-looking images).")
+@click.option("--negative-original-size", callback=_pair_option, metavar="HEIGHT,WIDTH",
+              help="SDXL: original size for the unconditional side (with --negative-target-size on base models).")
+@click.option("--negative-target-size", callback=_pair_option, metavar="HEIGHT,WIDTH",
+              help="SDXL base: target size for the unconditional side.")
+@click.option("--negative-crop-top-left", callback=_pair_option, metavar="TOP,LEFT",
+              help="SDXL: crop corner for the unconditional side (default 0,0).")
+@click.option("--aesthetic-score", type=float, help="SDXL refiner: aesthetic score conditioning (default 6).")
+@click.option("--negative-aesthetic-score", type=float,
+              help="SDXL refiner: aesthetic score of the unconditional side (default 2.5).")
 @click.option("--overwrite", is_flag=True, help="Replace PNGs that already exist (otherwise that is an error).")
 def generate(
     package: Path,
@@ -518,6 +548,15 @@ def generate(
     eta: float,
     long_prompts: bool,
     prompt_weighting: str,
+    guidance_rescale: float,
+    original_size: tuple[int, int] | None,
+    target_size: tuple[int, int] | None,
+    crop_top_left: tuple[int, int] | None,
+    negative_original_size: tuple[int, int] | None,
+    negative_target_size: tuple[int, int] | None,
+    negative_crop_top_left: tuple[int, int] | None,
+    aesthetic_score: float | None,
+    negative_aesthetic_score: float | None,
     overwrite: bool,
 ) -> None:
     """Generate images from a model package, without PyTorch: from a prompt, from a picture (--image) or repainting
@@ -541,6 +580,9 @@ def generate(
           --prompt "a (red:1.3) fox in [deep] snow, ((golden hour)) BREAK film grain, 35mm" --out weighted.png
       python cli.py generate --package packages/tiny --prompt "a red fox" --steps 20 \\
           --grid scheduler=euler,heun,dpm2,"DPM++ 2M SDE Karras",lms,deis --out samplers.png
+      python cli.py generate --package packages/sdxl-turbo --prompt "a red fox" --steps 1 --guidance 0 --out fox.png
+      python cli.py generate --package packages/sdxl --prompt "a red fox" --steps 30 --guidance 5 \\
+          --original-size 1024,1024 --target-size 1024,1024 --crop-top-left 0,0 --out fox.png
 
     PNGs carry their generation parameters (JSON) in a "parameters" text chunk. A timing table per stage ends the run.
     """
@@ -568,8 +610,13 @@ def generate(
             "scheduler": scheduler, "height": height, "width": width, "seed": seed, "image": init_image,
             "mask_image": mask_image, "strength": strength, "padding_mask_crop": padding_mask_crop,
             "sample_mode": sample_mode, "eta": eta, "long_prompts": long_prompts,
-            "prompt_weighting": prompt_weighting,
+            "prompt_weighting": prompt_weighting, "guidance_rescale": guidance_rescale,
         }
+        micro = {"original_size": original_size, "target_size": target_size, "crops_coords_top_left": crop_top_left,
+                 "negative_original_size": negative_original_size, "negative_target_size": negative_target_size,
+                 "negative_crops_coords_top_left": negative_crop_top_left, "aesthetic_score": aesthetic_score,
+                 "negative_aesthetic_score": negative_aesthetic_score}
+        arguments.update({name: value for name, value in micro.items() if value is not None})
         if not axes:
             progress = _StepProgress()
             result = pipe(list(prompts), num_images_per_prompt=images_per_prompt, callback=progress, **arguments)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +56,8 @@ def task_pipeline(reference: Reference, inpainting: bool) -> Any:
 
 
 def reference_pipeline(package: ModelPackage, device: str = "cpu", dtype: str = "fp32") -> Reference:
-    """diffusers' StableDiffusionPipeline over the package's own weights (digest-checked)."""
+    """diffusers' text-to-image pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline) over the package's own
+    weights (digest-checked)."""
     import torch
 
     from exporter.sources import SourceError, load_source_from_info
@@ -140,9 +141,11 @@ def run_reference(
     guidance: float = 7.5,
     scheduler: str | None = None,
     eta: float = 0.0,
+    extra: Mapping[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """diffusers' images (HxWx3 uint8, as its PIL output) for injected ``latents`` and per-image noise ``seeds``;
-    ``eta`` as the pipeline passes it to DDIM's and TCD's step."""
+    ``eta`` as the pipeline passes it to DDIM's and TCD's step; ``extra``: more keyword arguments of the call
+    (``guidance_rescale``, SDXL's micro-conditioning)."""
     import torch
 
     use_scheduler(reference, scheduler)
@@ -159,6 +162,7 @@ def run_reference(
             latents=torch.from_numpy(latents.copy()).to(device=reference.device, dtype=dtype),
             eta=eta,
             output_type="np",
+            **(extra or {}),
         ).images
     return list((np.asarray(images, dtype=np.float32) * 255).round().astype(np.uint8))
 

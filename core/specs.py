@@ -133,6 +133,31 @@ class PipelineConstants:
     unet_in_channels: int | None = None
     """Channels the UNet takes when they differ from the latents' (9 for inpainting UNets: latents, mask, masked
     image latents); None: ``latent_channels``."""
+    text_hidden_size_2: int | None = None
+    """SDXL: the second text encoder's hidden size (the UNet reads both encoders' hidden states side by side);
+    None for families with one text encoder."""
+    pad_token_2: str | None = None
+    """SDXL: the second tokenizer's pad token (``!`` for OpenCLIP bigG, where the first pads with the end token)."""
+    pooled_size: int | None = None
+    """SDXL: width of the pooled, projected prompt embedding the UNet reads as ``text_embeds``."""
+    time_ids: int | None = None
+    """SDXL: how many micro-conditioning numbers the UNet reads as ``time_ids`` (6: original size, crop corner,
+    target size; 5 for the refiner: original size, crop corner, aesthetic score)."""
+    force_zeros_for_empty_prompt: bool = False
+    """SDXL: guidance with no negative prompt uses zero embeddings, not the encoded empty prompt (the pipeline's
+    ``force_zeros_for_empty_prompt``)."""
+    force_upcast: bool = False
+    """The VAE overflows in fp16 (its config's ``force_upcast``): diffusers decodes in fp32."""
+
+    @property
+    def unet_text_size(self) -> int:
+        """Width of the text embeddings the UNet reads: one encoder's hidden size, or both side by side (SDXL)."""
+        return self.text_hidden_size + (self.text_hidden_size_2 or 0)
+
+    @property
+    def requires_aesthetics_score(self) -> bool:
+        """The SDXL refiner's micro-conditioning: an aesthetic score where the base model has a target size."""
+        return self.time_ids == 5
 
     @property
     def unet_channels(self) -> int:
@@ -163,6 +188,8 @@ class PipelineConstants:
                              f"{self.vae_scale_factor}")
         if not self.pad_token:
             raise ValueError("pad_token is empty")
+        if self.time_ids is not None and self.time_ids not in (5, 6):
+            raise ValueError(f"time_ids must be 5 (refiner) or 6 (base), got {self.time_ids}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -249,7 +249,9 @@ def _write_package(
     multiples = dim_multiples(constants)
     cases = verification_dims(constants)
     vocab_size = int(source.text_encoder.config.vocab_size)
-    written = _copy_tokenizer(source.tokenizer_dir, staging / "tokenizer")
+    written = _copy_tokenizer(source.tokenizer_dir, staging, "tokenizer")
+    if source.tokenizer_2_dir is not None:
+        written += _copy_tokenizer(source.tokenizer_2_dir, staging, "tokenizer_2")
     (staging / "scheduler").mkdir()
     shutil.copyfile(source.scheduler_config_path, staging / "scheduler" / "scheduler_config.json")
     written.append("scheduler/scheduler_config.json")
@@ -355,14 +357,16 @@ def _example_dims(constants: PipelineConstants) -> dict[str, int]:
     return symbolic_dims(2, 9 * factor, 13 * factor, factor, 2 * constants.text_max_length)
 
 
-def _copy_tokenizer(source_dir: Path, dest: Path) -> list[str]:
-    """The source's tokenizer files verbatim; vocab.json/merges.txt derived from tokenizer.json when absent."""
+def _copy_tokenizer(source_dir: Path, staging: Path, folder: str) -> list[str]:
+    """The source's tokenizer files verbatim into ``staging/folder``; vocab.json/merges.txt derived from tokenizer.json
+    when absent."""
+    dest = staging / folder
     dest.mkdir(parents=True)
     written = []
     for name in TOKENIZER_FILES:
         if (source_dir / name).is_file():
             shutil.copyfile(source_dir / name, dest / name)
-            written.append(f"tokenizer/{name}")
+            written.append(f"{folder}/{name}")
     if not (dest / "vocab.json").is_file() or not (dest / "merges.txt").is_file():
         tokenizer_json = source_dir / "tokenizer.json"
         if not tokenizer_json.is_file():
@@ -371,7 +375,7 @@ def _copy_tokenizer(source_dir: Path, dest: Path) -> list[str]:
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
         (dest / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False), encoding="utf-8")
         (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-        written += ["tokenizer/vocab.json", "tokenizer/merges.txt"]
+        written += [f"{folder}/vocab.json", f"{folder}/merges.txt"]
     if not (dest / "tokenizer_config.json").is_file():
         raise ExportError(f"{source_dir} has no tokenizer_config.json")
     return sorted(set(written))

@@ -60,12 +60,17 @@ PRESETS: dict[str, ModelPreset] = {
                                 "Stable Diffusion 1.5 inpainting (9-channel UNet)"),
     "sd2-inpaint": ModelPreset("sd2-inpaint", "sd2", "stabilityai/stable-diffusion-2-inpainting",
                                "Stable Diffusion 2 inpainting (512px, 9-channel UNet)"),
+    "tiny-xl": ModelPreset("tiny-xl", "sdxl", None,
+                           "SDXL architecture at tiny widths (two text encoders, text_time UNet), seeded random weights"),
 }
 
 DIFFUSERS_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
                        "inpaint": "StableDiffusionInpaintPipeline"}
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
-"""diffusers folders of these classes hold the same components (an inpainting model's UNet takes 9 channels)."""
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
+                       "StableDiffusionXLPipeline")
+"""diffusers folders of these classes hold the same components (an inpainting model's UNet takes 9 channels); an SDXL
+folder adds ``text_encoder_2`` and ``tokenizer_2``."""
+XL_PIPELINES = ("StableDiffusionXLPipeline",)
 
 HUB_PATTERNS = [
     "model_index.json",
@@ -73,6 +78,9 @@ HUB_PATTERNS = [
     "tokenizer/*",
     "text_encoder/config.json",
     "text_encoder/model.safetensors",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.safetensors",
+    "tokenizer_2/*",
     "unet/config.json",
     "unet/diffusion_pytorch_model.safetensors",
     "vae/config.json",
@@ -90,11 +98,19 @@ class SourceModels:
     tokenizer_dir: Path
     scheduler_config_path: Path
     info: dict[str, Any]
+    text_encoder_2: Any = None
+    """SDXL's second text encoder (``CLIPTextModelWithProjection``); None for one-encoder families."""
+    tokenizer_2_dir: Path | None = None
+    pipeline_options: dict[str, Any] = field(default_factory=dict)
+    """Pipeline-level settings from ``model_index.json`` (SDXL: ``force_zeros_for_empty_prompt``)."""
     _scratch: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
     _digest: str | None = field(default=None, repr=False)
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
+        modules = {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
+        if self.text_encoder_2 is not None:
+            modules["text_encoder_2"] = self.text_encoder_2
+        return modules
 
     def weights_sha256(self) -> str:
         """Digest of every parameter and buffer (name, dtype, shape, bytes) of the three models."""
@@ -121,6 +137,21 @@ class SourceModels:
         scheduler_class = getattr(diffusers, config.get("_class_name", ""), None)
         if scheduler_class is None:
             raise SourceError(f"{self.scheduler_config_path} names no diffusers scheduler class")
+        if self.family == "sdxl":
+            if task != "txt2img":
+                raise SourceError(f"no {task} reference for SDXL packages yet (text-to-image only)")
+            assert self.tokenizer_2_dir is not None
+            return diffusers.StableDiffusionXLPipeline(
+                vae=self.vae,
+                text_encoder=self.text_encoder,
+                text_encoder_2=self.text_encoder_2,
+                tokenizer=CLIPTokenizer.from_pretrained(str(self.tokenizer_dir)),
+                tokenizer_2=CLIPTokenizer.from_pretrained(str(self.tokenizer_2_dir)),
+                unet=self.unet,
+                scheduler=scheduler_class.from_config(config),
+                force_zeros_for_empty_prompt=bool(self.pipeline_options.get("force_zeros_for_empty_prompt", True)),
+                add_watermarker=False,
+            )
         pipeline_class = getattr(diffusers, DIFFUSERS_PIPELINES[task])
         return pipeline_class(
             vae=self.vae,
@@ -205,7 +236,7 @@ def _build_from_configs(preset: ModelPreset, seed: int) -> SourceModels:
     scheduler_path.parent.mkdir()
     shutil.copyfile(CONFIG_DIR / preset.name / "scheduler_config.json", scheduler_path)
     kind = "tiny" if preset.hub_id is None else "random"
-    return SourceModels(
+    source = SourceModels(
         family=preset.family,
         text_encoder=text_encoder.eval(),
         unet=unet.eval(),
@@ -215,6 +246,21 @@ def _build_from_configs(preset: ModelPreset, seed: int) -> SourceModels:
         info={"kind": kind, "model": preset.name, "seed": seed, "hub_id": preset.hub_id, "random_weights": True},
         _scratch=scratch,
     )
+    if preset.family == "sdxl":
+        from transformers import CLIPTextModelWithProjection
+
+        torch.manual_seed(seed + 3)
+        source.text_encoder_2 = CLIPTextModelWithProjection(
+            CLIPTextConfig(**_read_config(preset.name, "text_encoder_2"))).eval()
+        source.tokenizer_2_dir = write_clip_tokenizer(Path(scratch.name) / "tokenizer_2",
+                                                      _read_config(preset.name, "tokenizer_2_config"))
+        source.pipeline_options = _pipeline_options(_read_config(preset.name, "pipeline"))
+    return source
+
+
+def _pipeline_options(index: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a ``model_index.json`` that change what the pipeline computes."""
+    return {key: index[key] for key in ("force_zeros_for_empty_prompt", "requires_aesthetics_score") if key in index}
 
 
 def _load_bundled(preset: ModelPreset) -> SourceModels:
@@ -262,9 +308,10 @@ def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None =
         raise SourceError(
             f"{folder} holds a {pipeline_class}; diffship exports {', '.join(SUPPORTED_PIPELINES)} folders (SD 1.x / 2.x)"
         )
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+    xl = pipeline_class in XL_PIPELINES
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", *(("text_encoder_2", "tokenizer_2") if xl else ())):
         if not (folder / sub).is_dir():
-            raise SourceError(f"{folder} has no {sub}/ folder; it is not a complete StableDiffusionPipeline")
+            raise SourceError(f"{folder} has no {sub}/ folder; it is not a complete {pipeline_class}")
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -275,8 +322,17 @@ def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None =
         vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot load the models in {folder}: {str(exc).splitlines()[0]}") from exc
+    text_encoder_2 = None
+    if xl:
+        from transformers import CLIPTextModelWithProjection
+
+        try:
+            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2",
+                                                                         torch_dtype=torch.float32).eval()
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"cannot load the models in {folder}: {str(exc).splitlines()[0]}") from exc
     if family is None:
-        family = "sd2" if unet.config.get("use_linear_projection") else "sd1"
+        family = "sdxl" if xl else "sd2" if unet.config.get("use_linear_projection") else "sd1"
     return SourceModels(
         family=family,
         text_encoder=text_encoder.eval(),
@@ -285,4 +341,7 @@ def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None =
         tokenizer_dir=folder / "tokenizer",
         scheduler_config_path=folder / "scheduler" / "scheduler_config.json",
         info=info,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2_dir=folder / "tokenizer_2" if xl else None,
+        pipeline_options=_pipeline_options(index),
     )

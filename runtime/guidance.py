@@ -35,37 +35,48 @@ def run_engine(engine: EngineBase, feeds: Mapping[str, np.ndarray]) -> dict[str,
 class ClassifierFreeGuidance:
     """Model output for a batch of latents, guided: ``uncond + w * (cond - uncond)`` from ONE UNet call on [uncond; cond].
 
-    With ``guidance_scale <= 1`` (or no unconditional embeddings) it is a plain conditional call on the batch, as
-    diffusers does. A batch of calls gives each image its own scale: an array [images, 1, 1, 1], all above 1 or none.
+    ``cond`` / ``uncond``: what the UNet reads besides latents and timestep, one row per image
+    (``encoder_hidden_states``; SDXL adds ``text_embeds`` and ``time_ids``). With ``guidance_scale <= 1`` (or no
+    unconditional side) it is a plain conditional call on the batch, as diffusers does. A batch of calls gives each
+    image its own scale: an array [images, 1, 1, 1], all above 1 or none. ``guidance_rescale`` > 0 pulls the guided
+    output's standard deviation back toward the conditional one's (diffusers' ``rescale_noise_cfg``, from "Common
+    Diffusion Noise Schedules and Sample Steps are Flawed", section 3.4).
     """
 
     def __init__(
         self,
         unet: EngineBase,
-        cond_embeddings: np.ndarray,
-        uncond_embeddings: np.ndarray | None,
+        cond: Mapping[str, np.ndarray],
+        uncond: Mapping[str, np.ndarray] | None,
         guidance_scale: float | np.ndarray,
+        guidance_rescale: float = 0.0,
     ) -> None:
         self.unet = unet
         self.guidance_scale = guidance_scale
-        self.enabled = uncond_embeddings is not None and bool(np.all(np.asarray(guidance_scale) > 1.0))
-        # Embeddings are the same every step: concatenate once.
-        self.embeddings = (
-            np.concatenate([uncond_embeddings, cond_embeddings]) if self.enabled and uncond_embeddings is not None
-            else cond_embeddings
+        self.guidance_rescale = guidance_rescale
+        self.enabled = uncond is not None and bool(np.all(np.asarray(guidance_scale) > 1.0))
+        # The conditioning is the same every step: concatenate once.
+        self.conditioning = (
+            {name: np.concatenate([uncond[name], value]) for name, value in cond.items()}
+            if self.enabled and uncond is not None else dict(cond)
         )
 
     def __call__(self, sample: np.ndarray, timestep: float) -> np.ndarray:
         batch = np.concatenate([sample, sample]) if self.enabled else sample
-        output = run_engine(
-            self.unet,
-            {
-                "sample": batch,
-                "timestep": np.full((len(batch),), timestep, dtype=np.float32),
-                "encoder_hidden_states": self.embeddings,
-            },
-        )["model_output"]
+        feeds = {"sample": batch, "timestep": np.full((len(batch),), timestep, dtype=np.float32), **self.conditioning}
+        output = run_engine(self.unet, feeds)["model_output"]
         if not self.enabled:
             return output
         uncond, cond = np.split(output, 2)
-        return uncond + self.guidance_scale * (cond - uncond)
+        guided = uncond + self.guidance_scale * (cond - uncond)
+        if self.guidance_rescale > 0:
+            guided = rescale_guidance(guided, cond, self.guidance_rescale)
+        return guided
+
+
+def rescale_guidance(guided: np.ndarray, cond: np.ndarray, rescale: float) -> np.ndarray:
+    """diffusers' ``rescale_noise_cfg``: each image's guided output scaled to the conditional output's standard
+    deviation (torch's unbiased estimate), blended with the unscaled one by ``rescale``."""
+    axes = tuple(range(1, guided.ndim))
+    ratio = cond.std(axis=axes, ddof=1, keepdims=True) / guided.std(axis=axes, ddof=1, keepdims=True)
+    return (rescale * (guided * ratio) + (1 - rescale) * guided).astype(np.float32)

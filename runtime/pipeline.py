@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -63,6 +63,7 @@ from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, schedu
 from runtime.starts import draw_order, starting_point
 from runtime.timing import StageTimer, Timings
 from runtime.tokenizer import CLIPTokenizer
+from runtime.xl import Conditioning, Size, XLTextEncoders
 
 if TYPE_CHECKING:
     from engines.ort import OrtOptions
@@ -125,11 +126,14 @@ class Pipeline:
         open_request: OpenRequest | None = None,
         selection: Selection | None = None,
         loras: Sequence[LoraRequest] = (),
+        tokenizer_2: CLIPTokenizer | None = None,
     ) -> None:
         self.package = package
         self.constants = package.constants
         self.engines = engines
         self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
+        """SDXL's second tokenizer (its own pad token); None for one-encoder families."""
         self.scheduler_config = scheduler_config
         self.backend = backend
         self.precision = precision
@@ -170,7 +174,7 @@ class Pipeline:
         package = ModelPackage.open(path)
         request = OpenRequest(precision=precision, engine_set=engine_set, device=device, threads=threads,
                               cuda_graphs=cuda_graphs, options=ort_options if backend == "ort" else None)
-        tokenizer, scheduler_config = _read_text_side(package)
+        tokenizer, tokenizer_2, scheduler_config = _read_text_side(package)
         chosen_backend = get_backend(backend)
         selection = chosen_backend.select(package, request)
         lora_requests = [LoraRequest.parse(lora) for lora in loras]
@@ -180,7 +184,7 @@ class Pipeline:
                          engine_set=selection.engine_set.name if selection.engine_set is not None else None)
         engines = chosen_backend.open(package, selection, package.family.txt2img, chosen)
         return cls(package, engines, tokenizer, scheduler_config, selection.backend, selection.precision, limits,
-                   chosen, selection, lora_requests)
+                   chosen, selection, lora_requests, tokenizer_2)
 
     def set_loras(self, loras: Sequence[LoraLike]) -> None:
         """Run with ``loras`` from now on (each ``path``, ``"path:scale"`` or ``(path, scale)``), in place of the ones
@@ -245,9 +249,27 @@ class Pipeline:
         long_prompts: bool = False,
         prompt_weighting: str = "webui",
         cancel: Cancel | None = None,
+        guidance_rescale: float = 0.0,
+        original_size: Size | None = None,
+        crops_coords_top_left: Size | None = None,
+        target_size: Size | None = None,
+        negative_original_size: Size | None = None,
+        negative_crops_coords_top_left: Size | None = None,
+        negative_target_size: Size | None = None,
+        aesthetic_score: float | None = None,
+        negative_aesthetic_score: float | None = None,
     ) -> Call:
         """Check a call's arguments (the same as ``__call__``'s) without running it: a ``Call`` for ``run_batch``, or
-        a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image."""
+        a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image.
+
+        SDXL packages also take the micro-conditioning (``original_size``, ``crops_coords_top_left``,
+        ``target_size`` as (height, width) / (top, left) pixels, their ``negative_*`` variants; the refiner's
+        ``aesthetic_score``), as diffusers' StableDiffusionXLPipeline does."""
+        micro = {"original_size": original_size, "crops_coords_top_left": crops_coords_top_left,
+                 "target_size": target_size, "negative_original_size": negative_original_size,
+                 "negative_crops_coords_top_left": negative_crops_coords_top_left,
+                 "negative_target_size": negative_target_size, "aesthetic_score": aesthetic_score,
+                 "negative_aesthetic_score": negative_aesthetic_score}
         inputs = read_image_inputs(image, mask_image, strength, sample_mode, padding_mask_crop)
         self._check_task(inputs)
         if inputs is not None:
@@ -262,6 +284,7 @@ class Pipeline:
             guidance_scale, scheduler, height, width, seed, num_images_per_prompt, injected, callback,
             draws=self._draw_order(inputs), strength=inputs.strength if inputs is not None else None,
             eta=eta, long_prompts=long_prompts, prompt_weighting=prompt_weighting,
+            guidance_rescale=guidance_rescale, micro=micro,
         )
         if cancel is not None and not callable(cancel):
             raise PipelineInputError(f"cancel must be callable (returning True to stop), got {type(cancel).__name__}")
@@ -302,8 +325,8 @@ class Pipeline:
         guided = request.guidance_scale > 1.0
 
         embeddings = [self._embed(call.request, guided, timer) for call in calls]
-        cond_embeddings = np.concatenate([cond for cond, _ in embeddings])
-        uncond_embeddings = np.concatenate([uncond for _, uncond in embeddings]) if guided else None
+        cond = _stack([cond for cond, _ in embeddings])
+        uncond = _stack([uncond for _, uncond in embeddings if uncond is not None]) if guided else None
 
         generators = [np.random.default_rng(s) for call in calls for s in call.request.seeds]
         draws = self._initial_draws(calls, generators)
@@ -313,8 +336,8 @@ class Pipeline:
         with timer.stage("vae_encode") if task is not None else contextlib.nullcontext():
             start = starting_point(self.constants, task, draws, sampler, first, len(generators), self._encode_image)
         latents = start.latents
-        denoise = ClassifierFreeGuidance(self.engines["unet"], cond_embeddings, uncond_embeddings,
-                                         guidance_scales(calls))
+        denoise = ClassifierFreeGuidance(self.engines["unet"], cond, uncond, guidance_scales(calls),
+                                         request.guidance_rescale)
         rows = image_slices(calls)
         outcomes: list[GenerationResult | PipelineError | None] = [None] * len(calls)
 
@@ -352,17 +375,25 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
 
-    def _embed(self, request: Request, guided: bool, timer: StageTimer) -> tuple[np.ndarray, np.ndarray | None]:
-        """One call's text embeddings (conditional, unconditional when guided), each image's row, prompt-major."""
+    def _embed(self, request: Request, guided: bool, timer: StageTimer) -> tuple[Conditioning, Conditioning | None]:
+        """One call's UNet conditioning (conditional, unconditional when guided), each image's row, prompt-major."""
+        if request.micro is not None:
+            assert self.tokenizer_2 is not None
+            encoders = XLTextEncoders(self.constants, (self.tokenizer, self.tokenizer_2), self.engines)
+            with timer.stage("text_encoder"):
+                return encoders.conditioning(request.prompts, request.negative_prompts, guided,
+                                             request.images_per_prompt, request.micro, request.height, request.width)
         negatives = request.negative_prompts or [""] * len(request.prompts)
         if request.long_prompts:
             with timer.stage("text_encoder"):
-                return self._encode_long(request.prompts, negatives if guided else None, request)
-        with timer.stage("tokenize"):
-            cond_ids = self._tokenize(request.prompts)
-            uncond_ids = self._tokenize(negatives) if guided else None
-        with timer.stage("text_encoder"):
-            return self._encode_text(cond_ids, uncond_ids, request.images_per_prompt)
+                cond, uncond = self._encode_long(request.prompts, negatives if guided else None, request)
+        else:
+            with timer.stage("tokenize"):
+                cond_ids = self._tokenize(request.prompts)
+                uncond_ids = self._tokenize(negatives) if guided else None
+            with timer.stage("text_encoder"):
+                cond, uncond = self._encode_text(cond_ids, uncond_ids, request.images_per_prompt)
+        return {"encoder_hidden_states": cond}, None if uncond is None else {"encoder_hidden_states": uncond}
 
     def _stop_cancelled(self, calls: list[Call], outcomes: list[Any], i: int, sampler: Scheduler) -> None:
         for index, call in enumerate(calls):
@@ -478,6 +509,9 @@ class Pipeline:
     def _check_task(self, inputs: ImageInputs | None) -> None:
         """The package can do what is asked (an inpainting UNet needs a mask; an image needs a VAE encoder, opened
         here on first use)."""
+        if inputs is not None and self.package.family.name == "sdxl":
+            raise PipelineInputError("image-to-image and inpainting are not available for SDXL packages yet "
+                                     "(text-to-image only)")
         if self.constants.inpainting_unet and (inputs is None or inputs.mask is None):
             raise PipelineInputError(
                 f"this package's UNet is an inpainting UNet ({self.constants.unet_channels} input channels: latents, "
@@ -562,6 +596,9 @@ class Pipeline:
                     "seed": seed,
                     "steps": request.steps,
                     "guidance_scale": request.guidance_scale,
+                    **({"guidance_rescale": request.guidance_rescale} if request.guidance_rescale else {}),
+                    **({"micro_conditioning": {k: v for k, v in asdict(request.micro).items() if v is not None}}
+                       if request.micro is not None else {}),
                     "scheduler": request.scheduler or scheduler.class_name,
                     **({"eta": request.eta} if request.eta else {}),
                     **({"long_prompts": True, "prompt_weighting": request.prompt_weighting}
@@ -583,15 +620,21 @@ SIZED_INPUTS = (("unet", "sample", True), ("vae_decoder", "latent_sample", True)
 """The inputs whose profile bounds the request's size: (component, input, whether its size is in latents)."""
 
 
-def _read_text_side(package: ModelPackage) -> tuple[CLIPTokenizer, dict[str, Any]]:
-    """The tokenizer and the scheduler config, every file checked against the manifest before it is read."""
-    listed = sorted(relative for relative in package.manifest.files if relative.startswith("tokenizer/"))
-    for required in ("tokenizer/vocab.json", "tokenizer/merges.txt", "tokenizer/tokenizer_config.json"):
-        if required not in listed:
-            raise PackageError(f"{package.root}: the manifest lists no {required}; re-export the package")
+def _read_tokenizer(package: ModelPackage, folder: str) -> CLIPTokenizer:
+    """A tokenizer folder of the package, every file checked against the manifest before it is read."""
+    listed = sorted(relative for relative in package.manifest.files if relative.startswith(f"{folder}/"))
+    for required in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        if f"{folder}/{required}" not in listed:
+            raise PackageError(f"{package.root}: the manifest lists no {folder}/{required}; re-export the package")
     for relative in listed:
         package.verify_file(relative)
-    tokenizer = CLIPTokenizer.from_dir(package.path("tokenizer"), max_length=package.constants.text_max_length)
+    return CLIPTokenizer.from_dir(package.path(folder), max_length=package.constants.text_max_length)
+
+
+def _read_text_side(package: ModelPackage) -> tuple[CLIPTokenizer, CLIPTokenizer | None, dict[str, Any]]:
+    """The tokenizer(s) and the scheduler config, every file checked against the manifest before it is read."""
+    tokenizer = _read_tokenizer(package, "tokenizer")
+    tokenizer_2 = _read_tokenizer(package, "tokenizer_2") if "text_encoder_2" in package.family.components else None
     config_path = package.verify_file("scheduler/scheduler_config.json")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -605,7 +648,12 @@ def _read_text_side(package: ModelPackage) -> tuple[CLIPTokenizer, dict[str, Any
             make_scheduler(name, config, 1)  # a hand-edited config fails here, not in the middle of a request
         except SchedulerError as exc:
             raise PackageError(f"{config_path}: {exc}") from None
-    return tokenizer, config
+    return tokenizer, tokenizer_2, config
+
+
+def _stack(parts: list[Conditioning]) -> Conditioning:
+    """The calls' conditioning, one batch: each input's rows in call order."""
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def _draw(generators: list[np.random.Generator], shape: tuple[int, ...]) -> np.ndarray:

@@ -20,6 +20,7 @@ from core.specs import PipelineConstants
 from runtime.errors import PipelineInputError
 from runtime.prompts import WEIGHTINGS
 from runtime.schedulers import SchedulerError, resolve_scheduler
+from runtime.xl import MicroConditioning, check_micro_conditioning
 
 MAX_SEED = 2**63 - 1
 DECODE_BYTES_PER_PIXEL = 3072
@@ -57,6 +58,9 @@ class Request:
     eta: float = 0.0
     long_prompts: bool = False
     prompt_weighting: str = "webui"
+    guidance_rescale: float = 0.0
+    micro: MicroConditioning | None = None
+    """SDXL's size/crop (refiner: aesthetic score) conditioning; None for other families."""
 
     @property
     def batch(self) -> int:
@@ -110,6 +114,8 @@ def validate_request(
     eta: Any = 0.0,
     long_prompts: Any = False,
     prompt_weighting: Any = "webui",
+    guidance_rescale: Any = 0.0,
+    micro: Mapping[str, Any] | None = None,
 ) -> Request:
     """A checked request, or a PipelineInputError saying what was wrong and what is allowed.
 
@@ -164,8 +170,17 @@ def validate_request(
         raise PipelineInputError(f"long_prompts must be true or false, got {long_prompts!r:.60}")
     if prompt_weighting not in WEIGHTINGS:
         raise PipelineInputError(f"prompt_weighting must be one of {', '.join(WEIGHTINGS)}, got {prompt_weighting!r:.60}")
+    if isinstance(guidance_rescale, bool) or not isinstance(guidance_rescale, (int, float)) \
+            or not 0.0 <= guidance_rescale <= 1.0:
+        raise PipelineInputError(f"guidance_rescale must be a number from 0 to 1 (0: plain guidance; diffusers "
+                                 f"suggests 0.7 for zero-terminal-SNR models), got {guidance_rescale!r:.60}")
+    micro_conditioning = check_micro_conditioning(constants, micro or {})
+    if micro_conditioning is not None and long_prompts:
+        raise PipelineInputError("long_prompts is not available for SDXL packages yet; prompts are cut at "
+                                 f"{constants.text_max_length - 2} tokens")
     return Request(prompts, negatives, steps, guidance, scheduler, int(height), int(width), images_per_prompt,
-                   [seed + k for k in range(batch)], checked, float(eta), long_prompts, prompt_weighting)
+                   [seed + k for k in range(batch)], checked, float(eta), long_prompts, prompt_weighting,
+                   float(guidance_rescale), micro_conditioning)
 
 
 def _unused_draw(name: str, draws: Sequence[str]) -> str:

@@ -35,7 +35,7 @@ def _gpu_present() -> bool:
         return False
 
 
-EXPORT_FIXTURES = {"tiny_package", "tiny_v_package", "tiny_inpaint_package", "shapes_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files"}
+EXPORT_FIXTURES = {"tiny_package", "tiny_xl_package", "tiny_xl_dir", "tiny_v_package", "tiny_inpaint_package", "shapes_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files"}
 """Fixtures that export models with torch: a test using one is marked ``export`` (left out of make test-fast)."""
 
 
@@ -61,13 +61,35 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("packages")
 
 
-def _export(cache_dir: Path, model: str, name: str, dtypes: tuple[str, ...], exporter: str = "dynamo") -> Path:
+def _export(cache_dir: Path, model: str | None, name: str, dtypes: tuple[str, ...], exporter: str = "dynamo",
+            model_path: Path | None = None) -> Path:
     from exporter.onnx_export import ExportOptions
     from exporter.package import ExportRequest, export_package
 
     out = cache_dir / name
-    export_package(ExportRequest(out=out, model=model, dtypes=dtypes, options=ExportOptions(exporter=exporter)))
+    export_package(ExportRequest(out=out, model=model, model_path=model_path, dtypes=dtypes,
+                                 options=ExportOptions(exporter=exporter)))
     return out
+
+
+def _save_pretrained(cache_dir: Path, model: str) -> Path:
+    """The model's diffusers folder (``save_pretrained``), written once into the cache."""
+    from exporter.sources import load_source
+
+    folder = cache_dir / f"{model}-diffusers"
+    if not (folder / "model_index.json").is_file():
+        source = load_source(model)
+        staging = cache_dir / f".{model}-diffusers.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        source.diffusers_pipeline().save_pretrained(staging)
+        # save_pretrained writes every scheduler default explicitly (timestep_spacing "leading", ...), which
+        # changes what a swapped-in scheduler inherits. Keep the source's own file, as a hub folder has it and
+        # as the package holds it.
+        shutil.copyfile(source.scheduler_config_path, staging / "scheduler" / "scheduler_config.json")
+        source.close()
+        shutil.rmtree(folder, ignore_errors=True)
+        staging.rename(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -134,25 +156,20 @@ def packages(tiny_package: Path, tiny_v_package: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def pretrained_dirs(cache_dir: Path) -> dict[str, Path]:
     """``save_pretrained`` folders of the tiny models: what diffusers loads as the reference."""
-    from exporter.sources import load_source
+    return {model: _save_pretrained(cache_dir, model) for model in ("tiny", "tiny-v")}
 
-    folders = {}
-    for model in ("tiny", "tiny-v"):
-        folder = cache_dir / f"{model}-diffusers"
-        if not (folder / "model_index.json").is_file():
-            source = load_source(model)
-            staging = cache_dir / f".{model}-diffusers.partial"
-            shutil.rmtree(staging, ignore_errors=True)
-            source.diffusers_pipeline().save_pretrained(staging)
-            # save_pretrained writes every scheduler default explicitly (timestep_spacing "leading", ...), which
-            # changes what a swapped-in scheduler inherits. Keep the source's own file, as a hub folder has it and
-            # as the package holds it.
-            shutil.copyfile(source.scheduler_config_path, staging / "scheduler" / "scheduler_config.json")
-            source.close()
-            shutil.rmtree(folder, ignore_errors=True)
-            staging.rename(folder)
-        folders[model] = folder
-    return folders
+
+@pytest.fixture(scope="session")
+def tiny_xl_dir(cache_dir: Path) -> Path:
+    """``tiny-xl``'s StableDiffusionXLPipeline folder (``save_pretrained``): the parity reference's weights."""
+    return _save_pretrained(cache_dir, "tiny-xl")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_package(cache_dir: Path, tiny_xl_dir: Path) -> Path:
+    """SDXL tiny model, fp32 ONNX, exported from its diffusers folder as ``--model-path`` does (legacy exporter, for
+    CI time: seconds; every component is verified against torch at export)."""
+    return _export(cache_dir, None, "tiny-xl", ("fp32",), exporter="legacy", model_path=tiny_xl_dir)
 
 
 def images_alone_and_from_threads(pipe: Any, calls: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:

@@ -347,8 +347,10 @@ def convert_to_fp16(package: ModelPackage, component: str) -> ComponentVariant:
         package.verify_file(relative)
     model = onnx.load(str(package.path(source.onnx)))
     keep = [t.name for t in source.spec.inputs if t.name == "timestep"]
+    blocked_ops = DEFAULT_OP_BLOCK_LIST + FP32_KEPT_OPS
     converted = convert_float_to_float16(
-        model, keep_io_types=keep or False, disable_shape_infer=True, op_block_list=DEFAULT_OP_BLOCK_LIST + FP32_KEPT_OPS
+        model, keep_io_types=keep or False, disable_shape_infer=True, op_block_list=blocked_ops,
+        node_block_list=_constants_only_for(model, set(blocked_ops)),
     )
     converted = _deduplicate_and_sort(converted)
     relative = source.onnx.replace("model.onnx", "model_fp16.onnx")
@@ -396,6 +398,17 @@ def convert_to_fp16(package: ModelPackage, component: str) -> ComponentVariant:
 
     package.update_manifest(record)
     return variant
+
+
+def _constants_only_for(model: Any, ops: set[str]) -> list[str]:
+    """Constant nodes read only by ``ops`` (kept float32): the converter would otherwise halve a Resize's scales
+    written as a Constant node (the legacy exporter's way), and ONNX Runtime then rejects the graph."""
+    readers: dict[str, list[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    return [node.name for node in model.graph.node if node.op_type == "Constant" and node.name
+            and all(readers.get(output) and set(readers[output]) <= ops for output in node.output)]
 
 
 def _converted_weight_map(

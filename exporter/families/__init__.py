@@ -9,9 +9,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from core.errors import PackageError
-from exporter.families import stable_diffusion
+from exporter.families import sdxl, stable_diffusion
 
-WRAPPERS: dict[str, ModuleType] = {"sd1": stable_diffusion, "sd2": stable_diffusion}
+WRAPPERS: dict[str, ModuleType] = {"sd1": stable_diffusion, "sd2": stable_diffusion, "sdxl": sdxl}
 
 
 def family_wrappers(family: str) -> ModuleType:

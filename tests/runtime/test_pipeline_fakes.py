@@ -60,7 +60,8 @@ def test_guidance_is_one_unet_call_on_unconditional_then_conditional(package: Pa
     rng = np.random.default_rng(0)
     cond, uncond = (rng.standard_normal((1, 77, 32)).astype(np.float32) for _ in range(2))
     sample = rng.standard_normal((1, 4, 8, 8)).astype(np.float32)
-    guided = ClassifierFreeGuidance(unet, cond, uncond, 7.5)(sample, 500.0)
+    guided = ClassifierFreeGuidance(unet, {"encoder_hidden_states": cond}, {"encoder_hidden_states": uncond},
+                                    7.5)(sample, 500.0)
     call = unet.fn
     alone = {name: call({"sample": sample, "timestep": np.array([500.0], np.float32), "encoder_hidden_states": e})
              ["model_output"] for name, e in (("cond", cond), ("uncond", uncond))}

@@ -1,0 +1,87 @@
+"""Stable Diffusion XL on the torch side: the two text encoders' boundaries, the UNet with its added conditioning,
+and the constants (``core.families.sdxl`` holds the I/O contract). The VAE boundaries are SD's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.families.sdxl import COMPONENTS
+from core.specs import PipelineConstants
+from exporter.families import stable_diffusion
+from exporter.sources import SourceModels
+
+
+class XLTextEncoderBoundary(nn.Module):
+    """input_ids -> the penultimate layer's hidden states (what SDXL reads; diffusers' ``clip_skip`` None), and for
+    the second encoder its projected pooled output (``text_embeds``)."""
+
+    def __init__(self, text_encoder: Any, pooled: bool) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.pooled = pooled
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        output = self.text_encoder(input_ids=input_ids, output_hidden_states=True, return_dict=True)
+        hidden = output.hidden_states[-2]
+        if self.pooled:
+            return hidden, output.text_embeds
+        return hidden  # type: ignore[no-any-return]
+
+
+class XLUNetBoundary(stable_diffusion.UNetBoundary):
+    """(sample, timestep, encoder_hidden_states, text_embeds, time_ids) -> model output; up-sampling as SD's boundary
+    (any multiple of the VAE factor)."""
+
+    def forward(  # type: ignore[override]
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+        text_embeds: torch.Tensor, time_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        added = {"text_embeds": text_embeds, "time_ids": time_ids}
+        return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+
+
+def boundary_module(component: str, source: SourceModels) -> nn.Module:
+    if component == "text_encoder":
+        return XLTextEncoderBoundary(source.text_encoder, pooled=False).eval()
+    if component == "text_encoder_2":
+        return XLTextEncoderBoundary(source.text_encoder_2, pooled=True).eval()
+    if component == "unet":
+        return XLUNetBoundary(source.unet).eval()
+    if component in ("vae_decoder", "vae_encoder"):
+        return stable_diffusion.boundary_module(component, source)
+    raise ValueError(f"unknown component {component!r}; components are {', '.join(COMPONENTS)}")
+
+
+def adapter_root(component: str, source: SourceModels) -> nn.Module | None:
+    return {"unet": source.unet}.get(component)
+
+
+def derive_constants(source: SourceModels) -> PipelineConstants:
+    """SD's constants plus what the second encoder and the UNet's added conditioning need, read from the configs."""
+    base = stable_diffusion.derive_constants(source)
+    assert source.text_encoder_2 is not None and source.tokenizer_2_dir is not None
+    unet_config = source.unet.config
+    pooled = int(source.text_encoder_2.config.projection_dim)
+    time_ids, remainder = divmod(int(unet_config.projection_class_embeddings_input_dim) - pooled,
+                                 int(unet_config.addition_time_embed_dim))
+    if unet_config.addition_embed_type != "text_time" or remainder:
+        raise ValueError(f"the UNet is not an SDXL text_time UNet for a {pooled}-wide pooled prompt "
+                         f"(addition_embed_type {unet_config.addition_embed_type!r})")
+    tokenizer_config = json.loads((source.tokenizer_2_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    pad_token = tokenizer_config.get("pad_token", "<|endoftext|>")
+    if isinstance(pad_token, dict):
+        pad_token = pad_token["content"]
+    return replace(
+        base,
+        text_hidden_size_2=int(source.text_encoder_2.config.hidden_size),
+        pad_token_2=str(pad_token),
+        pooled_size=pooled,
+        time_ids=time_ids,
+        force_zeros_for_empty_prompt=bool(source.pipeline_options.get("force_zeros_for_empty_prompt", True)),
+        force_upcast=bool(source.vae.config.get("force_upcast", False)),
+    )

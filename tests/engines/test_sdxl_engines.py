@@ -1,0 +1,57 @@
+"""SDXL engines: build-ort and TensorRT-RTX ahead-of-time builds of ``tiny-xl`` cover both text encoders and the UNet's
+added conditioning inputs (``text_embeds``, ``time_ids``) in their shape profiles."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.package import ModelPackage
+from core.profiles import shape_request
+from core.specs import BuildConfig, Range
+
+COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+
+
+def test_sdxl_rtx_build_profiles_include_added_conditioning(tiny_xl_package: Path, tmp_path: Path) -> None:
+    pytest.importorskip("tensorrt_rtx")
+    from engines.tensorrt.build import BuildRequest, build_engines
+
+    package_path = tmp_path / "tiny-xl"
+    shutil.copytree(tiny_xl_package, package_path)
+    constants = ModelPackage.open(package_path).constants
+    request = BuildRequest(package_path, BuildConfig(backend="trt-rtx", precision="fp16", archs=("sm89",)),
+                           shape_request(constants, Range(1, 1, 2), Range(64, 64, 96), Range(64, 64, 96)))
+    build_engines(request)
+    package = ModelPackage.open(package_path)
+    engine_set = package.manifest.engines["trt-rtx-sm89-fp16"]
+    assert sorted(engine_set.components) == sorted(COMPONENTS)
+    unet = engine_set.components["unet"].profile.shapes
+    # Guided batch: twice the images; the pooled prompt and the six micro-conditioning numbers per row.
+    assert unet["text_embeds"] == ((1, constants.pooled_size), (2, constants.pooled_size), (4, constants.pooled_size))
+    assert unet["time_ids"] == ((1, 6), (2, 6), (4, 6))
+    assert unet["encoder_hidden_states"][2][2] == constants.text_hidden_size + constants.text_hidden_size_2
+    assert engine_set.components["text_encoder_2"].profile.shapes["input_ids"][2] == (4, 77)
+    assert package.verify_all() == []
+
+
+def test_sdxl_build_ort_engines_draw_what_the_exported_graphs_draw(tiny_xl_package: Path, tmp_path: Path) -> None:
+    from engines.ort.build import build_ort_engines
+    from runtime import Pipeline
+
+    package_path = tmp_path / "tiny-xl"
+    shutil.copytree(tiny_xl_package, package_path)
+    build_ort_engines(package_path)
+    built_sets = [name for name in ModelPackage.open(package_path).manifest.engines if name.startswith("ort-")]
+    assert built_sets
+    latents = np.random.default_rng(3).standard_normal((1, 4, 8, 12)).astype(np.float32)
+    call = dict(prompt="a lighthouse at dusk", negative_prompt="fog", num_inference_steps=3, guidance_scale=5.0,
+                height=64, width=96, latents=latents, seed=1)
+    with Pipeline.from_package(package_path, backend="ort", engine_set=built_sets[0], device="cpu") as built, \
+            Pipeline.from_package(tiny_xl_package, backend="ort", device="cpu") as plain:
+        assert built.engines["text_encoder_2"].spec.outputs[1].name == "text_embeds"
+        difference = np.abs(built(**call).images[0].astype(int) - plain(**call).images[0].astype(int)).max()
+    assert difference <= 2, f"max pixel difference {difference}/255"

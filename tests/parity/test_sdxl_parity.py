@@ -1,0 +1,134 @@
+"""SDXL end to end: runtime.Pipeline (ONNX Runtime, CPU) against diffusers' StableDiffusionXLPipeline loading the same
+``save_pretrained`` folder the package was exported from (``tiny-xl``: two text encoders, a text_time UNet with two
+transformer layers in a block). Same injected latents and per-step noise on both sides; bar: 2/255 in fp32
+(docs/design.md, "Parity bars")."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+diffusers = pytest.importorskip("diffusers")
+torch = pytest.importorskip("torch")
+
+from bench.reference import Reference, run_reference  # noqa: E402
+from runtime import Pipeline  # noqa: E402
+from runtime.schedulers import SHORT_NAMES  # noqa: E402
+
+PROMPTS = ["a red fox in the snow", "an astronaut riding a horse on the moon, highly detailed"]
+NEGATIVES = ["blurry", "low quality, watermark"]
+HEIGHT, WIDTH = 64, 96
+STEPS = 6
+SEED = 77
+
+
+@pytest.fixture(scope="module")
+def ours(tiny_xl_package: Path) -> Pipeline:
+    return Pipeline.from_package(tiny_xl_package, backend="ort", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_xl_dir: Path) -> Reference:
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(str(tiny_xl_dir), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return Reference(pipe, pipe.scheduler.config, "cpu", "fp32", 8)
+
+
+def latents_for(batch: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    return np.random.default_rng(5).standard_normal((batch, 4, height // 8, width // 8)).astype(np.float32)
+
+
+def compare(ours: Pipeline, reference: Reference, prompts: list[str], negatives: list[str] | None, guidance: float,
+            scheduler: str | None, steps: int = STEPS, images_per_prompt: int = 1, height: int = HEIGHT,
+            width: int = WIDTH, **extra: Any) -> int:
+    """The worst pixel difference between the two pipelines' images for the same call."""
+    latents = latents_for(len(prompts) * images_per_prompt, height, width)
+    actual = ours(prompts, negative_prompt=negatives, num_inference_steps=steps, guidance_scale=guidance,
+                  scheduler=scheduler, height=height, width=width, latents=latents, seed=SEED,
+                  num_images_per_prompt=images_per_prompt, **extra).images
+    seeds = [SEED + k for k in range(len(latents))]
+    repeated = [p for p in prompts for _ in range(images_per_prompt)]
+    repeated_negatives = None if negatives is None else [n for n in negatives for _ in range(images_per_prompt)]
+    expected = run_reference(reference, repeated, latents, seeds, repeated_negatives, steps, guidance, scheduler,
+                             extra=extra)
+    assert np.stack(actual).shape == np.stack(expected).shape == (len(latents), height, width, 3)
+    return int(np.abs(np.stack(actual).astype(int) - np.stack(expected).astype(int)).max())
+
+
+@pytest.mark.parametrize("scheduler", list(SHORT_NAMES))
+def test_sdxl_every_scheduler_matches_diffusers(scheduler: str, ours: Pipeline, reference: Reference) -> None:
+    worst = compare(ours, reference, PROMPTS, NEGATIVES, 5.0, scheduler)
+    assert worst <= 2, f"{scheduler}: max pixel difference {worst}/255"
+
+
+@pytest.mark.parametrize("guidance", [0.0, 1.0, 5.0])
+@pytest.mark.parametrize("negatives", ["none", "given", "empty-strings"])
+def test_sdxl_guidance_and_negative_prompts_match_diffusers(guidance: float, negatives: str, ours: Pipeline,
+                                                            reference: Reference) -> None:
+    # No negative prompt under guidance: zero embeddings (force_zeros_for_empty_prompt); "" given: the encoded "".
+    chosen = {"none": None, "given": NEGATIVES, "empty-strings": ["", ""]}[negatives]
+    worst = compare(ours, reference, PROMPTS, chosen, guidance, "euler")
+    assert worst <= 2, f"max pixel difference {worst}/255"
+
+
+def test_sdxl_without_force_zeros_matches_diffusers(ours: Pipeline, reference: Reference) -> None:
+    # A model whose pipeline does not set force_zeros_for_empty_prompt guides against the encoded "".
+    assert ours.constants.force_zeros_for_empty_prompt and reference.pipe.config.force_zeros_for_empty_prompt
+    saved = ours.constants
+    ours.constants = replace(saved, force_zeros_for_empty_prompt=False)
+    reference.pipe.register_to_config(force_zeros_for_empty_prompt=False)
+    try:
+        without = compare(ours, reference, PROMPTS, None, 5.0, "euler")
+    finally:
+        ours.constants = saved
+        reference.pipe.register_to_config(force_zeros_for_empty_prompt=True)
+    assert without <= 2, f"max pixel difference {without}/255"
+
+
+@pytest.mark.parametrize("micro", [
+    {"original_size": (512, 384), "target_size": (64, 96), "crops_coords_top_left": (16, 8)},
+    {"original_size": (128, 128), "negative_original_size": (32, 48), "negative_target_size": (64, 64),
+     "negative_crops_coords_top_left": (4, 0)},
+], ids=["positive", "negative"])
+def test_sdxl_micro_conditioning_matches_diffusers(micro: dict[str, Any], ours: Pipeline, reference: Reference) -> None:
+    # One prompt: with several images diffusers pairs negative time ids with the wrong half (runtime/xl.py).
+    worst = compare(ours, reference, PROMPTS[:1], NEGATIVES[:1], 5.0, "euler", **micro)
+    assert worst <= 2, f"max pixel difference {worst}/255"
+
+
+def test_sdxl_micro_conditioning_changes_the_image(ours: Pipeline) -> None:
+    latents = latents_for(1)
+    plain = ours(PROMPTS[0], num_inference_steps=2, guidance_scale=0.0, height=HEIGHT, width=WIDTH, latents=latents)
+    cropped = ours(PROMPTS[0], num_inference_steps=2, guidance_scale=0.0, height=HEIGHT, width=WIDTH, latents=latents,
+                   crops_coords_top_left=(256, 0))
+    assert int(np.abs(plain.images[0].astype(int) - cropped.images[0].astype(int)).max()) > 2
+
+
+def test_sdxl_guidance_rescale_and_images_per_prompt_match_diffusers(ours: Pipeline, reference: Reference) -> None:
+    worst = compare(ours, reference, PROMPTS, NEGATIVES, 7.0, "dpmpp_2m", images_per_prompt=2, guidance_rescale=0.7)
+    assert worst <= 2, f"max pixel difference {worst}/255"
+
+
+def test_sdxl_square_and_tall_sizes_match_diffusers(ours: Pipeline, reference: Reference) -> None:
+    for height, width in ((64, 64), (104, 56)):
+        worst = compare(ours, reference, PROMPTS[:1], None, 5.0, "euler_a", height=height, width=width)
+        assert worst <= 2, f"{height}x{width}: max pixel difference {worst}/255"
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+def test_sdxl_turbo_style_matches_diffusers(steps: int, ours: Pipeline, reference: Reference) -> None:
+    # SDXL-Turbo's package: Euler ancestral with trailing timestep spacing, guidance 0 (no unconditional batch).
+    turbo = {**ours.scheduler_config, "_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"}
+    saved_ours, saved_reference = ours.scheduler_config, reference.loaded_scheduler_config
+    ours.scheduler_config = turbo
+    reference.loaded_scheduler_config = diffusers.EulerAncestralDiscreteScheduler.from_config(
+        saved_reference, timestep_spacing="trailing").config
+    try:
+        worst = compare(ours, reference, PROMPTS, None, 0.0, None, steps=steps)
+    finally:
+        ours.scheduler_config, reference.loaded_scheduler_config = saved_ours, saved_reference
+    assert worst <= 2, f"{steps} steps: max pixel difference {worst}/255"

@@ -96,14 +96,18 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
         pipe(PROMPT, num_inference_steps=1, height=arguments.height, width=arguments.width, seed=0)
     else:
         import torch
-        from diffusers import StableDiffusionPipeline
+        from diffusers import DiffusionPipeline
 
         imported = time.perf_counter()
         if arguments.threads:
             torch.set_num_threads(arguments.threads)
         cuda = arguments.device in ("cuda", "auto") and torch.cuda.is_available()
-        pipe = StableDiffusionPipeline.from_pretrained(
-            arguments.pretrained, safety_checker=None, torch_dtype=torch.float16 if cuda else torch.float32
+        # The folder's own pipeline class (StableDiffusionPipeline, StableDiffusionXLPipeline); SD's without a
+        # safety checker, as the runtime has none.
+        index = json.loads((Path(arguments.pretrained) / "model_index.json").read_text(encoding="utf-8"))
+        extra = {"safety_checker": None} if "safety_checker" in index else {}
+        pipe = DiffusionPipeline.from_pretrained(
+            arguments.pretrained, torch_dtype=torch.float16 if cuda else torch.float32, **extra
         ).to("cuda" if cuda else "cpu")
         pipe.set_progress_bar_config(disable=True)
         loaded = time.perf_counter()

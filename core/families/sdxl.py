@@ -9,6 +9,7 @@ target size). Only the second encoder's pooled output is read, as in diffusers' 
 
 from __future__ import annotations
 
+from core.errors import PackageError
 from core.families.base import Family
 from core.families.stable_diffusion import io_contract as sd_io_contract
 from core.specs import ComponentSpec, PipelineConstants, TensorSpec
@@ -18,7 +19,8 @@ COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_enco
 
 def _xl_sizes(constants: PipelineConstants) -> tuple[int, int, int]:
     if constants.text_hidden_size_2 is None or constants.pooled_size is None or constants.time_ids is None:
-        raise ValueError("an sdxl package's constants need text_hidden_size_2, pooled_size and time_ids")
+        raise PackageError("an sdxl package's constants need text_hidden_size_2, pooled_size and time_ids; "
+                           "re-export the package")
     return constants.text_hidden_size_2, constants.pooled_size, constants.time_ids
 
 

@@ -1,5 +1,9 @@
 """Shared fixtures: tiny model packages exported once per session, and the diffusers folders they came from.
 
+The tests that need no exported package run first; meanwhile a second process (``python -m tests.packages``) exports
+the shared packages, each under a lock that the fixtures wait on, so the two cores overlap the exports with those
+tests. DIFFSHIP_TEST_PREFETCH=0 turns that off (the fixtures then export on first use).
+
 Set DIFFSHIP_TEST_CACHE=/some/dir to keep packages between runs while developing: the exporter skips an export
 whose inputs (weights, dtypes, exporter, versions) are unchanged, so a warm cache costs seconds.
 """
@@ -10,20 +14,48 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import packages as shared
+
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = pytest.StashKey[Path]()
+OWNED = pytest.StashKey[bool]()
+PREFETCH = pytest.StashKey["subprocess.Popen[bytes]"]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Verification records, reference copies for cold-start benchmarks: keep them out of the user's cache.
     if "DIFFSHIP_CACHE" not in os.environ:
-        import tempfile
-
         os.environ["DIFFSHIP_CACHE"] = tempfile.mkdtemp(prefix="diffship-test-cache-")
+    configured = os.environ.get("DIFFSHIP_TEST_CACHE")
+    config.stash[OWNED] = not configured
+    config.stash[PACKAGES] = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="diffship-test-packages-"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    wanted = sorted({name for item in session.items for name in getattr(item, "fixturenames", ())} & set(shared.MAKERS))
+    if not wanted or config.option.collectonly or os.environ.get("DIFFSHIP_TEST_PREFETCH", "1") == "0":
+        return
+    packages = config.stash[PACKAGES]
+    packages.mkdir(parents=True, exist_ok=True)
+    with open(packages / "prefetch.log", "ab") as log:
+        config.stash[PREFETCH] = subprocess.Popen([sys.executable, "-m", "tests.packages", str(packages), *wanted],
+                                                  cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    process = config.stash.get(PREFETCH, None)
+    if process is not None and process.poll() is None:
+        process.terminate()
+        process.wait(timeout=60)
+    if config.stash.get(OWNED, False):
+        shutil.rmtree(config.stash[PACKAGES], ignore_errors=True)
 
 
 def _gpu_present() -> bool:
@@ -43,6 +75,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if EXPORT_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.export)
+    # Tests without exports first (in their order), while the packages are exported beside them.
+    items.sort(key=lambda item: "export" in item.keywords)
     if _gpu_present():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU (none found: nvidia-smi missing or failing)")
@@ -52,70 +86,35 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    configured = os.environ.get("DIFFSHIP_TEST_CACHE")
-    if configured:
-        path = Path(configured)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("packages")
-
-
-def _export(cache_dir: Path, model: str | None, name: str, dtypes: tuple[str, ...], exporter: str = "dynamo",
-            model_path: Path | None = None) -> Path:
-    from exporter.onnx_export import ExportOptions
-    from exporter.package import ExportRequest, export_package
-
-    out = cache_dir / name
-    export_package(ExportRequest(out=out, model=model, model_path=model_path, dtypes=dtypes,
-                                 options=ExportOptions(exporter=exporter)))
-    return out
-
-
-def _save_pretrained(cache_dir: Path, model: str) -> Path:
-    """The model's diffusers folder (``save_pretrained``), written once into the cache."""
-    from exporter.sources import load_source
-
-    folder = cache_dir / f"{model}-diffusers"
-    if not (folder / "model_index.json").is_file():
-        source = load_source(model)
-        staging = cache_dir / f".{model}-diffusers.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        source.diffusers_pipeline().save_pretrained(staging)
-        # save_pretrained writes every scheduler default explicitly (timestep_spacing "leading", ...), which
-        # changes what a swapped-in scheduler inherits. Keep the source's own file, as a hub folder has it and
-        # as the package holds it.
-        shutil.copyfile(source.scheduler_config_path, staging / "scheduler" / "scheduler_config.json")
-        source.close()
-        shutil.rmtree(folder, ignore_errors=True)
-        staging.rename(folder)
-    return folder
+def cache_dir(pytestconfig: pytest.Config) -> Path:
+    """Where the shared packages are exported (DIFFSHIP_TEST_CACHE, or a folder removed at the end of the session)."""
+    path = pytestconfig.stash[PACKAGES]
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
 def tiny_package(cache_dir: Path) -> Path:
     """SD 1.x tiny model, fp32 and fp16 ONNX (dynamo exporter)."""
-    return _export(cache_dir, "tiny", "tiny", ("fp32", "fp16"))
+    return shared.tiny(cache_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_v_package(cache_dir: Path) -> Path:
-    """SD 2.x (v-prediction) tiny model, fp32 ONNX (legacy exporter: 10 s where dynamo fp32+fp16 takes two minutes of
-    CI; the dynamo exporter and fp16 are covered by ``tiny``, and the legacy exporter cannot write fp16 text encoders)."""
-    return _export(cache_dir, "tiny-v", "tiny-v", ("fp32",), exporter="legacy")
+    """SD 2.x (v-prediction) tiny model, fp32 ONNX (legacy exporter; see tests/packages.py)."""
+    return shared.tiny_v(cache_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_inpaint_package(cache_dir: Path) -> Path:
-    """SD 1.x tiny inpainting model (9-channel UNet), fp32 ONNX (legacy exporter: seconds where dynamo takes minutes;
-    both are verified against torch at export, odd latent sizes included)."""
-    return _export(cache_dir, "tiny-inpaint", "tiny-inpaint", ("fp32",), exporter="legacy")
+    """SD 1.x tiny inpainting model (9-channel UNet), fp32 ONNX (legacy exporter)."""
+    return shared.tiny_inpaint(cache_dir)
 
 
 @pytest.fixture(scope="session")
 def shapes_package(cache_dir: Path) -> Path:
-    """The trained shapes model (models/shapes), fp32 ONNX (legacy exporter, for CI time as with tiny-v)."""
-    return _export(cache_dir, "shapes", "shapes", ("fp32",), exporter="legacy")
+    """The trained shapes model (models/shapes), fp32 ONNX (legacy exporter)."""
+    return shared.shapes(cache_dir)
 
 
 @pytest.fixture(scope="session")
@@ -156,20 +155,19 @@ def packages(tiny_package: Path, tiny_v_package: Path) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def pretrained_dirs(cache_dir: Path) -> dict[str, Path]:
     """``save_pretrained`` folders of the tiny models: what diffusers loads as the reference."""
-    return {model: _save_pretrained(cache_dir, model) for model in ("tiny", "tiny-v")}
+    return shared.pretrained(cache_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_xl_dir(cache_dir: Path) -> Path:
     """``tiny-xl``'s StableDiffusionXLPipeline folder (``save_pretrained``): the parity reference's weights."""
-    return _save_pretrained(cache_dir, "tiny-xl")
+    return shared.save_pretrained(cache_dir, "tiny-xl")
 
 
 @pytest.fixture(scope="session")
 def tiny_xl_package(cache_dir: Path, tiny_xl_dir: Path) -> Path:
-    """SDXL tiny model, fp32 ONNX, exported from its diffusers folder as ``--model-path`` does (legacy exporter, for
-    CI time: seconds; every component is verified against torch at export)."""
-    return _export(cache_dir, None, "tiny-xl", ("fp32",), exporter="legacy", model_path=tiny_xl_dir)
+    """SDXL tiny model, fp32 ONNX, exported from its diffusers folder as ``--model-path`` does (legacy exporter)."""
+    return shared.tiny_xl(cache_dir)
 
 
 def images_alone_and_from_threads(pipe: Any, calls: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:

@@ -4,6 +4,11 @@ torch.onnx's dynamo exporter is the default; the legacy TorchScript exporter sta
 models). Whichever runs, the result is re-saved once so that the graph's inputs and outputs carry the spec's
 symbolic dimension names and all weights (over 1 KB) land in one external-data file, where the runtime can read the
 ones a LoRA changes without parsing the graph (``core.weights``).
+
+Modules whose weights pass ``STREAM_BYTES`` (SDXL's 10 GB UNet, its 2.8 GB second text encoder) go through the legacy
+exporter without their weights: the graph is traced with the parameters as inputs, and each parameter is then written
+straight from the torch module into the external-data file. The weights are never copied into a protobuf, which is
+what made a full-size SDXL export need several times its 10 GB of weights in memory.
 """
 
 from __future__ import annotations
@@ -29,10 +34,21 @@ DEFAULT_OPSET = 18
 ONNX_NAME = "model.onnx"
 
 
+STREAM_BYTES = 2 * 1024**3
+"""Parameters above this many bytes (the protobuf limit) are streamed (module docstring)."""
+INLINE_BYTES = 1024
+"""Smaller tensors stay inside the graph, as ``save_onnx`` leaves them."""
+DATA_ALIGNMENT = 4096
+"""Streamed tensors start on page boundaries, where ONNX Runtime memory-maps external data instead of copying it."""
+
+
 @dataclass(frozen=True)
 class ExportOptions:
     exporter: str = "dynamo"
     opset: int = DEFAULT_OPSET
+    stream_weights: bool | None = None
+    """Trace without weights and stream them into the data file (legacy exporter only); None: when the module's
+    parameters pass ``STREAM_BYTES``."""
 
     def __post_init__(self) -> None:
         if self.exporter not in EXPORTERS:
@@ -53,9 +69,17 @@ def export_component(
 ) -> list[Path]:
     """Export ``module`` into ``out_dir/file_name``; returns the files written (the ONNX file first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    stream = options.stream_weights
+    if stream is None:
+        stream = options.exporter == "legacy" and parameter_bytes(module) > STREAM_BYTES
     with tempfile.TemporaryDirectory(prefix="diffship-onnx-", dir=out_dir) as scratch:
         raw_path = Path(scratch) / "raw.onnx"
         with _quiet_exporter():
+            if stream:
+                if options.exporter != "legacy":
+                    raise ValueError("streamed weights need the legacy exporter (--exporter legacy)")
+                _export_legacy(module, spec, example, raw_path, options.opset, export_params=False)
+                return _finalize_streamed(raw_path, spec, module, out_dir / file_name)
             if options.exporter == "dynamo":
                 _export_dynamo(module, spec, example, raw_path, options.opset, multiples)
             else:
@@ -100,8 +124,13 @@ def _export_dynamo(
     program.save(str(path))
 
 
+def parameter_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
 def _export_legacy(
-    module: torch.nn.Module, spec: ComponentSpec, example: tuple[torch.Tensor, ...], path: Path, opset: int
+    module: torch.nn.Module, spec: ComponentSpec, example: tuple[torch.Tensor, ...], path: Path, opset: int,
+    export_params: bool = True,
 ) -> None:
     dynamic_axes = {
         tensor.name: {axis: d for axis, d in enumerate(tensor.shape) if isinstance(d, str)}
@@ -116,13 +145,61 @@ def _export_legacy(
         input_names=[t.name for t in spec.inputs],
         output_names=[t.name for t in spec.outputs],
         dynamic_axes=dynamic_axes,
-        do_constant_folding=True,
+        # Without the weights in the graph there is nothing to fold; ONNX Runtime and TensorRT fold when they load.
+        do_constant_folding=export_params,
+        export_params=export_params,
     )
 
 
 def _finalize(raw_path: Path, spec: ComponentSpec, dest: Path) -> list[Path]:
     """Name the graph's I/O dimensions as in ``spec`` and save, its weights in one external-data file."""
     model = onnx.load(str(raw_path), load_external_data=True)
+    _name_dimensions(model, spec)
+    return save_onnx(model, dest, external=True)
+
+
+def _finalize_streamed(raw_path: Path, spec: ComponentSpec, module: torch.nn.Module, dest: Path) -> list[Path]:
+    """A graph traced without weights (its parameters are inputs named as in the state dict): each parameter written
+    from the module into ``<dest>.data`` and turned into an initializer that points there."""
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(raw_path))
+    _name_dimensions(model, spec)
+    state = module.state_dict()
+    wanted = {t.name for t in spec.inputs}
+    data_path = dest.with_name(dest.name + ".data")
+    for stale in (dest, data_path):
+        stale.unlink(missing_ok=True)
+    kept, initializers = [], []
+    with open(data_path, "wb") as data:
+        for value in model.graph.input:
+            if value.name in wanted:
+                kept.append(value)
+                continue
+            if value.name not in state:
+                raise RuntimeError(f"the traced graph reads {value.name!r}, which is neither an input of the spec nor "
+                                   "a parameter of the module")
+            array = state[value.name].detach().cpu().contiguous().numpy()
+            if array.nbytes < INLINE_BYTES:
+                initializers.append(numpy_helper.from_array(array, value.name))
+                continue
+            tensor = TensorProto(name=value.name, dims=array.shape,
+                                 data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+            tensor.data_location = TensorProto.EXTERNAL
+            data.write(b"\0" * (-data.tell() % DATA_ALIGNMENT))
+            for key, entry in (("location", data_path.name), ("offset", str(data.tell())), ("length", str(array.nbytes))):
+                tensor.external_data.add(key=key, value=entry)
+            data.write(memoryview(array).cast("B"))
+            initializers.append(tensor)
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.graph.initializer.extend(initializers)
+    onnx.save_model(model, str(dest))
+    return [dest, data_path]
+
+
+def _name_dimensions(model: onnx.ModelProto, spec: ComponentSpec) -> None:
+    """The graph's inputs and outputs carry the spec's symbolic dimension names and fixed sizes."""
     graph_io = {v.name: v for v in (*model.graph.input, *model.graph.output)}
     for tensor in (*spec.inputs, *spec.outputs):
         value = graph_io.get(tensor.name)
@@ -136,7 +213,6 @@ def _finalize(raw_path: Path, spec: ComponentSpec, dest: Path) -> list[Path]:
                 proto_dim.dim_param = want
             else:
                 proto_dim.dim_value = want
-    return save_onnx(model, dest, external=True)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ skipped unless ``force``.
 from __future__ import annotations
 
 import copy
+import gc
 import hashlib
 import json
 import logging
@@ -262,7 +263,7 @@ def _write_package(
         reference = wrappers.boundary_module(component, source)
         feeds = random_feeds(specs[component], _example_dims(constants), np.random.default_rng(0), vocab_size)
         example = tuple(torch.from_numpy(feeds[t.name]) for t in specs[component].inputs)
-        for dtype in request.dtypes:
+        for dtype in _component_dtypes(component, constants, request.dtypes):
             label = f"{component} {dtype}"
             spec = specs[component].with_float_dtype(NUMPY_FLOAT[dtype])
             module = reference if dtype == "fp32" else copy.deepcopy(reference).half()
@@ -295,8 +296,7 @@ def _write_package(
                 raise ExportError(
                     f"{label} misses the parity bar ({verification.bar}): " + "; ".join(verification.failures)
                 )
-            if module is not reference:
-                del module
+            del module  # an fp16 copy goes now; the fp32 reference stays for the next dtype
             relative = [str(f.relative_to(staging)) for f in files]
             written += relative
             weight_map = None
@@ -314,6 +314,8 @@ def _write_package(
                 weight_map=weight_map,
             )
             reports.append(ComponentReport(component, dtype, size, seconds, verification))
+        del reference
+        _release_finished(source, component, family.components)
 
     manifest = Manifest(
         family=source.family,
@@ -334,6 +336,22 @@ def _write_package(
     return reports
 
 
+SOURCE_MODULES = {"text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "unet": "unet",
+                  "vae_decoder": "vae", "vae_encoder": "vae"}
+"""The source module each component is exported from."""
+
+
+def _release_finished(source: SourceModels, component: str, order: tuple[str, ...]) -> None:
+    """Let go of a source module no later component needs (a full-size SDXL export cannot hold every model and the
+    ONNX Runtime session that verifies the UNet at once). Its weights digest was taken before the export began."""
+    attribute = SOURCE_MODULES.get(component)
+    later = order[order.index(component) + 1:]
+    if attribute is None or any(SOURCE_MODULES.get(c) == attribute for c in later):
+        return
+    setattr(source, attribute, None)
+    gc.collect()
+
+
 def _write_weight_map(
     root: torch.nn.Module, component: str, dtype: str, graph: Path, graph_relative: str, progress: Callable[[str], None]
 ) -> str:
@@ -348,6 +366,14 @@ def _write_weight_map(
     path = graph.with_name(graph.name.removesuffix(".onnx") + ".weights.json")
     path.write_text(json.dumps(weight_map.to_json(), indent=1) + "\n", encoding="utf-8")
     return str(PurePosixPath(graph_relative).with_name(path.name))
+
+
+def _component_dtypes(component: str, constants: PipelineConstants, dtypes: tuple[str, ...]) -> tuple[str, ...]:
+    """The requested dtypes, and fp32 too for a VAE that overflows in fp16 (``force_upcast``): the runtime decodes
+    with it inside fp16 pipelines, as diffusers upcasts it."""
+    if constants.force_upcast and component in ("vae_decoder", "vae_encoder") and "fp32" not in dtypes:
+        return (*dtypes, "fp32")
+    return dtypes
 
 
 def _example_dims(constants: PipelineConstants) -> dict[str, int]:

@@ -62,6 +62,11 @@ PRESETS: dict[str, ModelPreset] = {
                                "Stable Diffusion 2 inpainting (512px, 9-channel UNet)"),
     "tiny-xl": ModelPreset("tiny-xl", "sdxl", None,
                            "SDXL architecture at tiny widths (two text encoders, text_time UNet), seeded random weights"),
+    "sdxl": ModelPreset("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "Stable Diffusion XL 1.0 base (1024px)"),
+    "sdxl-turbo": ModelPreset("sdxl-turbo", "sdxl", "stabilityai/sdxl-turbo",
+                              "SDXL-Turbo (512px, 1-4 steps, guidance 0; trailing Euler ancestral)"),
+    "sd-turbo": ModelPreset("sd-turbo", "sd2", "stabilityai/sd-turbo",
+                            "SD-Turbo (SD 2.1 distilled: 512px, 1-4 steps, guidance 0)"),
 }
 
 DIFFUSERS_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",

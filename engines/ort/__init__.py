@@ -25,6 +25,18 @@ __all__ = ["OrtBackend", "OrtEngine", "OrtOptions", "cpu_tag", "cuda_available",
 log = logging.getLogger(__name__)
 
 
+def component_dtype(package: ModelPackage, component: str, precision: str) -> str:
+    """Which export of ``component`` runs at ``precision``: an int8 set quantizes the fp32 export (its specs, float32
+    I/O, are the fp32 variant's); a VAE whose config sets ``force_upcast`` (SDXL's overflows in fp16) runs its fp32
+    export inside an fp16 pipeline, as diffusers upcasts it, when the package has one."""
+    if precision == "int8":
+        return "fp32"
+    upcast = package.constants.force_upcast and component in ("vae_decoder", "vae_encoder")
+    if precision == "fp16" and upcast and "fp32" in package.manifest.components.get(component, {}):
+        return "fp32"
+    return precision
+
+
 def default_precision(package: ModelPackage) -> str:
     """fp32 when every component was exported in it, else fp16."""
     dtypes = package.dtypes()
@@ -95,9 +107,11 @@ class OrtBackend:
         engines: dict[str, EngineBase] = {}
         try:
             for component in components:
-                # An int8 set quantizes the fp32 export; its specs (float32 I/O) are the fp32 variant's.
-                variant = package.variant(component, "fp32" if selection.precision == "int8" else selection.precision)
+                dtype = component_dtype(package, component, selection.precision)
+                variant = package.variant(component, dtype)
                 entry = engine_set.components.get(component) if isinstance(engine_set, OrtEngineSet) else None
+                if dtype != selection.precision and selection.precision != "int8":
+                    entry = None  # the set's graph is the other precision's: run the export itself
                 if entry is None:
                     files, path, component_options = variant.files, package.path(variant.onnx), options
                 elif isinstance(engine_set, OrtEngineSet) and engine_set.target == "cuda":

@@ -82,6 +82,9 @@ def test_export_bad_dtype(tmp_path: Path) -> None:
         (["--grid", "colour=1,2"], "KEY one of"),
         (["--grid", "steps=1", "--grid", "guidance=1", "--grid", "seed=1"], "at most two"),
         (["--precision", "fp64"], "--precision"),
+        (["--original-size", "1024,1024"], "original_size: SDXL micro-conditioning, and this package is not an SDXL"),
+        (["--crop-top-left", "top,left"], "--crop-top-left"),
+        (["--guidance-rescale", "2"], "guidance_rescale must be a number from 0 to 1"),
     ],
 )
 def test_generate_bad_input(tiny_package: Path, tmp_path: Path, arguments: list[str], fragment: str) -> None:
@@ -182,3 +185,21 @@ def test_a_prompt_with_bytes_that_are_not_utf8_is_one_line(tiny_package: Path, t
     stderr = result.stderr.decode("utf-8", "replace")
     assert result.returncode == 2 and "Traceback" not in stderr, stderr
     assert "not valid Unicode text" in stderr
+
+
+@pytest.mark.parametrize("arguments,fragment", [
+    (["--original-size", "0,512"], "original_size must be a pair of positive integers (height, width)"),
+    (["--crop-top-left", "-8,0"], "crops_coords_top_left must be a pair of integers >= 0 (top, left)"),
+    (["--target-size", "512"], "is not two integers; give HEIGHT,WIDTH"),
+    (["--aesthetic-score", "6"], "aesthetic_score conditions the SDXL refiner"),
+    (["--image", "in.png"], "image-to-image and inpainting are not available for SDXL packages yet"),
+])
+def test_generate_bad_sdxl_input(tiny_xl_package: Path, tmp_path: Path, arguments: list[str], fragment: str) -> None:
+    if "--image" in arguments:
+        from PIL import Image
+
+        Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
+        arguments = ["--image", str(tmp_path / "in.png")]
+    result = run_cli("generate", "--package", str(tiny_xl_package), "--prompt", "x", "--steps", "1",
+                     "--out", str(tmp_path / "o.png"), *arguments)
+    assert_one_line_error(result, fragment)

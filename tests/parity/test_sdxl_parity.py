@@ -61,7 +61,8 @@ def compare(ours: Pipeline, reference: Reference, prompts: list[str], negatives:
 
 @pytest.mark.parametrize("scheduler", list(SHORT_NAMES))
 def test_sdxl_every_scheduler_matches_diffusers(scheduler: str, ours: Pipeline, reference: Reference) -> None:
-    worst = compare(ours, reference, PROMPTS, NEGATIVES, 5.0, scheduler)
+    # One prompt here (two in the cases below): the loop per scheduler is what this covers.
+    worst = compare(ours, reference, PROMPTS[:1], NEGATIVES[:1], 5.0, scheduler)
     assert worst <= 2, f"{scheduler}: max pixel difference {worst}/255"
 
 

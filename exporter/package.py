@@ -348,8 +348,12 @@ def _release_finished(source: SourceModels, component: str, order: tuple[str, ..
     later = order[order.index(component) + 1:]
     if attribute is None or any(SOURCE_MODULES.get(c) == attribute for c in later):
         return
+    module = getattr(source, attribute)
+    large = module is not None and sum(t.numel() * t.element_size() for t in module.state_dict().values()) > 2**30
     setattr(source, attribute, None)
-    gc.collect()
+    del module
+    if large:  # a cycle could keep gigabytes alive until the collector happens to run; small modules are not worth it
+        gc.collect()
 
 
 def _write_weight_map(

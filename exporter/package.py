@@ -39,7 +39,7 @@ from core.progress import ElapsedLog
 from core.specs import PipelineConstants, dim_multiples, symbolic_dims
 from engines.weight_maps import map_weights
 from exporter.families import family_wrappers
-from exporter.onnx_export import ExportOptions, export_component
+from exporter.onnx_export import ExportOptions, export_component, parameter_bytes
 from exporter.sources import SourceModels, check_source_arguments, load_source
 from exporter.verify import check_onnx, verify_component
 from runtime.timing import peak_rss_bytes
@@ -349,7 +349,7 @@ def _release_finished(source: SourceModels, component: str, order: tuple[str, ..
     if attribute is None or any(SOURCE_MODULES.get(c) == attribute for c in later):
         return
     module = getattr(source, attribute)
-    large = module is not None and sum(t.numel() * t.element_size() for t in module.state_dict().values()) > 2**30
+    large = module is not None and parameter_bytes(module) > 2**30
     setattr(source, attribute, None)
     del module
     if large:  # a cycle could keep gigabytes alive until the collector happens to run; small modules are not worth it

@@ -3,7 +3,6 @@ and the constants (``core.families.sdxl`` holds the I/O contract). The VAE bound
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
@@ -72,14 +71,10 @@ def derive_constants(source: SourceModels) -> PipelineConstants:
     if unet_config.addition_embed_type != "text_time" or remainder:
         raise ValueError(f"the UNet is not an SDXL text_time UNet for a {pooled}-wide pooled prompt "
                          f"(addition_embed_type {unet_config.addition_embed_type!r})")
-    tokenizer_config = json.loads((source.tokenizer_2_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    pad_token = tokenizer_config.get("pad_token", "<|endoftext|>")
-    if isinstance(pad_token, dict):
-        pad_token = pad_token["content"]
     return replace(
         base,
         text_hidden_size_2=int(source.text_encoder_2.config.hidden_size),
-        pad_token_2=str(pad_token),
+        pad_token_2=stable_diffusion.read_pad_token(source.tokenizer_2_dir),
         pooled_size=pooled,
         time_ids=time_ids,
         force_zeros_for_empty_prompt=bool(source.pipeline_options.get("force_zeros_for_empty_prompt", True)),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -139,14 +140,19 @@ def adapter_root(component: str, source: SourceModels) -> nn.Module | None:
     return {"unet": source.unet, "text_encoder": source.text_encoder}.get(component)
 
 
+def read_pad_token(tokenizer_dir: Path) -> str:
+    """The pad token a tokenizer folder's config names (a string, or an AddedToken object's content)."""
+    config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    pad_token = config.get("pad_token", "<|endoftext|>")
+    return str(pad_token["content"] if isinstance(pad_token, dict) else pad_token)
+
+
 def derive_constants(source: SourceModels) -> PipelineConstants:
     """The numbers the runtime needs, read from the models' own configs (never assumed)."""
     unet_config, vae_config = source.unet.config, source.vae.config
     vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
     tokenizer_config = json.loads((source.tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    pad_token = tokenizer_config.get("pad_token", "<|endoftext|>")
-    if isinstance(pad_token, dict):
-        pad_token = pad_token["content"]
+    pad_token = read_pad_token(source.tokenizer_dir)
     sample_size = unet_config.sample_size
     height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
     return PipelineConstants(

@@ -482,8 +482,8 @@ def _pair_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--mask", "mask_image", type=click.Path(path_type=Path, dir_okay=False),
               help="Inpainting mask, the image's size: white = repaint, black = keep.")
 @click.option("--strength", type=float,
-              help="How much of the schedule to run from the image, in (0, 1] (default 0.8; 1.0 with --mask). Low keeps "
-                   "the image, 1.0 repaints it fully.")
+              help="How much of the schedule to run from the image, in (0, 1] (default 0.8, SDXL 0.3; 1.0 with "
+                   "--mask). Low keeps the image, 1.0 repaints it fully.")
 @click.option("--padding-mask-crop", type=int,
               help="Inpaint only a crop around the mask (grown by this many pixels) at the working size, then paste "
                    "it back: detail for small masks in big images.")
@@ -519,6 +519,12 @@ def _pair_option(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option("--aesthetic-score", type=float, help="SDXL refiner: aesthetic score conditioning (default 6).")
 @click.option("--negative-aesthetic-score", type=float,
               help="SDXL refiner: aesthetic score of the unconditional side (default 2.5).")
+@click.option("--refiner", type=click.Path(path_type=Path),
+              help="SDXL: an SDXL refiner package (or any SDXL package) that finishes what --package starts: the base "
+                   "denoises up to --denoising-end and hands its latents over, as diffusers' ensemble of experts.")
+@click.option("--denoising-end", type=float,
+              help="With --refiner: the fraction of the schedule the base runs before handing over, strictly between "
+                   "0 and 1 (default 0.8).")
 @click.option("--overwrite", is_flag=True, help="Replace PNGs that already exist (otherwise that is an error).")
 def generate(
     package: Path,
@@ -557,6 +563,8 @@ def generate(
     negative_crop_top_left: tuple[int, int] | None,
     aesthetic_score: float | None,
     negative_aesthetic_score: float | None,
+    refiner: Path | None,
+    denoising_end: float | None,
     overwrite: bool,
 ) -> None:
     """Generate images from a model package, without PyTorch: from a prompt, from a picture (--image) or repainting
@@ -583,6 +591,8 @@ def generate(
       python cli.py generate --package packages/sdxl-turbo --prompt "a red fox" --steps 1 --guidance 0 --out fox.png
       python cli.py generate --package packages/sdxl --prompt "a red fox" --steps 30 --guidance 5 \\
           --original-size 1024,1024 --target-size 1024,1024 --crop-top-left 0,0 --out fox.png
+      python cli.py generate --package packages/sdxl --refiner packages/sdxl-refiner --prompt "a red fox" \
+          --steps 40 --guidance 5 --denoising-end 0.8 --out fox.png
 
     PNGs carry their generation parameters (JSON) in a "parameters" text chunk. A timing table per stage ends the run.
     """
@@ -593,6 +603,11 @@ def generate(
     from runtime.images import save_png
 
     axes = _parse_grid(grid)
+    if denoising_end is not None and refiner is None:
+        raise click.UsageError("--denoising-end is where --refiner takes over: give --refiner PACKAGE too")
+    if refiner is not None and (axes or init_image is not None or mask_image is not None):
+        raise click.UsageError("--refiner finishes a text-to-image run: it takes no --grid, --image or --mask (refine "
+                               "a picture with --package REFINER --image PICTURE)")
     if axes and (len(prompts) > 1 or images_per_prompt > 1):
         raise click.UsageError("--grid takes one --prompt and one image per cell")
     if out.suffix.lower() != ".png":
@@ -601,10 +616,9 @@ def generate(
     targets = [out] if axes or count == 1 else [out.with_name(f"{out.stem}-{k:02d}.png") for k in range(count)]
     _check_outputs(targets, overwrite)
     seed = secrets.randbelow(2**31) if seed is None else seed
-    with Pipeline.from_package(
-        package, backend=backend, precision=precision, threads=threads, device=device, engine_set=engine_set,
-        cuda_graphs=cuda_graphs, loras=loras,
-    ) as pipe:
+    opening: dict[str, Any] = {"backend": backend, "precision": precision, "threads": threads, "device": device,
+               "engine_set": engine_set, "cuda_graphs": cuda_graphs}
+    with Pipeline.from_package(package, loras=loras, **opening) as pipe:
         arguments: dict[str, Any] = {
             "negative_prompt": negative_prompt, "num_inference_steps": steps, "guidance_scale": guidance,
             "scheduler": scheduler, "height": height, "width": width, "seed": seed, "image": init_image,
@@ -617,7 +631,9 @@ def generate(
                  "negative_crops_coords_top_left": negative_crop_top_left, "aesthetic_score": aesthetic_score,
                  "negative_aesthetic_score": negative_aesthetic_score}
         arguments.update({name: value for name, value in micro.items() if value is not None})
-        if not axes:
+        if refiner is not None:
+            handed = _run_base(pipe, list(prompts), images_per_prompt, arguments, denoising_end)
+        elif not axes:
             progress = _StepProgress()
             result = pipe(list(prompts), num_images_per_prompt=images_per_prompt, callback=progress, **arguments)
             progress.done()
@@ -626,13 +642,50 @@ def generate(
                 click.echo(f"wrote {path}  (seed {params['seed']})")
             click.echo(_timingformat_table(result.timings, len(result.images)))
             return
+        else:
+            progress = _StepProgress()
+            grid_result = sweep(pipe, prompts[0], axes, arguments, cell_callback=progress.cell)
+            progress.done()
+            save_png(grid_result.sheet, out, grid_result.parameters)
+            counts = [len(axis.values) for axis in axes]
+            click.echo(f"wrote {out}  ({' x '.join(map(str, counts))} grid, seed {seed})")
+            click.echo(_timingformat_table(grid_result.timings, math.prod(counts)))
+            return
+    # The base is closed before the refiner opens: two full-size SDXL UNets need not share memory.
+    with Pipeline.from_package(refiner, **opening) as second:
+        click.echo(f"refining in {refiner} from {handed.parameters[0]['denoising_end']:g} of the schedule")
         progress = _StepProgress()
-        grid_result = sweep(pipe, prompts[0], axes, arguments, cell_callback=progress.cell)
+        result = second(list(prompts), num_images_per_prompt=images_per_prompt, callback=progress,
+                        image=handed.latents, denoising_start=handed.parameters[0]["denoising_end"],
+                        **_refiner_arguments(arguments))
         progress.done()
-        save_png(grid_result.sheet, out, grid_result.parameters)
-        counts = [len(axis.values) for axis in axes]
-        click.echo(f"wrote {out}  ({' x '.join(map(str, counts))} grid, seed {seed})")
-        click.echo(_timingformat_table(grid_result.timings, math.prod(counts)))
+    for path, image, params in zip(targets, result.images, result.parameters, strict=True):
+        save_png(image, path, {**params, "base": handed.parameters[0]["model"]})
+        click.echo(f"wrote {path}  (seed {params['seed']})")
+    click.echo("base:\n" + _timingformat_table(handed.timings, len(result.images)))
+    click.echo("refiner:\n" + _timingformat_table(result.timings, len(result.images)))
+
+
+BASE_ONLY = ("height", "width", "image", "mask_image", "strength", "padding_mask_crop", "sample_mode", "target_size",
+             "negative_target_size", "aesthetic_score", "negative_aesthetic_score")
+"""Arguments of generate that the base of a hand-off takes and the refiner does not (the aesthetic scores go the
+other way); the size comes to the refiner with the latents."""
+
+
+def _run_base(pipe: Any, prompts: list[str], images_per_prompt: int, arguments: dict[str, Any],
+              denoising_end: float | None) -> Any:
+    """The base's part of a hand-off: its latents at ``denoising_end`` (default 0.8)."""
+    progress = _StepProgress()
+    base_arguments = {k: v for k, v in arguments.items() if k not in ("aesthetic_score", "negative_aesthetic_score")}
+    handed = pipe(prompts, num_images_per_prompt=images_per_prompt, callback=progress, output_type="latent",
+                  denoising_end=0.8 if denoising_end is None else denoising_end, **base_arguments)
+    progress.done()
+    return handed
+
+
+def _refiner_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in arguments.items() if k not in BASE_ONLY or k.endswith("aesthetic_score")}
+    return {k: v for k, v in kept.items() if v is not None or k == "negative_prompt"}
 
 
 def _check_outputs(paths: list[Path], overwrite: bool) -> None:

@@ -45,9 +45,19 @@ def task_pipeline(reference: Reference, inpainting: bool) -> Any:
     import diffusers
 
     name = "inpaint" if inpainting else "img2img"
+    if isinstance(reference.pipe, diffusers.StableDiffusionXLImg2ImgPipeline):
+        return reference.pipe
     if name not in reference.task_pipes:
-        task_class = diffusers.StableDiffusionInpaintPipeline if inpainting else diffusers.StableDiffusionImg2ImgPipeline
-        pipe: Any = task_class(**reference.pipe.components, requires_safety_checker=False)
+        pipe: Any
+        if isinstance(reference.pipe, diffusers.StableDiffusionXLPipeline):
+            if inpainting:
+                raise AssertionError("no SDXL inpainting reference: runtime.Pipeline does not inpaint with SDXL yet")
+            pipe = diffusers.StableDiffusionXLImg2ImgPipeline(
+                **reference.pipe.components, force_zeros_for_empty_prompt=reference.pipe.config.force_zeros_for_empty_prompt,
+                add_watermarker=False)
+        else:
+            task_class = diffusers.StableDiffusionInpaintPipeline if inpainting else diffusers.StableDiffusionImg2ImgPipeline
+            pipe = task_class(**reference.pipe.components, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         reference.task_pipes[name] = pipe
     pipe = reference.task_pipes[name]
@@ -76,7 +86,8 @@ def reference_pipeline(package: ModelPackage, device: str = "cpu", dtype: str = 
         # torch lets cuDNN convolutions use TF32 by default; an fp32 reference must compute in fp32.
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    pipe: Any = source.diffusers_pipeline()  # diffusers' stubs omit DiffusionPipeline's own methods
+    # The SDXL refiner's one pipeline is image-to-image. (diffusers' stubs omit DiffusionPipeline's own methods.)
+    pipe: Any = source.diffusers_pipeline("img2img" if source.family == "sdxl-refiner" else "txt2img")
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device=device, dtype=torch.float16) if dtype == "fp16" else pipe.to(device)
     return Reference(pipe, pipe.scheduler.config, device, dtype, package.constants.vae_scale_factor)
@@ -145,12 +156,14 @@ def run_reference(
 ) -> list[np.ndarray]:
     """diffusers' images (HxWx3 uint8, as its PIL output) for injected ``latents`` and per-image noise ``seeds``;
     ``eta`` as the pipeline passes it to DDIM's and TCD's step; ``extra``: more keyword arguments of the call
-    (``guidance_rescale``, SDXL's micro-conditioning)."""
+    (``guidance_rescale``, SDXL's micro-conditioning, ``denoising_end``; ``output_type="latent"`` returns each image's
+    float32 latents instead)."""
     import torch
 
     use_scheduler(reference, scheduler)
     height, width = latents.shape[2] * reference.vae_scale_factor, latents.shape[3] * reference.vae_scale_factor
     dtype = torch.float16 if reference.dtype == "fp16" else torch.float32
+    arguments = {"output_type": "np", **(extra or {})}
     with shared_noise(reference, seeds), torch.inference_mode():
         images = reference.pipe(
             list(prompts),
@@ -161,9 +174,15 @@ def run_reference(
             width=width,
             latents=torch.from_numpy(latents.copy()).to(device=reference.device, dtype=dtype),
             eta=eta,
-            output_type="np",
-            **(extra or {}),
+            **arguments,
         ).images
+    return _as_output(images, arguments["output_type"])
+
+
+def _as_output(images: Any, output_type: str) -> list[np.ndarray]:
+    """diffusers' output as runtime.Pipeline gives it: uint8 images (from ``np`` output) or float32 latents."""
+    if output_type == "latent":
+        return list(images.float().cpu().numpy())
     return list((np.asarray(images, dtype=np.float32) * 255).round().astype(np.uint8))
 
 
@@ -172,7 +191,8 @@ class ImageDraws:
     """The random draws of an image-to-image or inpainting call, as runtime.Pipeline takes them (each
     [batch, latent channels, h, w]); None where the call makes no such draw."""
 
-    start_noise: np.ndarray
+    start_noise: np.ndarray | None
+    """None when the call adds no noise at its start (SDXL's hand-off, ``denoising_start``)."""
     image_noise: np.ndarray | None = None
     masked_image_noise: np.ndarray | None = None
 
@@ -225,30 +245,36 @@ def run_reference_image_task(
     height: int | None = None,
     width: int | None = None,
     padding_mask_crop: int | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> list[np.ndarray]:
     """diffusers' StableDiffusionImg2ImgPipeline (no ``mask_image``) or StableDiffusionInpaintPipeline images (HxWx3
     uint8) over the reference's modules, with ``draws`` fed to its random draws in the order diffusers makes them.
 
     diffusers' inpainting pipeline encodes the image (and the masked image) once for the whole batch: its draws are
     row 0 of ``image_noise`` and ``masked_image_noise`` (a 4-channel UNet still encodes the masked image, unused: it
-    gets zeros). The image-to-image pipeline, given a generator per image, encodes each image with its own draw."""
+    gets zeros). The image-to-image pipeline, given a generator per image, encodes each image with its own draw.
+    SDXL references run StableDiffusionXLImg2ImgPipeline (``extra``: micro-conditioning, ``denoising_start``/``_end``,
+    ``output_type="latent"``); ``image`` may be a torch tensor of latents there."""
     import torch
 
     use_scheduler(reference, scheduler)
     inpainting = mask_image is not None
     pipe = task_pipeline(reference, inpainting)
     if inpainting:
+        assert draws.start_noise is not None
         zeros = np.zeros_like(draws.start_noise[:1])
         vae_draws = [d[:1] for d in (draws.image_noise,) if d is not None]
         vae_draws.append(draws.masked_image_noise[:1] if draws.masked_image_noise is not None else zeros)
     else:
         vae_draws = [draws.image_noise] if draws.image_noise is not None else []
-    arguments: dict[str, Any] = {"strength": strength}
+    arguments: dict[str, Any] = {"strength": strength, "output_type": "np" if padding_mask_crop is None else "pil",
+                                 **(extra or {})}
     if inpainting:
         arguments.update(mask_image=mask_image, height=height, width=width, padding_mask_crop=padding_mask_crop)
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]  # ignored by the fed draws
     with (_patched("diffusers.models.autoencoders.vae", _RowFeed(vae_draws, reference.device)),
-          _patched(type(pipe).__module__, _RowFeed([draws.start_noise], reference.device)),
+          _patched(type(pipe).__module__, _RowFeed([d for d in (draws.start_noise,) if d is not None],
+                                                   reference.device)),
           shared_noise(reference, seeds), torch.inference_mode()):
         images = pipe(
             list(prompts),
@@ -257,8 +283,7 @@ def run_reference_image_task(
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=generators,
-            output_type="np" if padding_mask_crop is None else "pil",
             **arguments,
         ).images
     return [np.asarray(image) for image in images] if padding_mask_crop is not None else \
-        list((np.asarray(images, dtype=np.float32) * 255).round().astype(np.uint8))
+        _as_output(images, arguments["output_type"])

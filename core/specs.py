@@ -125,6 +125,7 @@ class PipelineConstants:
     default_width: int
     text_max_length: int
     text_hidden_size: int
+    """The (first) text encoder's hidden size; 0 for the SDXL refiner, which has only the second encoder."""
     pad_token: str
     spatial_multiple: int
     """Height and width must be multiples of this many pixels: the VAE's factor (packages exported before diffship
@@ -155,6 +156,11 @@ class PipelineConstants:
         return self.text_hidden_size + (self.text_hidden_size_2 or 0)
 
     @property
+    def first_text_encoder(self) -> bool:
+        """Whether the package has the first text encoder (not the SDXL refiner: its UNet reads the second's alone)."""
+        return self.text_hidden_size > 0
+
+    @property
     def requires_aesthetics_score(self) -> bool:
         """The SDXL refiner's micro-conditioning: an aesthetic score where the base model has a target size."""
         return self.time_ids == 5
@@ -178,9 +184,12 @@ class PipelineConstants:
 
     def __post_init__(self) -> None:
         for name in ("latent_channels", "vae_scale_factor", "default_height", "default_width", "text_max_length",
-                     "text_hidden_size", "spatial_multiple"):
+                     "spatial_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.text_hidden_size < (0 if self.text_hidden_size_2 else 1):
+            raise ValueError(f"text_hidden_size must be >= 1 (0 only beside text_hidden_size_2: the SDXL refiner), "
+                             f"got {self.text_hidden_size}")
         if not self.scaling_factor > 0:
             raise ValueError(f"scaling_factor must be > 0, got {self.scaling_factor}")
         if self.spatial_multiple % self.vae_scale_factor:

@@ -249,8 +249,8 @@ def _write_package(
     specs = family.specs(constants)
     multiples = dim_multiples(constants)
     cases = verification_dims(constants)
-    vocab_size = int(source.text_encoder.config.vocab_size)
-    written = _copy_tokenizer(source.tokenizer_dir, staging, "tokenizer")
+    vocab_size = int((source.text_encoder or source.text_encoder_2).config.vocab_size)
+    written = _copy_tokenizer(source.tokenizer_dir, staging, "tokenizer") if source.tokenizer_dir is not None else []
     if source.tokenizer_2_dir is not None:
         written += _copy_tokenizer(source.tokenizer_2_dir, staging, "tokenizer_2")
     (staging / "scheduler").mkdir()

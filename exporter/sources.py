@@ -62,7 +62,12 @@ PRESETS: dict[str, ModelPreset] = {
                                "Stable Diffusion 2 inpainting (512px, 9-channel UNet)"),
     "tiny-xl": ModelPreset("tiny-xl", "sdxl", None,
                            "SDXL architecture at tiny widths (two text encoders, text_time UNet), seeded random weights"),
+    "tiny-xl-refiner": ModelPreset("tiny-xl-refiner", "sdxl-refiner", None,
+                                   "SDXL refiner architecture at tiny widths (second text encoder only, aesthetic-score "
+                                   "UNet), seeded random weights"),
     "sdxl": ModelPreset("sdxl", "sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "Stable Diffusion XL 1.0 base (1024px)"),
+    "sdxl-refiner": ModelPreset("sdxl-refiner", "sdxl-refiner", "stabilityai/stable-diffusion-xl-refiner-1.0",
+                                "Stable Diffusion XL 1.0 refiner (image-to-image; the base's hand-off)"),
     "sdxl-turbo": ModelPreset("sdxl-turbo", "sdxl", "stabilityai/sdxl-turbo",
                               "SDXL-Turbo (512px, 1-4 steps, guidance 0; trailing Euler ancestral)"),
     "sd-turbo": ModelPreset("sd-turbo", "sd2", "stabilityai/sd-turbo",
@@ -72,10 +77,11 @@ PRESETS: dict[str, ModelPreset] = {
 DIFFUSERS_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
                        "inpaint": "StableDiffusionInpaintPipeline"}
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
-                       "StableDiffusionXLPipeline")
+                       "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
 """diffusers folders of these classes hold the same components (an inpainting model's UNet takes 9 channels); an SDXL
-folder adds ``text_encoder_2`` and ``tokenizer_2``."""
-XL_PIPELINES = ("StableDiffusionXLPipeline",)
+folder adds ``text_encoder_2`` and ``tokenizer_2``, and an SDXL refiner's has no ``text_encoder``/``tokenizer``."""
+XL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+XL_FAMILIES = ("sdxl", "sdxl-refiner")
 
 HUB_PATTERNS = [
     "model_index.json",
@@ -98,9 +104,10 @@ class SourceModels:
     family: str
     # diffusers' and transformers' models (typed loosely: their classes are not visible to mypy as nn.Modules).
     text_encoder: Any
+    """None for the SDXL refiner (it has the second text encoder only)."""
     unet: Any
     vae: Any
-    tokenizer_dir: Path
+    tokenizer_dir: Path | None
     scheduler_config_path: Path
     info: dict[str, Any]
     text_encoder_2: Any = None
@@ -112,7 +119,9 @@ class SourceModels:
     _digest: str | None = field(default=None, repr=False)
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        modules = {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
+        modules = {"unet": self.unet, "vae": self.vae}
+        if self.text_encoder is not None:
+            modules["text_encoder"] = self.text_encoder
         if self.text_encoder_2 is not None:
             modules["text_encoder_2"] = self.text_encoder_2
         return modules
@@ -142,21 +151,22 @@ class SourceModels:
         scheduler_class = getattr(diffusers, config.get("_class_name", ""), None)
         if scheduler_class is None:
             raise SourceError(f"{self.scheduler_config_path} names no diffusers scheduler class")
-        if self.family == "sdxl":
-            if task != "txt2img":
-                raise SourceError(f"no {task} reference for SDXL packages yet (text-to-image only)")
+        if self.family in XL_FAMILIES:
+            refiner = self.family == "sdxl-refiner"
+            if task == "inpaint" or (refiner and task == "txt2img"):
+                raise SourceError(f"no {task} reference for {self.family} packages (SDXL: text-to-image and "
+                                  "image-to-image; the refiner: image-to-image)")
             assert self.tokenizer_2_dir is not None
-            return diffusers.StableDiffusionXLPipeline(
-                vae=self.vae,
-                text_encoder=self.text_encoder,
-                text_encoder_2=self.text_encoder_2,
-                tokenizer=CLIPTokenizer.from_pretrained(str(self.tokenizer_dir)),
-                tokenizer_2=CLIPTokenizer.from_pretrained(str(self.tokenizer_2_dir)),
-                unet=self.unet,
-                scheduler=scheduler_class.from_config(config),
-                force_zeros_for_empty_prompt=bool(self.pipeline_options.get("force_zeros_for_empty_prompt", True)),
-                add_watermarker=False,
-            )
+            parts = {
+                "vae": self.vae, "text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
+                "tokenizer": CLIPTokenizer.from_pretrained(str(self.tokenizer_dir)) if self.tokenizer_dir else None,
+                "tokenizer_2": CLIPTokenizer.from_pretrained(str(self.tokenizer_2_dir)), "unet": self.unet,
+                "scheduler": scheduler_class.from_config(config), "add_watermarker": False,
+                "force_zeros_for_empty_prompt": bool(self.pipeline_options.get("force_zeros_for_empty_prompt", True)),
+            }
+            if task == "txt2img":
+                return diffusers.StableDiffusionXLPipeline(**parts)
+            return diffusers.StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=refiner)
         pipeline_class = getattr(diffusers, DIFFUSERS_PIPELINES[task])
         return pipeline_class(
             vae=self.vae,
@@ -229,21 +239,24 @@ def _build_from_configs(preset: ModelPreset, seed: int) -> SourceModels:
 
     log.info("building %s from committed configs with random weights (seed %d)", preset.name, seed)
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**_read_config(preset.name, "text_encoder")))
+    # The SDXL refiner has no first text encoder (and no config for one).
+    first_encoder = (CONFIG_DIR / preset.name / "text_encoder.json").is_file()
+    text_encoder = CLIPTextModel(CLIPTextConfig(**_read_config(preset.name, "text_encoder"))) if first_encoder else None
     torch.manual_seed(seed + 1)
     unet = UNet2DConditionModel.from_config(_read_config(preset.name, "unet"))
     torch.manual_seed(seed + 2)
     vae = AutoencoderKL.from_config(_read_config(preset.name, "vae"))
 
     scratch = tempfile.TemporaryDirectory(prefix="diffship-source-")
-    tokenizer_dir = write_clip_tokenizer(Path(scratch.name) / "tokenizer", _read_config(preset.name, "tokenizer_config"))
+    tokenizer_dir = write_clip_tokenizer(Path(scratch.name) / "tokenizer", _read_config(preset.name, "tokenizer_config")) \
+        if first_encoder else None
     scheduler_path = Path(scratch.name) / "scheduler" / "scheduler_config.json"
     scheduler_path.parent.mkdir()
     shutil.copyfile(CONFIG_DIR / preset.name / "scheduler_config.json", scheduler_path)
     kind = "tiny" if preset.hub_id is None else "random"
     source = SourceModels(
         family=preset.family,
-        text_encoder=text_encoder.eval(),
+        text_encoder=text_encoder.eval() if text_encoder is not None else None,
         unet=unet.eval(),
         vae=vae.eval(),
         tokenizer_dir=tokenizer_dir,
@@ -251,7 +264,7 @@ def _build_from_configs(preset: ModelPreset, seed: int) -> SourceModels:
         info={"kind": kind, "model": preset.name, "seed": seed, "hub_id": preset.hub_id, "random_weights": True},
         _scratch=scratch,
     )
-    if preset.family == "sdxl":
+    if preset.family in XL_FAMILIES:
         from transformers import CLIPTextModelWithProjection
 
         torch.manual_seed(seed + 3)
@@ -314,7 +327,10 @@ def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None =
             f"{folder} holds a {pipeline_class}; diffship exports {', '.join(SUPPORTED_PIPELINES)} folders (SD 1.x / 2.x)"
         )
     xl = pipeline_class in XL_PIPELINES
-    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", *(("text_encoder_2", "tokenizer_2") if xl else ())):
+    # An SDXL refiner's folder has no first text encoder (model_index.json names it null).
+    first_encoder = not xl or (folder / "text_encoder").is_dir()
+    for sub in ("unet", "vae", *(("text_encoder", "tokenizer") if first_encoder else ()), "scheduler",
+                *(("text_encoder_2", "tokenizer_2") if xl else ())):
         if not (folder / sub).is_dir():
             raise SourceError(f"{folder} has no {sub}/ folder; it is not a complete {pipeline_class}")
 
@@ -322,7 +338,8 @@ def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None =
     from transformers import CLIPTextModel
 
     try:
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32) \
+            if first_encoder else None
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
         vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
     except (OSError, ValueError) as exc:
@@ -337,13 +354,14 @@ def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None =
         except (OSError, ValueError) as exc:
             raise SourceError(f"cannot load the models in {folder}: {str(exc).splitlines()[0]}") from exc
     if family is None:
-        family = "sdxl" if xl else "sd2" if unet.config.get("use_linear_projection") else "sd1"
+        family = ("sdxl" if first_encoder else "sdxl-refiner") if xl else \
+            "sd2" if unet.config.get("use_linear_projection") else "sd1"
     return SourceModels(
         family=family,
-        text_encoder=text_encoder.eval(),
+        text_encoder=text_encoder.eval() if text_encoder is not None else None,
         unet=unet.eval(),
         vae=vae.eval(),
-        tokenizer_dir=folder / "tokenizer",
+        tokenizer_dir=folder / "tokenizer" if first_encoder else None,
         scheduler_config_path=folder / "scheduler" / "scheduler_config.json",
         info=info,
         text_encoder_2=text_encoder_2,

@@ -40,7 +40,7 @@ class Call:
         if self.inputs is not None or request.long_prompts or request.injected:
             return None
         return (request.height, request.width, request.steps, request.scheduler, request.eta,
-                request.guidance_scale > 1.0, request.guidance_rescale, request.micro)
+                request.guidance_scale > 1.0, request.guidance_rescale, request.micro, request.handoff)
 
     def cancelled(self) -> bool:
         return self.cancel is not None and bool(self.cancel())

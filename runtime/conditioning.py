@@ -23,7 +23,8 @@ import numpy as np
 from runtime.errors import PipelineInputError
 
 ImageInput = Any
-"""A path, a PIL image, or a uint8 array (HxWx3 / HxWx4 for images, HxW / HxWx1 for masks)."""
+"""A path, a PIL image, or a uint8 array (HxWx3 / HxWx4 for images, HxW / HxWx1 for masks); for image-to-image also
+latents, a float array [n, latent channels, h, w] (an SDXL base model's ``output_type="latent"`` result)."""
 
 SAMPLE_MODES = ("sample", "argmax")
 """How an image becomes latents: a draw from the VAE encoder's distribution, or its mean (diffusers' names)."""
@@ -61,12 +62,14 @@ class ImageInputs:
     """What an image-to-image or inpainting call was given, loaded and checked, before any resizing."""
 
     image: Any
-    """PIL image."""
+    """PIL image, or None when the call gives latents."""
     mask: Any | None
     """PIL image, or None for image-to-image."""
     strength: float
     sample_mode: str
     padding_mask_crop: int | None
+    latents: np.ndarray | None = None
+    """[n, C, h, w] float32 latents given in place of an image (used as they are: not encoded, not scaled)."""
 
     @property
     def task(self) -> str:
@@ -77,6 +80,8 @@ class ImageInputs:
         diffusers' img2img), or the model's native size for a masked crop (the crop is worked at full resolution)."""
         if self.padding_mask_crop is not None:
             return native
+        if self.latents is not None:
+            return self.latents.shape[2] * multiple, self.latents.shape[3] * multiple
         height, width = self.image.height - self.image.height % multiple, self.image.width - self.image.width % multiple
         if height < multiple or width < multiple:
             raise PipelineInputError(
@@ -97,8 +102,10 @@ def read_image_inputs(
     strength: Any,
     sample_mode: Any,
     padding_mask_crop: Any,
+    img2img_strength: float = 0.8,
 ) -> ImageInputs | None:
-    """The image task's inputs checked (None without an image), or a PipelineInputError saying what is allowed."""
+    """The image task's inputs checked (None without an image), or a PipelineInputError saying what is allowed.
+    ``img2img_strength``: the default strength of image-to-image (diffusers': 0.8 for SD, 0.3 for SDXL)."""
     if image is None:
         if mask_image is not None:
             raise PipelineInputError("mask_image needs image: the mask says which part of the image to repaint")
@@ -112,6 +119,8 @@ def read_image_inputs(
                 "give image"
             )
         return None
+    if isinstance(image, np.ndarray) and image.ndim == 4:
+        return _read_latents(image, mask_image, strength, sample_mode, padding_mask_crop, img2img_strength)
     loaded = load_image(image, "image")
     mask = load_image(mask_image, "mask_image", mask=True) if mask_image is not None else None
     if mask is not None and mask.size != loaded.size:
@@ -119,7 +128,7 @@ def read_image_inputs(
             f"mask_image is {mask.width}x{mask.height} but image is {loaded.width}x{loaded.height}; they must be the "
             "same size (the mask marks pixels of the image: white = repaint, black = keep)"
         )
-    default_strength = 1.0 if mask is not None else 0.8  # diffusers' inpaint and img2img defaults
+    default_strength = 1.0 if mask is not None else img2img_strength  # diffusers' inpaint and img2img defaults
     value = check_strength(default_strength if strength is None else strength)
     check_sample_mode(sample_mode)
     if padding_mask_crop is not None:
@@ -132,6 +141,24 @@ def read_image_inputs(
             raise PipelineInputError("padding_mask_crop needs a mask with at least one non-black pixel")
     return ImageInputs(loaded, mask, value, str(sample_mode),
                        None if padding_mask_crop is None else int(padding_mask_crop))
+
+
+def _read_latents(latents: np.ndarray, mask_image: Any, strength: Any, sample_mode: Any, padding_mask_crop: Any,
+                  img2img_strength: float) -> ImageInputs:
+    """Latents given as the image (diffusers' img2img takes a 4-channel image as latents): image-to-image only."""
+    if mask_image is not None or padding_mask_crop is not None:
+        raise PipelineInputError("image is latents (a 4-d array): inpainting needs a picture (path, PIL image or "
+                                 "HxWx3 uint8 array) for mask_image to mark")
+    if latents.dtype not in (np.float32, np.float16) or min(latents.shape) < 1:
+        raise PipelineInputError(f"latents given as image must be a float32 [n, channels, height/8, width/8] array, "
+                                 f"got {latents.dtype} of shape {latents.shape}")
+    if not np.isfinite(latents).all():
+        raise PipelineInputError("the latents given as image hold NaN or infinite values")
+    if sample_mode != "sample":
+        raise PipelineInputError(f"sample_mode {sample_mode!r:.60} says how an image is encoded; latents are not "
+                                 "encoded")
+    value = check_strength(img2img_strength if strength is None else strength)
+    return ImageInputs(None, None, value, "sample", None, np.ascontiguousarray(latents, dtype=np.float32))
 
 
 def check_strength(value: Any) -> float:
@@ -150,8 +177,8 @@ class ImageTask:
     """An image-to-image or inpainting call's inputs, preprocessed at the request's size."""
 
     inputs: ImageInputs
-    image: np.ndarray
-    """[1, 3, H, W] in [-1, 1]."""
+    image: np.ndarray | None
+    """[1, 3, H, W] in [-1, 1]; None when the call gives latents (``inputs.latents``)."""
     mask: np.ndarray | None
     """[1, 1, H, W] in {0, 1} (1 = repaint), or None for image-to-image."""
     crop_box: tuple[int, int, int, int] | None
@@ -162,7 +189,7 @@ class ImageTask:
 
     def masked_image(self) -> np.ndarray:
         """The image with the region to repaint blanked (diffusers: ``image * (mask < 0.5)``)."""
-        assert self.mask is not None
+        assert self.mask is not None and self.image is not None
         return (self.image * (self.mask < 0.5)).astype(np.float32)
 
     def latent_mask(self, factor: int) -> np.ndarray:
@@ -180,6 +207,8 @@ class ImageTask:
 
 def prepare_task(inputs: ImageInputs, height: int, width: int) -> ImageTask:
     """Image and mask resized and normalised for a ``height`` x ``width`` request."""
+    if inputs.latents is not None:
+        return ImageTask(inputs, None, None, None)
     box = inputs.crop_box(height, width)
     image = preprocess_image(inputs.image, height, width, box)
     mask = preprocess_mask(inputs.mask, height, width, box) if inputs.mask is not None else None

@@ -55,6 +55,7 @@ from runtime.conditioning import (
 from runtime.errors import PipelineCancelled, PipelineError, PipelineInputError
 from runtime.gate import EngineGate, holds_engines
 from runtime.guidance import ClassifierFreeGuidance, run_engine
+from runtime.handoff import Handoff, check_handoff
 from runtime.images import save_png, to_uint8
 from runtime.lora import LoraRequest, lora_weights
 from runtime.prompts import PromptEncoder
@@ -76,10 +77,13 @@ LoraLike = str | os.PathLike[str] | tuple[str | os.PathLike[str], float] | LoraR
 @dataclass
 class GenerationResult:
     images: list[np.ndarray]
-    """HxWx3 uint8 arrays, prompt-major (all images of the first prompt, then the second's...)."""
+    """HxWx3 uint8 arrays, prompt-major (all images of the first prompt, then the second's...); empty with
+    ``output_type="latent"``."""
     timings: Timings
     parameters: list[dict[str, Any]]
     """What made each image (prompt, negative prompt, seed, steps, guidance, scheduler, size, package, backend)."""
+    latents: np.ndarray | None = None
+    """[images, C, h, w] float32 final latents, with ``output_type="latent"`` only (a refiner's ``image``)."""
 
     @property
     def seeds(self) -> list[int]:
@@ -258,19 +262,27 @@ class Pipeline:
         negative_target_size: Size | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
+        denoising_start: float | None = None,
+        denoising_end: float | None = None,
+        output_type: str = "image",
     ) -> Call:
         """Check a call's arguments (the same as ``__call__``'s) without running it: a ``Call`` for ``run_batch``, or
         a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image.
 
         SDXL packages also take the micro-conditioning (``original_size``, ``crops_coords_top_left``,
         ``target_size`` as (height, width) / (top, left) pixels, their ``negative_*`` variants; the refiner's
-        ``aesthetic_score``), as diffusers' StableDiffusionXLPipeline does."""
+        ``aesthetic_score``), as diffusers' StableDiffusionXLPipeline does, and the base -> refiner hand-off
+        (``denoising_end`` with ``output_type="latent"``, then ``image=latents`` with ``denoising_start``:
+        runtime/handoff.py)."""
         micro = {"original_size": original_size, "crops_coords_top_left": crops_coords_top_left,
                  "target_size": target_size, "negative_original_size": negative_original_size,
                  "negative_crops_coords_top_left": negative_crops_coords_top_left,
                  "negative_target_size": negative_target_size, "aesthetic_score": aesthetic_score,
                  "negative_aesthetic_score": negative_aesthetic_score}
-        inputs = read_image_inputs(image, mask_image, strength, sample_mode, padding_mask_crop)
+        inputs = read_image_inputs(image, mask_image, strength, sample_mode, padding_mask_crop,
+                                   self.package.family.img2img_strength)
+        handoff = check_handoff(self.constants, denoising_start, denoising_end, output_type, inputs is not None,
+                                strength is not None)
         self._check_task(inputs)
         if inputs is not None:
             default_height, default_width = inputs.default_size(
@@ -282,10 +294,19 @@ class Pipeline:
         request = validate_request(
             self.constants, self.size_limits(), self.limits, prompt, negative_prompt, num_inference_steps,
             guidance_scale, scheduler, height, width, seed, num_images_per_prompt, injected, callback,
-            draws=self._draw_order(inputs), strength=inputs.strength if inputs is not None else None,
+            draws=self._draw_order(inputs, handoff),
+            strength=inputs.strength if inputs is not None and handoff.noises_start else None,
             eta=eta, long_prompts=long_prompts, prompt_weighting=prompt_weighting,
             guidance_rescale=guidance_rescale, micro=micro,
         )
+        request = replace(request, handoff=handoff)
+        if inputs is not None and inputs.latents is not None:
+            self._check_given_latents(inputs.latents, request)
+        if inputs is not None and negative_crops_coords_top_left is not None \
+                and not self.constants.requires_aesthetics_score:
+            raise PipelineInputError("negative_crops_coords_top_left: SDXL image-to-image with a base model conditions "
+                                     "both sides on crops_coords_top_left (as diffusers' "
+                                     "StableDiffusionXLImg2ImgPipeline does); leave it out")
         if cancel is not None and not callable(cancel):
             raise PipelineInputError(f"cancel must be callable (returning True to stop), got {type(cancel).__name__}")
         return Call(request, inputs, callback, cancel)
@@ -324,14 +345,15 @@ class Pipeline:
         timer = StageTimer()
         guided = request.guidance_scale > 1.0
 
-        embeddings = [self._embed(call.request, guided, timer) for call in calls]
+        embeddings = [self._embed(call.request, guided, timer, task is not None) for call in calls]
         cond = _stack([cond for cond, _ in embeddings])
         uncond = _stack([uncond for _, uncond in embeddings if uncond is not None]) if guided else None
 
         generators = [np.random.default_rng(s) for call in calls for s in call.request.seeds]
         draws = self._initial_draws(calls, generators)
         sampler = self._make_scheduler(request)
-        first = start_index(request.steps, task.strength, sampler.order) if task is not None else 0
+        first, stop = request.handoff.window(
+            sampler, start_index(request.steps, task.strength, sampler.order) if task is not None else 0)
         sampler.begin(first)
         with timer.stage("vae_encode") if task is not None else contextlib.nullcontext():
             start = starting_point(self.constants, task, draws, sampler, first, len(generators), self._encode_image)
@@ -341,7 +363,7 @@ class Pipeline:
         rows = image_slices(calls)
         outcomes: list[GenerationResult | PipelineError | None] = [None] * len(calls)
 
-        for i in range(first, len(sampler.timesteps)):
+        for i in range(first, stop):
             self._stop_cancelled(calls, outcomes, i, sampler)
             if all(outcome is not None for outcome in outcomes):
                 break
@@ -364,7 +386,12 @@ class Pipeline:
                     call.callback(i - first, timestep, latents[row])
 
         running = [index for index, outcome in enumerate(outcomes) if outcome is None]
-        if running:
+        if running and request.handoff.output_type == "latent":
+            timings = timer.finish()
+            for index in running:
+                outcomes[index] = GenerationResult([], timings, self._describe(calls[index].request, sampler, task),
+                                                   latents[rows[index]].copy())
+        elif running:
             with timer.stage("vae_decode"):
                 pixels = self._decode(np.concatenate([latents[rows[index]] for index in running]))
             timings = timer.finish()
@@ -375,14 +402,16 @@ class Pipeline:
 
     # ------------------------------------------------------------------ stages
 
-    def _embed(self, request: Request, guided: bool, timer: StageTimer) -> tuple[Conditioning, Conditioning | None]:
+    def _embed(self, request: Request, guided: bool, timer: StageTimer,
+               image_task: bool) -> tuple[Conditioning, Conditioning | None]:
         """One call's UNet conditioning (conditional, unconditional when guided), each image's row, prompt-major."""
         if request.micro is not None:
             assert self.tokenizer_2 is not None
             encoders = XLTextEncoders(self.constants, (self.tokenizer, self.tokenizer_2), self.engines)
             with timer.stage("text_encoder"):
                 return encoders.conditioning(request.prompts, request.negative_prompts, guided,
-                                             request.images_per_prompt, request.micro, request.height, request.width)
+                                             request.images_per_prompt, request.micro, request.height, request.width,
+                                             image_task)
         negatives = request.negative_prompts or [""] * len(request.prompts)
         if request.long_prompts:
             with timer.stage("text_encoder"):
@@ -481,10 +510,11 @@ class Pipeline:
             raise PipelineInputError(f"this package's UNet is an inpainting UNet: it does inpaint only, not {task}")
         return draw_order(self.constants, task, check_strength(strength), sample_mode)
 
-    def _draw_order(self, inputs: ImageInputs | None) -> tuple[str, ...]:
+    def _draw_order(self, inputs: ImageInputs | None, handoff: Handoff) -> tuple[str, ...]:
         if inputs is None:
             return draw_order(self.constants, "txt2img", 1.0, "sample")
-        return draw_order(self.constants, inputs.task, inputs.strength, inputs.sample_mode)
+        return draw_order(self.constants, inputs.task, inputs.strength, inputs.sample_mode,
+                          latents_given=inputs.latents is not None, noised=handoff.noises_start)
 
     def _initial_draws(self, calls: list[Call], generators: list[np.random.Generator]) -> dict[str, np.ndarray]:
         """Each draw the task makes for every image, in its generator's order; a call's injected draw is not drawn
@@ -493,7 +523,7 @@ class Pipeline:
         shape = latent_shape(self.constants, request.height, request.width)[1:]
         injected = request.injected if len(calls) == 1 else {}
         return {name: injected[name] if name in injected else _draw(generators, shape)
-                for name in self._draw_order(calls[0].inputs)}
+                for name in self._draw_order(calls[0].inputs, request.handoff)}
 
     def _encode_image(self, pixels: np.ndarray, noise: np.ndarray | None, batch: int) -> np.ndarray:
         """Scaled latents of one preprocessed image for each of ``batch`` images: one encoder run, one draw per image
@@ -509,15 +539,18 @@ class Pipeline:
     def _check_task(self, inputs: ImageInputs | None) -> None:
         """The package can do what is asked (an inpainting UNet needs a mask; an image needs a VAE encoder, opened
         here on first use)."""
-        if inputs is not None and self.package.family.name == "sdxl":
-            raise PipelineInputError("image-to-image and inpainting are not available for SDXL packages yet "
-                                     "(text-to-image only)")
+        if inputs is not None and inputs.mask is not None and self.constants.time_ids is not None:
+            raise PipelineInputError("inpainting is not available for SDXL packages yet (text-to-image and "
+                                     "image-to-image are)")
+        if inputs is None and self.constants.requires_aesthetics_score:
+            raise PipelineInputError("this package is an SDXL refiner, which does image-to-image only: give image "
+                                     "(a picture, or a base model's latents with denoising_start)")
         if self.constants.inpainting_unet and (inputs is None or inputs.mask is None):
             raise PipelineInputError(
                 f"this package's UNet is an inpainting UNet ({self.constants.unet_channels} input channels: latents, "
                 "mask, masked image): give image and mask_image"
             )
-        if inputs is None or "vae_encoder" in self.engines:
+        if inputs is None or inputs.latents is not None or "vae_encoder" in self.engines:
             return
         if "vae_encoder" not in self.package.manifest.components:
             raise PipelineInputError(
@@ -528,6 +561,14 @@ class Pipeline:
             if "vae_encoder" not in self.engines:
                 opened, _ = open_engines(self.package, ["vae_encoder"], self.backend, self._open_request)
                 self.engines = {**self.engines, **opened}
+
+    def _check_given_latents(self, latents: np.ndarray, request: Request) -> None:
+        expected = latent_shape(self.constants, request.height, request.width)[1:]
+        if latents.shape[1:] != expected or len(latents) not in (1, request.batch):
+            raise PipelineInputError(
+                f"the latents given as image are {latents.shape}; this call needs [1 or {request.batch}, "
+                f"{', '.join(map(str, expected))}] ({self.constants.latent_channels} latent channels at "
+                f"{request.height}x{request.width} pixels, one per image or one for all)")
 
     def _check_finite(self, latents: np.ndarray, i: int, request: Request, sampler: Scheduler) -> PipelineError | None:
         # NaN latents decode to a black image without a word; a clear error at the step it happened is kinder.
@@ -582,7 +623,9 @@ class Pipeline:
         model = {"family": self.package.manifest.family, "weights_sha256": source.get("weights_sha256"),
                  "export_key": export.get("key"), "name": source.get("model") or source.get("hub_id")}
         image_task = {} if task is None else {
-            "task": task.inputs.task, "strength": task.strength, "sample_mode": task.inputs.sample_mode,
+            "task": task.inputs.task, **({"image": "latents"} if task.inputs.latents is not None else {}),
+            **({"strength": task.strength} if request.handoff.noises_start else {}),
+            **({"sample_mode": task.inputs.sample_mode} if task.inputs.latents is None else {}),
             **({"padding_mask_crop": task.inputs.padding_mask_crop} if task.crop_box is not None else {}),
         }
         described = []
@@ -606,6 +649,7 @@ class Pipeline:
                     "height": request.height,
                     "width": request.width,
                     **image_task,
+                    **{k: v for k, v in asdict(request.handoff).items() if v is not None and v != "image"},
                     **({"injected": sorted(request.injected)} if request.injected else {}),
                     "model": model,
                     **({"loras": [f"{r.path.name}:{r.scale:g}" for r in self.loras]} if self.loras else {}),
@@ -633,8 +677,10 @@ def _read_tokenizer(package: ModelPackage, folder: str) -> CLIPTokenizer:
 
 def _read_text_side(package: ModelPackage) -> tuple[CLIPTokenizer, CLIPTokenizer | None, dict[str, Any]]:
     """The tokenizer(s) and the scheduler config, every file checked against the manifest before it is read."""
-    tokenizer = _read_tokenizer(package, "tokenizer")
     tokenizer_2 = _read_tokenizer(package, "tokenizer_2") if "text_encoder_2" in package.family.components else None
+    # The SDXL refiner has only the second tokenizer; it is the one its prompts are read with.
+    tokenizer = _read_tokenizer(package, "tokenizer") if "text_encoder" in package.family.components else tokenizer_2
+    assert tokenizer is not None
     config_path = package.verify_file("scheduler/scheduler_config.json")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))

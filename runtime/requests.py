@@ -18,6 +18,7 @@ import numpy as np
 
 from core.specs import PipelineConstants
 from runtime.errors import PipelineInputError
+from runtime.handoff import Handoff
 from runtime.prompts import WEIGHTINGS
 from runtime.schedulers import SchedulerError, resolve_scheduler
 from runtime.xl import MicroConditioning, check_micro_conditioning
@@ -61,6 +62,8 @@ class Request:
     guidance_rescale: float = 0.0
     micro: MicroConditioning | None = None
     """SDXL's size/crop (refiner: aesthetic score) conditioning; None for other families."""
+    handoff: Handoff = Handoff()
+    """Where in the schedule the call starts and stops, and whether it returns images or latents."""
 
     @property
     def batch(self) -> int:

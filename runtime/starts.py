@@ -19,14 +19,17 @@ Encode = Callable[[np.ndarray, "np.ndarray | None", int], np.ndarray]
 """(preprocessed image [1, 3, H, W], per-image noise or None for the mean, batch) -> scaled latents [batch, C, h, w]."""
 
 
-def draw_order(constants: PipelineConstants, task: str, strength: float, sample_mode: str) -> tuple[str, ...]:
-    """The random draws a call of ``task`` makes per image before the step noise, in diffusers' order."""
+def draw_order(constants: PipelineConstants, task: str, strength: float, sample_mode: str,
+               latents_given: bool = False, noised: bool = True) -> tuple[str, ...]:
+    """The random draws a call of ``task`` makes per image before the step noise, in diffusers' order.
+    ``latents_given``: the image is latents (nothing to encode); ``noised`` False: a hand-off's ``denoising_start``,
+    whose latents are not noised again."""
     if task == "txt2img":
         return ("latents",)
-    sampled = sample_mode == "sample"
+    sampled = sample_mode == "sample" and not latents_given
     masked = task == "inpaint" and constants.inpainting_unet
     return (*(("image_noise",) if encodes_image(constants, task != "img2img", strength) and sampled else ()),
-            "start_noise", *(("masked_image_noise",) if masked and sampled else ()))
+            *(("start_noise",) if noised else ()), *(("masked_image_noise",) if masked and sampled else ()))
 
 
 def encodes_image(constants: PipelineConstants, masked: bool, strength: float) -> bool:
@@ -58,17 +61,25 @@ class Start:
 
 def starting_point(constants: PipelineConstants, task: ImageTask | None, draws: dict[str, np.ndarray],
                    sampler: Scheduler, first: int, batch: int, encode: Encode) -> Start:
-    """The first sample (at step ``first``, where ``sampler`` begins) and what the steps condition on."""
+    """The first sample (at step ``first``, where ``sampler`` begins) and what the steps condition on. Without a
+    ``start_noise`` draw (a hand-off's ``denoising_start``) the image's latents are the first sample as they are."""
     noise = draws.get("start_noise", draws.get("latents"))
-    assert noise is not None
     if task is None:
+        assert noise is not None
         return Start(noise * np.float32(sampler.init_noise_sigma))
     masked = task.mask is not None
-    encoded = encode(task.image, draws.get("image_noise"), batch) if encodes_image(constants, masked, task.strength) \
-        else None
+    if task.inputs.latents is not None:  # latents given as the image: used as they are, as diffusers' img2img
+        given = task.inputs.latents
+        encoded = given if len(given) == batch else np.repeat(given, batch, axis=0)
+    elif encodes_image(constants, masked, task.strength):
+        assert task.image is not None
+        encoded = encode(task.image, draws.get("image_noise"), batch)
+    else:
+        encoded = None
     if not masked:
         assert encoded is not None
-        return Start(sampler.add_noise(encoded, noise, first))
+        return Start(encoded if noise is None else sampler.add_noise(encoded, noise, first))
+    assert noise is not None
     if task.strength == 1.0:  # diffusers starts inpainting at full strength from pure noise
         latents = noise * np.float32(sampler.init_noise_sigma)
     else:

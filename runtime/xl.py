@@ -49,11 +49,19 @@ class MicroConditioning:
     aesthetic_score: float = AESTHETIC_SCORE
     negative_aesthetic_score: float = NEGATIVE_AESTHETIC_SCORE
 
-    def time_ids(self, height: int, width: int, refiner: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The (positive, negative) ``time_ids`` rows for an image of ``height`` x ``width``."""
+    def time_ids(self, height: int, width: int, refiner: bool, image_task: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The (positive, negative) ``time_ids`` rows for an image of ``height`` x ``width``. ``image_task``: as
+        diffusers' StableDiffusionXLImg2ImgPipeline, whose base-model negative ids default each size to the positive
+        one separately and take the positive crop corner."""
         original = self.original_size or (height, width)
         target = self.target_size or (height, width)
-        if refiner:
+        positive: list[float]
+        negative: list[float]
+        if image_task and not refiner:
+            positive = [*original, *self.crops_coords_top_left, *target]
+            negative = [*(self.negative_original_size or original), *self.crops_coords_top_left,
+                        *(self.negative_target_size or target)]
+        elif refiner:
             positive = [*original, *self.crops_coords_top_left, self.aesthetic_score]
             negative_original = self.negative_original_size or original
             negative = [*negative_original, *self.negative_crops_coords_top_left, self.negative_aesthetic_score]
@@ -125,18 +133,22 @@ class XLTextEncoders:
         self.engines = engines
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(hidden states of both encoders side by side [n, 77, h1 + h2], pooled prompt [n, pooled])."""
-        first = run_engine(self.engines["text_encoder"], {"input_ids": self.tokenizers[0].encode(texts).input_ids})
+        """(hidden states of both encoders side by side [n, 77, h1 + h2], pooled prompt [n, pooled]); the refiner's
+        second encoder alone."""
         second = run_engine(self.engines["text_encoder_2"], {"input_ids": self.tokenizers[1].encode(texts).input_ids})
+        if not self.constants.first_text_encoder:
+            return second["hidden_states"], second["text_embeds"]
+        first = run_engine(self.engines["text_encoder"], {"input_ids": self.tokenizers[0].encode(texts).input_ids})
         return np.concatenate([first["hidden_states"], second["hidden_states"]], axis=-1), second["text_embeds"]
 
     def conditioning(
         self, prompts: list[str], negatives: list[str] | None, guided: bool, images_per_prompt: int,
-        micro: MicroConditioning, height: int, width: int,
+        micro: MicroConditioning, height: int, width: int, image_task: bool = False,
     ) -> tuple[Conditioning, Conditioning | None]:
         """(conditional, unconditional or None) UNet conditioning, one row per image, prompt-major."""
         hidden, pooled = self.encode(prompts)
-        positive_ids, negative_ids = micro.time_ids(height, width, self.constants.requires_aesthetics_score)
+        positive_ids, negative_ids = micro.time_ids(height, width, self.constants.requires_aesthetics_score,
+                                                    image_task)
         cond = self._rows(hidden, pooled, positive_ids, images_per_prompt)
         if not guided:
             return cond, None

@@ -67,7 +67,7 @@ def _gpu_present() -> bool:
         return False
 
 
-EXPORT_FIXTURES = {"tiny_package", "tiny_xl_package", "tiny_xl_dir", "tiny_v_package", "tiny_inpaint_package", "shapes_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files"}
+EXPORT_FIXTURES = {"tiny_package", "tiny_xl_package", "tiny_xl_dir", "tiny_xl_refiner_package", "tiny_xl_refiner_dir", "tiny_v_package", "tiny_inpaint_package", "shapes_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files"}
 """Fixtures that export models with torch: a test using one is marked ``export`` (left out of make test-fast)."""
 
 
@@ -168,6 +168,18 @@ def tiny_xl_dir(cache_dir: Path) -> Path:
 def tiny_xl_package(cache_dir: Path, tiny_xl_dir: Path) -> Path:
     """SDXL tiny model, fp32 ONNX, exported from its diffusers folder as ``--model-path`` does (legacy exporter)."""
     return shared.tiny_xl(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_refiner_dir(cache_dir: Path) -> Path:
+    """``tiny-xl-refiner``'s StableDiffusionXLImg2ImgPipeline folder (no first text encoder)."""
+    return shared.save_pretrained(cache_dir, "tiny-xl-refiner")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_refiner_package(cache_dir: Path, tiny_xl_refiner_dir: Path) -> Path:
+    """SDXL refiner tiny model, fp32 ONNX, exported from its diffusers folder (legacy exporter)."""
+    return shared.tiny_xl_refiner(cache_dir)
 
 
 def images_alone_and_from_threads(pipe: Any, calls: list[dict[str, Any]]) -> tuple[list[Any], list[Any]]:

@@ -52,7 +52,8 @@ def save_pretrained(cache_dir: Path, model: str) -> Path:
             source = load_source(model)
             staging = cache_dir / f".{model}-diffusers.partial"
             shutil.rmtree(staging, ignore_errors=True)
-            source.diffusers_pipeline().save_pretrained(staging)
+            task = "img2img" if source.family == "sdxl-refiner" else "txt2img"  # the refiner's only pipeline
+            source.diffusers_pipeline(task).save_pretrained(staging)
             # save_pretrained writes every scheduler default explicitly (timestep_spacing "leading", ...), which
             # changes what a swapped-in scheduler inherits. Keep the source's own file, as a hub folder has it and
             # as the package holds it.
@@ -91,12 +92,19 @@ def tiny_xl(cache_dir: Path) -> Path:
     return export(cache_dir, None, "tiny-xl", ("fp32",), exporter="legacy", model_path=save_pretrained(cache_dir, "tiny-xl"))
 
 
+def tiny_xl_refiner(cache_dir: Path) -> Path:
+    """SDXL refiner tiny model, fp32 ONNX, from its StableDiffusionXLImg2ImgPipeline folder (legacy exporter)."""
+    return export(cache_dir, None, "tiny-xl-refiner", ("fp32",), exporter="legacy",
+                  model_path=save_pretrained(cache_dir, "tiny-xl-refiner"))
+
+
 def pretrained(cache_dir: Path) -> dict[str, Path]:
     return {model: save_pretrained(cache_dir, model) for model in ("tiny", "tiny-v")}
 
 
 MAKERS = {"tiny_package": tiny, "pretrained_dirs": pretrained, "tiny_v_package": tiny_v,
-          "tiny_inpaint_package": tiny_inpaint, "shapes_package": shapes, "tiny_xl_package": tiny_xl}
+          "tiny_inpaint_package": tiny_inpaint, "shapes_package": shapes, "tiny_xl_package": tiny_xl,
+          "tiny_xl_refiner_package": tiny_xl_refiner}
 """The fixture that needs each package -> what makes it, the slowest first (the prefetch order)."""
 
 

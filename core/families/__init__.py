@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from core.errors import PackageError
 from core.families.base import Family
-from core.families.sdxl import SDXL
+from core.families.sdxl import SDXL, SDXL_REFINER
 from core.families.stable_diffusion import SD1, SD2
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (SD1, SD2, SDXL)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (SD1, SD2, SDXL, SDXL_REFINER)}
 
-__all__ = ["FAMILIES", "SD1", "SD2", "SDXL", "Family", "get_family"]
+__all__ = ["FAMILIES", "SD1", "SD2", "SDXL", "SDXL_REFINER", "Family", "get_family"]
 
 
 def get_family(name: str) -> Family:

@@ -24,6 +24,8 @@ class Family:
     """The fp32 I/O contract of every component, from the pipeline constants."""
     default_scheduler: str
     """The diffusers scheduler class to use when a package's scheduler config names none."""
+    img2img_strength: float = 0.8
+    """Image-to-image's default strength (diffusers' img2img pipeline default for the family)."""
     adapters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     """Components a LoRA can change -> the prefixes of their keys in LoRA files (diffusers/peft first, then kohya's)."""
 

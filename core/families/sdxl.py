@@ -5,6 +5,9 @@ The UNet's text input is both encoders' penultimate hidden states side by side (
 ``text_hidden_size_2`` wide); ``text_embeds`` is the second encoder's projected pooled output; ``time_ids`` holds the
 micro-conditioning (original size, crop corner, target size; the refiner has an aesthetic score in place of the
 target size). Only the second encoder's pooled output is read, as in diffusers' ``StableDiffusionXLPipeline``.
+
+The refiner (``sdxl-refiner``) is the same contract without the first text encoder, as diffusers'
+``StableDiffusionXLImg2ImgPipeline`` runs it (``text_encoder=None``): it does image-to-image only.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from core.families.stable_diffusion import io_contract as sd_io_contract
 from core.specs import ComponentSpec, PipelineConstants, TensorSpec
 
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+REFINER_COMPONENTS = COMPONENTS[1:]
+"""The refiner has no first text encoder: its UNet reads the second encoder's hidden states alone."""
 
 
 def _xl_sizes(constants: PipelineConstants) -> tuple[int, int, int]:
@@ -61,6 +66,11 @@ def io_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
     }
 
 
+def refiner_io_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
+    """The base's contract without the first text encoder (``unet_text_size`` is then the second's width)."""
+    return {name: spec for name, spec in io_contract(constants).items() if name in REFINER_COMPONENTS}
+
+
 SDXL = Family(
     name="sdxl",
     description="Stable Diffusion XL (two CLIP text encoders, pooled-prompt and micro-conditioning inputs)",
@@ -69,5 +79,19 @@ SDXL = Family(
     guided=frozenset({"text_encoder", "text_encoder_2", "unet"}),
     io_contract=io_contract,
     default_scheduler="EulerDiscreteScheduler",
+    img2img_strength=0.3,
+    adapters={"unet": ("unet", "lora_unet")},
+)
+
+SDXL_REFINER = Family(
+    name="sdxl-refiner",
+    description="Stable Diffusion XL refiner (image-to-image only: the second text encoder, aesthetic-score "
+                "conditioning)",
+    components=REFINER_COMPONENTS,
+    txt2img=("text_encoder_2", "unet", "vae_decoder"),
+    guided=frozenset({"text_encoder_2", "unet"}),
+    io_contract=refiner_io_contract,
+    default_scheduler="EulerDiscreteScheduler",
+    img2img_strength=0.3,
     adapters={"unet": ("unet", "lora_unet")},
 )

@@ -11,7 +11,7 @@ from types import ModuleType
 from core.errors import PackageError
 from exporter.families import sdxl, stable_diffusion
 
-WRAPPERS: dict[str, ModuleType] = {"sd1": stable_diffusion, "sd2": stable_diffusion, "sdxl": sdxl}
+WRAPPERS: dict[str, ModuleType] = {"sd1": stable_diffusion, "sd2": stable_diffusion, "sdxl": sdxl, "sdxl-refiner": sdxl}
 
 
 def family_wrappers(family: str) -> ModuleType:

@@ -61,9 +61,12 @@ def adapter_root(component: str, source: SourceModels) -> nn.Module | None:
 
 
 def derive_constants(source: SourceModels) -> PipelineConstants:
-    """SD's constants plus what the second encoder and the UNet's added conditioning need, read from the configs."""
-    base = stable_diffusion.derive_constants(source)
+    """SD's constants plus what the second encoder and the UNet's added conditioning need, read from the configs (the
+    refiner, with no first encoder: ``text_hidden_size`` 0, the text length and pad token of the second)."""
     assert source.text_encoder_2 is not None and source.tokenizer_2_dir is not None
+    refiner = source.text_encoder is None
+    base = stable_diffusion.derive_constants(source, source.text_encoder_2, source.tokenizer_2_dir) if refiner \
+        else stable_diffusion.derive_constants(source)
     unet_config = source.unet.config
     pooled = int(source.text_encoder_2.config.projection_dim)
     time_ids, remainder = divmod(int(unet_config.projection_class_embeddings_input_dim) - pooled,
@@ -73,6 +76,7 @@ def derive_constants(source: SourceModels) -> PipelineConstants:
                          f"(addition_embed_type {unet_config.addition_embed_type!r})")
     return replace(
         base,
+        text_hidden_size=0 if refiner else base.text_hidden_size,
         text_hidden_size_2=int(source.text_encoder_2.config.hidden_size),
         pad_token_2=stable_diffusion.read_pad_token(source.tokenizer_2_dir),
         pooled_size=pooled,

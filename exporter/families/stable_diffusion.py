@@ -147,12 +147,17 @@ def read_pad_token(tokenizer_dir: Path) -> str:
     return str(pad_token["content"] if isinstance(pad_token, dict) else pad_token)
 
 
-def derive_constants(source: SourceModels) -> PipelineConstants:
-    """The numbers the runtime needs, read from the models' own configs (never assumed)."""
+def derive_constants(source: SourceModels, text_encoder: Any = None, tokenizer_dir: Path | None = None
+                     ) -> PipelineConstants:
+    """The numbers the runtime needs, read from the models' own configs (never assumed). ``text_encoder`` and
+    ``tokenizer_dir``: the pair the text constants come from (default: the source's first)."""
+    text_encoder = source.text_encoder if text_encoder is None else text_encoder
+    tokenizer_dir = source.tokenizer_dir if tokenizer_dir is None else tokenizer_dir
+    assert tokenizer_dir is not None
     unet_config, vae_config = source.unet.config, source.vae.config
     vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
-    tokenizer_config = json.loads((source.tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    pad_token = read_pad_token(source.tokenizer_dir)
+    tokenizer_config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    pad_token = read_pad_token(tokenizer_dir)
     sample_size = unet_config.sample_size
     height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
     return PipelineConstants(
@@ -163,8 +168,8 @@ def derive_constants(source: SourceModels) -> PipelineConstants:
         prediction_type=source.scheduler_config().get("prediction_type", "epsilon"),
         default_height=int(height) * vae_scale_factor,
         default_width=int(width) * vae_scale_factor,
-        text_max_length=int(tokenizer_config.get("model_max_length", source.text_encoder.config.max_position_embeddings)),
-        text_hidden_size=int(source.text_encoder.config.hidden_size),
+        text_max_length=int(tokenizer_config.get("model_max_length", text_encoder.config.max_position_embeddings)),
+        text_hidden_size=int(text_encoder.config.hidden_size),
         pad_token=str(pad_token),
         spatial_multiple=vae_scale_factor,  # the UNet boundary takes any latent size (see UNetBoundary)
         unet_in_channels=int(unet_config.in_channels),

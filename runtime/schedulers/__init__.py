@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from runtime.schedulers.common import Scheduler, SchedulerError, UnsupportedConfigError, start_index
+from runtime.schedulers.common import (
+    Scheduler,
+    SchedulerError,
+    UnsupportedConfigError,
+    handoff_start,
+    handoff_stop,
+    start_index,
+)
 from runtime.schedulers.ddim import DDIM
 from runtime.schedulers.deis import DEIS
 from runtime.schedulers.dpm_sde import DPMSolverSDE
@@ -39,6 +46,8 @@ __all__ = [
     "make_scheduler",
     "resolve_scheduler",
     "scheduler_names",
+    "handoff_start",
+    "handoff_stop",
     "start_index",
     "WEB_UI_NAMES",
 ]

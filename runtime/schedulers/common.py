@@ -458,6 +458,28 @@ def start_index(num_inference_steps: int, strength: float, order: int = 1) -> in
     return max(num_inference_steps - run, 0) * order
 
 
+def _cutoff(fraction: float, num_train_timesteps: int) -> int:
+    # Python's round, as diffusers: the training timestep a fraction of the way through denoising.
+    return int(round(num_train_timesteps - fraction * num_train_timesteps))
+
+
+def handoff_start(timesteps: np.ndarray, num_train_timesteps: int, order: int, denoising_start: float) -> int:
+    """The step a hand-off continues from (``denoising_start``, in place of strength): the first step whose timestep is
+    below the cutoff, as StableDiffusionXLImg2ImgPipeline.get_timesteps; a second-order scheduler starts on a whole
+    step (its step count made odd)."""
+    remaining = int((np.asarray(timesteps) < _cutoff(denoising_start, num_train_timesteps)).sum())
+    if order == 2 and remaining % 2 == 0:
+        remaining += 1
+    return max(len(timesteps) - remaining, 0)
+
+
+def handoff_stop(timesteps: np.ndarray, num_train_timesteps: int, first: int, denoising_end: float) -> int:
+    """One past the last step run when denoising stops early (``denoising_end``): the steps from ``first`` on whose
+    timestep is at or above the cutoff, as diffusers' SDXL pipelines count them."""
+    cutoff = _cutoff(denoising_end, num_train_timesteps)
+    return first + sum(1 for timestep in timesteps[first:] if timestep >= cutoff)
+
+
 class MultistepSigmaScheduler(Scheduler):
     """DPM-Solver++ and UniPC: steps between noise levels ``sigmas`` in log-SNR ``lambda``, in order."""
 

@@ -192,14 +192,16 @@ def test_a_prompt_with_bytes_that_are_not_utf8_is_one_line(tiny_package: Path, t
     (["--crop-top-left", "-8,0"], "crops_coords_top_left must be a pair of integers >= 0 (top, left)"),
     (["--target-size", "512"], "is not two integers; give HEIGHT,WIDTH"),
     (["--aesthetic-score", "6"], "aesthetic_score conditions the SDXL refiner"),
-    (["--image", "in.png"], "image-to-image and inpainting are not available for SDXL packages yet"),
+    (["--image", "in.png", "--mask", "in.png"], "inpainting is not available for SDXL packages yet"),
+    (["--denoising-end", "0.8"], "--denoising-end is where --refiner takes over: give --refiner PACKAGE too"),
+    (["--refiner", "in.png", "--image", "in.png"], "--refiner finishes a text-to-image run: it takes no --grid, --image"),
 ])
 def test_generate_bad_sdxl_input(tiny_xl_package: Path, tmp_path: Path, arguments: list[str], fragment: str) -> None:
-    if "--image" in arguments:
+    if "in.png" in arguments:
         from PIL import Image
 
         Image.new("RGB", (64, 64)).save(tmp_path / "in.png")
-        arguments = ["--image", str(tmp_path / "in.png")]
+        arguments = [str(tmp_path / "in.png") if a == "in.png" else a for a in arguments]
     result = run_cli("generate", "--package", str(tiny_xl_package), "--prompt", "x", "--steps", "1",
                      "--out", str(tmp_path / "o.png"), *arguments)
     assert_one_line_error(result, fragment)

@@ -19,3 +19,11 @@ def reference_pipelines(pretrained_dirs: dict[str, Path]) -> dict[str, Reference
         # Every swap starts from the scheduler as loaded, as a user's would.
         references[name] = Reference(pipe, pipe.scheduler.config, "cpu", "fp32", 8)
     return references
+
+
+def sdxl_reference(folder: Path, pipeline_class: str = "StableDiffusionXLPipeline") -> Reference:
+    """diffusers' SDXL pipeline ``pipeline_class`` from a ``save_pretrained`` folder, fp32 on the CPU, no watermark."""
+    diffusers = pytest.importorskip("diffusers")
+    pipe = getattr(diffusers, pipeline_class).from_pretrained(str(folder), add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return Reference(pipe, pipe.scheduler.config, "cpu", "fp32", 8)

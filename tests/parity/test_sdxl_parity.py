@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 from bench.reference import Reference, run_reference  # noqa: E402
 from runtime import Pipeline  # noqa: E402
 from runtime.schedulers import SHORT_NAMES  # noqa: E402
+from tests.parity.conftest import sdxl_reference  # noqa: E402
 
 PROMPTS = ["a red fox in the snow", "an astronaut riding a horse on the moon, highly detailed"]
 NEGATIVES = ["blurry", "low quality, watermark"]
@@ -33,9 +34,7 @@ def ours(tiny_xl_package: Path) -> Pipeline:
 
 @pytest.fixture(scope="module")
 def reference(tiny_xl_dir: Path) -> Reference:
-    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(str(tiny_xl_dir), add_watermarker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return Reference(pipe, pipe.scheduler.config, "cpu", "fp32", 8)
+    return sdxl_reference(tiny_xl_dir)
 
 
 def latents_for(batch: int, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:

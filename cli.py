@@ -591,7 +591,7 @@ def generate(
       python cli.py generate --package packages/sdxl-turbo --prompt "a red fox" --steps 1 --guidance 0 --out fox.png
       python cli.py generate --package packages/sdxl --prompt "a red fox" --steps 30 --guidance 5 \\
           --original-size 1024,1024 --target-size 1024,1024 --crop-top-left 0,0 --out fox.png
-      python cli.py generate --package packages/sdxl --refiner packages/sdxl-refiner --prompt "a red fox" \
+      python cli.py generate --package packages/sdxl --refiner packages/sdxl-refiner --prompt "a red fox" \\
           --steps 40 --guidance 5 --denoising-end 0.8 --out fox.png
 
     PNGs carry their generation parameters (JSON) in a "parameters" text chunk. A timing table per stage ends the run.

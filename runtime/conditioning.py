@@ -150,8 +150,8 @@ def _read_latents(latents: np.ndarray, mask_image: Any, strength: Any, sample_mo
         raise PipelineInputError("image is latents (a 4-d array): inpainting needs a picture (path, PIL image or "
                                  "HxWx3 uint8 array) for mask_image to mark")
     if latents.dtype not in (np.float32, np.float16) or min(latents.shape) < 1:
-        raise PipelineInputError(f"latents given as image must be a float32 [n, channels, height/8, width/8] array, "
-                                 f"got {latents.dtype} of shape {latents.shape}")
+        raise PipelineInputError(f"latents given as image must be a float32 or float16 [n, channels, height/8, "
+                                 f"width/8] array, got {latents.dtype} of shape {latents.shape}")
     if not np.isfinite(latents).all():
         raise PipelineInputError("the latents given as image hold NaN or infinite values")
     if sample_mode != "sample":

@@ -300,6 +300,8 @@ class Pipeline:
             guidance_rescale=guidance_rescale, micro=micro,
         )
         request = replace(request, handoff=handoff)
+        if handoff != Handoff(output_type=handoff.output_type):
+            handoff.window(self._make_scheduler(request), 0)  # a fraction that leaves no step fails here, not mid-run
         if inputs is not None and inputs.latents is not None:
             self._check_given_latents(inputs.latents, request)
         if inputs is not None and negative_crops_coords_top_left is not None \

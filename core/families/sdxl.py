@@ -12,6 +12,8 @@ The refiner (``sdxl-refiner``) is the same contract without the first text encod
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from core.errors import PackageError
 from core.families.base import Family
 from core.families.stable_diffusion import io_contract as sd_io_contract
@@ -83,15 +85,13 @@ SDXL = Family(
     adapters={"unet": ("unet", "lora_unet")},
 )
 
-SDXL_REFINER = Family(
+SDXL_REFINER = replace(
+    SDXL,
     name="sdxl-refiner",
     description="Stable Diffusion XL refiner (image-to-image only: the second text encoder, aesthetic-score "
                 "conditioning)",
     components=REFINER_COMPONENTS,
-    txt2img=("text_encoder_2", "unet", "vae_decoder"),
-    guided=frozenset({"text_encoder_2", "unet"}),
+    txt2img=SDXL.txt2img[1:],
+    guided=SDXL.guided - {"text_encoder"},
     io_contract=refiner_io_contract,
-    default_scheduler="EulerDiscreteScheduler",
-    img2img_strength=0.3,
-    adapters={"unet": ("unet", "lora_unet")},
 )

@@ -119,15 +119,18 @@ class SourceModels:
     _digest: str | None = field(default=None, repr=False)
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        modules = {"unet": self.unet, "vae": self.vae}
-        if self.text_encoder is not None:
-            modules["text_encoder"] = self.text_encoder
+        # This order is hashed into weights_sha256 (and so into every package's export key): packages exported
+        # before the refiner existed must keep matching their rebuilt source.
+        modules = {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
+        if self.text_encoder is None:
+            del modules["text_encoder"]
         if self.text_encoder_2 is not None:
             modules["text_encoder_2"] = self.text_encoder_2
         return modules
 
     def weights_sha256(self) -> str:
-        """Digest of every parameter and buffer (name, dtype, shape, bytes) of the three models."""
+        """Digest of every parameter and buffer (name, dtype, shape, bytes) of the models, taken in the order
+        text_encoder, unet, vae, text_encoder_2 (those present), each state dict sorted by name."""
         if self._digest is None:
             digest = hashlib.sha256()
             for module_name, module in self.modules().items():

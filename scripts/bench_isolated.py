@@ -62,13 +62,15 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
                 diffusers_pipe(PROMPT, num_inference_steps=steps, guidance_scale=guidance, height=arguments.size,
                                width=arguments.size, latents=torch.from_numpy(latents), output_type="np")
     loaded = time.perf_counter() - tick
-    generate(1, 0.0)  # warm-up: first-call allocations and kernel choices
+    tick = time.perf_counter()
+    generate(1, 0.0)  # warm-up: first-call allocations and kernel choices; with the load, the cold start
+    first_image = time.perf_counter() - tick
     seconds = {}
     for steps, guidance in _cases(arguments):
         tick = time.perf_counter()
         generate(steps, guidance)
         seconds[f"{steps}:{guidance:g}"] = time.perf_counter() - tick
-    return {"load_s": loaded, "seconds": seconds, "peak_rss_bytes": peak_rss_bytes()}
+    return {"load_s": loaded, "first_image_s": first_image, "seconds": seconds, "peak_rss_bytes": peak_rss_bytes()}
 
 
 def main() -> None:
@@ -106,8 +108,10 @@ def main() -> None:
               f"{row['ratio']:>5.2f}x")
     for name in CONTENDERS:
         loads = [run["load_s"] for run in runs[name]]
+        colds = [run["load_s"] + run["first_image_s"] for run in runs[name]]
         peak = max(run["peak_rss_bytes"] or 0 for run in runs[name]) / 2**30
-        print(f"{name}: load {statistics.median(loads):.1f} s (median of {len(loads)}), peak RSS {peak:.2f} GiB")
+        print(f"{name}: load {statistics.median(loads):.1f} s, cold start to the first image (1 step, guidance 0) "
+              f"{statistics.median(colds):.1f} s (medians of {len(loads)}), peak RSS {peak:.2f} GiB")
     if arguments.json:
         arguments.json.parent.mkdir(parents=True, exist_ok=True)
         arguments.json.write_text(json.dumps({"arguments": {k: str(v) for k, v in vars(arguments).items()},

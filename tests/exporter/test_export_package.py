@@ -113,6 +113,27 @@ def test_tiny_weights_and_onnx_bytes_are_reproducible(tmp_path: Path) -> None:
     assert digests[0] == digests[1]
 
 
+@pytest.mark.parametrize("model", ["tiny-xl", "tiny-xl-refiner"])
+def test_weights_digest_follows_the_documented_order(model: str) -> None:
+    # Packages carry this digest; a different module order would make every earlier export look changed.
+    import hashlib
+
+    source = load_source(model)
+    try:
+        digest = hashlib.sha256()
+        for module_name in ("text_encoder", "unet", "vae", "text_encoder_2"):
+            module = getattr(source, module_name)
+            if module is None:
+                continue
+            for name, tensor in sorted(module.state_dict().items()):
+                array = tensor.detach().contiguous().numpy()
+                digest.update(f"{module_name}.{name}:{array.dtype}:{array.shape}".encode())
+                digest.update(memoryview(array).cast("B"))
+        assert source.weights_sha256() == digest.hexdigest()
+    finally:
+        source.close()
+
+
 def test_force_reexports_an_up_to_date_package(tmp_path: Path) -> None:
     request = ExportRequest(out=tmp_path / "pkg", model="tiny", options=ExportOptions(exporter="legacy"))
     export_package(request)

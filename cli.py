@@ -79,12 +79,14 @@ def _parse_dtypes(value: str) -> tuple[str, ...]:
 
 
 @cli.command()
-@click.option("--model", help="Preset: shapes (trained here, ships in models/), tiny, tiny-v, tiny-inpaint (local, random "
-              "weights), sd15, sd21-base, sd21, sd15-inpaint, sd2-inpaint (hub ids).")
+@click.option("--model", help="Preset: shapes (trained here, ships in models/), tiny, tiny-v, tiny-inpaint, tiny-xl, "
+              "tiny-xl-refiner (local, random weights), sd15, sd21-base, sd21, sd15-inpaint, sd2-inpaint, sdxl, "
+              "sdxl-refiner, sdxl-turbo, sd-turbo (hub ids).")
 @click.option(
     "--model-path",
     type=click.Path(file_okay=False, path_type=Path),
-    help="A local diffusers StableDiffusionPipeline folder (e.g. a save_pretrained output) instead of --model.",
+    help="A local diffusers folder (e.g. a save_pretrained output) instead of --model: a StableDiffusion(Img2Img|"
+    "Inpaint)Pipeline or a StableDiffusionXL(Img2Img)Pipeline.",
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Package folder to write.")
 @click.option(
@@ -97,10 +99,14 @@ def _parse_dtypes(value: str) -> tuple[str, ...]:
     type=click.Choice(["dynamo", "legacy"]),
     default="dynamo",
     show_default=True,
-    help="torch.onnx's dynamo exporter, or the legacy TorchScript one (faster on full-size models).",
+    help="torch.onnx's dynamo exporter, or the legacy TorchScript one (faster on full-size models; fp32 only). "
+    "Modules over 2 GiB (SDXL's UNet) are traced by the legacy tracer without their weights either way.",
 )
 @click.option("--opset", default=18, show_default=True, help="ONNX opset (18 or newer).")
 @click.option("--force", is_flag=True, help="Re-export even when the package is up to date.")
+@click.option("--clip-skip", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Text-encoder layers to skip from the end, as diffusers' clip_skip (0: the model's own layer; SDXL "
+              "reads the penultimate one). Built into the text encoder graphs; generate then uses it for every image.")
 def export(
     model: str | None,
     model_path: Path | None,
@@ -111,6 +117,7 @@ def export(
     exporter: str,
     opset: int,
     force: bool,
+    clip_skip: int,
 ) -> None:
     """Export a diffusers pipeline to a self-describing, verified ONNX model package.
 
@@ -121,6 +128,8 @@ def export(
       python cli.py export --model sd15 --random-weights --out packages/sd15-random
       python cli.py export --model-path /path/to/diffusers/dir --out packages/mine
       python cli.py export --model tiny --dtype fp16 --out packages/tiny-fp16
+      python cli.py export --model sdxl --random-weights --dtype fp16 --out packages/sdxl-random
+      python cli.py export --model-path /models/anime-sd15 --clip-skip 1 --out packages/anime
 
     Every component is checked with onnx.checker and compared with its torch module in ONNX Runtime at two shapes;
     the export fails if any misses the parity bars. Re-running with identical inputs is skipped unless --force.
@@ -143,6 +152,7 @@ def export(
         dtypes=_parse_dtypes(dtypes),
         options=options,
         force=force,
+        clip_skip=clip_skip,
     )
     result = export_package(request)
     if result.skipped:

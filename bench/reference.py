@@ -37,6 +37,12 @@ class Reference:
     vae_scale_factor: int
     task_pipes: dict[str, Any] = field(default_factory=dict)
     """diffusers' img2img and inpaint pipelines over the same modules, made on first use."""
+    clip_skip: int = 0
+    """The package's (built into its text encoders): every call passes it to diffusers."""
+
+    @property
+    def call_options(self) -> dict[str, Any]:
+        return {"clip_skip": self.clip_skip} if self.clip_skip else {}
 
 
 def task_pipeline(reference: Reference, inpainting: bool) -> Any:
@@ -90,7 +96,18 @@ def reference_pipeline(package: ModelPackage, device: str = "cpu", dtype: str = 
     pipe: Any = source.diffusers_pipeline("img2img" if source.family == "sdxl-refiner" else "txt2img")
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device=device, dtype=torch.float16) if dtype == "fp16" else pipe.to(device)
-    return Reference(pipe, pipe.scheduler.config, device, dtype, package.constants.vae_scale_factor)
+    if package.constants.clip_skip:
+        alias_text_model(getattr(pipe, "text_encoder", None))
+    return Reference(pipe, pipe.scheduler.config, device, dtype, package.constants.vae_scale_factor,
+                     clip_skip=package.constants.clip_skip)
+
+
+def alias_text_model(text_encoder: Any) -> None:
+    """Let diffusers' ``clip_skip`` path run on transformers >= 5.6: it reads ``text_encoder.text_model.final_layer_norm``
+    (huggingface/diffusers#14124, open), and transformers 5.6 moved CLIPTextModel's layers from ``text_model`` onto
+    the model itself. The alias is a plain attribute (not a submodule), so nothing else about the model changes."""
+    if text_encoder is not None and not hasattr(text_encoder, "text_model"):
+        object.__setattr__(text_encoder, "text_model", text_encoder)
 
 
 def use_scheduler(reference: Reference, name: str | None) -> None:
@@ -163,7 +180,7 @@ def run_reference(
     use_scheduler(reference, scheduler)
     height, width = latents.shape[2] * reference.vae_scale_factor, latents.shape[3] * reference.vae_scale_factor
     dtype = torch.float16 if reference.dtype == "fp16" else torch.float32
-    arguments = {"output_type": "np", **(extra or {})}
+    arguments = {"output_type": "np", **reference.call_options, **(extra or {})}
     with shared_noise(reference, seeds), torch.inference_mode():
         images = reference.pipe(
             list(prompts),
@@ -268,7 +285,7 @@ def run_reference_image_task(
     else:
         vae_draws = [draws.image_noise] if draws.image_noise is not None else []
     arguments: dict[str, Any] = {"strength": strength, "output_type": "np" if padding_mask_crop is None else "pil",
-                                 **(extra or {})}
+                                 **reference.call_options, **(extra or {})}
     if inpainting:
         arguments.update(mask_image=mask_image, height=height, width=width, padding_mask_crop=padding_mask_crop)
     generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]  # ignored by the fed draws

@@ -149,6 +149,9 @@ class PipelineConstants:
     ``force_zeros_for_empty_prompt``)."""
     force_upcast: bool = False
     """The VAE overflows in fp16 (its config's ``force_upcast``): diffusers decodes in fp32."""
+    clip_skip: int = 0
+    """Text-encoder layers skipped from the end, as diffusers' ``clip_skip`` (0: its None). Chosen at export
+    (``--clip-skip``) and built into the text encoder graphs; the runtime refuses a call that asks for another."""
 
     @property
     def unet_text_size(self) -> int:
@@ -199,6 +202,8 @@ class PipelineConstants:
             raise ValueError("pad_token is empty")
         if self.time_ids is not None and self.time_ids not in (5, 6):
             raise ValueError(f"time_ids must be 5 (refiner) or 6 (base), got {self.time_ids}")
+        if self.clip_skip < 0:
+            raise ValueError(f"clip_skip must be >= 0, got {self.clip_skip}")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

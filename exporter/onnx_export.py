@@ -5,10 +5,11 @@ models). Whichever runs, the result is re-saved once so that the graph's inputs 
 symbolic dimension names and all weights (over 1 KB) land in one external-data file, where the runtime can read the
 ones a LoRA changes without parsing the graph (``core.weights``).
 
-Modules whose weights pass ``STREAM_BYTES`` (SDXL's 10 GB UNet, its 2.8 GB second text encoder) go through the legacy
-exporter without their weights: the graph is traced with the parameters as inputs, and each parameter is then written
-straight from the torch module into the external-data file. The weights are never copied into a protobuf, which is
-what made a full-size SDXL export need several times its 10 GB of weights in memory.
+Modules whose weights pass ``STREAM_BYTES`` (SDXL's 10 GB UNet, its 2.8 GB second text encoder in fp32) are traced
+without their weights, whichever exporter was asked for: the legacy TorchScript tracer writes the graph with the
+parameters as inputs, and each parameter is then written straight from the torch module into the external-data file.
+The weights are never copied into a protobuf, which is what made a full-size SDXL export need several times its
+10 GB of weights in memory; the dynamo exporter has no such mode (it materialises every weight in its ONNX IR).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ class ExportOptions:
     exporter: str = "dynamo"
     opset: int = DEFAULT_OPSET
     stream_weights: bool | None = None
-    """Trace without weights and stream them into the data file (legacy exporter only); None: when the module's
-    parameters pass ``STREAM_BYTES``."""
+    """Trace without weights (with the legacy tracer, whichever ``exporter``) and stream them into the data file;
+    None: when the module's parameters pass ``STREAM_BYTES``."""
 
     def __post_init__(self) -> None:
         if self.exporter not in EXPORTERS:
@@ -69,15 +70,10 @@ def export_component(
 ) -> list[Path]:
     """Export ``module`` into ``out_dir/file_name``; returns the files written (the ONNX file first)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stream = options.stream_weights
-    if stream is None:
-        stream = options.exporter == "legacy" and parameter_bytes(module) > STREAM_BYTES
     with tempfile.TemporaryDirectory(prefix="diffship-onnx-", dir=out_dir) as scratch:
         raw_path = Path(scratch) / "raw.onnx"
         with _quiet_exporter():
-            if stream:
-                if options.exporter != "legacy":
-                    raise ValueError("streamed weights need the legacy exporter (--exporter legacy)")
+            if streams_weights(module, options):
                 _export_legacy(module, spec, example, raw_path, options.opset, export_params=False)
                 return _finalize_streamed(raw_path, spec, module, out_dir / file_name)
             if options.exporter == "dynamo":
@@ -126,6 +122,13 @@ def _export_dynamo(
 
 def parameter_bytes(module: torch.nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in module.state_dict().values())
+
+
+def streams_weights(module: torch.nn.Module, options: ExportOptions) -> bool:
+    """Whether ``export_component`` traces ``module`` without its weights (module docstring)."""
+    if options.stream_weights is not None:
+        return options.stream_weights
+    return parameter_bytes(module) > STREAM_BYTES
 
 
 def _export_legacy(

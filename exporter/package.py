@@ -39,7 +39,7 @@ from core.progress import ElapsedLog
 from core.specs import PipelineConstants, dim_multiples, symbolic_dims
 from engines.weight_maps import map_weights
 from exporter.families import family_wrappers
-from exporter.onnx_export import ExportOptions, export_component, parameter_bytes
+from exporter.onnx_export import ExportOptions, export_component, parameter_bytes, streams_weights
 from exporter.sources import SourceModels, check_source_arguments, load_source
 from exporter.verify import check_onnx, verify_component
 from runtime.timing import peak_rss_bytes
@@ -71,6 +71,8 @@ class ExportRequest:
     dtypes: tuple[str, ...] = ("fp32",)
     options: ExportOptions = field(default_factory=ExportOptions)
     force: bool = False
+    clip_skip: int = 0
+    """Text-encoder layers to skip from the end, as diffusers' ``clip_skip`` (0: its None), built into the graphs."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
     progress(f"loading {request.model or request.model_path}{' (random weights)' if request.random_weights else ''}")
     source = load_source(request.model, request.model_path, request.random_weights, request.seed)
     try:
+        _check_clip_skip(source, request.clip_skip)
         progress("hashing weights")
         key, key_inputs = _export_key(source, request)
         if not request.force and _is_up_to_date(out, key):
@@ -174,6 +177,8 @@ def _export_key(source: SourceModels, request: ExportRequest) -> tuple[str, dict
         "opset": request.options.opset,
         "components": list(get_family(source.family).components),
         "versions": _library_versions(),
+        # Only when set, so that the packages exported before clip_skip existed keep their keys.
+        **({"clip_skip": request.clip_skip} if request.clip_skip else {}),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest(), inputs
 
@@ -245,7 +250,7 @@ def _write_package(
     progress: Callable[[str], None],
 ) -> list[ComponentReport]:
     family, wrappers = get_family(source.family), family_wrappers(source.family)
-    constants = wrappers.derive_constants(source)
+    constants = replace(wrappers.derive_constants(source), clip_skip=request.clip_skip)
     specs = family.specs(constants)
     multiples = dim_multiples(constants)
     cases = verification_dims(constants)
@@ -260,25 +265,28 @@ def _write_package(
     reports: list[ComponentReport] = []
     variants: dict[str, dict[str, ComponentVariant]] = {}
     for component in family.components:
-        reference = wrappers.boundary_module(component, source)
+        reference = wrappers.boundary_module(component, source, constants.clip_skip)
         feeds = random_feeds(specs[component], _example_dims(constants), np.random.default_rng(0), vocab_size)
         example = tuple(torch.from_numpy(feeds[t.name]) for t in specs[component].inputs)
         for dtype in _component_dtypes(component, constants, request.dtypes):
             label = f"{component} {dtype}"
             spec = specs[component].with_float_dtype(NUMPY_FLOAT[dtype])
-            module = reference if dtype == "fp32" else copy.deepcopy(reference).half()
+            module = reference if dtype == "fp32" else _half_copy(reference)
             module_example = tuple(
                 x.half() if dtype == "fp16" and x.is_floating_point() and t.name != "timestep" else x
                 for t, x in zip(spec.inputs, example, strict=True)
             )
             seconds: dict[str, float] = {}
-            progress(f"{label}: exporting ({request.options.exporter} exporter, opset {request.options.opset})")
+            how = ("weights streamed, legacy tracer" if streams_weights(module, request.options)
+                   else f"{request.options.exporter} exporter")
+            progress(f"{label}: exporting ({how}, opset {request.options.opset})")
             tick = time.perf_counter()
             files = export_component(
                 module, spec, module_example, staging / "onnx" / component, request.options, multiples,
                 file_name=onnx_file_name(dtype),
             )
             seconds["export"] = time.perf_counter() - tick
+            del module  # an fp16 copy goes before ONNX Runtime loads the graph; the fp32 reference stays
             size = sum(f.stat().st_size for f in files)
             progress(f"{label}: exported {_megabytes(size)} in {seconds['export']:.1f}s; running onnx.checker")
             tick = time.perf_counter()
@@ -296,7 +304,6 @@ def _write_package(
                 raise ExportError(
                     f"{label} misses the parity bar ({verification.bar}): " + "; ".join(verification.failures)
                 )
-            del module  # an fp16 copy goes now; the fp32 reference stays for the next dtype
             relative = [str(f.relative_to(staging)) for f in files]
             written += relative
             weight_map = None
@@ -334,6 +341,29 @@ def _write_package(
     ).with_files(staging, written)
     ModelPackage(staging, manifest).write_manifest(manifest)
     return reports
+
+
+def _check_clip_skip(source: SourceModels, clip_skip: int) -> None:
+    """``clip_skip`` must leave at least one transformer layer of every text encoder to read."""
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0:
+        raise ExportError(f"clip_skip must be a whole number >= 0 (0: the model's default layer), got {clip_skip!r:.40}")
+    layers = min(int(e.config.num_hidden_layers) for e in (source.text_encoder, source.text_encoder_2) if e is not None)
+    most = layers - (2 if source.text_encoder_2 is not None else 1)  # SDXL already reads the penultimate layer
+    if clip_skip > most:
+        raise ExportError(f"clip_skip {clip_skip} leaves no layer of this model's {layers}-layer text encoder to read; "
+                          f"give 0 to {most}")
+
+
+def _half_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """``copy.deepcopy(module).half()`` without the fp32 duplicate in between: each floating parameter and buffer is
+    halved straight from the original (full-size SDXL's fp32 UNet and a second fp32 copy would not fit in 24 GB)."""
+    memo: dict[int, Any] = {}
+    for _, tensor in (*module.named_parameters(remove_duplicate=False), *module.named_buffers()):
+        if id(tensor) in memo or not tensor.is_floating_point():
+            continue
+        half = tensor.detach().half()
+        memo[id(tensor)] = torch.nn.Parameter(half, tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) else half
+    return copy.deepcopy(module, memo)
 
 
 SOURCE_MODULES = {"text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "unet": "unet",

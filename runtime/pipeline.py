@@ -59,7 +59,7 @@ from runtime.handoff import Handoff, check_handoff
 from runtime.images import save_png, to_uint8
 from runtime.lora import LoraRequest, lora_weights
 from runtime.prompts import PromptEncoder
-from runtime.requests import Limits, Request, SizeLimits, StepCallback, latent_shape, validate_request
+from runtime.requests import Limits, Request, SizeLimits, StepCallback, check_clip_skip, latent_shape, validate_request
 from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, scheduler_names, start_index
 from runtime.starts import draw_order, starting_point
 from runtime.timing import StageTimer, Timings
@@ -265,6 +265,7 @@ class Pipeline:
         denoising_start: float | None = None,
         denoising_end: float | None = None,
         output_type: str = "image",
+        clip_skip: int | None = None,
     ) -> Call:
         """Check a call's arguments (the same as ``__call__``'s) without running it: a ``Call`` for ``run_batch``, or
         a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image.
@@ -273,7 +274,8 @@ class Pipeline:
         ``target_size`` as (height, width) / (top, left) pixels, their ``negative_*`` variants; the refiner's
         ``aesthetic_score``), as diffusers' StableDiffusionXLPipeline does, and the base -> refiner hand-off
         (``denoising_end`` with ``output_type="latent"``, then ``image=latents`` with ``denoising_start``:
-        runtime/handoff.py)."""
+        runtime/handoff.py). ``clip_skip`` is fixed at export (``--clip-skip``): None or the package's own value."""
+        check_clip_skip(self.constants, clip_skip)
         micro = {"original_size": original_size, "crops_coords_top_left": crops_coords_top_left,
                  "target_size": target_size, "negative_original_size": negative_original_size,
                  "negative_crops_coords_top_left": negative_crops_coords_top_left,

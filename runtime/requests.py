@@ -97,6 +97,18 @@ def latent_shape(constants: PipelineConstants, height: int, width: int, batch: i
     return (batch, constants.latent_channels, height // factor, width // factor)
 
 
+def check_clip_skip(constants: PipelineConstants, clip_skip: Any) -> None:
+    """``clip_skip`` is built into the package's text encoder graphs at export: a call may only restate it."""
+    if clip_skip is None:
+        return
+    if isinstance(clip_skip, bool) or not isinstance(clip_skip, (int, np.integer)) or clip_skip < 0:
+        raise PipelineInputError(f"clip_skip must be a whole number >= 0 or None, got {clip_skip!r:.60}")
+    if clip_skip != constants.clip_skip:
+        raise PipelineInputError(
+            f"clip_skip {clip_skip}: this package's text encoders were exported with clip_skip {constants.clip_skip} "
+            f"(it is part of the graph); re-export with python cli.py export --clip-skip {clip_skip} to use it")
+
+
 def validate_request(
     constants: PipelineConstants,
     size_limits: SizeLimits,

@@ -86,7 +86,33 @@ class _Graph:
 
     def scalar(self, tensor: str) -> float | None:
         value = self.constants.get(tensor)
+        if value is None and tensor in self.producer and self.producer[tensor].op_type == "Unsqueeze":
+            value = self.constants.get(self.producer[tensor].input[0])  # TorchScript builds shapes from these
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
+
+    def producer_through_casts(self, tensor: str) -> Any | None:
+        node = self.producer.get(tensor)
+        while node is not None and node.op_type == "Cast":
+            node = self.producer.get(node.input[0])
+        return node
+
+    def is_default_scale_factor(self, tensor: str, query_heads: str) -> bool:
+        """Whether ``tensor`` is TorchScript's symbolic form of SDPA's default scaling, applied half to q and half to
+        k: ``sqrt(1 / sqrt(query_heads.shape[-1]))``, casts allowed between the steps."""
+        node = self.producer.get(tensor)
+        if node is None or node.op_type != "Sqrt":
+            return False
+        divide = self.producer_through_casts(node.input[0])
+        if divide is None or divide.op_type != "Div" or self.scalar(divide.input[0]) != 1.0:
+            return False
+        root = self.producer_through_casts(divide.input[1])
+        if root is None or root.op_type != "Sqrt":
+            return False
+        size = self.producer_through_casts(root.input[0])
+        if size is None or size.op_type != "Slice" or self.scalar(size.input[1]) != -1:
+            return False
+        shape = self.producer.get(size.input[0])
+        return shape is not None and shape.op_type == "Shape" and shape.input[0] == query_heads
 
 
 def _heads(graph: _Graph, chain: Sequence[Any]) -> int | None:
@@ -96,19 +122,22 @@ def _heads(graph: _Graph, chain: Sequence[Any]) -> int | None:
             continue
         shape = graph.constants.get(node.input[1])
         if shape is None and node.input[1] in graph.producer and graph.producer[node.input[1]].op_type == "Concat":
-            parts = [graph.constants.get(i) for i in graph.producer[node.input[1]].input]
-            if len(parts) == 4 and parts[2] is not None and parts[3] is not None:
-                return int(parts[2].reshape(-1)[0])
+            parts = graph.producer[node.input[1]].input
+            heads = graph.scalar(parts[2]) if len(parts) == 4 else None
+            if heads is not None:
+                return int(heads)
         elif shape is not None and shape.size == 4:
             return int(shape[2])
     return None
 
 
 def fuse_attention(model: Any) -> tuple[Any, int]:
-    """Rewrite every scaled-dot-product attention of a dynamo export into com.microsoft.MultiHeadAttention.
+    """Rewrite every scaled-dot-product attention of an export into com.microsoft.MultiHeadAttention.
 
     Matches ``Softmax(MatMul(Mul(q_heads, a), Mul(k_heads_t, b))) @ v_heads -> Transpose -> Reshape`` where the
-    ``*_heads`` come from the q/k/v projections through Reshape/Transpose only. Anything else is left alone.
+    ``*_heads`` come from the q/k/v projections through Reshape/Transpose only. The dynamo exporter writes ``a`` and
+    ``b`` as constants; the TorchScript one (``--exporter legacy``, and every streamed export) computes them from q's
+    shape, which is SDPA's default scale and MultiHeadAttention's too. Anything else is left alone.
     """
     import onnx
     from onnx import helper
@@ -128,7 +157,10 @@ def fuse_attention(model: Any) -> tuple[Any, int]:
         if reshape is None or any(s is None or s.op_type != "Mul" for s in scaled):
             continue
         factors = [graph.scalar(s.input[1]) for s in scaled]  # type: ignore[union-attr]
-        if any(f is None for f in factors):
+        attributes: dict[str, Any] = {}
+        if all(f is not None for f in factors):
+            attributes["scale"] = float(factors[0] * factors[1])  # type: ignore[operator]
+        elif not all(graph.is_default_scale_factor(s.input[1], scaled[0].input[0]) for s in scaled):  # type: ignore[union-attr]
             continue
         query, query_chain = graph.head_split_source(scaled[0].input[0])  # type: ignore[union-attr]
         key, key_chain = graph.head_split_source(scaled[1].input[0])  # type: ignore[union-attr]
@@ -144,7 +176,7 @@ def fuse_attention(model: Any) -> tuple[Any, int]:
             name=f"fused_attention_{fused}",
             domain="com.microsoft",
             num_heads=heads,
-            scale=float(factors[0] * factors[1]),  # type: ignore[operator]
+            **attributes,
         )
         added.append((reshape, node))
         for dead in (softmax, scores, *scaled, weighted, merge, reshape):

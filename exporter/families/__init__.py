@@ -1,7 +1,7 @@
 """The torch side of each model family: boundary modules and the constants read from the models' configs.
 
-Adding a family means a description in ``core/families`` and a module here with ``boundary_module(component, source)``
-and ``derive_constants(source)`` (docs/design.md, "Adding a family").
+Adding a family means a description in ``core/families`` and a module here with
+``boundary_module(component, source, clip_skip)`` and ``derive_constants(source)`` (docs/design.md, "Adding a family").
 """
 
 from __future__ import annotations

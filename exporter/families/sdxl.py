@@ -16,17 +16,19 @@ from exporter.sources import SourceModels
 
 
 class XLTextEncoderBoundary(nn.Module):
-    """input_ids -> the penultimate layer's hidden states (what SDXL reads; diffusers' ``clip_skip`` None), and for
-    the second encoder its projected pooled output (``text_embeds``)."""
+    """input_ids -> the penultimate layer's hidden states (what SDXL reads; diffusers' ``clip_skip`` None), or with
+    ``clip_skip`` k the hidden states k layers before that (no final layer norm, as diffusers), and for the second
+    encoder its projected pooled output (``text_embeds``, from the last layer whatever ``clip_skip``)."""
 
-    def __init__(self, text_encoder: Any, pooled: bool) -> None:
+    def __init__(self, text_encoder: Any, pooled: bool, clip_skip: int = 0) -> None:
         super().__init__()
         self.text_encoder = text_encoder
         self.pooled = pooled
+        self.clip_skip = clip_skip
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         output = self.text_encoder(input_ids=input_ids, output_hidden_states=True, return_dict=True)
-        hidden = output.hidden_states[-2]
+        hidden = output.hidden_states[-(self.clip_skip + 2)]
         if self.pooled:
             return hidden, output.text_embeds
         return hidden  # type: ignore[no-any-return]
@@ -44,11 +46,12 @@ class XLUNetBoundary(stable_diffusion.UNetBoundary):
         return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
-def boundary_module(component: str, source: SourceModels) -> nn.Module:
+def boundary_module(component: str, source: SourceModels, clip_skip: int = 0) -> nn.Module:
+    """The module exported as ``component``; ``clip_skip`` as diffusers' (0: its None) for both text encoders."""
     if component == "text_encoder":
-        return XLTextEncoderBoundary(source.text_encoder, pooled=False).eval()
+        return XLTextEncoderBoundary(source.text_encoder, pooled=False, clip_skip=clip_skip).eval()
     if component == "text_encoder_2":
-        return XLTextEncoderBoundary(source.text_encoder_2, pooled=True).eval()
+        return XLTextEncoderBoundary(source.text_encoder_2, pooled=True, clip_skip=clip_skip).eval()
     if component == "unet":
         return XLUNetBoundary(source.unet).eval()
     if component in ("vae_decoder", "vae_encoder"):

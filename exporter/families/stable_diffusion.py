@@ -21,15 +21,23 @@ from exporter.sources import SourceModels
 
 
 class TextEncoderBoundary(nn.Module):
-    """input_ids -> (last_hidden_state, pooler_output); no attention mask, as diffusers' SD pipelines call it."""
+    """input_ids -> (last_hidden_state, pooler_output); no attention mask, as diffusers' SD pipelines call it. With
+    ``clip_skip`` k > 0 the first output is, as diffusers' ``encode_prompt`` computes it, the hidden states k layers
+    before the last, through the final layer norm."""
 
-    def __init__(self, text_encoder: Any) -> None:
+    def __init__(self, text_encoder: Any, clip_skip: int = 0) -> None:
         super().__init__()
         self.text_encoder = text_encoder
+        self.clip_skip = clip_skip
 
     def forward(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output = self.text_encoder(input_ids=input_ids, return_dict=True)
-        return output.last_hidden_state, output.pooler_output
+        output = self.text_encoder(input_ids=input_ids, output_hidden_states=self.clip_skip > 0, return_dict=True)
+        if self.clip_skip == 0:
+            return output.last_hidden_state, output.pooler_output
+        # transformers 5.6 moved the layers of CLIPTextModel from its text_model onto the model itself.
+        final_layer_norm = getattr(self.text_encoder, "text_model", self.text_encoder).final_layer_norm
+        hidden = final_layer_norm(output.hidden_states[-(self.clip_skip + 1)])
+        return hidden, output.pooler_output
 
 
 UPSAMPLE_TO_SKIP = 62
@@ -123,9 +131,10 @@ class VaeEncoderBoundary(nn.Module):
         return self.vae.encode(sample).latent_dist.parameters
 
 
-def boundary_module(component: str, source: SourceModels) -> nn.Module:
+def boundary_module(component: str, source: SourceModels, clip_skip: int = 0) -> nn.Module:
+    """The module exported as ``component``; ``clip_skip`` as diffusers' (0: its None) for the text encoder."""
     if component == "text_encoder":
-        return TextEncoderBoundary(source.text_encoder).eval()
+        return TextEncoderBoundary(source.text_encoder, clip_skip).eval()
     if component == "unet":
         return UNetBoundary(source.unet).eval()
     if component == "vae_decoder":

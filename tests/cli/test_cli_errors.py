@@ -205,3 +205,14 @@ def test_generate_bad_sdxl_input(tiny_xl_package: Path, tmp_path: Path, argument
     result = run_cli("generate", "--package", str(tiny_xl_package), "--prompt", "x", "--steps", "1",
                      "--out", str(tmp_path / "o.png"), *arguments)
     assert_one_line_error(result, fragment)
+
+
+def test_export_help_names_every_preset() -> None:
+    from exporter.sources import PRESETS
+
+    result = run_cli("export", "--help")
+    assert result.returncode == 0
+    model_help = result.stdout.split("--model TEXT")[1].split("--model-path")[0]
+    words = set(" ".join(model_help.split()).replace("- ", "-").replace(",", " ").split())
+    missing = [name for name in PRESETS if name not in words]
+    assert missing == [], f"--model's help leaves out {missing}"

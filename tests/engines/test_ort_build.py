@@ -33,6 +33,29 @@ def test_fuse_attention_replaces_every_unet_attention(tiny_package: Path) -> Non
     assert heads == {8}  # the tiny UNet's attention_head_dim (heads, in SD 1.x naming)
 
 
+
+def test_fuse_attention_of_a_legacy_export_computes_what_the_graph_did(tiny_v_package: Path, tmp_path: Path) -> None:
+    # TorchScript writes SDPA's scale as ops on q's shape, not as a constant: the fused node takes the same default.
+    ort = pytest.importorskip("onnxruntime")
+    from engines.onnx_graphs import save_onnx
+
+    source = tiny_v_package / "onnx" / "unet" / "model.onnx"
+    model = onnx.load(str(source))
+    softmaxes = sum(node.op_type == "Softmax" for node in model.graph.node)
+    fused, count = fuse_attention(model)
+    assert count == softmaxes > 0
+    assert not any(a.name == "scale" for n in fused.graph.node if n.op_type == "MultiHeadAttention" for a in n.attribute)
+    save_onnx(fused, tmp_path / "model.onnx")
+    rng = np.random.default_rng(0)
+    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+                for path in (source, tmp_path / "model.onnx")]
+    hidden = next(i.shape[2] for i in sessions[0].get_inputs() if i.name == "encoder_hidden_states")
+    feeds = {"sample": rng.standard_normal((2, 4, 8, 16), dtype=np.float32),
+             "timestep": np.array([15.0, 700.0], np.float32),
+             "encoder_hidden_states": rng.standard_normal((2, 77, hidden), dtype=np.float32)}
+    plain, rewritten = (session.run(None, feeds)[0] for session in sessions)
+    np.testing.assert_allclose(rewritten, plain, rtol=1e-4, atol=1e-5)
+
 def test_build_records_verified_engines_in_the_manifest(built: Path) -> None:
     package = ModelPackage.open(built)
     name = f"ort-{cpu_tag()}-fp32"

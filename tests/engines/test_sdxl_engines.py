@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from core.package import ModelPackage
@@ -45,8 +46,13 @@ def test_sdxl_build_ort_engines_draw_what_the_exported_graphs_draw(tiny_xl_packa
     package_path = tmp_path / "tiny-xl"
     shutil.copytree(tiny_xl_package, package_path)
     build_ort_engines(package_path)
-    built_sets = [name for name in ModelPackage.open(package_path).manifest.engines if name.startswith("ort-")]
+    package = ModelPackage.open(package_path)
+    built_sets = [name for name in package.manifest.engines if name.startswith("ort-")]
     assert built_sets
+    # The legacy (TorchScript) export computes SDPA's scale from q's shape; every attention is fused all the same.
+    exported = onnx.load(str(package.path(package.variant("unet", "fp32").onnx)), load_external_data=False)
+    softmaxes = sum(node.op_type == "Softmax" for node in exported.graph.node)
+    assert package.manifest.engines[built_sets[0]].components["unet"].fused_attention == softmaxes > 0
     latents = np.random.default_rng(3).standard_normal((1, 4, 8, 12)).astype(np.float32)
     call = dict(prompt="a lighthouse at dusk", negative_prompt="fog", num_inference_steps=3, guidance_scale=5.0,
                 height=64, width=96, latents=latents, seed=1)

@@ -184,7 +184,7 @@ def run_reference(
     with shared_noise(reference, seeds), torch.inference_mode():
         images = reference.pipe(
             list(prompts),
-            negative_prompt=list(negative_prompts) if negative_prompts is not None else None,
+            **negative_side(reference, reference.pipe, len(prompts), negative_prompts, guidance),
             num_inference_steps=steps,
             guidance_scale=guidance,
             height=height,
@@ -194,6 +194,28 @@ def run_reference(
             **arguments,
         ).images
     return _as_output(images, arguments["output_type"])
+
+
+def negative_side(reference: Reference, pipe: Any, count: int, negative_prompts: Sequence[str] | None,
+                  guidance: float) -> dict[str, Any]:
+    """The unconditional side of a call: the negative prompts, or with ``clip_skip`` their embeddings.
+
+    diffusers (0.42) applies ``clip_skip`` to the prompt alone and encodes the negative at the model's usual layer
+    (huggingface/diffusers#13796 and #13973, closed without a merge, would have changed that). A package's
+    ``clip_skip`` is in its text encoder graph, so both sides read the same layer, as classifier-free guidance's
+    difference of the two needs and as A1111 does; the reference gets the same by passing diffusers negative
+    embeddings from its own ``encode_prompt(..., clip_skip=...)``. Must run inside ``torch.inference_mode()``."""
+    negatives = list(negative_prompts) if negative_prompts is not None else None
+    xl = getattr(pipe, "text_encoder_2", None) is not None
+    if not reference.clip_skip or guidance <= 1 or (negatives is None and xl and pipe.config.force_zeros_for_empty_prompt):
+        return {"negative_prompt": negatives}  # no CFG batch, or SDXL's zeros for an empty negative: no layer read
+    texts = negatives if negatives is not None else [""] * count
+    if xl:
+        embeds, _, pooled, _ = pipe.encode_prompt(texts, device=reference.device, do_classifier_free_guidance=False,
+                                                  clip_skip=reference.clip_skip)
+        return {"negative_prompt_embeds": embeds, "negative_pooled_prompt_embeds": pooled}
+    embeds, _ = pipe.encode_prompt(texts, reference.device, 1, False, clip_skip=reference.clip_skip)
+    return {"negative_prompt_embeds": embeds}
 
 
 def _as_output(images: Any, output_type: str) -> list[np.ndarray]:
@@ -296,7 +318,7 @@ def run_reference_image_task(
         images = pipe(
             list(prompts),
             image=image,
-            negative_prompt=list(negative_prompts) if negative_prompts is not None else None,
+            **negative_side(reference, pipe, len(prompts), negative_prompts, guidance),
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=generators,

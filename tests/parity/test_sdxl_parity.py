@@ -132,3 +132,26 @@ def test_sdxl_turbo_style_matches_diffusers(steps: int, ours: Pipeline, referenc
     finally:
         ours.scheduler_config, reference.loaded_scheduler_config = saved_ours, saved_reference
     assert worst <= 2, f"{steps} steps: max pixel difference {worst}/255"
+
+
+@pytest.fixture(scope="module")
+def clip_skip_package(tiny_xl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from exporter.onnx_export import ExportOptions
+    from exporter.package import ExportRequest, export_package
+
+    out = tmp_path_factory.mktemp("clip-skip") / "tiny-xl-clip-skip-1"
+    export_package(ExportRequest(out=out, model_path=tiny_xl_dir, options=ExportOptions(exporter="legacy"), clip_skip=1))
+    return out
+
+
+@pytest.mark.parametrize(("guidance", "negatives"), [(0.0, None), (5.0, None), (5.0, NEGATIVES)],
+                         ids=["unguided", "zeros-negative", "negative-prompts"])
+def test_sdxl_clip_skip_matches_diffusers(guidance: float, negatives: list[str] | None, clip_skip_package: Path,
+                                          ours: Pipeline, reference: Reference) -> None:
+    # Both sides read the skipped layer (diffusers' negatives come from its own encode_prompt: bench/reference.py).
+    with Pipeline.from_package(clip_skip_package, backend="ort", device="cpu") as skipping:
+        assert skipping.constants.clip_skip == 1
+        worst = compare(skipping, replace(reference, clip_skip=1), PROMPTS, negatives, guidance, "euler")
+        moved = compare(skipping, reference, PROMPTS, negatives, guidance, "euler")
+    assert worst <= 2, f"max pixel difference {worst}/255"
+    assert moved > 2, "the skipped layer should change the image (diffusers without clip_skip is this close)"

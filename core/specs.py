@@ -168,6 +168,11 @@ class PipelineConstants:
         """The SDXL refiner's micro-conditioning: an aesthetic score where the base model has a target size."""
         return self.time_ids == 5
 
+    def upcasts(self, component: str) -> bool:
+        """Whether ``component`` runs in fp32 inside an fp16 pipeline: a VAE whose config sets ``force_upcast``
+        (SDXL's overflows in fp16), as diffusers upcasts it."""
+        return self.force_upcast and component in ("vae_decoder", "vae_encoder")
+
     @property
     def unet_channels(self) -> int:
         return self.unet_in_channels or self.latent_channels

@@ -7,6 +7,8 @@ Precision routes (docs/design.md, "TensorRT and TensorRT-RTX builds"):
   re-sorted, then checked against fp32 in ONNX Runtime before use; half-precision export is the sturdier route).
 - Full TensorRT takes the fp16 export strongly typed when present, else the fp32 export with the FP16 builder flag
   (TensorRT then keeps in fp32 whatever it judges fragile).
+- A VAE whose config sets ``force_upcast`` (SDXL's overflows in fp16) is built from its fp32 export in fp32 inside
+  an fp16 set, as diffusers decodes it; the runtime casts the latents to the engine's float32 input.
 Engines land in ``engines/<backend>-<archs>-<precision>/<component>.plan`` with a ``<component>.layers.json``
 report. Cache key, work folder, publishing and the manifest record are ``engines.build``'s.
 
@@ -323,6 +325,10 @@ def choose_onnx(
     if precision == "fp32":
         variant = package.variant(component, "fp32")
         return OnnxChoice(variant, library.always_strongly_typed, False, "fp32 export")
+    if package.constants.upcasts(component) and "fp32" in variants:
+        # An fp16 VAE with force_upcast overflows to NaN at large sizes; the runtime casts its latents to fp32.
+        return OnnxChoice(package.variant(component, "fp32"), library.always_strongly_typed, False,
+                          "fp32 export (force_upcast)")
     if "fp16" in variants:
         route = "fp16 export" if not variants["fp16"].verification.get("converted_from") else "fp16 (converted from fp32)"
         return OnnxChoice(variants["fp16"], True, False, route)

@@ -19,7 +19,7 @@ COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_enco
 
 def test_sdxl_rtx_build_profiles_include_added_conditioning(tiny_xl_package: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx")
-    from engines.tensorrt.build import BuildRequest, build_engines
+    from engines.tensorrt.build import BuildRequest, build_engines, read_layer_summary
 
     package_path = tmp_path / "tiny-xl"
     shutil.copytree(tiny_xl_package, package_path)
@@ -36,6 +36,13 @@ def test_sdxl_rtx_build_profiles_include_added_conditioning(tiny_xl_package: Pat
     assert unet["time_ids"] == ((1, 6), (2, 6), (4, 6))
     assert unet["encoder_hidden_states"][2][2] == constants.text_hidden_size + constants.text_hidden_size_2
     assert engine_set.components["text_encoder_2"].profile.shapes["input_ids"][2] == (4, 77)
+    # force_upcast: the VAE is built from its fp32 export in fp32 (the builder's own report says so), the rest in fp16.
+    assert constants.force_upcast
+    sources = {name: entry.source_dtype for name, entry in engine_set.components.items()}
+    assert sources == {**dict.fromkeys(COMPONENTS, "fp16"), "vae_decoder": "fp32", "vae_encoder": "fp32"}
+    decoder = read_layer_summary(package, engine_set.components["vae_decoder"])["compute_layers"]
+    assert set(decoder["convolution"]) == {"Float"}, decoder
+    assert set(read_layer_summary(package, engine_set.components["unet"])["compute_layers"]["convolution"]) == {"Half"}
     assert package.verify_all() == []
 
 

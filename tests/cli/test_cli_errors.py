@@ -208,11 +208,14 @@ def test_generate_bad_sdxl_input(tiny_xl_package: Path, tmp_path: Path, argument
 
 
 def test_export_help_names_every_preset() -> None:
+    from click.testing import CliRunner
+
+    from cli import cli
     from exporter.sources import PRESETS
 
-    result = run_cli("export", "--help")
-    assert result.returncode == 0
-    model_help = result.stdout.split("--model TEXT")[1].split("--model-path")[0]
+    result = CliRunner().invoke(cli, ["export", "--help"])
+    assert result.exit_code == 0, result.output
+    model_help = result.output.split("--model TEXT")[1].split("--model-path")[0]
     words = set(" ".join(model_help.split()).replace("- ", "-").replace(",", " ").split())
     missing = [name for name in PRESETS if name not in words]
     assert missing == [], f"--model's help leaves out {missing}"

@@ -67,7 +67,7 @@ def _gpu_present() -> bool:
         return False
 
 
-EXPORT_FIXTURES = {"tiny_package", "tiny_xl_package", "tiny_xl_dir", "tiny_xl_refiner_package", "tiny_xl_refiner_dir", "tiny_v_package", "tiny_inpaint_package", "shapes_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files"}
+EXPORT_FIXTURES = {"tiny_package", "tiny_legacy_package", "tiny_xl_package", "tiny_xl_dir", "tiny_xl_refiner_package", "tiny_xl_refiner_dir", "tiny_v_package", "tiny_inpaint_package", "shapes_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files"}
 """Fixtures that export models with torch: a test using one is marked ``export`` (left out of make test-fast)."""
 
 
@@ -97,6 +97,13 @@ def cache_dir(pytestconfig: pytest.Config) -> Path:
 def tiny_package(cache_dir: Path) -> Path:
     """SD 1.x tiny model, fp32 and fp16 ONNX (dynamo exporter)."""
     return shared.tiny(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_legacy_package(cache_dir: Path) -> Path:
+    """SD 1.x tiny model, fp32 ONNX, as ``ExportRequest(model="tiny", options=ExportOptions(exporter="legacy"))``
+    writes it (the same export key): re-export tests copy it rather than export it again. Never modify it."""
+    return shared.tiny_legacy(cache_dir)
 
 
 @pytest.fixture(scope="session")

@@ -69,6 +69,12 @@ def tiny(cache_dir: Path) -> Path:
     return export(cache_dir, "tiny", "tiny", ("fp32", "fp16"))
 
 
+def tiny_legacy(cache_dir: Path) -> Path:
+    """SD 1.x tiny model, fp32 ONNX, exactly as ``ExportRequest(model="tiny", options=ExportOptions(exporter="legacy"))``
+    writes it: the starting point the re-export tests copy instead of each exporting it again."""
+    return export(cache_dir, "tiny", "tiny-legacy", ("fp32",), exporter="legacy")
+
+
 def tiny_v(cache_dir: Path) -> Path:
     """SD 2.x (v-prediction) tiny model, fp32 ONNX (legacy exporter: 10 s where dynamo fp32+fp16 takes two minutes of
     CI; the dynamo exporter and fp16 are covered by ``tiny``, and the legacy exporter cannot write fp16 text encoders)."""
@@ -104,7 +110,7 @@ def pretrained(cache_dir: Path) -> dict[str, Path]:
 
 MAKERS = {"tiny_package": tiny, "pretrained_dirs": pretrained, "tiny_v_package": tiny_v,
           "tiny_inpaint_package": tiny_inpaint, "shapes_package": shapes, "tiny_xl_package": tiny_xl,
-          "tiny_xl_refiner_package": tiny_xl_refiner}
+          "tiny_xl_refiner_package": tiny_xl_refiner, "tiny_legacy_package": tiny_legacy}
 """The fixture that needs each package -> what makes it, the slowest first (the prefetch order)."""
 
 

@@ -3,6 +3,7 @@ saying so), and a file changed in place makes the package out of date for export
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,17 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.export
 
 
-def test_force_reexport_keeps_engines_built_from_unchanged_onnx(tmp_path: Path) -> None:
+def copy_of(package: Path, tmp_path: Path) -> tuple[Path, ExportRequest]:
+    """A copy of the shared legacy ``tiny`` export, and the request that wrote it (the copy is up to date for it)."""
     out = tmp_path / "pkg"
+    shutil.copytree(package, out)
     request = ExportRequest(out=out, model="tiny", options=ExportOptions(exporter="legacy"))
-    export_package(request)
+    assert export_package(request).skipped
+    return out, request
+
+
+def test_force_reexport_keeps_engines_built_from_unchanged_onnx(tiny_legacy_package: Path, tmp_path: Path) -> None:
+    out, request = copy_of(tiny_legacy_package, tmp_path)
     set_name = build_ort_engines(out).engine_set
     lines: list[str] = []
     export_package(ExportRequest(**{**request.__dict__, "force": True}), on_progress=lines.append)
@@ -35,11 +43,8 @@ def test_force_reexport_keeps_engines_built_from_unchanged_onnx(tmp_path: Path) 
     assert sum("dropped, the ONNX it was built from changed" in line for line in lines) == len(components)
 
 
-def test_a_file_changed_in_place_is_not_up_to_date(tmp_path: Path) -> None:
-    out = tmp_path / "pkg"
-    request = ExportRequest(out=out, model="tiny", options=ExportOptions(exporter="legacy"))
-    export_package(request)
-    assert export_package(request).skipped
+def test_a_file_changed_in_place_is_not_up_to_date(tiny_legacy_package: Path, tmp_path: Path) -> None:
+    out, request = copy_of(tiny_legacy_package, tmp_path)
     onnx = out / "onnx" / "vae_decoder" / "model.onnx"
     data = bytearray(onnx.read_bytes())
     data[-100] ^= 0xFF  # same size

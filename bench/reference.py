@@ -207,8 +207,9 @@ def negative_side(reference: Reference, pipe: Any, count: int, negative_prompts:
     embeddings from its own ``encode_prompt(..., clip_skip=...)``. Must run inside ``torch.inference_mode()``."""
     negatives = list(negative_prompts) if negative_prompts is not None else None
     xl = getattr(pipe, "text_encoder_2", None) is not None
-    if not reference.clip_skip or guidance <= 1 or (negatives is None and xl and pipe.config.force_zeros_for_empty_prompt):
-        return {"negative_prompt": negatives}  # no CFG batch, or SDXL's zeros for an empty negative: no layer read
+    zeros = negatives is None and xl and pipe.config.force_zeros_for_empty_prompt  # SDXL's zeros: no layer read
+    if not reference.clip_skip or guidance <= 1 or zeros:
+        return {"negative_prompt": negatives}
     texts = negatives if negatives is not None else [""] * count
     if xl:
         embeds, _, pooled, _ = pipe.encode_prompt(texts, device=reference.device, do_classifier_free_guidance=False,

@@ -277,12 +277,12 @@ def _write_package(
                 for t, x in zip(spec.inputs, example, strict=True)
             )
             seconds: dict[str, float] = {}
-            how = ("weights streamed, legacy tracer" if streams_weights(module, request.options)
-                   else f"{request.options.exporter} exporter")
-            progress(f"{label}: exporting ({how}, opset {request.options.opset})")
+            options = replace(request.options, stream_weights=streams_weights(module, request.options))
+            how = "weights streamed, legacy tracer" if options.stream_weights else f"{options.exporter} exporter"
+            progress(f"{label}: exporting ({how}, opset {options.opset})")
             tick = time.perf_counter()
             files = export_component(
-                module, spec, module_example, staging / "onnx" / component, request.options, multiples,
+                module, spec, module_example, staging / "onnx" / component, options, multiples,
                 file_name=onnx_file_name(dtype),
             )
             seconds["export"] = time.perf_counter() - tick
@@ -358,11 +358,11 @@ def _half_copy(module: torch.nn.Module) -> torch.nn.Module:
     """``copy.deepcopy(module).half()`` without the fp32 duplicate in between: each floating parameter and buffer is
     halved straight from the original (full-size SDXL's fp32 UNet and a second fp32 copy would not fit in 24 GB)."""
     memo: dict[int, Any] = {}
-    for _, tensor in (*module.named_parameters(remove_duplicate=False), *module.named_buffers()):
-        if id(tensor) in memo or not tensor.is_floating_point():
-            continue
-        half = tensor.detach().half()
-        memo[id(tensor)] = torch.nn.Parameter(half, tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) else half
+    for tensor in (*module.parameters(), *module.buffers()):  # tied tensors appear once, and stay tied
+        if tensor.is_floating_point():
+            half = tensor.detach().half()
+            memo[id(tensor)] = torch.nn.Parameter(half, tensor.requires_grad) if isinstance(tensor, torch.nn.Parameter) \
+                else half
     return copy.deepcopy(module, memo)
 
 

@@ -121,12 +121,9 @@ class SourceModels:
     def modules(self) -> dict[str, torch.nn.Module]:
         # This order is hashed into weights_sha256 (and so into every package's export key): packages exported
         # before the refiner existed must keep matching their rebuilt source.
-        modules = {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae}
-        if self.text_encoder is None:
-            del modules["text_encoder"]
-        if self.text_encoder_2 is not None:
-            modules["text_encoder_2"] = self.text_encoder_2
-        return modules
+        ordered = {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae,
+                   "text_encoder_2": self.text_encoder_2}
+        return {name: module for name, module in ordered.items() if module is not None}
 
     def weights_sha256(self) -> str:
         """Digest of every parameter and buffer (name, dtype, shape, bytes) of the models, taken in the order

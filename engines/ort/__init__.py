@@ -31,7 +31,8 @@ def component_dtype(package: ModelPackage, component: str, precision: str) -> st
     export inside an fp16 pipeline, as diffusers upcasts it, when the package has one."""
     if precision == "int8":
         return "fp32"
-    if precision == "fp16" and package.constants.upcasts(component) and "fp32" in package.manifest.components.get(component, {}):
+    upcast = package.constants.upcasts(component) and "fp32" in package.manifest.components.get(component, {})
+    if precision == "fp16" and upcast:
         return "fp32"
     return precision
 

@@ -160,7 +160,8 @@ def fuse_attention(model: Any) -> tuple[Any, int]:
         attributes: dict[str, Any] = {}
         if all(f is not None for f in factors):
             attributes["scale"] = float(factors[0] * factors[1])  # type: ignore[operator]
-        elif not all(graph.is_default_scale_factor(s.input[1], scaled[0].input[0]) for s in scaled):  # type: ignore[union-attr]
+        elif not all(graph.is_default_scale_factor(s.input[1], scaled[0].input[0])  # type: ignore[union-attr]
+                     for s in scaled):
             continue
         query, query_chain = graph.head_split_source(scaled[0].input[0])  # type: ignore[union-attr]
         key, key_chain = graph.head_split_source(scaled[1].input[0])  # type: ignore[union-attr]

@@ -1149,9 +1149,9 @@ def parity(
         precision=precision, height=size, width=size, device=device, cuda_graphs=cuda_graphs,
         reference_device=reference_device,
     )
-    rows = [[c.scheduler, f"{c.guidance:g}", f"{c.max_pixel_diff}/255", f"{c.psnr_db:.1f}", "pass" if c.passed else "FAIL",
-             f"{c.seconds:.1f}s"] for c in report.cases]
-    click.echo(format_table(["scheduler", "guidance", "max diff", "PSNR dB", f"bar: {report.bar}", "time"], rows))
+    rows = [[c.scheduler, f"{c.guidance:g}", f"{c.max_pixel_diff}/255", f"{c.psnr_db:.1f}", f"{c.ssim:.4f}",
+             "pass" if c.passed else "FAIL", f"{c.seconds:.1f}s"] for c in report.cases]
+    click.echo(format_table(["scheduler", "guidance", "max diff", "PSNR dB", "SSIM", f"bar: {report.bar}", "time"], rows))
     click.echo(f"worst case: {report.worst_image}   report: {out_dir / 'parity.json'}")
     if not report.passed:
         failed = sum(not c.passed for c in report.cases)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.reference import reference_pipeline, run_reference
-from core.metrics import INT8_MIN_PSNR_DB, psnr
+from core.metrics import INT8_MIN_PSNR_DB, psnr, ssim
 from core.package import ModelPackage
 from runtime import Pipeline
 from runtime.images import save_png
@@ -36,6 +36,8 @@ class CaseResult:
     guidance: float
     max_pixel_diff: int
     psnr_db: float
+    ssim: float
+    """Mean SSIM over the case's images (reported, not a bar)."""
     passed: bool
     seconds: float
 
@@ -104,9 +106,10 @@ def parity_report(
             difference = int(np.abs(ours.astype(np.int16) - theirs.astype(np.int16)).max())
             quality = psnr(ours, theirs, 255.0)
             passed = difference <= FP32_MAX_PIXEL_DIFF if strict else quality >= min_psnr
-            result = CaseResult(scheduler, guidance, difference, quality, passed, time.perf_counter() - tick)
-            log.info("%-16s guidance %-5g max diff %3d/255  PSNR %6.1f dB  %s", scheduler, guidance, difference,
-                     quality, "ok" if passed else "FAIL")
+            similarity = ssim(ours, theirs, 255.0)
+            result = CaseResult(scheduler, guidance, difference, quality, similarity, passed, time.perf_counter() - tick)
+            log.info("%-16s guidance %-5g max diff %3d/255  PSNR %6.1f dB  SSIM %.4f  %s", scheduler, guidance,
+                     difference, quality, similarity, "ok" if passed else "FAIL")
             results.append(result)
             if worst is None or (difference, -quality) > (worst.max_pixel_diff, -worst.psnr_db):
                 worst, worst_images = result, (ours, theirs)

@@ -61,6 +61,51 @@ def psnr(actual: np.ndarray, reference: np.ndarray, peak: float) -> float:
     return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
 
 
+SSIM_SIGMA = 1.5
+SSIM_RADIUS = 5
+"""Wang et al. (2004)'s SSIM: an 11-tap Gaussian window of sigma 1.5, K1 = 0.01, K2 = 0.03."""
+
+
+def _gaussian_blur(planes: np.ndarray) -> np.ndarray:
+    """Separable Gaussian blur of the last two axes, edges mirrored (scipy.ndimage's ``reflect``), as in
+    scikit-image's ``structural_similarity`` with ``gaussian_weights=True``."""
+    offsets = np.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=np.float64)
+    taps = np.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
+    taps /= taps.sum()
+    for axis in (-2, -1):
+        pad = [(0, 0)] * planes.ndim
+        pad[axis] = (SSIM_RADIUS, SSIM_RADIUS)
+        padded = np.pad(planes, pad, mode="symmetric")
+        length = planes.shape[axis]
+        planes = sum(taps[k] * np.take(padded, range(k, k + length), axis=axis) for k in range(len(taps)))
+    return planes
+
+
+def ssim(actual: np.ndarray, reference: np.ndarray, peak: float) -> float:
+    """Mean structural similarity of images (HxW, HxWxC or NxHxWxC; channels and images averaged), Wang et al.'s
+    definition: PSNR counts a one-pixel shift of an edge as a large error, SSIM weighs what a viewer would notice.
+    Border pixels within the window's radius are left out of the mean, as scikit-image does."""
+    if actual.shape != reference.shape:
+        raise ValueError(f"ssim: shapes differ: {actual.shape} vs {reference.shape}")
+    if actual.ndim == 2:
+        actual, reference = actual[None, :, :, None], reference[None, :, :, None]
+    elif actual.ndim == 3:
+        actual, reference = actual[None], reference[None]
+    if min(actual.shape[1:3]) <= 2 * SSIM_RADIUS:
+        raise ValueError(f"ssim: images of {actual.shape[1]}x{actual.shape[2]} are smaller than the 11x11 window")
+    # N, H, W, C -> N, C, H, W: the blur runs over the last two axes.
+    x = np.moveaxis(actual.astype(np.float64), -1, 1)
+    y = np.moveaxis(reference.astype(np.float64), -1, 1)
+    c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
+    mu_x, mu_y = _gaussian_blur(x), _gaussian_blur(y)
+    var_x = _gaussian_blur(x * x) - mu_x**2
+    var_y = _gaussian_blur(y * y) - mu_y**2
+    cov = _gaussian_blur(x * y) - mu_x * mu_y
+    index = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    inner = index[..., SSIM_RADIUS:-SSIM_RADIUS, SSIM_RADIUS:-SSIM_RADIUS]
+    return float(inner.mean())
+
+
 def compare(component: str, name: str, actual: np.ndarray, reference: np.ndarray) -> OutputFigures:
     actual64 = actual.astype(np.float64)
     reference64 = reference.astype(np.float64)

@@ -64,20 +64,19 @@ def psnr(actual: np.ndarray, reference: np.ndarray, peak: float) -> float:
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5
 """Wang et al. (2004)'s SSIM: an 11-tap Gaussian window of sigma 1.5, K1 = 0.01, K2 = 0.03."""
+_SSIM_TAPS = np.exp(-0.5 * (np.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=np.float64) / SSIM_SIGMA) ** 2)
+_SSIM_TAPS /= _SSIM_TAPS.sum()
 
 
 def _gaussian_blur(planes: np.ndarray) -> np.ndarray:
     """Separable Gaussian blur of the last two axes, edges mirrored (scipy.ndimage's ``reflect``), as in
-    scikit-image's ``structural_similarity`` with ``gaussian_weights=True``."""
-    offsets = np.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=np.float64)
-    taps = np.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
-    taps /= taps.sum()
+    scikit-image's ``structural_similarity`` with ``gaussian_weights=True`` (numpy only: core needs no scipy)."""
     for axis in (-2, -1):
         pad = [(0, 0)] * planes.ndim
         pad[axis] = (SSIM_RADIUS, SSIM_RADIUS)
         padded = np.pad(planes, pad, mode="symmetric")
         length = planes.shape[axis]
-        planes = sum(taps[k] * np.take(padded, range(k, k + length), axis=axis) for k in range(len(taps)))
+        planes = sum(tap * np.take(padded, range(k, k + length), axis=axis) for k, tap in enumerate(_SSIM_TAPS))
     return planes
 
 

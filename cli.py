@@ -1022,7 +1022,7 @@ def bench_samplers(package: Path, samplers: str, steps_text: str, size: int, rou
 @click.option("--model-dir", type=click.Path(path_type=Path),
               help="Folder with quality_prompts.json and the classifier (default: models/shapes).")
 @click.option("--steps", default=20, show_default=True, type=click.IntRange(1), help="Denoising steps.")
-@click.option("--guidance", default=4.0, show_default=True, type=float, help="Classifier-free guidance scale.")
+@click.option("--guidance", default=2.0, show_default=True, type=float, help="Classifier-free guidance scale.")
 @click.option("--scheduler", help="Scheduler name (default: the package's own; see generate --scheduler list).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--grid", "grid_values", multiple=True, metavar="KEY=V1,V2,...",

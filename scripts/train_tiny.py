@@ -1,18 +1,25 @@
 """Train ``shapes``: a tiny Stable Diffusion (real CLIP tokenizer, CLIPTextModel, AutoencoderKL, UNet2DConditionModel)
 that draws one coloured shape on a plain background, and the classifier that scores what it draws.
 
-    python scripts/train_tiny.py --out models/shapes          # about 45 minutes on 2 CPU cores
+    python scripts/train_tiny.py --out models/shapes          # about 55 minutes on 2 CPU cores
 
 Stages, each logged with its progress:
 
 1. the VAE learns to reconstruct the synthetic images (L1 + MSE with the shape's pixels weighted 10x, and a small KL
-   term); its latents' spread sets ``scaling_factor``, as SD's was chosen;
+   term), with latent channel 3 held to the shape's coverage of each 4x4 pixel cell whatever the colours (the
+   "objectness" channel: without it, where the shape is only shows in the latents as an interaction with its two
+   colours, and the UNet never learned it; docs/design.md, "The shapes model"); the latents' spread sets
+   ``scaling_factor``, as SD's was chosen;
 2. the classifier learns shape, colour, size, position and background from fresh images, half of them round-tripped
    through that VAE and all blurred a little, so that it reads generated pictures as well as drawn ones;
 3. a pool of training images is drawn (held-out triples excluded, see ``scripts/shapes_data.py``) and encoded once;
-4. the text encoder and UNet learn the DDPM epsilon objective under SD's scaled-linear schedule with min-SNR
-   weighting, captions dropped 10% of the time so that classifier-free guidance works, with EMA weights. After each
-   epoch the losses so far go to ``train-log.json`` and a sample grid of the EMA weights to ``samples/``.
+4. the text encoder and UNet learn the DDPM objective under SD's scaled-linear schedule, predicting v (as SD 2.x
+   does) with the loss weight capped so that the noisiest timesteps, where the layout is decided, keep full weight;
+   half of each batch's timesteps are drawn from the noisiest fifth, and the noise has a multi-resolution part
+   (pyramid noise), so the model must place the shape from the prompt alone. Captions are dropped 10% of the time so
+   that classifier-free guidance works; EMA weights. After each epoch the losses so far go to ``train-log.json``, a
+   sample grid of the EMA weights to ``samples/``, and the classifier's accuracy on a fixed subset of the held-out
+   prompts to the log, so a run that is not learning shows it early.
 
 Everything is seeded and runs on a fixed number of threads, so the same seed gives the same bytes (the digest in
 ``training.json`` shows it). The output is a diffusers ``save_pretrained`` folder plus ``classifier.onnx``,
@@ -70,9 +77,14 @@ VAE = {
     "mid_block_add_attention": False,
 }
 """No attention in the VAE's middle block: 10% faster, and the reconstructions were no worse without it."""
+OBJECTNESS_CHANNEL = 3
+OBJECTNESS_AMPLITUDE = 2.5
+"""Latent channel 3 (before ``scaling_factor``) is -2.5 where a 4x4 cell is all background, +2.5 where all shape."""
+HIGH_TIMESTEP = 800
+"""The noisiest fifth of the schedule, where half of each batch's timesteps are drawn."""
 SCHEDULER = {
     "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000, "prediction_type": "epsilon", "set_alpha_to_one": False, "skip_prk_steps": True,
+    "num_train_timesteps": 1000, "prediction_type": "v_prediction", "set_alpha_to_one": False, "skip_prk_steps": True,
     "steps_offset": 1, "clip_sample": False, "trained_betas": None,
 }
 SAMPLE_PROMPTS = (
@@ -119,6 +131,16 @@ def _warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.
         0.05 + 0.475 * (1 + math.cos(math.pi * min(step, steps) / steps))))
 
 
+def foreground(images: torch.Tensor) -> torch.Tensor:
+    """N1HW: 1 where a pixel differs from the corner's (background) colour."""
+    return ((images - images[:, :, :1, :1]).abs().amax(dim=1, keepdim=True) > 0.1).float()
+
+
+def objectness_target(images: torch.Tensor) -> torch.Tensor:
+    """N1hw: the shape's coverage of each latent cell, scaled to +-OBJECTNESS_AMPLITUDE."""
+    return (F.avg_pool2d(foreground(images), 4) * 2 - 1) * OBJECTNESS_AMPLITUDE
+
+
 def train_vae(args: argparse.Namespace, rng: np.random.Generator) -> Any:
     from diffusers import AutoencoderKL
 
@@ -137,16 +159,17 @@ def train_vae(args: argparse.Namespace, rng: np.random.Generator) -> Any:
         reconstruction = vae.decode(posterior.sample()).sample
         # A shape covers 2-10% of the picture: weighted like the background it was lost (round blurs where stars
         # should be). Pixels that differ from the corner's colour count 10x.
-        foreground = ((images - images[:, :, :1, :1]).abs().amax(dim=1, keepdim=True) > 0.1).float()
-        weights = 1 + 9 * foreground
+        weights = 1 + 9 * foreground(images)
         error = reconstruction - images
         l1 = (error.abs() * weights).mean()
-        loss = l1 + (error.square() * weights).mean() + 1e-6 * posterior.kl().mean()
+        objectness = (posterior.mean[:, OBJECTNESS_CHANNEL:OBJECTNESS_CHANNEL + 1] - objectness_target(images))
+        objectness_error = objectness.square().mean()
+        loss = l1 + (error.square() * weights).mean() + objectness_error + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
-        _progress("vae", step, args.vae_steps, started, l1=l1.item())
+        _progress("vae", step, args.vae_steps, started, l1=l1.item(), objectness=objectness_error.item())
     vae.eval()
     with torch.no_grad():
         latents = vae.encode(torch.from_numpy(data.batch(rng, 256)[0])).latent_dist.mean
@@ -219,7 +242,44 @@ def make_pool(args: argparse.Namespace, rng: np.random.Generator, vae: Any) -> t
     return torch.cat(latents), scenes
 
 
-def train_diffusion(args: argparse.Namespace, rng: np.random.Generator, vae: Any, out: Path) -> tuple[Any, Any, list[dict[str, float]]]:
+def pyramid_noise(rng: np.random.Generator, shape: tuple[int, ...], discount: float) -> torch.Tensor:
+    """Gaussian noise plus Gaussian noise drawn at 1/2, 1/4, ... of the latent size and upsampled, scale k weighted
+    ``discount**k``, rescaled to the batch's unit variance (multi-resolution noise). The coarse part hides the low
+    frequencies (where the shape is) that plain noise leaves visible at the noisiest timesteps."""
+    batch, channels, height, width = shape
+    noise = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+    if discount == 0:
+        return noise
+    level = 1
+    while height >> level >= 2:
+        coarse = torch.from_numpy(rng.standard_normal((batch, channels, height >> level, width >> level),
+                                                      dtype=np.float32))
+        noise += discount**level * F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+        level += 1
+    return noise / noise.std()  # bilinear upsampling lowers the coarse parts' variance below discount**(2k)
+
+
+def held_out_accuracy(text_encoder: Any, unet: Any, vae: Any, tokenizer: Any, classifier: Classifier,
+                      steps: int) -> dict[str, float]:
+    """The classifier's accuracy on every third held-out quality prompt (40), sampled at ``steps`` steps, guidance 4:
+    the per-epoch sign of whether the model composes shape, colour and position."""
+    prompts = data.quality_prompts()[::3]
+    pipe = _pipeline(text_encoder, unet, vae, tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        images = pipe([p["prompt"] for p in prompts], num_inference_steps=steps, guidance_scale=4.0,
+                      generator=torch.Generator().manual_seed(0), output_type="np").images
+        logits = classifier(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    accuracy = {}
+    for out, name in zip(logits, data.ATTRIBUTES, strict=True):
+        if name in data.SCORED:
+            truth = torch.tensor([data.ATTRIBUTES[name].index(str(p[name])) for p in prompts])
+            accuracy[name] = float((out.argmax(1) == truth).float().mean())
+    return accuracy
+
+
+def train_diffusion(args: argparse.Namespace, rng: np.random.Generator, vae: Any, classifier: Classifier,
+                    out: Path) -> tuple[Any, Any, list[dict[str, Any]]]:
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -229,18 +289,18 @@ def train_diffusion(args: argparse.Namespace, rng: np.random.Generator, vae: Any
     noise_schedule = DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k in (
         "beta_start", "beta_end", "beta_schedule", "num_train_timesteps", "prediction_type")})
     pool, scenes = make_pool(args, rng, vae)
-    # Min-SNR weighting (Hang et al., 2023; gamma 5): the nearly clean timesteps stop dominating the gradient, which
-    # made training converge several times faster in their runs.
+    # Min-SNR-style weighting of the v loss (Hang et al., 2023): the nearly clean timesteps stop dominating the
+    # gradient, and at the noisiest ones (SNR + 1 ~ 1) the weight stays 1 rather than the SNR's ~0.
     alphas = noise_schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
-    snr_weights = torch.clamp(snr, max=args.min_snr_gamma) / snr
+    snr_weights = torch.clamp(snr + 1, max=args.min_snr_gamma) / (snr + 1)
     ema_text, ema_unet = copy.deepcopy(text_encoder).eval(), copy.deepcopy(unet).eval()
     parameters = list(text_encoder.parameters()) + list(unet.parameters())
     ema_parameters = list(ema_text.parameters()) + list(ema_unet.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-2)
     schedule = _warmup_cosine(optimizer, args.unet_steps)
     steps_per_epoch = max(1, args.unet_steps // args.epochs)
-    history: list[dict[str, float]] = []
+    history: list[dict[str, Any]] = []
     losses: list[float] = []
     started = time.perf_counter()
     for step in range(1, args.unet_steps + 1):
@@ -248,11 +308,14 @@ def train_diffusion(args: argparse.Namespace, rng: np.random.Generator, vae: Any
         captions = ["" if rng.random() < 0.1 else data.caption(scenes[int(k)], rng) for k in index]
         tokens = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
         latents = pool[index]
-        noise = torch.from_numpy(rng.standard_normal(latents.shape, dtype=np.float32))
-        timesteps = torch.from_numpy(rng.integers(0, 1000, args.batch))
+        noise = pyramid_noise(rng, tuple(latents.shape), args.pyramid_discount)
+        high = rng.random(args.batch) < args.high_timestep_fraction
+        timesteps = torch.from_numpy(np.where(high, rng.integers(HIGH_TIMESTEP, 1000, args.batch),
+                                              rng.integers(0, 1000, args.batch)))
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
+        target = noise_schedule.get_velocity(latents, noise, timesteps)
         states = text_encoder(tokens.input_ids).last_hidden_state
-        per_image = F.mse_loss(unet(noisy, timesteps, states).sample, noise, reduction="none").mean(dim=(1, 2, 3))
+        per_image = F.mse_loss(unet(noisy, timesteps, states).sample, target, reduction="none").mean(dim=(1, 2, 3))
         loss = (per_image * snr_weights[timesteps]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -267,10 +330,12 @@ def train_diffusion(args: argparse.Namespace, rng: np.random.Generator, vae: Any
         _progress("diffusion", step, args.unet_steps, started, loss=float(np.mean(losses[-50:])))
         if step % steps_per_epoch == 0 or step == args.unet_steps:
             epoch = math.ceil(step / steps_per_epoch)
-            history.append({"epoch": epoch, "step": step, "loss": float(np.mean(losses[-steps_per_epoch:])),
-                            "seconds": time.perf_counter() - started})
-            (out / "train-log.json").write_text(json.dumps({"epochs": history, "losses": losses}) + "\n")
             sample_grid(ema_text, ema_unet, vae, tokenizer, out / "samples" / f"epoch-{epoch:02d}.png", args.sample_steps)
+            accuracy = held_out_accuracy(ema_text, ema_unet, vae, tokenizer, classifier, args.sample_steps)
+            log.info("epoch %d: held-out accuracy %s", epoch, " ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
+            history.append({"epoch": epoch, "step": step, "loss": float(np.mean(losses[-steps_per_epoch:])),
+                            "seconds": time.perf_counter() - started, "held_out_accuracy": accuracy})
+            (out / "train-log.json").write_text(json.dumps({"epochs": history, "losses": losses}) + "\n")
     return ema_text, ema_unet, history
 
 
@@ -319,16 +384,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (part of what makes a run repeatable)")
     parser.add_argument("--vae-steps", type=int, default=1200)
     parser.add_argument("--vae-batch", type=int, default=16)
-    parser.add_argument("--classifier-steps", type=int, default=300)
+    parser.add_argument("--classifier-steps", type=int, default=800)
     parser.add_argument("--classifier-eval", type=int, default=1024, help="new images the classifier is scored on")
     parser.add_argument("--pool", type=int, default=16384, help="training images drawn and encoded once")
-    parser.add_argument("--unet-steps", type=int, default=1800)
+    parser.add_argument("--unet-steps", type=int, default=2100)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=9, help="sample grids and log entries are written per epoch")
+    parser.add_argument("--epochs", type=int, default=7,
+                        help="sample grids, held-out accuracy and log entries are written per epoch")
     parser.add_argument("--sample-steps", type=int, default=20, help="denoising steps of the per-epoch sample grids")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.995)
-    parser.add_argument("--min-snr-gamma", type=float, default=5.0)
+    parser.add_argument("--min-snr-gamma", type=float, default=5.0, help="cap of the v loss's weight (SNR + 1)")
+    parser.add_argument("--high-timestep-fraction", type=float, default=0.5,
+                        help=f"share of timesteps drawn from t >= {HIGH_TIMESTEP} (the rest uniformly)")
+    parser.add_argument("--pyramid-discount", type=float, default=0.4,
+                        help="weight ratio between successive scales of the multi-resolution noise (0: plain noise)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -347,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
 
     vae = train_vae(args, rng)
     classifier, classifier_accuracy = train_classifier(args, rng, vae)
-    text_encoder, unet, history = train_diffusion(args, rng, vae, staging)
+    text_encoder, unet, history = train_diffusion(args, rng, vae, classifier, staging)
 
     from transformers import CLIPTokenizer
 

@@ -83,8 +83,9 @@ def test_build_trt_stops_on_ctrl_c_inside_the_builder(tiny_package: Path, tmp_pa
     assert time.monotonic() - started < 60
     manifest = json.loads((package / "manifest.json").read_text())
     assert not manifest["engines"] and leftovers(package / "engines") == []
-    rerun = subprocess.run([sys.executable, str(ROOT / "cli.py"), *build], cwd=ROOT, capture_output=True, text=True,
-                           timeout=600)
+    # The rerun completes at the default optimisation level: level 5 was only there to keep the builder busy.
+    rerun = subprocess.run([sys.executable, str(ROOT / "cli.py"), *build[:-2]], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert ModelPackage.open(package).verify_all() == []
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -131,17 +130,6 @@ def test_weights_digest_follows_the_documented_order(model: str) -> None:
         assert source.weights_sha256() == digest.hexdigest()
     finally:
         source.close()
-
-
-def test_force_reexports_an_up_to_date_package(tiny_legacy_package: Path, tmp_path: Path) -> None:
-    shutil.copytree(tiny_legacy_package, tmp_path / "pkg")
-    request = ExportRequest(out=tmp_path / "pkg", model="tiny", options=ExportOptions(exporter="legacy"))
-    created = ModelPackage.open(request.out).manifest.export["created_utc"]
-    assert export_package(request).skipped
-    forced = export_package(ExportRequest(**{**request.__dict__, "force": True}))
-    assert not forced.skipped and len(forced.reports) == len(COMPONENTS)
-    assert ModelPackage.open(request.out).verify_all() == []
-    assert ModelPackage.open(request.out).manifest.export["created_utc"] >= created
 
 
 def test_export_from_model_path_matches_tiny_weights(tmp_path: Path, pretrained_dirs: dict[str, Path]) -> None:

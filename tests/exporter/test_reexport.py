@@ -28,10 +28,13 @@ def copy_of(package: Path, tmp_path: Path) -> tuple[Path, ExportRequest]:
 
 def test_force_reexport_keeps_engines_built_from_unchanged_onnx(tiny_legacy_package: Path, tmp_path: Path) -> None:
     out, request = copy_of(tiny_legacy_package, tmp_path)
+    created = ModelPackage.open(out).manifest.export["created_utc"]
     set_name = build_ort_engines(out).engine_set
     lines: list[str] = []
-    export_package(ExportRequest(**{**request.__dict__, "force": True}), on_progress=lines.append)
+    forced = export_package(ExportRequest(**{**request.__dict__, "force": True}), on_progress=lines.append)
+    assert not forced.skipped and len(forced.reports) == 4  # an up-to-date package is exported again when forced
     package = ModelPackage.open(out)
+    assert package.manifest.export["created_utc"] >= created
     components = set(package.manifest.engines[set_name].components)
     assert components == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
     assert package.verify_all() == [] and any("kept the engines" in line for line in lines)

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICK = ["--vae-steps", "3", "--vae-batch", "4", "--classifier-steps", "2", "--classifier-eval", "64", "--pool", "256", "--unet-steps", "3",
-         "--batch", "8", "--epochs", "1", "--sample-steps", "2"]
+         "--batch", "8", "--epochs", "1", "--sample-steps", "2", "--held-out-prompts", "4"]
 
 
 def train_twice(first: Path, second: Path) -> tuple[dict, dict]:

@@ -270,13 +270,9 @@ def held_out_accuracy(text_encoder: Any, unet: Any, vae: Any, tokenizer: Any, cl
     with torch.no_grad():
         images = pipe([p["prompt"] for p in prompts], num_inference_steps=steps, guidance_scale=4.0,
                       generator=torch.Generator().manual_seed(0), output_type="np").images
-        logits = classifier(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-    accuracy = {}
-    for out, name in zip(logits, data.ATTRIBUTES, strict=True):
-        if name in data.SCORED:
-            truth = torch.tensor([data.ATTRIBUTES[name].index(str(p[name])) for p in prompts])
-            accuracy[name] = float((out.argmax(1) == truth).float().mean())
-    return accuracy
+    scenes = [data.Scene(**{name: str(p[name]) for name in data.ATTRIBUTES}) for p in prompts]
+    accuracy = _accuracy(classifier, torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1, scenes)
+    return {name: accuracy[name] for name in data.SCORED}
 
 
 def train_diffusion(args: argparse.Namespace, rng: np.random.Generator, vae: Any, classifier: Classifier,

@@ -24,8 +24,9 @@ def test_quality_scores_shapes_above_chance_and_writes_its_report(shapes_package
     assert (out / "samples.png").is_file() and (out / "quality.png").is_file()
     scores = report["cases"][1]["scores"]
     # On triples held out of training the committed model puts the shape where asked and in the asked colour far more
-    # often than chance; which shape it draws is its weak attribute, near chance at 8 steps (BENCHMARKS.md, "Quality
-    # vs speed"), so it is not asserted.
+    # often than chance; which shape it draws is its weak attribute (35% here, interval 24-48%, chance 20%; BENCHMARKS.md,
+    # "Quality vs speed"): a bound a couple of images from chance would fail on a different CPU's rounding, so it is
+    # not asserted.
     assert scores["colour"]["low"] > 4 * CHANCE["colour"], scores["colour"]
     assert scores["position"]["low"] > 3 * CHANCE["position"], scores["position"]
     assert report["cases"][1]["quality_per_second"] > 0

@@ -395,10 +395,36 @@ def format_tables(result: BenchResult) -> str:
     lines.append(f"\nstage breakdown at {top} steps (median seconds)")
     lines.append(format_table(["contender", *stages], stage_rows))
     if result.cold_start:
-        cold_rows = [[name, f"{v['import_s']:.2f}", f"{v['first_image_s']:.2f}", f"{v['peak_rss_bytes'] / 2**30:.2f}",
-                      f"{v['gpu_memory_bytes'] / 2**30:.2f}" if v.get("gpu_memory_bytes") else "-"]
-                     for name, v in result.cold_start.items()]
-        lines.append("\ncold start (fresh process)")
-        lines.append(format_table(["contender", "import s", "process start -> first image s", "peak RSS GiB",
-                                   "GPU memory GiB"], cold_rows))
+        lines.append("\ncold start (fresh process; seconds unless marked)")
+        lines.append(format_cold_start(result.cold_start))
     return "\n".join(lines)
+
+
+def format_cold_start(cold_start: dict[str, dict[str, Any]]) -> str:
+    """Process start -> first image per contender, split into stages (``bench.coldstart.start_stages``), with the
+    ratio to diffusers of the whole and of the start-up alone (everything but the image's own compute)."""
+    baseline = cold_start.get("diffusers")
+    rows = []
+    for name, child in cold_start.items():
+        stages = child.get("stages", {})
+        overhead = child["first_image_s"] - stages.get("image_s", 0.0)
+        ratios = ["-", "-"]
+        if baseline is not None and name != "diffusers":
+            base_overhead = baseline["first_image_s"] - baseline.get("stages", {}).get("image_s", 0.0)
+            ratios = [f"{baseline['first_image_s'] / child['first_image_s']:.1f}x",
+                      f"{base_overhead / overhead:.1f}x" if overhead > 0 else "-"]
+        rows.append([name, *(f"{stages[k]:.2f}" if k in stages else "-"
+                             for k in ("interpreter_s", "import_s", "open_s", "warm_up_s", "image_s")),
+                     f"{child['first_image_s']:.2f}", f"{overhead:.2f}", *ratios,
+                     f"{child['peak_rss_bytes'] / 2**30:.2f}",
+                     f"{child['gpu_memory_bytes'] / 2**30:.2f}" if child.get("gpu_memory_bytes") else "-"])
+    table = format_table(["contender", "interpreter", "import", "open", "first-call warm-up", "image", "total",
+                          "start-up (total - image)", "faster than diffusers", "start-up faster", "peak RSS GiB",
+                          "GPU memory GiB"], rows)
+    components = [[name, stage, f"{v['first_s']:.3f}", f"{v['again_s']:.3f}"]
+                  for name, child in cold_start.items() for stage, v in child.get("components", {}).items()]
+    if components:
+        table += "\n\nfirst call vs the same call again, per stage\n" + format_table(
+            ["contender", "stage", "first call s", "again s"], components)
+    return table
+

@@ -42,13 +42,15 @@ def open_session(
     free_dimensions: Mapping[str, int] | None = None,
     optimized_model: Path | None = None,
     initializers: Mapping[str, Any] | None = None,
+    profile_prefix: Path | None = None,
     what: str = "",
 ) -> Any:
     """An ``InferenceSession`` for ``path``; ONNX Runtime's own failure becomes one EngineError line.
 
     ``free_dimensions`` pins symbolic dimensions (static-shape sessions); ``optimized_model`` saves the optimised
     graph there (its weights in ``<name>.data``); ``initializers`` (name -> numpy array) replace the graph's weights
-    of those names as the session is created (LoRA-merged weights), without rewriting the graph.
+    of those names as the session is created (LoRA-merged weights), without rewriting the graph. ``profile_prefix``:
+    ONNX Runtime writes a per-node profile to ``<prefix>_<time>.json`` (``session.end_profiling()`` returns the path).
     """
     ort = import_onnxruntime()
     if optimization not in GRAPH_OPTIMIZATION:
@@ -66,6 +68,9 @@ def open_session(
     options.enable_cpu_mem_arena = memory_arena
     options.enable_mem_pattern = memory_pattern
     options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(profile_prefix)
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
     for name, size in (free_dimensions or {}).items():

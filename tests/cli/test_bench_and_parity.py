@@ -31,8 +31,14 @@ def test_bench_quick_writes_table_json_and_plots(tiny_package: Path, tmp_path: P
         assert set(row["stages_median_s"]) == {"tokenize", "text_encoder", "unet", "scheduler_and_loop", "vae_decode"}
     runtime_rows = [r for r in data["summary"] if r["contender"].startswith("diffship")]
     assert all(0 <= r["outside_engines_share"] <= 1 for r in runtime_rows)
+    assert "first-call warm-up" in result.stdout
     for name, figures in data["cold_start"].items():
         assert figures["first_image_s"] > figures["import_s"] > 0 and figures["peak_rss_bytes"] > 0, name
+        stages = figures["stages"]
+        assert all(seconds >= 0 for seconds in stages.values()), (name, stages)
+        assert sum(stages.values()) == pytest.approx(figures["first_image_s"], rel=1e-6), name
+        if name.startswith("diffship"):
+            assert {"text_encoder", "unet", "vae_decode"} <= set(figures["components"]), name
     assert data["machine"]["versions"]["onnxruntime"]
     for plot in ("latency_vs_steps.png", "stage_breakdown.png"):
         assert (out.parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

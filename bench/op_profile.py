@@ -1,0 +1,222 @@
+"""Where a UNet or VAE decoder call's time goes on this CPU: ONNX Runtime's per-node profile of the engine the runtime
+runs, grouped by kind of work and set against the arithmetic floor of each kind.
+
+    python -m bench.op_profile --package packages/sd15-random --latent 32,64 [--repeats 3] [--threads N] [--json out]
+    python -m bench.op_profile --package packages/sd15-random --component vae_decoder --latent 32,64
+
+For each latent size one warm-up and ``--repeats`` profiled calls (the UNet at batch 2, a guided step; the VAE
+decoder at batch 1) of the package's component, opened as the runtime opens it (its ``build-ort`` engine when there is one: pre-optimised, fused attention, no prepacking). Node
+times come from ONNX Runtime's own profiler (``SessionOptions.enable_profiling``), medians over the calls. FLOPs per
+kind come from torch's counter over diffusers' module on the same weights (``bench.flops``): convolutions, matrix
+products, attention (in a graph without ``build-ort``'s fused attention, attention's matrix products and softmax count
+as "matrix product" and "attention" on ONNX Runtime's side). The floor of each kind is its FLOPs over the best float32 GEMM this machine reaches (ONNX
+Runtime's MLAS or torch's, whichever is faster); "above floor" is the time a kind takes beyond that. Work torch does
+not count (normalisations, elementwise, layout reorders) has a floor of zero here, so all its time is "above floor".
+A benchmark: it prints tables and writes JSON; it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KINDS: dict[str, tuple[str, ...]] = {
+    "convolution": ("Conv", "FusedConv", "NchwcConv"),
+    "matrix product": ("MatMul", "FusedMatMul", "Gemm", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
+                       "QLinearMatMul", "QLinearConv", "ConvInteger"),
+    "attention": ("MultiHeadAttention", "Attention", "Softmax"),
+    "normalisation": ("GroupNormalization", "GroupNorm", "InstanceNormalization", "LayerNormalization",
+                      "SkipLayerNormalization", "ReduceMean", "Sqrt", "Pow", "Div"),
+    "layout": ("ReorderInput", "ReorderOutput", "Transpose", "Reshape", "Concat", "Split", "Slice", "Resize",
+               "Upsample", "Squeeze", "Unsqueeze", "Expand", "Shape", "Gather", "Cast"),
+}
+"""ONNX Runtime op types by kind of work; anything else (Add, Mul, Sigmoid, Gelu, ...) is "elementwise"."""
+
+TORCH_KINDS = {
+    "convolution": ("convolution",),
+    "matrix product": ("mm", "addmm"),
+    "attention": ("bmm", "baddbmm", "scaled_dot_product", "_scaled_dot_product"),
+}
+"""torch FLOP-counter op names (prefix match after ``aten.``) by kind."""
+
+
+def kind_of(op_type: str) -> str:
+    return next((kind for kind, ops in KINDS.items() if op_type in ops), "elementwise")
+
+
+def flops_by_kind(package: Any, component: str, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+    """torch's FLOP count of diffusers' ``component`` on ``feeds``, by kind (convolution, matrix product, attention)."""
+    import torch
+
+    from bench.flops import flop_counter
+    from bench.reference import reference_pipeline
+
+    pipe = reference_pipeline(package).pipe
+    tensors = {name: torch.from_numpy(value) for name, value in feeds.items()}
+    with torch.inference_mode(), flop_counter() as counter:
+        if component == "unet":
+            pipe.unet(tensors["sample"], tensors["timestep"], tensors["encoder_hidden_states"])
+        else:
+            pipe.vae.decode(tensors["latent_sample"])
+    totals: dict[str, float] = defaultdict(float)
+    for op, flops in counter.get_flop_counts().get("Global", {}).items():
+        name = str(op).removeprefix("aten.").split(".")[0]
+        kind = next((k for k, names in TORCH_KINDS.items() if any(name.startswith(n) for n in names)), "uncounted")
+        totals[kind] += float(flops)
+    return dict(totals)
+
+
+def best_gemm_gflops(threads: int | None) -> dict[str, float]:
+    """The best float32 GEMM rate of ONNX Runtime (MLAS) and of torch on this machine, square sizes 2048 and 3072."""
+    import torch
+
+    from bench.flops import gemm_peak
+
+    rates = {"onnxruntime": max(gemm_peak(size, threads=threads) for size in (2048, 3072))}
+    if threads:
+        torch.set_num_threads(threads)
+    best = 0.0
+    for size in (2048, 3072):
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)
+        for _ in range(8):
+            tick = time.perf_counter()
+            torch.mm(a, b)
+            best = max(best, 2.0 * size**3 / (time.perf_counter() - tick) / 1e9)
+    rates["torch"] = best
+    return rates
+
+
+def profile_calls(path: Path, options: Any, feeds: dict[str, np.ndarray], repeats: int) -> dict[str, Any]:
+    """Per-node times of ``repeats`` calls after one warm-up: op type -> median seconds per call, plus call times."""
+    from engines.ort.session import open_session
+
+    with tempfile.TemporaryDirectory() as folder:
+        session = open_session(path, optimization=options.graph_optimization, threads=options.threads,
+                               memory_arena=options.memory_arena, memory_pattern=options.memory_pattern,
+                               config=options.session_config, profile_prefix=Path(folder) / "unet")
+        walls = []
+        for _ in range(repeats + 1):
+            tick = time.perf_counter()
+            session.run(None, feeds)
+            walls.append(time.perf_counter() - tick)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    per_run: list[dict[str, float]] = [defaultdict(float) for _ in runs]
+    counts: dict[str, int] = defaultdict(int)
+    for event in events:
+        if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
+            continue
+        index = next((i for i, (start, end) in enumerate(runs) if start <= event["ts"] <= end), None)
+        if index is None or index == 0:  # the warm-up call
+            continue
+        op_type = event["args"]["op_name"]
+        per_run[index][op_type] += event["dur"] / 1e6
+        if index == 1:
+            counts[op_type] += 1
+    timed = per_run[1:]
+    op_types = sorted({op for run in timed for op in run})
+    return {
+        "call_median_s": statistics.median(walls[1:]),
+        "call_s": walls[1:],
+        "ops": {op: {"median_s": statistics.median(run.get(op, 0.0) for run in timed), "nodes": counts[op]}
+                for op in op_types},
+    }
+
+
+def summarise(profile: dict[str, Any], flops: dict[str, float], peak_gflops: float) -> list[dict[str, Any]]:
+    """One row per kind: seconds, share of the call, FLOPs, achieved GFLOP/s, floor and time above it."""
+    seconds: dict[str, float] = defaultdict(float)
+    ops: dict[str, list[str]] = defaultdict(list)
+    for op, figures in profile["ops"].items():
+        seconds[kind_of(op)] += figures["median_s"]
+        ops[kind_of(op)].append(op)
+    call = profile["call_median_s"]
+    seconds["outside nodes (scheduling, threads)"] = max(0.0, call - sum(seconds.values()))
+    rows = []
+    for kind, spent in sorted(seconds.items(), key=lambda item: -item[1]):
+        work = flops.get(kind, 0.0)
+        floor = work / (peak_gflops * 1e9)
+        rows.append({"kind": kind, "ops": sorted(ops.get(kind, [])), "seconds": spent, "share": spent / call,
+                     "gflop": work / 1e9, "gflops": work / 1e9 / spent if work and spent else None,
+                     "floor_s": floor, "above_floor_s": spent - floor})
+    return rows
+
+
+COMPONENTS = ("unet", "vae_decoder")
+
+
+def component_feeds(package: Any, component: str, latent: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random inputs of one call: a guided UNet step (batch 2) or one image's decode."""
+    constants = package.constants
+    if component == "vae_decoder":
+        return {"latent_sample": rng.standard_normal((1, constants.latent_channels, latent, latent)).astype(np.float32)}
+    return {"sample": rng.standard_normal((2, constants.latent_channels, latent, latent)).astype(np.float32),
+            "timestep": np.full((2,), 500.0, np.float32),
+            "encoder_hidden_states": rng.standard_normal(
+                (2, constants.text_max_length, constants.text_hidden_size)).astype(np.float32)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--package", required=True, type=Path)
+    parser.add_argument("--component", choices=COMPONENTS, default="unet")
+    parser.add_argument("--latent", default="32,64", help="latent sizes, comma-separated (64 = 512x512 images)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--json", type=Path, default=Path("bench-out/op_profile.json"))
+    arguments = parser.parse_args()
+
+    from bench.machine import describe_machine
+    from core.package import ModelPackage
+    from engines.backend import OpenRequest, open_engines
+    from engines.ort import OrtEngine, OrtOptions
+    from runtime.tables import format_table
+
+    package = ModelPackage.open(arguments.package)
+    latents = [int(size) for size in arguments.latent.split(",")]
+    component = arguments.component
+    rng = np.random.default_rng(0)
+    all_feeds = {size: component_feeds(package, component, size, rng) for size in latents}
+    flops = {size: flops_by_kind(package, component, feeds) for size, feeds in all_feeds.items()}
+    peaks = best_gemm_gflops(arguments.threads)
+    peak = max(peaks.values())
+    request = OpenRequest(precision="fp32", options=OrtOptions(threads=arguments.threads, device="cpu"))
+    engine = open_engines(package, [component], "ort", request)[0][component]
+    assert isinstance(engine, OrtEngine)
+    path, options = engine.path, engine.options
+    engine.close()
+    print(f"{component} graph: {path}\nbest float32 GEMM: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    results = {}
+    for size in latents:
+        feeds = all_feeds[size]
+        profile = profile_calls(path, options, feeds, arguments.repeats)
+        rows = summarise(profile, flops[size], peak)
+        floor = sum(flops[size].values()) / (peak * 1e9)
+        results[str(size)] = {"profile": profile, "kinds": rows, "flops": flops[size], "floor_s": floor,
+                              "ratio_to_floor": profile["call_median_s"] / floor}
+        print(f"\nlatent {size}x{size}, batch {len(next(iter(feeds.values())))}: call {profile['call_median_s']:.3f} s (median of {arguments.repeats}), "
+              f"floor {floor:.3f} s ({sum(flops[size].values()) / 1e9:.1f} GFLOP at {peak:.0f} GFLOP/s): "
+              f"{profile['call_median_s'] / floor:.2f}x")
+        print(format_table(["kind", "s", "share", "GFLOP", "GFLOP/s", "floor s", "above floor s", "op types"],
+                           [[r["kind"], f"{r['seconds']:.3f}", f"{r['share']:.0%}", f"{r['gflop']:.1f}",
+                             f"{r['gflops']:.0f}" if r["gflops"] else "-", f"{r['floor_s']:.3f}",
+                             f"{r['above_floor_s']:.3f}", " ".join(r["ops"][:6])] for r in rows]))
+    arguments.json.parent.mkdir(parents=True, exist_ok=True)
+    arguments.json.write_text(json.dumps({"machine": describe_machine(), "package": str(arguments.package),
+                                          "component": component,
+                                          "graph": str(path), "gemm_gflops": peaks, "repeats": arguments.repeats,
+                                          "latents": results}, indent=2) + "\n")
+    print(f"wrote {arguments.json}")
+
+
+if __name__ == "__main__":
+    main()

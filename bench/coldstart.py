@@ -4,11 +4,12 @@
     python -m bench.coldstart diffusers --pretrained DIR --height H --width W [--device cpu]
 
 Each prints one JSON line; ``measure_cold_start`` runs both and adds the wall time from launching the process to
-the first image. After the first image each child makes the same image again: that second call is the image's own
-compute, so what the first one took beyond it (sessions' first-call allocation, weights paged in, kernels chosen) is
-start-up cost, and the stage table splits process start -> first image into interpreter, import, open, first-call
-warm-up and the image itself. The runtime also reports each component's first and second call. diffusers loads a ``save_pretrained`` copy of the package's very weights (safetensors), the way a
-diffusers service starts; the copy is made once and kept in the cache folder.
+the first image. After the first image each child makes the same image again, as a measure of the image's own
+compute: what the first call took beyond it (first-call allocation, weights paged in, kernels chosen) is start-up
+cost, and ``start_stages`` splits process start -> first image into interpreter, import, open, first-call warm-up and
+the image itself. The runtime also reports each component's first and second call. Memory is read after the first
+image. diffusers loads a ``save_pretrained`` copy of the package's very weights (safetensors), the way a diffusers
+service starts; the copy is made once and kept in the cache folder.
 """
 
 from __future__ import annotations
@@ -81,9 +82,10 @@ def measure_cold_start(settings: Any, package: Any, progress: Callable[[str], No
 
 
 def start_stages(child: dict[str, Any]) -> dict[str, float]:
-    """Process start -> first image in five parts: the interpreter's own start (launch to the child's first line),
-    imports, opening the pipeline, the first call's warm-up (its time beyond the same call made again) and the image's
-    own compute (that second call)."""
+    """Process start -> first image in five parts: the interpreter's own start (launch to the child's first line, with
+    this module's standard-library imports), imports, opening the pipeline, the first call's warm-up (its time beyond
+    the same call made again) and the image's own compute. The compute is the faster of the two calls: when the
+    second call is the slower (run-to-run noise), warm-up is 0 and start-up is not understated."""
     compute = min(child["again_s"], child["generate_s"])
     return {
         "interpreter_s": child["first_image_s"] - child["import_s"] - child["load_s"] - child["generate_s"],
@@ -113,6 +115,7 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
         loaded = time.perf_counter()
         first = pipe(PROMPT, num_inference_steps=1, height=arguments.height, width=arguments.width, seed=0)
         finished = time.perf_counter()
+        memory = _memory_now(arguments.device)
         again = pipe(PROMPT, num_inference_steps=1, height=arguments.height, width=arguments.width, seed=0)
         components = {stage: {"first_s": first.timings.stage_seconds()[stage], "again_s": seconds}
                       for stage, seconds in again.timings.stage_seconds().items()}
@@ -141,6 +144,7 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
 
         generate()
         finished = time.perf_counter()
+        memory = _memory_now(arguments.device)
         generate()
         components = {}
     finished_wall = time.time() - (time.perf_counter() - finished)
@@ -150,10 +154,16 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
         "generate_s": finished - loaded,
         "again_s": time.perf_counter() - finished,
         "components": components,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "gpu_memory_bytes": _gpu_memory_of_this_process() if arguments.device != "cpu" else None,
+        **memory,
         "finished_wall": finished_wall,
     }
+
+
+def _memory_now(device: str) -> dict[str, int | None]:
+    """Peak resident memory so far and device memory held, read after the first image (the second call is only a
+    timing reference)."""
+    return {"peak_rss_bytes": peak_rss_bytes(),
+            "gpu_memory_bytes": _gpu_memory_of_this_process() if device != "cpu" else None}
 
 
 def _gpu_memory_of_this_process() -> int | None:

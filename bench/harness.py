@@ -419,7 +419,7 @@ def format_cold_start(cold_start: dict[str, dict[str, Any]]) -> str:
                      f"{child['peak_rss_bytes'] / 2**30:.2f}",
                      f"{child['gpu_memory_bytes'] / 2**30:.2f}" if child.get("gpu_memory_bytes") else "-"])
     table = format_table(["contender", "interpreter", "import", "open", "first-call warm-up", "image", "total",
-                          "start-up (total - image)", "faster than diffusers", "start-up faster", "peak RSS GiB",
+                          "start-up (total - image)", "speed-up vs diffusers", "start-up speed-up", "peak RSS GiB",
                           "GPU memory GiB"], rows)
     components = [[name, stage, f"{v['first_s']:.3f}", f"{v['again_s']:.3f}"]
                   for name, child in cold_start.items() for stage, v in child.get("components", {}).items()]
@@ -427,4 +427,3 @@ def format_cold_start(cold_start: dict[str, dict[str, Any]]) -> str:
         table += "\n\nfirst call vs the same call again, per stage\n" + format_table(
             ["contender", "stage", "first call s", "again s"], components)
     return table
-

@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 KINDS: dict[str, tuple[str, ...]] = {
-    "convolution": ("Conv", "FusedConv", "NchwcConv"),
+    "convolution": ("Conv", "FusedConv"),
     "matrix product": ("MatMul", "FusedMatMul", "Gemm", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
                        "QLinearMatMul", "QLinearConv", "ConvInteger"),
     "attention": ("MultiHeadAttention", "Attention", "Softmax"),
     "normalisation": ("GroupNormalization", "GroupNorm", "InstanceNormalization", "LayerNormalization",
-                      "SkipLayerNormalization", "ReduceMean", "Sqrt", "Pow", "Div"),
+                      "SkipLayerNormalization", "ReduceMean", "Sqrt", "Pow"),
     "layout": ("ReorderInput", "ReorderOutput", "Transpose", "Reshape", "Concat", "Split", "Slice", "Resize",
                "Upsample", "Squeeze", "Unsqueeze", "Expand", "Shape", "Gather", "Cast"),
 }
@@ -74,62 +74,54 @@ def flops_by_kind(package: Any, component: str, feeds: dict[str, np.ndarray]) ->
     return dict(totals)
 
 
-def best_gemm_gflops(threads: int | None) -> dict[str, float]:
-    """The best float32 GEMM rate of ONNX Runtime (MLAS) and of torch on this machine, square sizes 2048 and 3072."""
-    import torch
+def profile_calls(package: Any, component: str, threads: int | None, feeds: dict[str, np.ndarray],
+                  repeats: int) -> dict[str, Any]:
+    """Per-node times of ``repeats`` calls after one warm-up, of the engine the runtime opens for ``component`` (same
+    graph, session and run options): op type -> median seconds per call, plus the calls' wall times (taken with the
+    profiler on, which adds a little to each)."""
+    from engines.backend import OpenRequest, open_engines
+    from engines.ort import OrtEngine, OrtOptions
 
-    from bench.flops import gemm_peak
-
-    rates = {"onnxruntime": max(gemm_peak(size, threads=threads) for size in (2048, 3072))}
-    if threads:
-        torch.set_num_threads(threads)
-    best = 0.0
-    for size in (2048, 3072):
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        torch.mm(a, b)
-        for _ in range(8):
-            tick = time.perf_counter()
-            torch.mm(a, b)
-            best = max(best, 2.0 * size**3 / (time.perf_counter() - tick) / 1e9)
-    rates["torch"] = best
-    return rates
-
-
-def profile_calls(path: Path, options: Any, feeds: dict[str, np.ndarray], repeats: int) -> dict[str, Any]:
-    """Per-node times of ``repeats`` calls after one warm-up: op type -> median seconds per call, plus call times."""
-    from engines.ort.session import open_session
-
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     with tempfile.TemporaryDirectory() as folder:
-        session = open_session(path, optimization=options.graph_optimization, threads=options.threads,
-                               memory_arena=options.memory_arena, memory_pattern=options.memory_pattern,
-                               config=options.session_config, profile_prefix=Path(folder) / "unet")
-        walls = []
-        for _ in range(repeats + 1):
-            tick = time.perf_counter()
-            session.run(None, feeds)
-            walls.append(time.perf_counter() - tick)
-        events = json.loads(Path(session.end_profiling()).read_text())
+        options = OrtOptions(threads=threads, device="cpu", profile_prefix=str(Path(folder) / component))
+        engine = open_engines(package, [component], "ort", OpenRequest(precision="fp32", options=options))[0][component]
+        assert isinstance(engine, OrtEngine)
+        try:
+            walls = []
+            for _ in range(repeats + 1):
+                tick = time.perf_counter()
+                engine(feeds)
+                walls.append(time.perf_counter() - tick)
+            events = json.loads(Path(engine.session.end_profiling()).read_text())
+        finally:
+            engine.close()
+    return {"graph": str(engine.path), "call_median_s": statistics.median(walls[1:]), "call_s": walls[1:],
+            "ops": node_seconds(events, repeats)}
+
+
+def node_seconds(events: list[dict[str, Any]], repeats: int) -> dict[str, dict[str, float]]:
+    """From ONNX Runtime's profile events: op type -> median seconds per call over the calls after the first
+    (the warm-up), and the number of nodes of that type. Each node event is given to the ``model_run`` it falls in."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+    if len(runs) != repeats + 1:
+        raise RuntimeError(f"expected {repeats + 1} model_run events in ONNX Runtime's profile, found {len(runs)}")
     per_run: list[dict[str, float]] = [defaultdict(float) for _ in runs]
     counts: dict[str, int] = defaultdict(int)
     for event in events:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
             continue
         index = next((i for i, (start, end) in enumerate(runs) if start <= event["ts"] <= end), None)
-        if index is None or index == 0:  # the warm-up call
+        if index is None or index == 0:  # outside any call, or the warm-up
             continue
         op_type = event["args"]["op_name"]
         per_run[index][op_type] += event["dur"] / 1e6
         if index == 1:
             counts[op_type] += 1
     timed = per_run[1:]
-    op_types = sorted({op for run in timed for op in run})
-    return {
-        "call_median_s": statistics.median(walls[1:]),
-        "call_s": walls[1:],
-        "ops": {op: {"median_s": statistics.median(run.get(op, 0.0) for run in timed), "nodes": counts[op]}
-                for op in op_types},
-    }
+    return {op: {"median_s": statistics.median(run.get(op, 0.0) for run in timed), "nodes": counts[op]}
+            for op in sorted({op for run in timed for op in run})}
 
 
 def summarise(profile: dict[str, Any], flops: dict[str, float], peak_gflops: float) -> list[dict[str, Any]]:
@@ -170,15 +162,16 @@ def main() -> None:
     parser.add_argument("--package", required=True, type=Path)
     parser.add_argument("--component", choices=COMPONENTS, default="unet")
     parser.add_argument("--latent", default="32,64", help="latent sizes, comma-separated (64 = 512x512 images)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="profiled calls after the warm-up (>= 1)")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--json", type=Path, default=Path("bench-out/op_profile.json"))
     arguments = parser.parse_args()
+    if arguments.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {arguments.repeats}")
 
+    from bench.flops import best_gemm_gflops
     from bench.machine import describe_machine
     from core.package import ModelPackage
-    from engines.backend import OpenRequest, open_engines
-    from engines.ort import OrtEngine, OrtOptions
     from runtime.tables import format_table
 
     package = ModelPackage.open(arguments.package)
@@ -189,22 +182,18 @@ def main() -> None:
     flops = {size: flops_by_kind(package, component, feeds) for size, feeds in all_feeds.items()}
     peaks = best_gemm_gflops(arguments.threads)
     peak = max(peaks.values())
-    request = OpenRequest(precision="fp32", options=OrtOptions(threads=arguments.threads, device="cpu"))
-    engine = open_engines(package, [component], "ort", request)[0][component]
-    assert isinstance(engine, OrtEngine)
-    path, options = engine.path, engine.options
-    engine.close()
-    print(f"{component} graph: {path}\nbest float32 GEMM: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+    print("best float32 GEMM: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
     results = {}
     for size in latents:
         feeds = all_feeds[size]
-        profile = profile_calls(path, options, feeds, arguments.repeats)
+        profile = profile_calls(package, component, arguments.threads, feeds, arguments.repeats)
         rows = summarise(profile, flops[size], peak)
         floor = sum(flops[size].values()) / (peak * 1e9)
         results[str(size)] = {"profile": profile, "kinds": rows, "flops": flops[size], "floor_s": floor,
                               "ratio_to_floor": profile["call_median_s"] / floor}
-        print(f"\nlatent {size}x{size}, batch {len(next(iter(feeds.values())))}: call {profile['call_median_s']:.3f} s (median of {arguments.repeats}), "
-              f"floor {floor:.3f} s ({sum(flops[size].values()) / 1e9:.1f} GFLOP at {peak:.0f} GFLOP/s): "
+        batch = 2 if component == "unet" else 1
+        print(f"\n{component} ({profile['graph']}), latent {size}x{size}, batch {batch}: "
+              f"call {profile['call_median_s']:.3f} s (median of {arguments.repeats}), floor {floor:.3f} s ({sum(flops[size].values()) / 1e9:.1f} GFLOP at {peak:.0f} GFLOP/s): "
               f"{profile['call_median_s'] / floor:.2f}x")
         print(format_table(["kind", "s", "share", "GFLOP", "GFLOP/s", "floor s", "above floor s", "op types"],
                            [[r["kind"], f"{r['seconds']:.3f}", f"{r['share']:.0%}", f"{r['gflop']:.1f}",
@@ -212,8 +201,8 @@ def main() -> None:
                              f"{r['above_floor_s']:.3f}", " ".join(r["ops"][:6])] for r in rows]))
     arguments.json.parent.mkdir(parents=True, exist_ok=True)
     arguments.json.write_text(json.dumps({"machine": describe_machine(), "package": str(arguments.package),
-                                          "component": component,
-                                          "graph": str(path), "gemm_gflops": peaks, "repeats": arguments.repeats,
+                                          "component": component, "gemm_gflops": peaks,
+                                          "repeats": arguments.repeats,
                                           "latents": results}, indent=2) + "\n")
     print(f"wrote {arguments.json}")
 

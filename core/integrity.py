@@ -41,7 +41,7 @@ def _identity(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
 
 
-_records_read: tuple[tuple[str, int, int, int], dict[str, object]] | None = None
+_records_read: tuple[tuple[str, list[int]], dict[str, object]] | None = None
 """The verification record as last parsed, with the identity of the file it came from: a package opens a dozen
 files and the record is parsed once, not once per file, until the file changes."""
 
@@ -49,8 +49,7 @@ files and the record is parsed once, not once per file, until the file changes."
 def _records() -> dict[str, object]:
     global _records_read
     path = _record_path()
-    stat = path.stat()
-    identity = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    identity = (str(path), _identity(path))
     if _records_read is None or _records_read[0] != identity:
         records = json.loads(path.read_text(encoding="utf-8"))
         _records_read = (identity, records if isinstance(records, dict) else {})

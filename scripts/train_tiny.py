@@ -308,7 +308,8 @@ def train_diffusion(args: argparse.Namespace, rng: np.random.Generator, vae: Any
         latents = pool[index]
         noise = pyramid_noise(rng, tuple(latents.shape), args.pyramid_discount)
         # Position is settled in the first epochs by the noisiest timesteps; after that the shape's outline, decided
-        # at mid noise, needs those timesteps' share back (design.md, "The shapes model").
+        # at middle noise levels, needs the share of batches the high draw took from them (design.md, "The shapes
+        # model").
         fraction = args.high_timestep_fraction if step <= args.high_timestep_until * args.unet_steps else 0.0
         high = rng.random(args.batch) < fraction
         timesteps = torch.from_numpy(np.where(high, rng.integers(HIGH_TIMESTEP, 1000, args.batch),

@@ -69,6 +69,9 @@ class OrtOptions:
     tf32: bool = False
     """CUDA provider: let fp32 convolutions and matrix products use TF32 (faster on Ampere and newer, about 1e-3
     relative error). Off by default so that an fp32 engine computes in fp32, as the parity bars assume."""
+    profile_prefix: str | None = None
+    """Write ONNX Runtime's per-node profile of every call to ``<prefix>_<time>.json``
+    (``engine.session.end_profiling()`` ends it and returns the path); for ``bench.op_profile``."""
     cuda_provider_options: Mapping[str, str] = field(default_factory=dict)
     """Extra CUDA provider options (e.g. ``prefer_nhwc``, ``cudnn_conv_algo_search``), passed as given; they override
     the per-component ``CUDA_DEFAULTS``."""
@@ -160,7 +163,7 @@ class OrtEngine(EngineBase):
             self.path, providers=self._providers(graph), optimization=options.graph_optimization,
             threads=options.threads, memory_arena=options.memory_arena, memory_pattern=options.memory_pattern,
             config=options.session_config, free_dimensions=free_dimensions, initializers=self.initializers,
-            what=" (as a CUDA graph: open it without CUDA graphs)" if graph else "",
+            profile_prefix=Path(options.profile_prefix) if options.profile_prefix else None, what=" (as a CUDA graph: open it without CUDA graphs)" if graph else "",
         )
 
     @staticmethod

@@ -35,8 +35,9 @@ def test_bench_quick_writes_table_json_and_plots(tiny_package: Path, tmp_path: P
     for name, figures in data["cold_start"].items():
         assert figures["first_image_s"] > figures["import_s"] > 0 and figures["peak_rss_bytes"] > 0, name
         stages = figures["stages"]
+        # interpreter_s is launch -> the child's first line: negative would mean the child's clock conversion is wrong.
         assert all(seconds >= 0 for seconds in stages.values()), (name, stages)
-        assert sum(stages.values()) == pytest.approx(figures["first_image_s"], rel=1e-6), name
+        assert stages["image_s"] == min(figures["generate_s"], figures["again_s"]), name
         if name.startswith("diffship"):
             assert {"text_encoder", "unet", "vae_decode"} <= set(figures["components"]), name
     assert data["machine"]["versions"]["onnxruntime"]

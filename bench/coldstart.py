@@ -136,6 +136,7 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
         ).to("cuda" if cuda else "cpu")
         pipe.set_progress_bar_config(disable=True)
         loaded = time.perf_counter()
+
         def generate() -> None:
             with torch.inference_mode():
                 pipe(PROMPT, num_inference_steps=1, height=arguments.height, width=arguments.width, output_type="np")

@@ -403,16 +403,18 @@ def format_tables(result: BenchResult) -> str:
 def format_cold_start(cold_start: dict[str, dict[str, Any]]) -> str:
     """Process start -> first image per contender, split into stages (``bench.coldstart.start_stages``), with the
     ratio to diffusers of the whole and of the start-up alone (everything but the image's own compute)."""
+    def start_up(child: dict[str, Any]) -> float:
+        return float(child["first_image_s"] - child.get("stages", {}).get("image_s", 0.0))
+
     baseline = cold_start.get("diffusers")
     rows = []
     for name, child in cold_start.items():
         stages = child.get("stages", {})
-        overhead = child["first_image_s"] - stages.get("image_s", 0.0)
+        overhead = start_up(child)
         ratios = ["-", "-"]
         if baseline is not None and name != "diffusers":
-            base_overhead = baseline["first_image_s"] - baseline.get("stages", {}).get("image_s", 0.0)
             ratios = [f"{baseline['first_image_s'] / child['first_image_s']:.1f}x",
-                      f"{base_overhead / overhead:.1f}x" if overhead > 0 else "-"]
+                      f"{start_up(baseline) / overhead:.1f}x" if overhead > 0 else "-"]
         rows.append([name, *(f"{stages[k]:.2f}" if k in stages else "-"
                              for k in ("interpreter_s", "import_s", "open_s", "warm_up_s", "image_s")),
                      f"{child['first_image_s']:.2f}", f"{overhead:.2f}", *ratios,

@@ -17,10 +17,10 @@ Stages, each logged with its progress:
    does) with the loss weight capped so that the noisiest timesteps, where the layout is decided, keep full weight;
    for the first 40% of the steps half of each batch's timesteps are drawn from the noisiest fifth (then all
    uniformly), and the noise has a multi-resolution part (pyramid noise), so the model must place the shape from the
-   prompt alone. Captions are dropped 10% of the time so
-   that classifier-free guidance works; EMA weights. After each epoch the losses so far go to ``train-log.json``, a
-   sample grid of the EMA weights to ``samples/``, and the classifier's accuracy on a fixed subset of the held-out
-   prompts to the log, so a run that is not learning shows it early.
+   prompt alone. Captions are dropped 10% of the time so that classifier-free guidance works; EMA weights. After
+   each epoch the losses so far go to ``train-log.json``, a sample grid of the EMA weights to ``samples/``, and the
+   classifier's accuracy on a fixed subset of the held-out prompts to the log, so a run that is not learning shows it
+   early.
 
 Everything is seeded and runs on a fixed number of threads, so the same seed gives the same bytes (the digest in
 ``training.json`` shows it). The output is a diffusers ``save_pretrained`` folder plus ``classifier.onnx``,
@@ -82,7 +82,8 @@ OBJECTNESS_CHANNEL = 3
 OBJECTNESS_AMPLITUDE = 2.5
 """Latent channel 3 (before ``scaling_factor``) is -2.5 where a 4x4 cell is all background, +2.5 where all shape."""
 HIGH_TIMESTEP = 800
-"""The noisiest fifth of the schedule, where half of each batch's timesteps are drawn."""
+"""The noisiest fifth of the schedule, where half of each batch's timesteps are drawn early in training
+(``--high-timestep-until``)."""
 SCHEDULER = {
     "_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
     "num_train_timesteps": 1000, "prediction_type": "v_prediction", "set_alpha_to_one": False, "skip_prk_steps": True,

@@ -163,7 +163,8 @@ class OrtEngine(EngineBase):
             self.path, providers=self._providers(graph), optimization=options.graph_optimization,
             threads=options.threads, memory_arena=options.memory_arena, memory_pattern=options.memory_pattern,
             config=options.session_config, free_dimensions=free_dimensions, initializers=self.initializers,
-            profile_prefix=Path(options.profile_prefix) if options.profile_prefix else None, what=" (as a CUDA graph: open it without CUDA graphs)" if graph else "",
+            profile_prefix=Path(options.profile_prefix) if options.profile_prefix else None,
+            what=" (as a CUDA graph: open it without CUDA graphs)" if graph else "",
         )
 
     @staticmethod

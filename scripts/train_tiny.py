@@ -89,6 +89,8 @@ SCHEDULER = {
     "num_train_timesteps": 1000, "prediction_type": "v_prediction", "set_alpha_to_one": False, "skip_prk_steps": True,
     "steps_offset": 1, "clip_sample": False, "trained_betas": None,
 }
+EVAL_GUIDANCE = (2.0, 4.0)
+"""Guidance scales of the per-epoch checks: the first also draws the sample grids."""
 SAMPLE_PROMPTS = (
     "a large red circle on a white background, center", "a small blue star on a yellow background, top left",
     "a large green triangle on a black background, bottom right", "a small yellow square on a purple background, top right",
@@ -261,16 +263,26 @@ def pyramid_noise(rng: np.random.Generator, shape: tuple[int, ...], discount: fl
     return noise / noise.std()  # bilinear upsampling lowers the coarse parts' variance below discount**(2k)
 
 
+def shape_cell_weights(latents: torch.Tensor, weight: float) -> torch.Tensor:
+    """N1hw loss weights: ``weight`` on latent cells the shape covers and their 8 neighbours (its outline), 1 elsewhere.
+    The shape fills 2-10% of a picture; weighted like the background, the outline, the only thing that tells a star
+    from a circle, is a few cells of the loss (the VAE's loss had the same flaw: ``train_vae``). Coverage is read off
+    the clean latents' objectness channel (before ``scaling_factor``)."""
+    coverage = (latents[:, OBJECTNESS_CHANNEL:OBJECTNESS_CHANNEL + 1] / OBJECTNESS_AMPLITUDE + 1) / 2
+    near_shape = F.max_pool2d((coverage > 0.1).float(), 3, stride=1, padding=1)
+    return 1 + (weight - 1) * near_shape
+
+
 def held_out_accuracy(text_encoder: Any, unet: Any, vae: Any, tokenizer: Any, classifier: Classifier,
-                      steps: int, count: int) -> dict[str, float]:
+                      steps: int, count: int, guidance: float) -> dict[str, float]:
     """The classifier's accuracy on ``count`` of the held-out quality prompts (every third, so that all 20 held-out
-    triples appear in 40), sampled at ``steps`` steps, guidance 4: the per-epoch sign of whether the model composes
-    shape, colour and position."""
+    triples appear in 40), sampled at ``steps`` steps: the per-epoch sign of whether the model composes shape, colour
+    and position."""
     prompts = data.quality_prompts()[::3][:count]
     pipe = _pipeline(text_encoder, unet, vae, tokenizer)
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():
-        images = pipe([p["prompt"] for p in prompts], num_inference_steps=steps, guidance_scale=4.0,
+        images = pipe([p["prompt"] for p in prompts], num_inference_steps=steps, guidance_scale=guidance,
                       generator=torch.Generator().manual_seed(0), output_type="np").images
     scenes = [data.Scene(**{name: str(p[name]) for name in data.ATTRIBUTES}) for p in prompts]
     accuracy = _accuracy(classifier, torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1, scenes)
@@ -318,7 +330,9 @@ def train_diffusion(args: argparse.Namespace, rng: np.random.Generator, vae: Any
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
         target = noise_schedule.get_velocity(latents, noise, timesteps)
         states = text_encoder(tokens.input_ids).last_hidden_state
-        per_image = F.mse_loss(unet(noisy, timesteps, states).sample, target, reduction="none").mean(dim=(1, 2, 3))
+        error = F.mse_loss(unet(noisy, timesteps, states).sample, target, reduction="none")
+        weights = shape_cell_weights(latents / vae.config.scaling_factor, args.shape_loss_weight)
+        per_image = (error * weights).sum(dim=(1, 2, 3)) / (weights.sum(dim=(1, 2, 3)) * error.shape[1])
         loss = (per_image * snr_weights[timesteps]).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -334,9 +348,14 @@ def train_diffusion(args: argparse.Namespace, rng: np.random.Generator, vae: Any
         if step % steps_per_epoch == 0 or step == args.unet_steps:
             epoch = math.ceil(step / steps_per_epoch)
             sample_grid(ema_text, ema_unet, vae, tokenizer, out / "samples" / f"epoch-{epoch:02d}.png", args.sample_steps)
-            accuracy = held_out_accuracy(ema_text, ema_unet, vae, tokenizer, classifier, args.sample_steps,
-                                         args.held_out_prompts)
-            log.info("epoch %d: held-out accuracy %s", epoch, " ".join(f"{k} {v:.0%}" for k, v in accuracy.items()))
+            # Guidance 2 is where this model is used (the demo, BENCHMARKS); guidance 4, SD's usual range, shows
+            # whether stronger guidance still keeps the colour.
+            accuracy = {f"guidance {g:g}": held_out_accuracy(ema_text, ema_unet, vae, tokenizer, classifier,
+                                                             args.sample_steps, args.held_out_prompts, g)
+                        for g in EVAL_GUIDANCE}
+            for setting, scores in accuracy.items():
+                log.info("epoch %d: held-out accuracy at %s: %s", epoch, setting,
+                         " ".join(f"{k} {v:.0%}" for k, v in scores.items()))
             history.append({"epoch": epoch, "step": step, "loss": float(np.mean(losses[-steps_per_epoch:])),
                             "seconds": time.perf_counter() - started, "held_out_accuracy": accuracy})
             (out / "train-log.json").write_text(json.dumps({"epochs": history, "losses": losses}) + "\n")
@@ -352,13 +371,13 @@ def _pipeline(text_encoder: Any, unet: Any, vae: Any, tokenizer: Any) -> Any:
 
 
 def sample_grid(text_encoder: Any, unet: Any, vae: Any, tokenizer: Any, path: Path, steps: int = 20) -> None:
-    """The sample prompts at ``steps`` steps, guidance 4: a row per prompt, two seeds each."""
+    """The sample prompts at ``steps`` steps, guidance 2: a row per prompt, two seeds each."""
     pipe = _pipeline(text_encoder, unet, vae, tokenizer)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        images = pipe(list(SAMPLE_PROMPTS) * 2, num_inference_steps=steps, guidance_scale=4.0, generator=generator,
-                      output_type="np").images
+        images = pipe(list(SAMPLE_PROMPTS) * 2, num_inference_steps=steps, guidance_scale=EVAL_GUIDANCE[0],
+                      generator=generator, output_type="np").images
     tiles = (images * 255).round().astype(np.uint8)
     half = len(SAMPLE_PROMPTS)
     grid = np.concatenate([np.concatenate([tiles[k], tiles[k + half]], axis=1) for k in range(half)], axis=0)
@@ -391,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classifier-steps", type=int, default=800)
     parser.add_argument("--classifier-eval", type=int, default=1024, help="new images the classifier is scored on")
     parser.add_argument("--pool", type=int, default=16384, help="training images drawn and encoded once")
-    parser.add_argument("--unet-steps", type=int, default=2700)
+    parser.add_argument("--unet-steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=9,
+    parser.add_argument("--epochs", type=int, default=10,
                         help="sample grids, held-out accuracy and log entries are written per epoch")
     parser.add_argument("--sample-steps", type=int, default=20, help="denoising steps of the per-epoch sample grids")
     parser.add_argument("--held-out-prompts", type=int, default=40, help="held-out prompts scored after each epoch")
@@ -404,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"share of timesteps drawn from t >= {HIGH_TIMESTEP} (the rest uniformly)")
     parser.add_argument("--high-timestep-until", type=float, default=0.4,
                         help="share of the UNet steps that draw --high-timestep-fraction; later steps draw uniformly")
+    parser.add_argument("--shape-loss-weight", type=float, default=5.0,
+                        help="weight of the diffusion loss on latent cells at and around the shape (1: uniform)")
     parser.add_argument("--pyramid-discount", type=float, default=0.4,
                         help="weight ratio between successive scales of the multi-resolution noise (0: plain noise)")
     parser.add_argument("--overwrite", action="store_true")

@@ -15,7 +15,7 @@ CHANCE = {"shape": 1 / 5, "colour": 1 / 8, "position": 1 / 5}
 def test_quality_scores_shapes_above_chance_and_writes_its_report(shapes_package: Path, tmp_path: Path) -> None:
     out = tmp_path / "quality"
     done = run_cli("quality", "--package", str(shapes_package), "--grid", "steps=2,8", "--prompts", "60",
-                   "--out", str(out))
+                   "--scheduler", "dpmpp_2m", "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert "all three" in done.stdout and "all / s" in done.stdout
     report = json.loads((out / "quality.json").read_text())
@@ -23,10 +23,11 @@ def test_quality_scores_shapes_above_chance_and_writes_its_report(shapes_package
     assert report["prompts"] == 60
     assert (out / "samples.png").is_file() and (out / "quality.png").is_file()
     scores = report["cases"][1]["scores"]
-    # On triples held out of training the committed model puts the shape where asked and in the asked colour far more
-    # often than chance; which shape it draws is its weak attribute (35% here, interval 24-48%, chance 20%; BENCHMARKS.md,
-    # "Quality vs speed"): a bound a couple of images from chance would fail on a different CPU's rounding, so it is
-    # not asserted.
+    # On triples held out of training the committed model draws the asked shape, in the asked colour, where asked, far
+    # more often than chance (here 90% [80-95] / 100% [94-100] / 100% [94-100]; chance 20%, 12.5%, 20%; BENCHMARKS.md,
+    # "Quality vs speed"). The bounds sit a dozen images below what it scored, so another CPU's rounding cannot flip
+    # them, and a model at the previous weights' shape accuracy (35%) fails the first.
+    assert scores["shape"]["low"] > 3 * CHANCE["shape"], scores["shape"]
     assert scores["colour"]["low"] > 4 * CHANCE["colour"], scores["colour"]
     assert scores["position"]["low"] > 3 * CHANCE["position"], scores["position"]
     assert report["cases"][1]["quality_per_second"] > 0

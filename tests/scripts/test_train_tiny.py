@@ -83,3 +83,29 @@ def test_train_tiny_pyramid_noise_has_unit_variance_and_correlated_neighbours() 
 
     assert abs(neighbour_correlation(plain)) < 0.02
     assert neighbour_correlation(pyramid) > 0.04  # plain noise: 0 +- 0.004 over these 61,440 pairs
+
+
+def test_train_tiny_shape_cell_weights_cover_the_shape_and_its_outline_only() -> None:
+    """The diffusion loss's weight map, read off a latent whose objectness channel is the exact target: the shape's
+    cells and their neighbours get the weight, cells two or more away from the shape get 1."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    from scripts import shapes_data as data
+    from scripts.train_tiny import OBJECTNESS_AMPLITUDE, OBJECTNESS_CHANNEL, objectness_target, shape_cell_weights
+
+    scene = data.Scene("star", "green", "small", "bottom right", "blue")
+    image = data.render(scene, np.random.default_rng(0)).astype(np.float32).transpose(2, 0, 1) / 127.5 - 1
+    target = objectness_target(torch.from_numpy(image[None]))
+    latents = torch.zeros(1, 4, 16, 16)
+    latents[:, OBJECTNESS_CHANNEL:OBJECTNESS_CHANNEL + 1] = target
+    weights = shape_cell_weights(latents, 5.0)[0, 0].numpy()
+    assert set(np.unique(weights)) == {1.0, 5.0}
+    covered = (target[0, 0].numpy() / OBJECTNESS_AMPLITUDE + 1) / 2 > 0.1  # more than a tenth of the cell is shape
+    assert (weights[covered] == 5.0).all()
+    distance_two = np.ones((16, 16), bool)
+    for y, x in zip(*np.nonzero(covered), strict=True):
+        distance_two[max(0, y - 1):y + 2, max(0, x - 1):x + 2] = False
+    assert (weights[distance_two] == 1.0).all()
+    assert weights[0, 0] == 1.0 and weights[12, 12] == 5.0  # top-left corner; centre of "bottom right" (0.69 x 16)
+    assert (shape_cell_weights(latents, 1.0) == 1.0).all()

@@ -44,7 +44,7 @@ def count_unet_flops(package: Any, batch: int, latent: int) -> float:
     unet = reference_pipeline(package).pipe.unet
     sample = torch.randn(batch, constants.latent_channels, latent, latent)
     timestep = torch.full((batch,), 500.0)
-    hidden = torch.randn(batch, constants.text_max_length, constants.text_hidden_size)
+    hidden = torch.randn(batch, constants.text_max_length, constants.unet_text_size)
     with torch.inference_mode(), flop_counter() as counter:
         unet(sample, timestep, hidden)
     return float(counter.get_total_flops())

@@ -154,7 +154,7 @@ def component_feeds(package: Any, component: str, latent: int, rng: np.random.Ge
     return {"sample": rng.standard_normal((2, constants.latent_channels, latent, latent)).astype(np.float32),
             "timestep": np.full((2,), 500.0, np.float32),
             "encoder_hidden_states": rng.standard_normal(
-                (2, constants.text_max_length, constants.text_hidden_size)).astype(np.float32)}
+                (2, constants.text_max_length, constants.unet_text_size)).astype(np.float32)}
 
 
 def main() -> None:

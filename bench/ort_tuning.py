@@ -131,7 +131,7 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
     try:
         from core.package import ModelPackage
 
-        hidden_size = ModelPackage.open(arguments.package).constants.text_hidden_size
+        hidden_size = ModelPackage.open(arguments.package).constants.unet_text_size
     except Exception:  # pragma: no cover - only for packages without constants
         pass
     results = {}

@@ -1,9 +1,11 @@
 """``manifest.json``: the one schema every layer reads and writes (docs/design.md, "The model package").
 
-Schema version 2 types engine sets per backend: ``OrtEngineSet`` (ONNX Runtime graphs from ``build-ort``) and
-``TrtEngineSet`` (TensorRT / TensorRT-RTX plans from ``build-trt``). Version 1 manifests are read and upgraded in
-memory (the next write stores version 2). Keys a newer writer adds within a version are ignored on reading, and
-engine sets of a backend this diffship does not know are kept as they are.
+Schema version 2 typed engine sets per backend: ``OrtEngineSet`` (ONNX Runtime graphs from ``build-ort``) and
+``TrtEngineSet`` (TensorRT / TensorRT-RTX plans from ``build-trt``). Version 3 nests the constants: one record per text
+encoder (with its vocabulary size) and the family's own part (``PipelineConstants.family``) in place of SDXL's optional
+top-level fields. Older manifests are read and upgraded in memory (the next write stores version 3). Keys a newer
+writer adds within a version are ignored on reading, and engine sets of a backend this diffship does not know are kept
+as they are.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from core.errors import PackageError
+from core.families import FAMILIES
 from core.integrity import sha256_file
 from core.reading import obj, relative_path, typed_fields
-from core.specs import ComponentSpec, PipelineConstants, ShapeProfile, ShapeRequest
+from core.specs import ComponentSpec, FamilyConstants, PipelineConstants, ShapeProfile, ShapeRequest
 
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("fp32", "fp16")
 NUMPY_FLOAT = {"fp32": "float32", "fp16": "float16"}
@@ -341,10 +344,15 @@ class Manifest:
         for name, variants in obj(data.get("components"), "components").items():
             components[name] = {dtype: ComponentVariant.from_json(name, dtype, v, f"components.{name}.{dtype}")
                                 for dtype, v in obj(variants, f"components.{name}").items()}
+        constants = obj(data.get("constants"), "constants")
+        if version < 3:
+            constants = _constants_from_v2(constants)
+        family = FAMILIES.get(found["family"])  # an unknown family is refused by name when the package is used
         return cls(
             **found,
             schema_version=SCHEMA_VERSION,
-            constants=PipelineConstants.from_json(data.get("constants"), "constants"),
+            constants=PipelineConstants.from_json(constants, "constants",
+                                                  family.constants_type if family is not None else FamilyConstants),
             components=components,
             files={relative_path(path, "files"): FileEntry.from_json(entry, f"files[{path!r}]")
                    for path, entry in files.items()},
@@ -383,3 +391,26 @@ def _engine_set_from_v1(data: Mapping[str, Any], listed: Mapping[str, Any]) -> d
     if data.get("backend") == "ort":
         converted["target"] = (data.get("archs") or ["cpu"])[0]
     return converted
+
+
+FLAT_FAMILY_FIELDS = ("pooled_size", "time_ids", "force_zeros_for_empty_prompt")
+"""SDXL's fields at the top level of version 1 and 2 constants; version 3 nests them (``PipelineConstants.family``)."""
+
+
+def _constants_from_v2(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Version 1 and 2 constants held one text encoder's width and pad token at the top level, SDXL's second encoder
+    and added conditioning as optional fields beside them, and a width of 0 for the refiner's absent first encoder;
+    version 3 lists the encoders and nests the family's own part. The vocabulary size was not recorded."""
+    flat = dict(data)
+    hidden, pad = flat.pop("text_hidden_size", None), flat.pop("pad_token", None)
+    hidden_2, pad_2 = flat.pop("text_hidden_size_2", None), flat.pop("pad_token_2", None)
+    encoders = []
+    if hidden != 0:  # 0: the SDXL refiner, whose UNet reads the second encoder alone
+        encoders.append({"component": "text_encoder", "tokenizer": "tokenizer", "hidden_size": hidden,
+                         "pad_token": pad})
+    if hidden_2 is not None:
+        encoders.append({"component": "text_encoder_2", "tokenizer": "tokenizer_2", "hidden_size": hidden_2,
+                         "pad_token": pad if pad_2 is None else pad_2})
+    family = {name: flat.pop(name) for name in FLAT_FAMILY_FIELDS if name in flat}
+    return {**flat, "text_encoders": [{k: v for k, v in e.items() if v is not None} for e in encoders],
+            "family": family}

@@ -66,6 +66,21 @@ class ModelPackage:
     def family(self) -> Family:
         return get_family(self.manifest.family)
 
+    def vocab_size(self, component: str) -> int:
+        """How many token ids text encoder ``component`` takes: recorded at export, or, for packages exported before
+        it was, counted in its own tokenizer's ``vocab.json`` (checked against the manifest first)."""
+        encoder = self.constants.text_encoder(component)
+        if encoder.vocab_size is not None:
+            return encoder.vocab_size
+        path = self.verify_file(f"{encoder.tokenizer}/vocab.json")
+        try:
+            vocab = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PackageError(f"{path} is not valid UTF-8 JSON ({exc})") from None
+        if not isinstance(vocab, dict) or not vocab:
+            raise PackageError(f"{path} must be a non-empty JSON object of tokens and ids")
+        return len(vocab)
+
     def path(self, relative: str) -> Path:
         """``relative`` inside the package; a path that would lead outside it (``..``, absolute, a symlink out) is
         refused."""

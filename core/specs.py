@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.errors import PackageError
 from core.reading import build, obj, typed_fields
 
 Dim = int | str
@@ -114,8 +115,49 @@ class ComponentSpec:
 
 
 @dataclass(frozen=True)
+class TextEncoderConstants:
+    """What one text encoder needs, recorded at export: its component, its tokenizer's folder, the width of the hidden
+    states it gives the UNet, its pad token and the size of its vocabulary (the ids its ``input_ids`` take)."""
+
+    component: str
+    tokenizer: str
+    """The package folder of its tokenizer files (``tokenizer``, ``tokenizer_2``)."""
+    hidden_size: int
+    pad_token: str
+    vocab_size: int | None = None
+    """None in packages exported before it was recorded: ``ModelPackage.vocab_size`` then counts the tokenizer's
+    ``vocab.json``."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size < 1:
+            raise ValueError(f"{self.component}: hidden_size must be >= 1, got {self.hidden_size}")
+        if not self.pad_token:
+            raise ValueError(f"{self.component}: pad_token is empty")
+        if self.vocab_size is not None and self.vocab_size < 1:
+            raise ValueError(f"{self.component}: vocab_size must be >= 1, got {self.vocab_size}")
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> TextEncoderConstants:
+        return build(cls, where, **typed_fields(cls, data, where))
+
+
+@dataclass(frozen=True)
+class FamilyConstants:
+    """The part of the constants only one family has (``Family.constants_type`` names its type; SD has none). A
+    family's description reads it through its own type's ``of(constants)``."""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> FamilyConstants:
+        return build(cls, where, **typed_fields(cls, data, where))
+
+
+@dataclass(frozen=True)
 class PipelineConstants:
-    """What the runtime needs to drive a Stable Diffusion package; read from the manifest, never from literals."""
+    """What the runtime needs to drive a package; read from the manifest, never from literals. Shared by every
+    family; what one family alone has is the nested ``family`` part (docs/design.md, "Families")."""
 
     latent_channels: int
     vae_scale_factor: int
@@ -124,9 +166,9 @@ class PipelineConstants:
     default_height: int
     default_width: int
     text_max_length: int
-    text_hidden_size: int
-    """The (first) text encoder's hidden size; 0 for the SDXL refiner, which has only the second encoder."""
-    pad_token: str
+    """The text encoders' window in tokens (all of a package's encoders share it)."""
+    text_encoders: tuple[TextEncoderConstants, ...]
+    """Every text encoder, in the order their hidden states are joined for the UNet."""
     spatial_multiple: int
     """Height and width must be multiples of this many pixels: the VAE's factor (packages exported before diffship
     expressed the UNet's up-sampling to its skip connections: that factor x the UNet's 2**num_upsamplers)."""
@@ -134,39 +176,25 @@ class PipelineConstants:
     unet_in_channels: int | None = None
     """Channels the UNet takes when they differ from the latents' (9 for inpainting UNets: latents, mask, masked
     image latents); None: ``latent_channels``."""
-    text_hidden_size_2: int | None = None
-    """SDXL: the second text encoder's hidden size (the UNet reads both encoders' hidden states side by side);
-    None for families with one text encoder."""
-    pad_token_2: str | None = None
-    """SDXL: the second tokenizer's pad token (``!`` for OpenCLIP bigG, where the first pads with the end token)."""
-    pooled_size: int | None = None
-    """SDXL: width of the pooled, projected prompt embedding the UNet reads as ``text_embeds``."""
-    time_ids: int | None = None
-    """SDXL: how many micro-conditioning numbers the UNet reads as ``time_ids`` (6: original size, crop corner,
-    target size; 5 for the refiner: original size, crop corner, aesthetic score)."""
-    force_zeros_for_empty_prompt: bool = False
-    """SDXL: guidance with no negative prompt uses zero embeddings, not the encoded empty prompt (the pipeline's
-    ``force_zeros_for_empty_prompt``)."""
     force_upcast: bool = False
     """The VAE overflows in fp16 (its config's ``force_upcast``): diffusers decodes in fp32."""
     clip_skip: int = 0
     """Text-encoder layers skipped from the end, as diffusers' ``clip_skip`` (0: its None). Chosen at export
     (``--clip-skip``) and built into the text encoder graphs; the runtime refuses a call that asks for another."""
+    family: FamilyConstants = FamilyConstants()
+    """What only this package's family has (SDXL: ``core.families.sdxl.XLConstants``)."""
+
+    def text_encoder(self, component: str) -> TextEncoderConstants:
+        for encoder in self.text_encoders:
+            if encoder.component == component:
+                return encoder
+        raise KeyError(f"no text encoder {component!r} (the package has "
+                       f"{', '.join(e.component for e in self.text_encoders) or 'none'})")
 
     @property
     def unet_text_size(self) -> int:
-        """Width of the text embeddings the UNet reads: one encoder's hidden size, or both side by side (SDXL)."""
-        return self.text_hidden_size + (self.text_hidden_size_2 or 0)
-
-    @property
-    def first_text_encoder(self) -> bool:
-        """Whether the package has the first text encoder (not the SDXL refiner: its UNet reads the second's alone)."""
-        return self.text_hidden_size > 0
-
-    @property
-    def requires_aesthetics_score(self) -> bool:
-        """The SDXL refiner's micro-conditioning: an aesthetic score where the base model has a target size."""
-        return self.time_ids == 5
+        """Width of the text states the UNet reads: every encoder's hidden states side by side."""
+        return sum(encoder.hidden_size for encoder in self.text_encoders)
 
     def upcasts(self, component: str) -> bool:
         """Whether ``component`` runs in fp32 inside an fp16 pipeline: a VAE whose config sets ``force_upcast``
@@ -195,27 +223,33 @@ class PipelineConstants:
                      "spatial_multiple"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.text_hidden_size < (0 if self.text_hidden_size_2 else 1):
-            raise ValueError(f"text_hidden_size must be >= 1 (0 only beside text_hidden_size_2: the SDXL refiner), "
-                             f"got {self.text_hidden_size}")
+        if not self.text_encoders:
+            raise ValueError("text_encoders is empty: a package needs at least one text encoder")
         if not self.scaling_factor > 0:
             raise ValueError(f"scaling_factor must be > 0, got {self.scaling_factor}")
         if self.spatial_multiple % self.vae_scale_factor:
             raise ValueError(f"spatial_multiple {self.spatial_multiple} is not a multiple of vae_scale_factor "
                              f"{self.vae_scale_factor}")
-        if not self.pad_token:
-            raise ValueError("pad_token is empty")
-        if self.time_ids is not None and self.time_ids not in (5, 6):
-            raise ValueError(f"time_ids must be 5 (refiner) or 6 (base), got {self.time_ids}")
         if self.clip_skip < 0:
             raise ValueError(f"clip_skip must be >= 0, got {self.clip_skip}")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["family"] = self.family.to_json()
+        return data
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "constants") -> PipelineConstants:
-        return build(cls, where, **typed_fields(cls, data, where))
+    def from_json(cls, data: Any, where: str = "constants",
+                  family_type: type[FamilyConstants] = FamilyConstants) -> PipelineConstants:
+        """Read the constants; ``family_type``: the type of the nested family part (``Family.constants_type``)."""
+        found = typed_fields(cls, data, where, skip=("text_encoders", "family"))
+        encoders = data.get("text_encoders")
+        if not isinstance(encoders, list):
+            raise PackageError(f"{where}.text_encoders must be a list of objects, got {encoders!r:.80}")
+        found["text_encoders"] = tuple(TextEncoderConstants.from_json(e, f"{where}.text_encoders[{i}]")
+                                       for i, e in enumerate(encoders))
+        found["family"] = family_type.from_json(data.get("family", {}), f"{where}.family")
+        return build(cls, where, **found)
 
 
 def dim_multiples(constants: PipelineConstants) -> dict[str, int]:

@@ -38,7 +38,7 @@ from core.package import ModelPackage, is_package
 from core.progress import ElapsedLog
 from core.specs import PipelineConstants, dim_multiples, symbolic_dims
 from engines.weight_maps import map_weights
-from exporter.families import family_wrappers
+from exporter.families import family_exporter
 from exporter.onnx_export import ExportOptions, export_component, parameter_bytes, streams_weights
 from exporter.sources import SourceModels, check_source_arguments, load_source
 from exporter.verify import check_onnx, verify_component
@@ -249,15 +249,13 @@ def _write_package(
     key_inputs: dict[str, Any],
     progress: Callable[[str], None],
 ) -> list[ComponentReport]:
-    family, wrappers = get_family(source.family), family_wrappers(source.family)
+    family, wrappers = get_family(source.family), family_exporter(source.family)
     constants = replace(wrappers.derive_constants(source), clip_skip=request.clip_skip)
     specs = family.specs(constants)
     multiples = dim_multiples(constants)
     cases = verification_dims(constants)
-    vocab_size = int((source.text_encoder or source.text_encoder_2).config.vocab_size)
-    written = _copy_tokenizer(source.tokenizer_dir, staging, "tokenizer") if source.tokenizer_dir is not None else []
-    if source.tokenizer_2_dir is not None:
-        written += _copy_tokenizer(source.tokenizer_2_dir, staging, "tokenizer_2")
+    written = [file for encoder in constants.text_encoders
+               for file in _copy_tokenizer(source.tokenizers[encoder.component], staging, encoder.tokenizer)]
     (staging / "scheduler").mkdir()
     shutil.copyfile(source.scheduler_config_path, staging / "scheduler" / "scheduler_config.json")
     written.append("scheduler/scheduler_config.json")
@@ -266,6 +264,7 @@ def _write_package(
     variants: dict[str, dict[str, ComponentVariant]] = {}
     for component in family.components:
         reference = wrappers.boundary_module(component, source, constants.clip_skip)
+        vocab_size = _vocab_size(constants, component)
         feeds = random_feeds(specs[component], _example_dims(constants), np.random.default_rng(0), vocab_size)
         example = tuple(torch.from_numpy(feeds[t.name]) for t in specs[component].inputs)
         for dtype in _component_dtypes(component, constants, request.dtypes):
@@ -343,12 +342,19 @@ def _write_package(
     return reports
 
 
+def _vocab_size(constants: PipelineConstants, component: str) -> int:
+    """The token ids a component's random verification inputs take: its own vocabulary for a text encoder (there
+    are no ids elsewhere; any size does)."""
+    encoders = {encoder.component: encoder.vocab_size for encoder in constants.text_encoders}
+    return encoders.get(component) or max(size or 1 for size in encoders.values())
+
+
 def _check_clip_skip(source: SourceModels, clip_skip: int) -> None:
     """``clip_skip`` must leave at least one transformer layer of every text encoder to read."""
     if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0:
         raise ExportError(f"clip_skip must be a whole number >= 0 (0: the model's default layer), got {clip_skip!r:.40}")
-    layers = min(int(e.config.num_hidden_layers) for e in (source.text_encoder, source.text_encoder_2) if e is not None)
-    most = layers - (2 if source.text_encoder_2 is not None else 1)  # SDXL already reads the penultimate layer
+    most = family_exporter(source.family).max_clip_skip(source)
+    layers = min(int(e.config.num_hidden_layers) for e in source.text_encoders.values())
     if clip_skip > most:
         raise ExportError(f"clip_skip {clip_skip} leaves no layer of this model's {layers}-layer text encoder to read; "
                           f"give 0 to {most}")
@@ -368,7 +374,7 @@ def _half_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 SOURCE_MODULES = {"text_encoder": "text_encoder", "text_encoder_2": "text_encoder_2", "unet": "unet",
                   "vae_decoder": "vae", "vae_encoder": "vae"}
-"""The source module each component is exported from."""
+"""The source module each component is exported from (``SourceModels.release`` names)."""
 
 
 def _release_finished(source: SourceModels, component: str, order: tuple[str, ...]) -> None:
@@ -378,9 +384,8 @@ def _release_finished(source: SourceModels, component: str, order: tuple[str, ..
     later = order[order.index(component) + 1:]
     if attribute is None or any(SOURCE_MODULES.get(c) == attribute for c in later):
         return
-    module = getattr(source, attribute)
+    module = source.release(attribute)
     large = module is not None and parameter_bytes(module) > 2**30
-    setattr(source, attribute, None)
     del module
     if large:  # a cycle could keep gigabytes alive until the collector happens to run; small modules are not worth it
         gc.collect()

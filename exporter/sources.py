@@ -15,12 +15,16 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from core.errors import DiffshipError
+from core.families import get_family
 from exporter.vocab import write_clip_tokenizer
+
+if TYPE_CHECKING:
+    from exporter.families.base import FamilyExporter
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +78,6 @@ PRESETS: dict[str, ModelPreset] = {
                             "SD-Turbo (SD 2.1 distilled: 512px, 1-4 steps, guidance 0)"),
 }
 
-DIFFUSERS_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
-                       "inpaint": "StableDiffusionInpaintPipeline"}
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline",
-                       "StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
-"""diffusers folders of these classes hold the same components (an inpainting model's UNet takes 9 channels); an SDXL
-folder adds ``text_encoder_2`` and ``tokenizer_2``, and an SDXL refiner's has no ``text_encoder``/``tokenizer``."""
-XL_PIPELINES = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
-XL_FAMILIES = ("sdxl", "sdxl-refiner")
-
 HUB_PATTERNS = [
     "model_index.json",
     "scheduler/*.json",
@@ -103,16 +98,15 @@ HUB_PATTERNS = [
 class SourceModels:
     family: str
     # diffusers' and transformers' models (typed loosely: their classes are not visible to mypy as nn.Modules).
-    text_encoder: Any
-    """None for the SDXL refiner (it has the second text encoder only)."""
+    text_encoders: dict[str, Any]
+    """Text encoder component -> its transformers model, in the order the family joins them (the SDXL refiner has
+    only ``text_encoder_2``)."""
     unet: Any
     vae: Any
-    tokenizer_dir: Path | None
+    tokenizers: dict[str, Path]
+    """Text encoder component -> its tokenizer folder."""
     scheduler_config_path: Path
     info: dict[str, Any]
-    text_encoder_2: Any = None
-    """SDXL's second text encoder (``CLIPTextModelWithProjection``); None for one-encoder families."""
-    tokenizer_2_dir: Path | None = None
     pipeline_options: dict[str, Any] = field(default_factory=dict)
     """Pipeline-level settings from ``model_index.json`` (SDXL: ``force_zeros_for_empty_prompt``)."""
     _scratch: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
@@ -121,8 +115,8 @@ class SourceModels:
     def modules(self) -> dict[str, torch.nn.Module]:
         # This order is hashed into weights_sha256 (and so into every package's export key): packages exported
         # before the refiner existed must keep matching their rebuilt source.
-        ordered = {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae,
-                   "text_encoder_2": self.text_encoder_2}
+        ordered = {"text_encoder": self.text_encoders.get("text_encoder"), "unet": self.unet, "vae": self.vae,
+                   "text_encoder_2": self.text_encoders.get("text_encoder_2")}
         return {name: module for name, module in ordered.items() if module is not None}
 
     def weights_sha256(self) -> str:
@@ -141,43 +135,30 @@ class SourceModels:
     def scheduler_config(self) -> dict[str, Any]:
         return json.loads(self.scheduler_config_path.read_text(encoding="utf-8"))
 
-    def diffusers_pipeline(self, task: str = "txt2img") -> Any:
-        """The reference diffusers pipeline over these very modules (for parity and benchmarks): text-to-image,
-        ``img2img`` (StableDiffusionImg2ImgPipeline) or ``inpaint`` (StableDiffusionInpaintPipeline)."""
+    def diffusers_scheduler(self) -> Any:
+        """diffusers' scheduler of the class and config the source ships."""
         import diffusers
-        from transformers import CLIPTokenizer
 
         config = self.scheduler_config()
         scheduler_class = getattr(diffusers, config.get("_class_name", ""), None)
         if scheduler_class is None:
             raise SourceError(f"{self.scheduler_config_path} names no diffusers scheduler class")
-        if self.family in XL_FAMILIES:
-            refiner = self.family == "sdxl-refiner"
-            if task == "inpaint" or (refiner and task == "txt2img"):
-                raise SourceError(f"no {task} reference for {self.family} packages (SDXL: text-to-image and "
-                                  "image-to-image; the refiner: image-to-image)")
-            assert self.tokenizer_2_dir is not None
-            parts = {
-                "vae": self.vae, "text_encoder": self.text_encoder, "text_encoder_2": self.text_encoder_2,
-                "tokenizer": CLIPTokenizer.from_pretrained(str(self.tokenizer_dir)) if self.tokenizer_dir else None,
-                "tokenizer_2": CLIPTokenizer.from_pretrained(str(self.tokenizer_2_dir)), "unet": self.unet,
-                "scheduler": scheduler_class.from_config(config), "add_watermarker": False,
-                "force_zeros_for_empty_prompt": bool(self.pipeline_options.get("force_zeros_for_empty_prompt", True)),
-            }
-            if task == "txt2img":
-                return diffusers.StableDiffusionXLPipeline(**parts)
-            return diffusers.StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=refiner)
-        pipeline_class = getattr(diffusers, DIFFUSERS_PIPELINES[task])
-        return pipeline_class(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=CLIPTokenizer.from_pretrained(str(self.tokenizer_dir)),
-            unet=self.unet,
-            scheduler=scheduler_class.from_config(config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        return scheduler_class.from_config(config)
+
+    def diffusers_pipeline(self, task: str = "txt2img") -> Any:
+        """The reference diffusers pipeline over these very modules (for parity and benchmarks): text-to-image,
+        ``img2img`` or ``inpaint``, of the family's own pipeline classes."""
+        from exporter.families import family_exporter
+
+        return family_exporter(self.family).reference_pipeline(self, task)
+
+    def release(self, module: str) -> Any:
+        """Let go of ``module`` (``unet``, ``vae`` or a text encoder) and return it."""
+        if module in self.text_encoders:
+            return self.text_encoders.pop(module)
+        released = getattr(self, module)
+        setattr(self, module, None)
+        return released
 
     def close(self) -> None:
         if self._scratch is not None:
@@ -232,48 +213,54 @@ def _read_config(preset: str, name: str) -> dict[str, Any]:
     return json.loads((CONFIG_DIR / preset / f"{name}.json").read_text(encoding="utf-8"))
 
 
+SEED_OFFSETS = {"text_encoder": 0, "unet": 1, "vae": 2, "text_encoder_2": 3}
+"""Each random-weight module's seed is the preset's seed plus this: the same seed gives the same bytes every time."""
+
+
 def _build_from_configs(preset: ModelPreset, seed: int) -> SourceModels:
     """The preset's architecture with seeded random weights: the same seed gives the same bytes every time."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig
+
+    from exporter.families import TOKENIZER_FOLDERS, family_exporter
 
     log.info("building %s from committed configs with random weights (seed %d)", preset.name, seed)
-    torch.manual_seed(seed)
-    # The SDXL refiner has no first text encoder (and no config for one).
-    first_encoder = (CONFIG_DIR / preset.name / "text_encoder.json").is_file()
-    text_encoder = CLIPTextModel(CLIPTextConfig(**_read_config(preset.name, "text_encoder"))) if first_encoder else None
-    torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel.from_config(_read_config(preset.name, "unet"))
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKL.from_config(_read_config(preset.name, "vae"))
-
+    exporter = family_exporter(preset.family)
     scratch = tempfile.TemporaryDirectory(prefix="diffship-source-")
-    tokenizer_dir = write_clip_tokenizer(Path(scratch.name) / "tokenizer", _read_config(preset.name, "tokenizer_config")) \
-        if first_encoder else None
+    text_encoders, tokenizers = {}, {}
+    for component in get_family(preset.family).text_encoders:
+        torch.manual_seed(seed + SEED_OFFSETS[component])
+        model_class = _transformers_class(exporter.text_encoder_class(component))
+        text_encoders[component] = model_class(CLIPTextConfig(**_read_config(preset.name, component))).eval()
+        folder = TOKENIZER_FOLDERS[component]
+        tokenizers[component] = write_clip_tokenizer(Path(scratch.name) / folder,
+                                                     _read_config(preset.name, f"{folder}_config"))
+    torch.manual_seed(seed + SEED_OFFSETS["unet"])
+    unet = UNet2DConditionModel.from_config(_read_config(preset.name, "unet"))
+    torch.manual_seed(seed + SEED_OFFSETS["vae"])
+    vae = AutoencoderKL.from_config(_read_config(preset.name, "vae"))
     scheduler_path = Path(scratch.name) / "scheduler" / "scheduler_config.json"
     scheduler_path.parent.mkdir()
     shutil.copyfile(CONFIG_DIR / preset.name / "scheduler_config.json", scheduler_path)
-    kind = "tiny" if preset.hub_id is None else "random"
-    source = SourceModels(
+    index = CONFIG_DIR / preset.name / "pipeline.json"
+    return SourceModels(
         family=preset.family,
-        text_encoder=text_encoder.eval() if text_encoder is not None else None,
+        text_encoders=text_encoders,
         unet=unet.eval(),
         vae=vae.eval(),
-        tokenizer_dir=tokenizer_dir,
+        tokenizers=tokenizers,
         scheduler_config_path=scheduler_path,
-        info={"kind": kind, "model": preset.name, "seed": seed, "hub_id": preset.hub_id, "random_weights": True},
+        info={"kind": "tiny" if preset.hub_id is None else "random", "model": preset.name, "seed": seed,
+              "hub_id": preset.hub_id, "random_weights": True},
+        pipeline_options=_pipeline_options(json.loads(index.read_text(encoding="utf-8"))) if index.is_file() else {},
         _scratch=scratch,
     )
-    if preset.family in XL_FAMILIES:
-        from transformers import CLIPTextModelWithProjection
 
-        torch.manual_seed(seed + 3)
-        source.text_encoder_2 = CLIPTextModelWithProjection(
-            CLIPTextConfig(**_read_config(preset.name, "text_encoder_2"))).eval()
-        source.tokenizer_2_dir = write_clip_tokenizer(Path(scratch.name) / "tokenizer_2",
-                                                      _read_config(preset.name, "tokenizer_2_config"))
-        source.pipeline_options = _pipeline_options(_read_config(preset.name, "pipeline"))
-    return source
+
+def _transformers_class(name: str) -> Any:
+    import transformers
+
+    return getattr(transformers, name)
 
 
 def _pipeline_options(index: dict[str, Any]) -> dict[str, Any]:
@@ -317,54 +304,55 @@ def _load_hub(preset: ModelPreset) -> SourceModels:
 
 
 def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None = None) -> SourceModels:
-    index_path = folder / "model_index.json"
-    if not index_path.is_file():
-        raise SourceError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
-    index = json.loads(index_path.read_text(encoding="utf-8"))
-    pipeline_class = index.get("_class_name", "?")
-    if pipeline_class not in SUPPORTED_PIPELINES:
-        raise SourceError(
-            f"{folder} holds a {pipeline_class}; diffship exports {', '.join(SUPPORTED_PIPELINES)} folders (SD 1.x / 2.x)"
-        )
-    xl = pipeline_class in XL_PIPELINES
-    # An SDXL refiner's folder has no first text encoder (model_index.json names it null).
-    first_encoder = not xl or (folder / "text_encoder").is_dir()
-    for sub in ("unet", "vae", *(("text_encoder", "tokenizer") if first_encoder else ()), "scheduler",
-                *(("text_encoder_2", "tokenizer_2") if xl else ())):
+    from exporter.families import TOKENIZER_FOLDERS
+
+    exporter, index = _pipeline_exporter(folder)
+    family = family or exporter.family_of_folder(folder, index)
+    encoders = get_family(family).text_encoders
+    for sub in ("unet", "vae", *encoders, *(TOKENIZER_FOLDERS[c] for c in encoders), "scheduler"):
         if not (folder / sub).is_dir():
-            raise SourceError(f"{folder} has no {sub}/ folder; it is not a complete {pipeline_class}")
+            raise SourceError(f"{folder} has no {sub}/ folder; it is not a complete {index.get('_class_name')}")
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
 
     try:
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32) \
-            if first_encoder else None
+        text_encoders = {component: _transformers_class(exporter.text_encoder_class(component)).from_pretrained(
+            folder / component, torch_dtype=torch.float32).eval() for component in encoders}
         unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
         vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot load the models in {folder}: {str(exc).splitlines()[0]}") from exc
-    text_encoder_2 = None
-    if xl:
-        from transformers import CLIPTextModelWithProjection
-
-        try:
-            text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2",
-                                                                         torch_dtype=torch.float32).eval()
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"cannot load the models in {folder}: {str(exc).splitlines()[0]}") from exc
-    if family is None:
-        family = ("sdxl" if first_encoder else "sdxl-refiner") if xl else \
-            "sd2" if unet.config.get("use_linear_projection") else "sd1"
     return SourceModels(
         family=family,
-        text_encoder=text_encoder.eval() if text_encoder is not None else None,
+        text_encoders=text_encoders,
         unet=unet.eval(),
         vae=vae.eval(),
-        tokenizer_dir=folder / "tokenizer" if first_encoder else None,
+        tokenizers={component: folder / TOKENIZER_FOLDERS[component] for component in encoders},
         scheduler_config_path=folder / "scheduler" / "scheduler_config.json",
         info=info,
-        text_encoder_2=text_encoder_2,
-        tokenizer_2_dir=folder / "tokenizer_2" if xl else None,
         pipeline_options=_pipeline_options(index),
     )
+
+
+def _pipeline_exporter(folder: Path) -> tuple[FamilyExporter, dict[str, Any]]:
+    """The family exporter that loads ``folder`` (by its pipeline class) and its ``model_index.json``."""
+    from exporter.families import exporter_for_pipeline, pipeline_classes
+
+    if not folder.exists():
+        raise SourceError(f"--model-path {folder} does not exist")
+    if not folder.is_dir():
+        raise SourceError(f"--model-path {folder} is a file; give a diffusers pipeline folder (the folder "
+                          "save_pretrained writes, with model_index.json)")
+    index_path = folder / "model_index.json"
+    if not index_path.is_file():
+        raise SourceError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{index_path} is not valid JSON ({exc})") from None
+    pipeline_class = index.get("_class_name", "?") if isinstance(index, dict) else "?"
+    exporter = exporter_for_pipeline(str(pipeline_class))
+    if exporter is None:
+        raise SourceError(f"{folder} holds a {pipeline_class}; diffship exports {', '.join(pipeline_classes())} "
+                          "folders (SD 1.x / 2.x, SDXL)")
+    return exporter, index

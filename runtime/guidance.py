@@ -9,6 +9,13 @@ import numpy as np
 from engines.base import EngineBase
 
 
+def is_guided(guidance_scale: float | np.ndarray) -> bool:
+    """The one rule for when classifier-free guidance runs: a scale above 1 (every image's, for a batch of calls).
+    At 1 or below the guided formula is the conditional output, so the UNet runs on the conditional half alone, as
+    diffusers' ``do_classifier_free_guidance`` decides."""
+    return bool(np.all(np.asarray(guidance_scale) > 1.0))
+
+
 def run_engine(engine: EngineBase, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One logical call: inputs cast to the engine's dtypes, float32 out; a batch the engine's profile does not take
     in one call is split into chunks it takes, and a chunk below its smallest batch (a static engine built for the
@@ -54,7 +61,7 @@ class ClassifierFreeGuidance:
         self.unet = unet
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
-        self.enabled = uncond is not None and bool(np.all(np.asarray(guidance_scale) > 1.0))
+        self.enabled = uncond is not None and is_guided(guidance_scale)
         # The conditioning is the same every step: concatenate once.
         self.conditioning = (
             {name: np.concatenate([uncond[name], value]) for name, value in cond.items()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from core.specs import PipelineConstants
+from core.families import Family
 from runtime.errors import PipelineInputError
 from runtime.schedulers import Scheduler, handoff_start, handoff_stop
 
@@ -52,18 +52,20 @@ class Handoff:
         return first, stop
 
 
-def check_handoff(constants: PipelineConstants, denoising_start: Any, denoising_end: Any, output_type: Any,
+def check_handoff(family: Family, denoising_start: Any, denoising_end: Any, output_type: Any,
                   has_image: bool, strength_given: bool) -> Handoff:
-    """The call's hand-off settings checked, or a PipelineInputError saying what is allowed."""
+    """The call's hand-off settings checked (``family.handoff``: whether it takes them at all), or a
+    PipelineInputError saying what is allowed."""
     if output_type not in OUTPUT_TYPES:
         raise PipelineInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} (latent: undecoded latents, "
                                  f"for a refiner), got {output_type!r:.60}")
     for name, value in (("denoising_start", denoising_start), ("denoising_end", denoising_end)):
         if value is None:
             continue
-        if constants.time_ids is None:
+        if not family.handoff:
             raise PipelineInputError(f"{name} is SDXL's base -> refiner hand-off, and this package is not an SDXL "
-                                     "model; use strength for how much of the schedule image-to-image runs")
+                                     f"model ({family.name}); use strength for how much of the schedule "
+                                     "image-to-image runs")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
             raise PipelineInputError(f"{name} must be a fraction of the schedule strictly between 0 and 1 (0.8: the "
                                      f"base denoises 80%, the refiner the rest), got {value!r:.60}")

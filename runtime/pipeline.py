@@ -8,6 +8,10 @@ torch, diffusers or transformers.
     result.save("out/")
     results = pipe.run_batch([pipe.prepare("a fox", seed=1), pipe.prepare("a cat", seed=2)])     # one loop, two calls
 
+The pipeline holds the algorithm (prepare -> encode -> loop -> decode) and asks the package's family for the rest: its
+text side turns prompts into the UNet's conditioning (``runtime.text``), its description says which tasks it does
+(docs/design.md, "Families").
+
 Calls may come from many threads at once; ``cancel=event.is_set`` stops one between steps (``PipelineCancelled``);
 ``runtime.batching.Batcher`` gathers concurrent calls into batches (runtime/calls.py says which may share a loop).
 
@@ -30,15 +34,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
 from core.errors import PackageError
 from core.package import ModelPackage
-from engines.backend import OpenRequest, Selection, get_backend, open_engines
+from engines.backend import Backend, OpenRequest, Selection, get_backend
 from engines.base import EngineBase
 from runtime.calls import Call, Cancel, guidance_scales, image_slices
 from runtime.conditioning import (
@@ -56,15 +59,15 @@ from runtime.errors import PipelineCancelled, PipelineError, PipelineInputError
 from runtime.gate import EngineGate, holds_engines
 from runtime.guidance import ClassifierFreeGuidance, run_engine
 from runtime.handoff import Handoff, check_handoff
-from runtime.images import save_png, to_uint8
+from runtime.images import to_uint8
 from runtime.lora import LoraRequest, lora_weights
-from runtime.prompts import PromptEncoder
 from runtime.requests import Limits, Request, SizeLimits, StepCallback, check_clip_skip, latent_shape, validate_request
+from runtime.results import GenerationResult, describe_images
 from runtime.schedulers import Scheduler, SchedulerError, make_scheduler, scheduler_names, start_index
 from runtime.starts import draw_order, starting_point
+from runtime.text import Conditioning, TextSide, open_text_side
+from runtime.text.sdxl import Size
 from runtime.timing import StageTimer, Timings
-from runtime.tokenizer import CLIPTokenizer
-from runtime.xl import Conditioning, Size, XLTextEncoders
 
 if TYPE_CHECKING:
     from engines.ort import OrtOptions
@@ -72,31 +75,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LoraLike = str | os.PathLike[str] | tuple[str | os.PathLike[str], float] | LoraRequest
-
-
-@dataclass
-class GenerationResult:
-    images: list[np.ndarray]
-    """HxWx3 uint8 arrays, prompt-major (all images of the first prompt, then the second's...); empty with
-    ``output_type="latent"``."""
-    timings: Timings
-    parameters: list[dict[str, Any]]
-    """What made each image (prompt, negative prompt, seed, steps, guidance, scheduler, size, package, backend)."""
-    latents: np.ndarray | None = None
-    """[images, C, h, w] float32 final latents, with ``output_type="latent"`` only (a refiner's ``image``)."""
-
-    @property
-    def seeds(self) -> list[int]:
-        return [p["seed"] for p in self.parameters]
-
-    def save(self, folder: str | os.PathLike[str], prefix: str = "image") -> list[Path]:
-        """Write every image as ``<prefix>-<index>-<seed>.png`` in ``folder``, parameters in a PNG text chunk."""
-        out = Path(folder)
-        return [
-            save_png(image, out / f"{prefix}-{index:02d}-{params['seed']}.png", params)
-            for index, (image, params) in enumerate(zip(self.images, self.parameters, strict=True))
-        ]
-
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -122,33 +100,43 @@ class Pipeline:
         self,
         package: ModelPackage,
         engines: dict[str, EngineBase],
-        tokenizer: CLIPTokenizer,
+        text: TextSide,
         scheduler_config: dict[str, Any],
-        backend: str,
-        precision: str,
+        backend: Backend,
+        selection: Selection,
+        open_request: OpenRequest,
         limits: Limits | None = None,
-        open_request: OpenRequest | None = None,
-        selection: Selection | None = None,
         loras: Sequence[LoraRequest] = (),
-        tokenizer_2: CLIPTokenizer | None = None,
     ) -> None:
         self.package = package
         self.constants = package.constants
+        self.family = package.family
         self.engines = engines
-        self.tokenizer = tokenizer
-        self.tokenizer_2 = tokenizer_2
-        """SDXL's second tokenizer (its own pad token); None for one-encoder families."""
+        self.text = text
+        """The family's text side: prompts -> the UNet's conditioning."""
         self.scheduler_config = scheduler_config
-        self.backend = backend
-        self.precision = precision
         self.limits = limits or Limits()
-        self._open_request = open_request or OpenRequest(precision=precision)
-        self._selection = selection or Selection(backend, precision, package.manifest.engines.get(
-            self._open_request.engine_set or ""))
+        self._backend = backend
+        self._selection = selection
+        """What the backend chose to run (engine set, precision): every engine, opened now or later, comes from it."""
+        self._open_request = open_request
         self._open_lock = threading.Lock()
         self._gate = EngineGate()
         self.loras: tuple[LoraRequest, ...] = tuple(loras)
         """The LoRAs the engines run with (``set_loras``)."""
+
+    @property
+    def backend(self) -> str:
+        return self._selection.backend
+
+    @property
+    def precision(self) -> str:
+        return self._selection.precision
+
+    @property
+    def selection(self) -> Selection:
+        """The engine set (or exported ONNX) and precision the engines come from."""
+        return self._selection
 
     @classmethod
     def from_package(
@@ -164,8 +152,8 @@ class Pipeline:
         limits: Limits | None = None,
         loras: Sequence[LoraLike] = (),
     ) -> Pipeline:
-        """Open a package: tokenizer and scheduler config from its folders, engines of ``backend`` (``ort``, ``trt``,
-        or any registered with ``engines.backend.register_backend``).
+        """Open a package: its family's text side and the scheduler config from its folders, engines of ``backend``
+        (``ort``, ``trt``, or any registered with ``engines.backend.register_backend``).
 
         ``precision``: ``fp32``/``fp16`` (``ort`` default: fp32 when exported). ``threads``/``device``: ONNX Runtime
         intra-op threads and ``cpu``/``cuda``/``auto``. ``engine_set``: which ``engines/`` folder (default: the
@@ -175,20 +163,22 @@ class Pipeline:
         (``runtime.requests.Limits``). ``loras``: LoRA files to run with, each ``path``, ``"path:scale"`` or
         ``(path, scale)`` (see ``set_loras``).
         """
+        if not isinstance(path, (str, os.PathLike)):
+            raise PipelineInputError(f"from_package takes the path of a package folder (str or os.PathLike), got "
+                                     f"{type(path).__name__} {path!r:.60}")
         package = ModelPackage.open(path)
+        text = open_text_side(package)
+        scheduler_config = _read_scheduler_config(package)
+        chosen_backend = get_backend(backend)
         request = OpenRequest(precision=precision, engine_set=engine_set, device=device, threads=threads,
                               cuda_graphs=cuda_graphs, options=ort_options if backend == "ort" else None)
-        tokenizer, tokenizer_2, scheduler_config = _read_text_side(package)
-        chosen_backend = get_backend(backend)
         selection = chosen_backend.select(package, request)
         lora_requests = [LoraRequest.parse(lora) for lora in loras]
         _, weights = lora_weights(package, selection, lora_requests)
-        # Engines opened later (the VAE encoder, on the first image, or after set_loras) come from the same choice.
-        chosen = replace(request, precision=selection.precision, weights=weights,
-                         engine_set=selection.engine_set.name if selection.engine_set is not None else None)
-        engines = chosen_backend.open(package, selection, package.family.txt2img, chosen)
-        return cls(package, engines, tokenizer, scheduler_config, selection.backend, selection.precision, limits,
-                   chosen, selection, lora_requests, tokenizer_2)
+        request = replace(request, precision=selection.precision, weights=weights)
+        engines = chosen_backend.open(package, selection, package.family.txt2img, request)
+        return cls(package, engines, text, scheduler_config, chosen_backend, selection, request, limits,
+                   lora_requests)
 
     def set_loras(self, loras: Sequence[LoraLike]) -> None:
         """Run with ``loras`` from now on (each ``path``, ``"path:scale"`` or ``(path, scale)``), in place of the ones
@@ -207,14 +197,18 @@ class Pipeline:
             for component in changed:
                 self.engines[component].close()
             try:
-                reopened, _ = open_engines(self.package, changed, self.backend, request)
+                reopened = self._open(changed, request)
             except BaseException:
-                self.engines = {**self.engines, **open_engines(self.package, changed, self.backend, previous)[0]}
+                self.engines = {**self.engines, **self._open(changed, previous)}
                 raise
             self.engines = {**self.engines, **reopened}
             self._open_request, self.loras = request, tuple(requests)
             log.info("LoRAs set (%s): %s reopened in %.2fs", ", ".join(f"{r.path.name}:{r.scale:g}" for r in requests)
                      or "none", ", ".join(changed) or "nothing", time.perf_counter() - tick)
+
+    def _open(self, components: Sequence[str], request: OpenRequest) -> dict[str, EngineBase]:
+        """``components`` from the selection made when the pipeline opened (never chosen again)."""
+        return self._backend.open(self.package, self._selection, components, request)
 
     def close(self) -> None:
         for engine in self.engines.values():
@@ -275,45 +269,38 @@ class Pipeline:
         ``aesthetic_score``), as diffusers' StableDiffusionXLPipeline does, and the base -> refiner hand-off
         (``denoising_end`` with ``output_type="latent"``, then ``image=latents`` with ``denoising_start``:
         runtime/handoff.py). ``clip_skip`` is fixed at export (``--clip-skip``): None or the package's own value."""
+        arguments = locals()  # the family's own and the injected draws, by the names listed below the class
+        family_arguments = {name: arguments[name] for name in FAMILY_ARGUMENTS}
         check_clip_skip(self.constants, clip_skip)
-        micro = {"original_size": original_size, "crops_coords_top_left": crops_coords_top_left,
-                 "target_size": target_size, "negative_original_size": negative_original_size,
-                 "negative_crops_coords_top_left": negative_crops_coords_top_left,
-                 "negative_target_size": negative_target_size, "aesthetic_score": aesthetic_score,
-                 "negative_aesthetic_score": negative_aesthetic_score}
         inputs = read_image_inputs(image, mask_image, strength, sample_mode, padding_mask_crop,
-                                   self.package.family.img2img_strength)
-        handoff = check_handoff(self.constants, denoising_start, denoising_end, output_type, inputs is not None,
+                                   self.family.img2img_strength)
+        handoff = check_handoff(self.family, denoising_start, denoising_end, output_type, inputs is not None,
                                 strength is not None)
         self._check_task(inputs)
         if inputs is not None:
-            default_height, default_width = inputs.default_size(
-                self.constants.vae_scale_factor, (self.constants.default_height, self.constants.default_width))
-            height = default_height if height is None else height
-            width = default_width if width is None else width
-        injected = {"latents": latents, "start_noise": start_noise, "image_noise": image_noise,
-                    "masked_image_noise": masked_image_noise}
+            sized = inputs.default_size(self.constants.vae_scale_factor,
+                                        (self.constants.default_height, self.constants.default_width))
+            height, width = sized[0] if height is None else height, sized[1] if width is None else width
         request = validate_request(
             self.constants, self.size_limits(), self.limits, prompt, negative_prompt, num_inference_steps,
-            guidance_scale, scheduler, height, width, seed, num_images_per_prompt, injected, callback,
-            draws=self._draw_order(inputs, handoff),
+            guidance_scale, scheduler, height, width, seed, num_images_per_prompt,
+            {name: arguments[name] for name in INJECTED_DRAWS}, callback, draws=self._draw_order(inputs, handoff),
             strength=inputs.strength if inputs is not None and handoff.noises_start else None,
-            eta=eta, long_prompts=long_prompts, prompt_weighting=prompt_weighting,
-            guidance_rescale=guidance_rescale, micro=micro,
+            eta=eta, long_prompts=long_prompts, prompt_weighting=prompt_weighting, guidance_rescale=guidance_rescale,
         )
-        request = replace(request, handoff=handoff)
-        if handoff != Handoff(output_type=handoff.output_type):
-            handoff.window(self._make_scheduler(request), 0)  # a fraction that leaves no step fails here, not mid-run
+        text_options = self.text.check(family_arguments, inputs is not None, long_prompts)
+        request = replace(request, handoff=handoff, text_options=text_options)
+        self._check_call(request, inputs, cancel)
+        return Call(request, inputs, callback, cancel)
+
+    def _check_call(self, request: Request, inputs: ImageInputs | None, cancel: Cancel | None) -> None:
+        """What can only be checked with the whole request: the hand-off window, given latents, ``cancel``."""
+        if request.handoff != Handoff(output_type=request.handoff.output_type):
+            request.handoff.window(self._make_scheduler(request), 0)  # a fraction that leaves no step fails here
         if inputs is not None and inputs.latents is not None:
             self._check_given_latents(inputs.latents, request)
-        if inputs is not None and negative_crops_coords_top_left is not None \
-                and not self.constants.requires_aesthetics_score:
-            raise PipelineInputError("negative_crops_coords_top_left: SDXL image-to-image with a base model conditions "
-                                     "both sides on crops_coords_top_left (as diffusers' "
-                                     "StableDiffusionXLImg2ImgPipeline does); leave it out")
         if cancel is not None and not callable(cancel):
             raise PipelineInputError(f"cancel must be callable (returning True to stop), got {type(cancel).__name__}")
-        return Call(request, inputs, callback, cancel)
 
     @holds_engines
     @_arguments_of(prepare)
@@ -347,11 +334,10 @@ class Pipeline:
         inputs = calls[0].inputs
         task = prepare_task(inputs, request.height, request.width) if inputs is not None else None
         timer = StageTimer()
-        guided = request.guidance_scale > 1.0
 
-        embeddings = [self._embed(call.request, guided, timer, task is not None) for call in calls]
+        embeddings = [self.text.encode(self.engines, call.request, task is not None, timer) for call in calls]
         cond = _stack([cond for cond, _ in embeddings])
-        uncond = _stack([uncond for _, uncond in embeddings if uncond is not None]) if guided else None
+        uncond = _stack([uncond for _, uncond in embeddings if uncond is not None]) if request.guided else None
 
         generators = [np.random.default_rng(s) for call in calls for s in call.request.seeds]
         draws = self._initial_draws(calls, generators)
@@ -389,8 +375,18 @@ class Pipeline:
                 if outcomes[index] is None and call.callback is not None:
                     call.callback(i - first, timestep, latents[row])
 
+        self._finish_all(calls, outcomes, latents, rows, task, sampler, timer)
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    # ------------------------------------------------------------------ stages
+
+    def _finish_all(self, calls: list[Call], outcomes: list[GenerationResult | PipelineError | None],
+                    latents: np.ndarray, rows: list[slice], task: ImageTask | None, sampler: Scheduler,
+                    timer: StageTimer) -> None:
+        """Every call still running gets its result: its latents (``output_type="latent"``), or its decoded images
+        (one VAE run for all)."""
         running = [index for index, outcome in enumerate(outcomes) if outcome is None]
-        if running and request.handoff.output_type == "latent":
+        if running and calls[0].request.handoff.output_type == "latent":
             timings = timer.finish()
             for index in running:
                 outcomes[index] = GenerationResult([], timings, self._describe(calls[index].request, sampler, task),
@@ -402,31 +398,6 @@ class Pipeline:
             ends = np.cumsum([calls[index].images for index in running])[:-1]
             for index, decoded in zip(running, np.split(pixels, ends), strict=True):
                 outcomes[index] = self._finish(calls[index], decoded, task, sampler, timings)
-        return [outcome for outcome in outcomes if outcome is not None]
-
-    # ------------------------------------------------------------------ stages
-
-    def _embed(self, request: Request, guided: bool, timer: StageTimer,
-               image_task: bool) -> tuple[Conditioning, Conditioning | None]:
-        """One call's UNet conditioning (conditional, unconditional when guided), each image's row, prompt-major."""
-        if request.micro is not None:
-            assert self.tokenizer_2 is not None
-            encoders = XLTextEncoders(self.constants, (self.tokenizer, self.tokenizer_2), self.engines)
-            with timer.stage("text_encoder"):
-                return encoders.conditioning(request.prompts, request.negative_prompts, guided,
-                                             request.images_per_prompt, request.micro, request.height, request.width,
-                                             image_task)
-        negatives = request.negative_prompts or [""] * len(request.prompts)
-        if request.long_prompts:
-            with timer.stage("text_encoder"):
-                cond, uncond = self._encode_long(request.prompts, negatives if guided else None, request)
-        else:
-            with timer.stage("tokenize"):
-                cond_ids = self._tokenize(request.prompts)
-                uncond_ids = self._tokenize(negatives) if guided else None
-            with timer.stage("text_encoder"):
-                cond, uncond = self._encode_text(cond_ids, uncond_ids, request.images_per_prompt)
-        return {"encoder_hidden_states": cond}, None if uncond is None else {"encoder_hidden_states": uncond}
 
     def _stop_cancelled(self, calls: list[Call], outcomes: list[Any], i: int, sampler: Scheduler) -> None:
         for index, call in enumerate(calls):
@@ -445,60 +416,9 @@ class Pipeline:
             images = [task.finish(generated) for generated in images]
         return GenerationResult(images, timings, self._describe(call.request, sampler, task))
 
-    def _tokenize(self, texts: list[str]) -> np.ndarray:
-        batch = self.tokenizer.encode(texts)
-        for text, dropped in zip(texts, batch.truncated, strict=True):
-            if dropped:
-                log.warning(
-                    "prompt truncated: the text encoder reads %d tokens, %d were dropped from %r",
-                    self.tokenizer.max_length, dropped, text if len(text) < 80 else text[:77] + "...",
-                )
-        return batch.input_ids
-
-    def _encode_text(
-        self, cond_ids: np.ndarray, uncond_ids: np.ndarray | None, images_per_prompt: int
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        ids = cond_ids if uncond_ids is None else np.concatenate([uncond_ids, cond_ids])
-        hidden = run_engine(self.engines["text_encoder"], {"input_ids": ids})["last_hidden_state"]
-        # diffusers repeats each prompt's embedding num_images_per_prompt times in place (prompt-major).
-        hidden = np.repeat(hidden, images_per_prompt, axis=0)
-        if uncond_ids is None:
-            return hidden, None
-        uncond, cond = np.split(hidden, 2)
-        return cond, uncond
-
-    def _encode_long(
-        self, prompts: list[str], negatives: list[str] | None, request: Request
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Prompts of any length, weighted (runtime/prompts.py); both sides padded to the same number of windows."""
-        encoder = PromptEncoder(
-            self.tokenizer, lambda ids: run_engine(self.engines["text_encoder"], {"input_ids": ids})["last_hidden_state"],
-            request.prompt_weighting)
-        counts = [encoder.chunk_count(p) for p in [*prompts, *(negatives or [])]]
-        self._check_text_length(max(counts) * self.tokenizer.max_length)
-        cond = np.repeat(encoder.encode_batch(prompts, max(counts)), request.images_per_prompt, axis=0)
-        if negatives is None:
-            return cond, None
-        return cond, np.repeat(encoder.encode_batch(negatives, max(counts)), request.images_per_prompt, axis=0)
-
-    def _check_text_length(self, length: int) -> None:
-        spec = self.engines["unet"].spec.input("encoder_hidden_states")
-        profile = self.engines["unet"].profile
-        high = spec.shape[1] if isinstance(spec.shape[1], int) else None
-        if profile is not None:
-            high = profile.shapes["encoder_hidden_states"][2][1]
-        window = self.tokenizer.max_length
-        if high is not None and length > high:
-            why = ("this package's UNet was exported for one window; re-export it with this version for long prompts"
-                   if isinstance(spec.shape[1], int) else "its engine was built for at most this many; rebuild with "
-                   "--prompt-chunks 1-N for longer prompts")
-            raise PipelineInputError(
-                f"the prompt needs {length // window} text windows of {window} tokens ({length // window * (window - 2)}"
-                f" tokens), the UNet takes at most {high // window}: {why}")
-
     def _make_scheduler(self, request: Request) -> Scheduler:
         # The package's own scheduler unless one is asked for; its family's when the config names none.
-        name = request.scheduler or self.scheduler_config.get("_class_name") or self.package.family.default_scheduler
+        name = request.scheduler or self.scheduler_config.get("_class_name") or self.family.default_scheduler
         try:
             return make_scheduler(name, self.scheduler_config, request.steps, eta=request.eta)
         except SchedulerError as exc:
@@ -541,14 +461,11 @@ class Pipeline:
         return (latents * np.float32(self.constants.scaling_factor)).astype(np.float32)
 
     def _check_task(self, inputs: ImageInputs | None) -> None:
-        """The package can do what is asked (an inpainting UNet needs a mask; an image needs a VAE encoder, opened
-        here on first use)."""
-        if inputs is not None and inputs.mask is not None and self.constants.time_ids is not None:
-            raise PipelineInputError("inpainting is not available for SDXL packages yet (text-to-image and "
-                                     "image-to-image are)")
-        if inputs is None and self.constants.requires_aesthetics_score:
-            raise PipelineInputError("this package is an SDXL refiner, which does image-to-image only: give image "
-                                     "(a picture, or a base model's latents with denoising_start)")
+        """The package can do what is asked (its family does the task; an inpainting UNet needs a mask; an image needs
+        a VAE encoder, opened here on first use)."""
+        refusal = self.family.refusal("txt2img" if inputs is None else inputs.task)
+        if refusal is not None:
+            raise PipelineInputError(refusal)
         if self.constants.inpainting_unet and (inputs is None or inputs.mask is None):
             raise PipelineInputError(
                 f"this package's UNet is an inpainting UNet ({self.constants.unet_channels} input channels: latents, "
@@ -563,8 +480,7 @@ class Pipeline:
             )
         with self._open_lock:
             if "vae_encoder" not in self.engines:
-                opened, _ = open_engines(self.package, ["vae_encoder"], self.backend, self._open_request)
-                self.engines = {**self.engines, **opened}
+                self.engines = {**self.engines, **self._open(["vae_encoder"], self._open_request)}
 
     def _check_given_latents(self, latents: np.ndarray, request: Request) -> None:
         expected = latent_shape(self.constants, request.height, request.width)[1:]
@@ -621,70 +537,24 @@ class Pipeline:
         return SizeLimits(height=(bounds[0][0], bounds[0][1]), width=(bounds[1][0], bounds[1][1]))
 
     def _describe(self, request: Request, scheduler: Scheduler, task: ImageTask | None) -> list[dict[str, Any]]:
-        """What made each image. The model is named by its identity, not by where it lies on this machine, and a
-        negative prompt is recorded only when guidance used it."""
-        source, export = self.package.manifest.source, self.package.manifest.export
-        model = {"family": self.package.manifest.family, "weights_sha256": source.get("weights_sha256"),
-                 "export_key": export.get("key"), "name": source.get("model") or source.get("hub_id")}
-        image_task = {} if task is None else {
-            "task": task.inputs.task, **({"image": "latents"} if task.inputs.latents is not None else {}),
-            **({"strength": task.strength} if request.handoff.noises_start else {}),
-            **({"sample_mode": task.inputs.sample_mode} if task.inputs.latents is None else {}),
-            **({"padding_mask_crop": task.inputs.padding_mask_crop} if task.crop_box is not None else {}),
-        }
-        described = []
-        for index, seed in enumerate(request.seeds):
-            prompt_index = index // request.images_per_prompt
-            negative = request.negative_prompts[prompt_index] if request.negative_prompts else ""
-            described.append(
-                {
-                    "prompt": request.prompts[prompt_index],
-                    **({"negative_prompt": negative} if request.guidance_scale > 1.0 and negative else {}),
-                    "seed": seed,
-                    "steps": request.steps,
-                    "guidance_scale": request.guidance_scale,
-                    **({"guidance_rescale": request.guidance_rescale} if request.guidance_rescale else {}),
-                    **({"micro_conditioning": {k: v for k, v in asdict(request.micro).items() if v is not None}}
-                       if request.micro is not None else {}),
-                    "scheduler": request.scheduler or scheduler.class_name,
-                    **({"eta": request.eta} if request.eta else {}),
-                    **({"long_prompts": True, "prompt_weighting": request.prompt_weighting}
-                       if request.long_prompts else {}),
-                    "height": request.height,
-                    "width": request.width,
-                    **image_task,
-                    **{k: v for k, v in asdict(request.handoff).items() if v is not None and v != "image"},
-                    **({"injected": sorted(request.injected)} if request.injected else {}),
-                    "model": model,
-                    **({"loras": [f"{r.path.name}:{r.scale:g}" for r in self.loras]} if self.loras else {}),
-                    "backend": self.backend,
-                    "precision": self.precision,
-                }
-            )
-        return described
+        return describe_images(self.package, request, scheduler.class_name, task, self.loras, self.backend,
+                               self.precision)
 
+
+FAMILY_ARGUMENTS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
+                    "negative_crops_coords_top_left", "negative_target_size", "aesthetic_score",
+                    "negative_aesthetic_score")
+"""``prepare``'s arguments that only some families take; the family's text side checks them (``TextSide.check``)."""
+
+INJECTED_DRAWS = ("latents", "start_noise", "image_noise", "masked_image_noise")
+"""``prepare``'s random draws a caller may give instead of their being drawn."""
 
 SIZED_INPUTS = (("unet", "sample", True), ("vae_decoder", "latent_sample", True), ("vae_encoder", "sample", False))
 """The inputs whose profile bounds the request's size: (component, input, whether its size is in latents)."""
 
 
-def _read_tokenizer(package: ModelPackage, folder: str) -> CLIPTokenizer:
-    """A tokenizer folder of the package, every file checked against the manifest before it is read."""
-    listed = sorted(relative for relative in package.manifest.files if relative.startswith(f"{folder}/"))
-    for required in ("vocab.json", "merges.txt", "tokenizer_config.json"):
-        if f"{folder}/{required}" not in listed:
-            raise PackageError(f"{package.root}: the manifest lists no {folder}/{required}; re-export the package")
-    for relative in listed:
-        package.verify_file(relative)
-    return CLIPTokenizer.from_dir(package.path(folder), max_length=package.constants.text_max_length)
-
-
-def _read_text_side(package: ModelPackage) -> tuple[CLIPTokenizer, CLIPTokenizer | None, dict[str, Any]]:
-    """The tokenizer(s) and the scheduler config, every file checked against the manifest before it is read."""
-    tokenizer_2 = _read_tokenizer(package, "tokenizer_2") if "text_encoder_2" in package.family.components else None
-    # The SDXL refiner has only the second tokenizer; it is the one its prompts are read with.
-    tokenizer = _read_tokenizer(package, "tokenizer") if "text_encoder" in package.family.components else tokenizer_2
-    assert tokenizer is not None
+def _read_scheduler_config(package: ModelPackage) -> dict[str, Any]:
+    """The package's scheduler config, checked against the manifest and against the scheduler it names."""
     config_path = package.verify_file("scheduler/scheduler_config.json")
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -698,7 +568,7 @@ def _read_text_side(package: ModelPackage) -> tuple[CLIPTokenizer, CLIPTokenizer
             make_scheduler(name, config, 1)  # a hand-edited config fails here, not in the middle of a request
         except SchedulerError as exc:
             raise PackageError(f"{config_path}: {exc}") from None
-    return tokenizer, tokenizer_2, config
+    return config
 
 
 def _stack(parts: list[Conditioning]) -> Conditioning:

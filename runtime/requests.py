@@ -18,10 +18,11 @@ import numpy as np
 
 from core.specs import PipelineConstants
 from runtime.errors import PipelineInputError
+from runtime.guidance import is_guided
 from runtime.handoff import Handoff
 from runtime.prompts import WEIGHTINGS
 from runtime.schedulers import SchedulerError, resolve_scheduler
-from runtime.xl import MicroConditioning, check_micro_conditioning
+from runtime.text.base import TextOptions
 
 MAX_SEED = 2**63 - 1
 DECODE_BYTES_PER_PIXEL = 3072
@@ -60,14 +61,19 @@ class Request:
     long_prompts: bool = False
     prompt_weighting: str = "webui"
     guidance_rescale: float = 0.0
-    micro: MicroConditioning | None = None
-    """SDXL's size/crop (refiner: aesthetic score) conditioning; None for other families."""
+    text_options: TextOptions | None = None
+    """The family's own text arguments, checked by its text side (SDXL: ``MicroConditioning``); None: none."""
     handoff: Handoff = Handoff()
     """Where in the schedule the call starts and stops, and whether it returns images or latents."""
 
     @property
     def batch(self) -> int:
         return len(self.prompts) * self.images_per_prompt
+
+    @property
+    def guided(self) -> bool:
+        """Whether the UNet runs on the [unconditional; conditional] batch (``runtime.guidance.is_guided``)."""
+        return is_guided(self.guidance_scale)
 
     @property
     def latents(self) -> np.ndarray | None:
@@ -130,7 +136,7 @@ def validate_request(
     long_prompts: Any = False,
     prompt_weighting: Any = "webui",
     guidance_rescale: Any = 0.0,
-    micro: Mapping[str, Any] | None = None,
+    text_options: TextOptions | None = None,
 ) -> Request:
     """A checked request, or a PipelineInputError saying what was wrong and what is allowed.
 
@@ -189,13 +195,9 @@ def validate_request(
             or not 0.0 <= guidance_rescale <= 1.0:
         raise PipelineInputError(f"guidance_rescale must be a number from 0 to 1 (0: plain guidance; diffusers "
                                  f"suggests 0.7 for zero-terminal-SNR models), got {guidance_rescale!r:.60}")
-    micro_conditioning = check_micro_conditioning(constants, micro or {})
-    if micro_conditioning is not None and long_prompts:
-        raise PipelineInputError("long_prompts is not available for SDXL packages yet; prompts are cut at "
-                                 f"{constants.text_max_length - 2} tokens")
     return Request(prompts, negatives, steps, guidance, scheduler, int(height), int(width), images_per_prompt,
                    [seed + k for k in range(batch)], checked, float(eta), long_prompts, prompt_weighting,
-                   float(guidance_rescale), micro_conditioning)
+                   float(guidance_rescale), text_options)
 
 
 def _unused_draw(name: str, draws: Sequence[str]) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from core.families import get_family
 from core.manifest import ComponentVariant, Manifest
 from core.package import ModelPackage
-from core.specs import ComponentSpec, PipelineConstants, ShapeProfile
+from core.specs import ComponentSpec, PipelineConstants, ShapeProfile, TextEncoderConstants
 from engines.backend import OpenRequest, Selection
 from engines.base import EngineBase, check_feeds
 
@@ -28,7 +28,8 @@ CONFIGS = ROOT / "exporter" / "configs"
 
 TINY = PipelineConstants(
     latent_channels=4, vae_scale_factor=8, scaling_factor=0.18215, prediction_type="epsilon", default_height=64,
-    default_width=64, text_max_length=77, text_hidden_size=32, pad_token="<|endoftext|>", spatial_multiple=64,
+    default_width=64, text_max_length=77, spatial_multiple=64,
+    text_encoders=(TextEncoderConstants("text_encoder", "tokenizer", 32, "<|endoftext|>", 49408),),
 )
 
 Function = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
@@ -56,8 +57,8 @@ class FakeEngine(EngineBase):
 def toy_functions(constants: PipelineConstants, seed: int = 0) -> dict[str, Function]:
     """Deterministic stand-ins that use every input, so prompts, guidance and latents all change the picture."""
     rng = np.random.default_rng(seed)
-    table = rng.standard_normal((49408, constants.text_hidden_size)).astype(np.float32) * 0.5
-    mix = rng.standard_normal((constants.text_hidden_size, constants.latent_channels)).astype(np.float32) * 0.2
+    table = rng.standard_normal((49408, constants.unet_text_size)).astype(np.float32) * 0.5
+    mix = rng.standard_normal((constants.unet_text_size, constants.latent_channels)).astype(np.float32) * 0.2
     factor = constants.vae_scale_factor
 
     def text_encoder(feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -97,7 +98,7 @@ def write_package(
 
     root.mkdir(parents=True, exist_ok=True)
     tokenizer_config = json.loads((CONFIGS / "tiny" / "tokenizer_config.json").read_text(encoding="utf-8"))
-    write_clip_tokenizer(root / "tokenizer", {**tokenizer_config, "pad_token": constants.pad_token})
+    write_clip_tokenizer(root / "tokenizer", {**tokenizer_config, "pad_token": constants.text_encoders[0].pad_token})
     (root / "scheduler").mkdir(exist_ok=True)
     shutil.copyfile(CONFIGS / scheduler_config / "scheduler_config.json", root / "scheduler" / "scheduler_config.json")
     description = get_family(family)

@@ -16,22 +16,27 @@ COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 def io_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
     """The fp32 I/O contract of every component, with symbolic batch and spatial dimensions."""
+    width = constants.text_encoder("text_encoder").hidden_size
+    hidden = ("batch", constants.text_max_length, width)
+    text_encoder = ComponentSpec(
+        "text_encoder",
+        inputs=(TensorSpec("input_ids", "int64", ("batch", constants.text_max_length)),),
+        outputs=(
+            TensorSpec("last_hidden_state", "float32", hidden),
+            TensorSpec("pooler_output", "float32", ("batch", width)),
+        ),
+    )
+    return {"text_encoder": text_encoder, **latent_contract(constants)}
+
+
+def latent_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
+    """The UNet (latents, timestep and the text states) and the VAE, which every SD-layout family shares."""
     latent = ("batch", constants.latent_channels, "latent_height", "latent_width")
     unet_input = ("batch", constants.unet_channels, "latent_height", "latent_width")
     image = ("batch", 3, "image_height", "image_width")
-    tokens = ("batch", constants.text_max_length)
-    hidden = ("batch", constants.text_max_length, constants.text_hidden_size)
     # The UNet reads any number of text windows: a long prompt is encoded window by window and concatenated.
-    unet_text = ("batch", "text_length", constants.text_hidden_size)
+    unet_text = ("batch", "text_length", constants.unet_text_size)
     specs = [
-        ComponentSpec(
-            "text_encoder",
-            inputs=(TensorSpec("input_ids", "int64", tokens),),
-            outputs=(
-                TensorSpec("last_hidden_state", "float32", hidden),
-                TensorSpec("pooler_output", "float32", ("batch", constants.text_hidden_size)),
-            ),
-        ),
         ComponentSpec(
             "unet",
             inputs=(
@@ -67,7 +72,10 @@ SD1 = Family(
     guided=frozenset({"text_encoder", "unet"}),
     io_contract=io_contract,
     default_scheduler="PNDMScheduler",
+    text_side="sd",
+    text_encoders=("text_encoder",),
     adapters={"unet": ("unet", "lora_unet"), "text_encoder": ("text_encoder", "lora_te")},
+    embeddings=("text_encoder",),
 )
 
 SD2 = replace(

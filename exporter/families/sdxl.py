@@ -3,16 +3,22 @@ and the constants (``core.families.sdxl`` holds the I/O contract). The VAE bound
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from core.families.sdxl import COMPONENTS
+from core.families.sdxl import COMPONENTS, XLConstants
 from core.specs import PipelineConstants
 from exporter.families import stable_diffusion
-from exporter.sources import SourceModels
+from exporter.families.base import TOKENIZER_FOLDERS
+from exporter.sources import SourceError
+
+if TYPE_CHECKING:
+    from exporter.sources import SourceModels
 
 
 class XLTextEncoderBoundary(nn.Module):
@@ -46,44 +52,77 @@ class XLUNetBoundary(stable_diffusion.UNetBoundary):
         return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
 
-def boundary_module(component: str, source: SourceModels, clip_skip: int = 0) -> nn.Module:
-    """The module exported as ``component``; ``clip_skip`` as diffusers' (0: its None) for both text encoders."""
-    if component == "text_encoder":
-        return XLTextEncoderBoundary(source.text_encoder, pooled=False, clip_skip=clip_skip).eval()
-    if component == "text_encoder_2":
-        return XLTextEncoderBoundary(source.text_encoder_2, pooled=True, clip_skip=clip_skip).eval()
-    if component == "unet":
-        return XLUNetBoundary(source.unet).eval()
-    if component in ("vae_decoder", "vae_encoder"):
-        return stable_diffusion.boundary_module(component, source)
-    raise ValueError(f"unknown component {component!r}; components are {', '.join(COMPONENTS)}")
-
-
-def adapter_root(component: str, source: SourceModels) -> nn.Module | None:
-    return {"unet": source.unet}.get(component)
-
-
 def derive_constants(source: SourceModels) -> PipelineConstants:
-    """SD's constants plus what the second encoder and the UNet's added conditioning need, read from the configs (the
-    refiner, with no first encoder: ``text_hidden_size`` 0, the text length and pad token of the second)."""
-    assert source.text_encoder_2 is not None and source.tokenizer_2_dir is not None
-    refiner = source.text_encoder is None
-    base = stable_diffusion.derive_constants(source, source.text_encoder_2, source.tokenizer_2_dir) if refiner \
-        else stable_diffusion.derive_constants(source)
+    """SD's constants with every text encoder the source has (the refiner: the second alone), the VAE's
+    ``force_upcast``, and SDXL's own part: the pooled prompt's width and the UNet's number of micro-conditioning
+    numbers, read from the configs."""
+    base = stable_diffusion.derive_constants(source)
     unet_config = source.unet.config
-    pooled = int(source.text_encoder_2.config.projection_dim)
+    pooled = int(source.text_encoders["text_encoder_2"].config.projection_dim)
     time_ids, remainder = divmod(int(unet_config.projection_class_embeddings_input_dim) - pooled,
                                  int(unet_config.addition_time_embed_dim))
     if unet_config.addition_embed_type != "text_time" or remainder:
         raise ValueError(f"the UNet is not an SDXL text_time UNet for a {pooled}-wide pooled prompt "
                          f"(addition_embed_type {unet_config.addition_embed_type!r})")
-    return replace(
-        base,
-        text_hidden_size=0 if refiner else base.text_hidden_size,
-        text_hidden_size_2=int(source.text_encoder_2.config.hidden_size),
-        pad_token_2=stable_diffusion.read_pad_token(source.tokenizer_2_dir),
-        pooled_size=pooled,
-        time_ids=time_ids,
-        force_zeros_for_empty_prompt=bool(source.pipeline_options.get("force_zeros_for_empty_prompt", True)),
-        force_upcast=bool(source.vae.config.get("force_upcast", False)),
-    )
+    xl = XLConstants(pooled_size=pooled, time_ids=time_ids, force_zeros_for_empty_prompt=bool(
+        source.pipeline_options.get("force_zeros_for_empty_prompt", True)))
+    return replace(base, force_upcast=bool(source.vae.config.get("force_upcast", False)), family=xl)
+
+
+class XLExporter:
+    """SDXL base and refiner (``core.families.sdxl``): a refiner's folder has no first text encoder."""
+
+    pipeline_classes: tuple[str, ...] = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+
+    def family_of_folder(self, folder: Path, index: Mapping[str, Any]) -> str:
+        # model_index.json names a refiner's absent first encoder null; its folder has none.
+        return "sdxl" if (folder / "text_encoder").is_dir() else "sdxl-refiner"
+
+    def text_encoder_class(self, component: str) -> str:
+        # Only the second encoder's projected pooled output is read (text_embeds).
+        return "CLIPTextModelWithProjection" if component == "text_encoder_2" else "CLIPTextModel"
+
+    def boundary_module(self, component: str, source: SourceModels, clip_skip: int = 0) -> nn.Module:
+        """The module exported as ``component``; ``clip_skip`` as diffusers' (0: its None) for both text encoders."""
+        if component in source.text_encoders:
+            return XLTextEncoderBoundary(source.text_encoders[component], pooled=component == "text_encoder_2",
+                                         clip_skip=clip_skip).eval()
+        if component == "unet":
+            return XLUNetBoundary(source.unet).eval()
+        if component in ("vae_decoder", "vae_encoder"):
+            return stable_diffusion.vae_or_unet_boundary(component, source)
+        raise ValueError(f"unknown component {component!r}; components are {', '.join(COMPONENTS)}")
+
+    def adapter_root(self, component: str, source: SourceModels) -> nn.Module | None:
+        return {"unet": source.unet}.get(component)
+
+    def derive_constants(self, source: SourceModels) -> PipelineConstants:
+        return derive_constants(source)
+
+    def max_clip_skip(self, source: SourceModels) -> int:
+        # SDXL already reads the penultimate layer of each encoder.
+        return min(int(e.config.num_hidden_layers) for e in source.text_encoders.values()) - 2
+
+    def reference_pipeline(self, source: SourceModels, task: str) -> Any:
+        import diffusers
+        from transformers import CLIPTokenizer
+
+        refiner = source.family == "sdxl-refiner"
+        if task == "inpaint" or (refiner and task == "txt2img"):
+            raise SourceError(f"no {task} reference for {source.family} packages (SDXL: text-to-image and "
+                              "image-to-image; the refiner: image-to-image)")
+        tokenizers = {TOKENIZER_FOLDERS[component]: CLIPTokenizer.from_pretrained(str(folder))
+                      for component, folder in source.tokenizers.items()}
+        parts = {
+            "vae": source.vae, "text_encoder": source.text_encoders.get("text_encoder"),
+            "text_encoder_2": source.text_encoders["text_encoder_2"], "tokenizer": tokenizers.get("tokenizer"),
+            "tokenizer_2": tokenizers["tokenizer_2"], "unet": source.unet, "scheduler": source.diffusers_scheduler(),
+            "add_watermarker": False,
+            "force_zeros_for_empty_prompt": bool(source.pipeline_options.get("force_zeros_for_empty_prompt", True)),
+        }
+        if task == "txt2img":
+            return diffusers.StableDiffusionXLPipeline(**parts)
+        return diffusers.StableDiffusionXLImg2ImgPipeline(**parts, requires_aesthetics_score=refiner)
+
+
+EXPORTER = XLExporter()

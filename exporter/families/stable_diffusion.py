@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from core.families.stable_diffusion import COMPONENTS
-from core.specs import PipelineConstants
-from exporter.sources import SourceModels
+from core.specs import PipelineConstants, TextEncoderConstants
+from exporter.families.base import TOKENIZER_FOLDERS
+
+if TYPE_CHECKING:
+    from exporter.sources import SourceModels
 
 
 class TextEncoderBoundary(nn.Module):
@@ -131,24 +135,6 @@ class VaeEncoderBoundary(nn.Module):
         return self.vae.encode(sample).latent_dist.parameters
 
 
-def boundary_module(component: str, source: SourceModels, clip_skip: int = 0) -> nn.Module:
-    """The module exported as ``component``; ``clip_skip`` as diffusers' (0: its None) for the text encoder."""
-    if component == "text_encoder":
-        return TextEncoderBoundary(source.text_encoder, clip_skip).eval()
-    if component == "unet":
-        return UNetBoundary(source.unet).eval()
-    if component == "vae_decoder":
-        return VaeDecoderBoundary(source.vae).eval()
-    if component == "vae_encoder":
-        return VaeEncoderBoundary(source.vae).eval()
-    raise ValueError(f"unknown component {component!r}; components are {', '.join(COMPONENTS)}")
-
-
-def adapter_root(component: str, source: SourceModels) -> nn.Module | None:
-    """The diffusers/transformers model whose module paths a LoRA's keys name, for the components that take one."""
-    return {"unet": source.unet, "text_encoder": source.text_encoder}.get(component)
-
-
 def read_pad_token(tokenizer_dir: Path) -> str:
     """The pad token a tokenizer folder's config names (a string, or an AddedToken object's content)."""
     config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
@@ -156,17 +142,22 @@ def read_pad_token(tokenizer_dir: Path) -> str:
     return str(pad_token["content"] if isinstance(pad_token, dict) else pad_token)
 
 
-def derive_constants(source: SourceModels, text_encoder: Any = None, tokenizer_dir: Path | None = None
-                     ) -> PipelineConstants:
-    """The numbers the runtime needs, read from the models' own configs (never assumed). ``text_encoder`` and
-    ``tokenizer_dir``: the pair the text constants come from (default: the source's first)."""
-    text_encoder = source.text_encoder if text_encoder is None else text_encoder
-    tokenizer_dir = source.tokenizer_dir if tokenizer_dir is None else tokenizer_dir
-    assert tokenizer_dir is not None
+def text_encoder_constants(source: SourceModels, component: str) -> TextEncoderConstants:
+    """What the runtime and the builders need of one text encoder, from its config and its tokenizer folder."""
+    encoder, tokenizer_dir = source.text_encoders[component], source.tokenizers[component]
+    return TextEncoderConstants(component=component, tokenizer=TOKENIZER_FOLDERS[component],
+                                hidden_size=int(encoder.config.hidden_size), pad_token=read_pad_token(tokenizer_dir),
+                                vocab_size=int(encoder.config.vocab_size))
+
+
+def derive_constants(source: SourceModels) -> PipelineConstants:
+    """The numbers the runtime needs, read from the models' own configs (never assumed). The text window is the
+    first text encoder's tokenizer's."""
     unet_config, vae_config = source.unet.config, source.vae.config
     vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
-    tokenizer_config = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
-    pad_token = read_pad_token(tokenizer_dir)
+    first = next(iter(source.text_encoders))
+    tokenizer_config = json.loads((source.tokenizers[first] / "tokenizer_config.json").read_text(encoding="utf-8"))
+    window = tokenizer_config.get("model_max_length", source.text_encoders[first].config.max_position_embeddings)
     sample_size = unet_config.sample_size
     height, width = (sample_size, sample_size) if isinstance(sample_size, int) else tuple(sample_size)
     return PipelineConstants(
@@ -177,9 +168,69 @@ def derive_constants(source: SourceModels, text_encoder: Any = None, tokenizer_d
         prediction_type=source.scheduler_config().get("prediction_type", "epsilon"),
         default_height=int(height) * vae_scale_factor,
         default_width=int(width) * vae_scale_factor,
-        text_max_length=int(tokenizer_config.get("model_max_length", text_encoder.config.max_position_embeddings)),
-        text_hidden_size=int(text_encoder.config.hidden_size),
-        pad_token=str(pad_token),
+        text_max_length=int(window),
+        text_encoders=tuple(text_encoder_constants(source, component) for component in source.text_encoders),
         spatial_multiple=vae_scale_factor,  # the UNet boundary takes any latent size (see UNetBoundary)
         unet_in_channels=int(unet_config.in_channels),
     )
+
+REFERENCE_PIPELINES = {"txt2img": "StableDiffusionPipeline", "img2img": "StableDiffusionImg2ImgPipeline",
+                       "inpaint": "StableDiffusionInpaintPipeline"}
+
+
+class StableDiffusionExporter:
+    """SD 1.x and 2.x: one CLIP text encoder, a UNet, the VAE (``core.families.stable_diffusion``)."""
+
+    pipeline_classes: tuple[str, ...] = tuple(REFERENCE_PIPELINES.values())
+
+    def family_of_folder(self, folder: Path, index: Mapping[str, Any]) -> str:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        # SD 2.x's UNet projects its attention inputs with linear layers (OpenCLIP); SD 1.x's with 1x1 convolutions.
+        return "sd2" if unet.get("use_linear_projection") else "sd1"
+
+    def text_encoder_class(self, component: str) -> str:
+        return "CLIPTextModel"
+
+    def boundary_module(self, component: str, source: SourceModels, clip_skip: int = 0) -> nn.Module:
+        if component == "text_encoder":
+            return TextEncoderBoundary(source.text_encoders["text_encoder"], clip_skip).eval()
+        return vae_or_unet_boundary(component, source)
+
+    def adapter_root(self, component: str, source: SourceModels) -> nn.Module | None:
+        return {"unet": source.unet, **source.text_encoders}.get(component)
+
+    def derive_constants(self, source: SourceModels) -> PipelineConstants:
+        return derive_constants(source)
+
+    def max_clip_skip(self, source: SourceModels) -> int:
+        return int(source.text_encoders["text_encoder"].config.num_hidden_layers) - 1
+
+    def reference_pipeline(self, source: SourceModels, task: str) -> Any:
+        import diffusers
+        from transformers import CLIPTokenizer
+
+        pipeline_class = getattr(diffusers, REFERENCE_PIPELINES[task])
+        return pipeline_class(
+            vae=source.vae,
+            text_encoder=source.text_encoders["text_encoder"],
+            tokenizer=CLIPTokenizer.from_pretrained(str(source.tokenizers["text_encoder"])),
+            unet=source.unet,
+            scheduler=source.diffusers_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+
+
+def vae_or_unet_boundary(component: str, source: SourceModels) -> nn.Module:
+    """The boundaries every SD-layout family shares: the UNet (latents, timestep, text states) and the VAE."""
+    if component == "unet":
+        return UNetBoundary(source.unet).eval()
+    if component == "vae_decoder":
+        return VaeDecoderBoundary(source.vae).eval()
+    if component == "vae_encoder":
+        return VaeEncoderBoundary(source.vae).eval()
+    raise ValueError(f"unknown component {component!r}; components are {', '.join(COMPONENTS)}")
+
+
+EXPORTER = StableDiffusionExporter()

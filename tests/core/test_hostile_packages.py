@@ -57,7 +57,7 @@ def relist(package: Path, relative: str) -> None:
         (lambda m: m["constants"].__setitem__("scaling_factor", 0), "constants: scaling_factor must be > 0"),
         (lambda m: m["constants"].__setitem__("vae_scale_factor", "8"), "constants.vae_scale_factor must be an integer"),
         (lambda m: m["constants"].__setitem__("latent_channels", True), "constants.latent_channels must be an integer"),
-        (lambda m: m["constants"].pop("pad_token"), "constants.pad_token is missing"),
+        (lambda m: m["constants"]["text_encoders"][0].pop("pad_token"), "constants.text_encoders[0].pad_token is missing"),
         (lambda m: m.__setitem__("components", []), "components must be an object"),
         (lambda m: m["components"]["unet"]["fp32"]["inputs"][0].__setitem__("dtype", "float64"), "not one of"),
         (lambda m: m["components"]["unet"]["fp32"]["inputs"][0].__setitem__("shape", "batch"), "must be a list"),

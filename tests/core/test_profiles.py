@@ -6,11 +6,12 @@ import pytest
 
 from core.families import SD1
 from core.profiles import ProfileError, parse_range, shape_profiles, shape_request, size_ranges
-from core.specs import PipelineConstants, Range
+from core.specs import PipelineConstants, Range, TextEncoderConstants
 
 SD15 = PipelineConstants(
     latent_channels=4, vae_scale_factor=8, scaling_factor=0.18215, prediction_type="epsilon", default_height=512,
-    default_width=512, text_max_length=77, text_hidden_size=768, pad_token="<|endoftext|>", spatial_multiple=64,
+    default_width=512, text_max_length=77, spatial_multiple=64,
+    text_encoders=(TextEncoderConstants("text_encoder", "tokenizer", 768, "<|endoftext|>", 49408),),
 )
 
 

@@ -34,7 +34,7 @@ def test_sdxl_rtx_build_profiles_include_added_conditioning(tiny_xl_package: Pat
     # Guided batch: twice the images; the pooled prompt and the six micro-conditioning numbers per row.
     assert unet["text_embeds"] == ((1, constants.pooled_size), (2, constants.pooled_size), (4, constants.pooled_size))
     assert unet["time_ids"] == ((1, 6), (2, 6), (4, 6))
-    assert unet["encoder_hidden_states"][2][2] == constants.text_hidden_size + constants.text_hidden_size_2
+    assert unet["encoder_hidden_states"][2][2] == sum(encoder.hidden_size for encoder in constants.text_encoders)
     assert engine_set.components["text_encoder_2"].profile.shapes["input_ids"][2] == (4, 77)
     # force_upcast: the VAE is built from its fp32 export in fp32 (the builder's own report says so), the rest in fp16.
     assert constants.force_upcast

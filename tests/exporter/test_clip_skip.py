@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bench.reference import alias_text_model
-from exporter.families import family_wrappers
+from exporter.families import family_exporter
 from exporter.package import ExportError, ExportRequest, export_package
 from exporter.sources import load_source
 from runtime import Pipeline
@@ -29,7 +29,7 @@ def test_clip_skip_boundaries_compute_what_diffusers_encode_prompt_does(model: s
     source = load_source(model)
     try:
         pipe = source.diffusers_pipeline()
-        wrappers = family_wrappers(source.family)
+        wrappers = family_exporter(source.family)
         with torch.inference_mode():
             if model == "tiny":
                 alias_text_model(pipe.text_encoder)  # diffusers' clip_skip path on transformers 5 (bench/reference.py)

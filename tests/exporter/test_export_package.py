@@ -76,7 +76,7 @@ def test_export_records_constants_from_model_configs(package: ModelPackage) -> N
     assert constants.spatial_multiple == 8 and constants.text_max_length == 77  # any multiple of 8 pixels
     assert constants.unet_channels == 4 and not constants.inpainting_unet
     expected = {"tiny": ("epsilon", "<|endoftext|>"), "tiny-v": ("v_prediction", "!")}[package.manifest.source["model"]]
-    assert (constants.prediction_type, constants.pad_token) == expected
+    assert (constants.prediction_type, constants.text_encoders[0].pad_token) == expected
     assert package.manifest.export["versions"]["torch"].startswith("2.13")
 
 
@@ -87,7 +87,7 @@ def test_exported_tokenizer_gives_source_tokenizer_ids(package: ModelPackage) ->
 
     source = load_source(package.manifest.source["model"])
     try:
-        reference = CLIPTokenizer.from_pretrained(str(source.tokenizer_dir))
+        reference = CLIPTokenizer.from_pretrained(str(source.tokenizers["text_encoder"]))
         exported = CLIPTokenizer.from_pretrained(str(package.path("tokenizer")))
         corpus = generate_corpus(size=2000)
         arguments = {"padding": "max_length", "max_length": 77, "truncation": True}
@@ -187,11 +187,11 @@ def test_legacy_exporter_still_writes_invalid_fp16_text_encoders(tmp_path: Path)
     # Why the refusal above exists; when torch's TorchScript exporter stops failing here, lift the refusal.
     import torch
 
-    from exporter.families import family_wrappers
+    from exporter.families import family_exporter
 
     source = load_source("tiny")
     try:
-        text_encoder = family_wrappers(source.family).boundary_module("text_encoder", source).half()
+        text_encoder = family_exporter(source.family).boundary_module("text_encoder", source).half()
         path = tmp_path / "text_encoder.onnx"
         ids = torch.zeros(1, 77, dtype=torch.int64)
         with warnings.catch_warnings():

@@ -50,7 +50,7 @@ def test_streamed_fp16_unet_meets_the_fp16_bar(tmp_path: Path) -> None:
     from core.families import get_family
     from core.metrics import random_feeds, verification_dims
     from core.specs import dim_multiples
-    from exporter.families import family_wrappers
+    from exporter.families import family_exporter
     from exporter.onnx_export import export_component
     from exporter.package import _example_dims, _half_copy
     from exporter.sources import load_source
@@ -58,9 +58,9 @@ def test_streamed_fp16_unet_meets_the_fp16_bar(tmp_path: Path) -> None:
 
     source = load_source("tiny-xl")
     try:
-        constants = family_wrappers(source.family).derive_constants(source)
+        constants = family_exporter(source.family).derive_constants(source)
         spec = get_family(source.family).specs(constants)["unet"]
-        reference = family_wrappers(source.family).boundary_module("unet", source)
+        reference = family_exporter(source.family).boundary_module("unet", source)
         feeds = random_feeds(spec, _example_dims(constants), np.random.default_rng(0), 1)
         example = tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
         example = tuple(x.half() if x.is_floating_point() and t.name != "timestep" else x

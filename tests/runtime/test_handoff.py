@@ -4,21 +4,16 @@ scheduler, and what is refused. End to end: tests/parity/test_sdxl_image_parity.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from core.specs import PipelineConstants
+from core.families import SD1, SDXL as XL
 from runtime.errors import PipelineInputError
 from runtime.handoff import Handoff, check_handoff
 from runtime.schedulers import SHORT_NAMES, make_scheduler, resolve_scheduler
 
-SD1 = PipelineConstants(latent_channels=4, vae_scale_factor=8, scaling_factor=0.18215, prediction_type="epsilon",
-                        default_height=64, default_width=64, text_max_length=77, text_hidden_size=32,
-                        pad_token="<|endoftext|>", spatial_multiple=8)
-XL = replace(SD1, text_hidden_size_2=64, pad_token_2="!", pooled_size=40, time_ids=6, force_zeros_for_empty_prompt=True)
 CONFIG = {"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
           "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1,
           "timestep_spacing": "leading", "prediction_type": "epsilon"}

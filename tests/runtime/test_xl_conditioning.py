@@ -4,28 +4,22 @@ and everything end to end: tests/parity/test_sdxl_parity.py.)"""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
-from core.specs import PipelineConstants
+from tests.fakes import TINY
 from runtime.errors import PipelineInputError
 from runtime.guidance import rescale_guidance
 from runtime.requests import Limits, SizeLimits, validate_request
-from runtime.xl import MicroConditioning, check_micro_conditioning
+from runtime.text.sd import refuse_extra_arguments
+from runtime.text.sdxl import MicroConditioning, check_micro_conditioning
 
-SD1 = PipelineConstants(latent_channels=4, vae_scale_factor=8, scaling_factor=0.18215, prediction_type="epsilon",
-                        default_height=64, default_width=64, text_max_length=77, text_hidden_size=32,
-                        pad_token="<|endoftext|>", spatial_multiple=8)
-XL = replace(SD1, text_hidden_size_2=64, pad_token_2="!", pooled_size=40, time_ids=6, force_zeros_for_empty_prompt=True)
-REFINER = replace(XL, time_ids=5)
 
 
 def test_xl_micro_conditioning_refused_for_one_encoder_packages() -> None:
     with pytest.raises(PipelineInputError, match="original_size, target_size: SDXL micro-conditioning.*not an SDXL"):
-        check_micro_conditioning(SD1, {"original_size": (512, 512), "target_size": (512, 512)})
-    assert check_micro_conditioning(SD1, {"original_size": None}) is None
+        refuse_extra_arguments({"original_size": (512, 512), "target_size": (512, 512)})
+    refuse_extra_arguments({"original_size": None})
 
 
 @pytest.mark.parametrize("name,value,fragment", [
@@ -38,24 +32,24 @@ def test_xl_micro_conditioning_refused_for_one_encoder_packages() -> None:
 ])
 def test_xl_micro_conditioning_bad_pairs_say_what_is_allowed(name: str, value: object, fragment: str) -> None:
     with pytest.raises(PipelineInputError, match=f"{name} must be a {fragment}"):
-        check_micro_conditioning(XL, {name: value})
+        check_micro_conditioning(refiner=False, given={name: value})
 
 
 def test_xl_aesthetic_score_is_the_refiners_and_target_size_the_bases() -> None:
     with pytest.raises(PipelineInputError, match="aesthetic_score conditions the SDXL refiner"):
-        check_micro_conditioning(XL, {"aesthetic_score": 6.0})
+        check_micro_conditioning(refiner=False, given={"aesthetic_score": 6.0})
     with pytest.raises(PipelineInputError, match="target_size conditions the SDXL base model"):
-        check_micro_conditioning(REFINER, {"target_size": (1024, 1024)})
+        check_micro_conditioning(refiner=True, given={"target_size": (1024, 1024)})
     with pytest.raises(PipelineInputError, match="finite number"):
-        check_micro_conditioning(REFINER, {"negative_aesthetic_score": float("nan")})
+        check_micro_conditioning(refiner=True, given={"negative_aesthetic_score": float("nan")})
 
 
 def test_xl_time_ids_layout_for_base_and_refiner() -> None:
-    micro = check_micro_conditioning(XL, {"original_size": [768, 512], "crops_coords_top_left": (8, 16)})
+    micro = check_micro_conditioning(refiner=False, given={"original_size": [768, 512], "crops_coords_top_left": (8, 16)})
     assert micro == MicroConditioning(original_size=(768, 512), crops_coords_top_left=(8, 16))
     positive, negative = micro.time_ids(64, 96, refiner=False)
     assert positive.tolist() == [768, 512, 8, 16, 64, 96] and negative.tolist() == positive.tolist()
-    refiner = check_micro_conditioning(REFINER, {"aesthetic_score": 7, "negative_original_size": (256, 256)})
+    refiner = check_micro_conditioning(refiner=True, given={"aesthetic_score": 7, "negative_original_size": (256, 256)})
     positive, negative = refiner.time_ids(64, 96, refiner=True)
     assert positive.tolist() == [64, 96, 0, 0, 7.0] and negative.tolist() == [256, 256, 0, 0, 2.5]
 
@@ -64,11 +58,12 @@ def test_xl_guidance_rescale_range_is_checked() -> None:
     sizes = SizeLimits((8, None), (8, None))
     for bad in (-0.1, 1.5, "0.7", True):
         with pytest.raises(PipelineInputError, match="guidance_rescale must be a number from 0 to 1"):
-            validate_request(XL, sizes, Limits(), "a fox", None, 4, 5.0, None, 64, 64, 1, 1, {}, None,
+            validate_request(TINY, sizes, Limits(), "a fox", None, 4, 5.0, None, 64, 64, 1, 1, {}, None,
                              guidance_rescale=bad)
-    request = validate_request(XL, sizes, Limits(), "a fox", None, 4, 5.0, None, 64, 64, 1, 1, {}, None,
-                               guidance_rescale=0.7, micro={"target_size": (64, 64)})
-    assert request.guidance_rescale == 0.7 and request.micro == MicroConditioning(target_size=(64, 64))
+    micro = check_micro_conditioning({"target_size": (64, 64)}, refiner=False)
+    request = validate_request(TINY, sizes, Limits(), "a fox", None, 4, 5.0, None, 64, 64, 1, 1, {}, None,
+                               guidance_rescale=0.7, text_options=micro)
+    assert request.guidance_rescale == 0.7 and request.text_options == MicroConditioning(target_size=(64, 64))
 
 
 def test_xl_rescale_guidance_matches_diffusers() -> None:

@@ -14,20 +14,22 @@ ids, the two agree.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.specs import PipelineConstants
+from core.families.sdxl import XLConstants
+from core.package import ModelPackage
 from engines.base import EngineBase
 from runtime.errors import PipelineInputError
 from runtime.guidance import run_engine
+from runtime.text.base import Conditioning, read_tokenizer
+from runtime.timing import StageTimer
 from runtime.tokenizer import CLIPTokenizer
 
-Conditioning = dict[str, np.ndarray]
-"""What the UNet reads besides the latents and timestep, one row per image: ``encoder_hidden_states`` (and for SDXL
-``text_embeds`` and ``time_ids``)."""
+if TYPE_CHECKING:
+    from runtime.requests import Request
 
 Size = tuple[int, int]
 
@@ -75,6 +77,9 @@ class MicroConditioning:
                 negative = positive
         return np.asarray(positive, dtype=np.float32), np.asarray(negative, dtype=np.float32)
 
+    def describe(self) -> dict[str, Any]:
+        return {"micro_conditioning": {k: v for k, v in asdict(self).items() if v is not None}}
+
 
 PAIRS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
          "negative_crops_coords_top_left", "negative_target_size")
@@ -82,22 +87,20 @@ SCORES = ("aesthetic_score", "negative_aesthetic_score")
 MICRO_ARGUMENTS = PAIRS + SCORES
 
 
-def check_micro_conditioning(constants: PipelineConstants, given: Mapping[str, Any]) -> MicroConditioning | None:
+def check_micro_conditioning(given: Mapping[str, Any], refiner: bool) -> MicroConditioning:
     """The call's micro-conditioning, checked: pairs of integers (sizes positive, crop corners >= 0), finite scores;
-    an error when a package that is not SDXL is given any, or a base model an aesthetic score (refiners only)."""
+    an error when a base model is given an aesthetic score (refiners only) or a refiner a target size."""
     present = {name: value for name, value in given.items() if value is not None}
-    if constants.time_ids is None:
-        if present:
-            raise PipelineInputError(f"{', '.join(sorted(present))}: SDXL micro-conditioning, and this package is "
-                                     "not an SDXL model (it reads no time_ids)")
-        return None
+    unknown = sorted(set(present) - set(MICRO_ARGUMENTS))
+    if unknown:
+        raise PipelineInputError(f"{', '.join(unknown)}: not an SDXL argument (SDXL takes {', '.join(MICRO_ARGUMENTS)})")
     checked: dict[str, Any] = {}
     for name in PAIRS:
         if name in present:
             checked[name] = _pair(name, present[name], low=0 if "crops" in name else 1)
     for name in SCORES:
         if name in present:
-            if not constants.requires_aesthetics_score:
+            if not refiner:
                 raise PipelineInputError(f"{name} conditions the SDXL refiner; this is a base model, which reads "
                                          "target sizes instead")
             value = present[name]
@@ -106,7 +109,7 @@ def check_micro_conditioning(constants: PipelineConstants, given: Mapping[str, A
                                          f"{AESTHETIC_SCORE if name == 'aesthetic_score' else NEGATIVE_AESTHETIC_SCORE})"
                                          f", got {value!r:.60}")
             checked[name] = float(value)
-    if constants.requires_aesthetics_score:
+    if refiner:
         for name in ("target_size", "negative_target_size"):
             if name in checked:
                 raise PipelineInputError(f"{name} conditions the SDXL base model; this refiner reads an aesthetic "
@@ -123,40 +126,76 @@ def _pair(name: str, value: Any, low: int) -> Size:
     return int(items[0]), int(items[1])
 
 
-class XLTextEncoders:
-    """Both tokenizers and encoders of an SDXL package: prompts in, the UNet's conditioning out."""
+class XLTextSide:
+    """Both tokenizers and encoders of an SDXL package (the refiner: the second alone): prompts in, the UNet's
+    conditioning out."""
 
-    def __init__(self, constants: PipelineConstants, tokenizers: Sequence[CLIPTokenizer],
-                 engines: Mapping[str, EngineBase]) -> None:
-        self.constants = constants
+    def __init__(self, xl: XLConstants, encoders: Sequence[str], tokenizers: Sequence[CLIPTokenizer],
+                 refiner: bool) -> None:
+        self.xl = xl
+        self.encoders = tuple(encoders)
         self.tokenizers = tuple(tokenizers)
-        self.engines = engines
+        self.refiner = refiner
+        """The refiner's micro-conditioning: an aesthetic score where the base model has a target size."""
 
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(hidden states of both encoders side by side [n, 77, h1 + h2], pooled prompt [n, pooled]); the refiner's
-        second encoder alone."""
-        second = run_engine(self.engines["text_encoder_2"], {"input_ids": self.tokenizers[1].encode(texts).input_ids})
-        if not self.constants.first_text_encoder:
-            return second["hidden_states"], second["text_embeds"]
-        first = run_engine(self.engines["text_encoder"], {"input_ids": self.tokenizers[0].encode(texts).input_ids})
-        return np.concatenate([first["hidden_states"], second["hidden_states"]], axis=-1), second["text_embeds"]
+    @classmethod
+    def open_base(cls, package: ModelPackage) -> XLTextSide:
+        return cls._open(package, refiner=False)
 
-    def conditioning(
-        self, prompts: list[str], negatives: list[str] | None, guided: bool, images_per_prompt: int,
-        micro: MicroConditioning, height: int, width: int, image_task: bool = False,
-    ) -> tuple[Conditioning, Conditioning | None]:
+    @classmethod
+    def open_refiner(cls, package: ModelPackage) -> XLTextSide:
+        return cls._open(package, refiner=True)
+
+    @classmethod
+    def _open(cls, package: ModelPackage, refiner: bool) -> XLTextSide:
+        encoders = package.constants.text_encoders
+        return cls(XLConstants.of(package.constants), [e.component for e in encoders],
+                   [read_tokenizer(package, e.tokenizer) for e in encoders], refiner)
+
+    @property
+    def tokenizer(self) -> CLIPTokenizer:
+        """The tokenizer prompts are read with first (the refiner's is its only one)."""
+        return self.tokenizers[0]
+
+    def check(self, given: Mapping[str, Any], image_task: bool, long_prompts: bool) -> MicroConditioning:
+        micro = check_micro_conditioning(given, self.refiner)
+        if long_prompts:
+            raise PipelineInputError("long_prompts is not available for SDXL packages yet; prompts are cut at "
+                                     f"{self.tokenizer.max_length - 2} tokens")
+        if image_task and given.get("negative_crops_coords_top_left") is not None and not self.refiner:
+            raise PipelineInputError("negative_crops_coords_top_left: SDXL image-to-image with a base model conditions "
+                                     "both sides on crops_coords_top_left (as diffusers' "
+                                     "StableDiffusionXLImg2ImgPipeline does); leave it out")
+        return micro
+
+    def encode(self, engines: Mapping[str, EngineBase], request: Request, image_task: bool,
+               timer: StageTimer) -> tuple[Conditioning, Conditioning | None]:
         """(conditional, unconditional or None) UNet conditioning, one row per image, prompt-major."""
-        hidden, pooled = self.encode(prompts)
-        positive_ids, negative_ids = micro.time_ids(height, width, self.constants.requires_aesthetics_score,
-                                                    image_task)
-        cond = self._rows(hidden, pooled, positive_ids, images_per_prompt)
-        if not guided:
-            return cond, None
-        if negatives is None and self.constants.force_zeros_for_empty_prompt:
-            uncond_hidden, uncond_pooled = np.zeros_like(hidden), np.zeros_like(pooled)
-        else:
-            uncond_hidden, uncond_pooled = self.encode(negatives or [""] * len(prompts))
-        return cond, self._rows(uncond_hidden, uncond_pooled, negative_ids, images_per_prompt)
+        micro = request.text_options
+        assert isinstance(micro, MicroConditioning)
+        with timer.stage("text_encoder"):
+            hidden, pooled = self._encode(engines, request.prompts)
+            positive_ids, negative_ids = micro.time_ids(request.height, request.width, self.refiner, image_task)
+            cond = self._rows(hidden, pooled, positive_ids, request.images_per_prompt)
+            if not request.guided:
+                return cond, None
+            if request.negative_prompts is None and self.xl.force_zeros_for_empty_prompt:
+                uncond_hidden, uncond_pooled = np.zeros_like(hidden), np.zeros_like(pooled)
+            else:
+                uncond_hidden, uncond_pooled = self._encode(engines, request.negative_prompts
+                                                            or [""] * len(request.prompts))
+            return cond, self._rows(uncond_hidden, uncond_pooled, negative_ids, request.images_per_prompt)
+
+    def _encode(self, engines: Mapping[str, EngineBase], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(every encoder's hidden states side by side [n, 77, sum of widths], the last one's pooled prompt
+        [n, pooled])."""
+        hidden, pooled = [], None
+        for component, tokenizer in zip(self.encoders, self.tokenizers, strict=True):
+            outputs = run_engine(engines[component], {"input_ids": tokenizer.encode(texts).input_ids})
+            hidden.append(outputs["hidden_states"])
+            pooled = outputs.get("text_embeds", pooled)
+        assert pooled is not None
+        return np.concatenate(hidden, axis=-1), pooled
 
     @staticmethod
     def _rows(hidden: np.ndarray, pooled: np.ndarray, time_ids: np.ndarray, images_per_prompt: int) -> Conditioning:

@@ -101,7 +101,41 @@ def onnx_file_name(dtype: str) -> str:
 def export_package(request: ExportRequest, on_progress: Callable[[str], None] | None = None) -> ExportResult:
     """Export ``request``'s model into a verified package at ``request.out`` (see module docstring)."""
     progress = ElapsedLog(log, on_progress)
+    _check_request(request)  # before minutes of loading
+    check_source_arguments(request.model, request.model_path, request.random_weights)
+    _check_destination(Path(request.out))
+    progress(f"loading {request.model or request.model_path}{' (random weights)' if request.random_weights else ''}")
+    source = load_source(request.model, request.model_path, request.random_weights, request.seed)
+    try:
+        return export_source(source, request, progress)
+    finally:
+        source.close()
 
+
+def export_source(source: SourceModels, request: ExportRequest,
+                  on_progress: Callable[[str], None] | None = None) -> ExportResult:
+    """Export modules already loaded (``request``'s model and model path are not read) into a verified package at
+    ``request.out``: the family's exporter (``exporter.families``) says what each component is."""
+    progress = on_progress if isinstance(on_progress, ElapsedLog) else ElapsedLog(log, on_progress)
+    out = Path(request.out)
+    _check_request(request)
+    _check_destination(out)
+    _check_clip_skip(source, request.clip_skip)
+    progress("hashing weights")
+    key, key_inputs = _export_key(source, request)
+    if not request.force and _is_up_to_date(out, key):
+        progress(f"{out} is up to date (same weights, dtypes, exporter and versions): skipping; --force re-exports")
+        return ExportResult(out, True, (), progress.elapsed, peak_rss_bytes())
+    with work_folder(out.parent, out.name) as staging:
+        reports = _write_package(source, request, staging, key, key_inputs, progress)
+        if is_package(out):
+            _carry_engines(out, staging, progress)
+        publish_folder(staging, out)
+    progress(f"package written to {out}")
+    return ExportResult(out, False, tuple(reports), progress.elapsed, peak_rss_bytes())
+
+
+def _check_request(request: ExportRequest) -> None:
     for dtype in request.dtypes:
         if dtype not in DTYPES:
             raise ExportError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
@@ -112,27 +146,6 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
             "the legacy exporter writes an invalid fp16 text encoder (float32 and float16 mixed at LayerNormalization); "
             "export fp16 with the dynamo exporter (the default), or use --exporter legacy with --dtype fp32"
         )
-    out = Path(request.out)
-    check_source_arguments(request.model, request.model_path, request.random_weights)
-    _check_destination(out)
-    progress(f"loading {request.model or request.model_path}{' (random weights)' if request.random_weights else ''}")
-    source = load_source(request.model, request.model_path, request.random_weights, request.seed)
-    try:
-        _check_clip_skip(source, request.clip_skip)
-        progress("hashing weights")
-        key, key_inputs = _export_key(source, request)
-        if not request.force and _is_up_to_date(out, key):
-            progress(f"{out} is up to date (same weights, dtypes, exporter and versions): skipping; --force re-exports")
-            return ExportResult(out, True, (), progress.elapsed, peak_rss_bytes())
-        with work_folder(out.parent, out.name) as staging:
-            reports = _write_package(source, request, staging, key, key_inputs, progress)
-            if is_package(out):
-                _carry_engines(out, staging, progress)
-            publish_folder(staging, out)
-    finally:
-        source.close()
-    progress(f"package written to {out}")
-    return ExportResult(out, False, tuple(reports), progress.elapsed, peak_rss_bytes())
 
 
 def _check_destination(out: Path) -> None:
@@ -354,8 +367,8 @@ def _check_clip_skip(source: SourceModels, clip_skip: int) -> None:
     if isinstance(clip_skip, bool) or not isinstance(clip_skip, int) or clip_skip < 0:
         raise ExportError(f"clip_skip must be a whole number >= 0 (0: the model's default layer), got {clip_skip!r:.40}")
     most = family_exporter(source.family).max_clip_skip(source)
-    layers = min(int(e.config.num_hidden_layers) for e in source.text_encoders.values())
     if clip_skip > most:
+        layers = min(int(e.config.num_hidden_layers) for e in source.text_encoders.values())
         raise ExportError(f"clip_skip {clip_skip} leaves no layer of this model's {layers}-layer text encoder to read; "
                           f"give 0 to {most}")
 

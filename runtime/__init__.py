@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runtime.pipeline import GenerationResult, Pipeline
+    from runtime.pipeline import Pipeline
+    from runtime.results import GenerationResult
 
 __all__ = ["GenerationResult", "Pipeline"]
 

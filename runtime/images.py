@@ -26,8 +26,8 @@ def to_uint8(images: np.ndarray) -> list[np.ndarray]:
 def save_png(image: np.ndarray, path: Path, parameters: Mapping[str, Any] | None = None) -> Path:
     """Write ``image`` as a PNG carrying ``parameters`` in a text chunk; atomically (no half-written file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(path, png_bytes(image, parameters))
     except OSError as exc:
         raise ImageWriteError(f"cannot write {path}: {exc.strerror or exc}") from None

@@ -8,7 +8,7 @@ Stages, each logged with its progress:
 1. the VAE learns to reconstruct the synthetic images (L1 + MSE with the shape's pixels weighted 10x, and a small KL
    term), with latent channel 3 held to the shape's coverage of each 4x4 pixel cell whatever the colours (the
    "objectness" channel: without it, where the shape is only shows in the latents as an interaction with its two
-   colours, and the UNet never learned it; docs/design.md, "The shapes model"); the latents' spread sets
+   colours, and the UNet never learned it; docs/shapes-training.md, "Position"); the latents' spread sets
    ``scaling_factor``, as SD's was chosen;
 2. the classifier learns shape, colour, size, position and background from fresh images, half of them round-tripped
    through that VAE and all blurred a little, so that it reads generated pictures as well as drawn ones;
@@ -321,8 +321,8 @@ def train_diffusion(args: argparse.Namespace, rng: np.random.Generator, vae: Any
         latents = pool[index]
         noise = pyramid_noise(rng, tuple(latents.shape), args.pyramid_discount)
         # Position is settled in the first epochs by the noisiest timesteps; after that the shape's outline, decided
-        # at middle noise levels, needs the share of batches the high draw took from them (design.md, "The shapes
-        # model").
+        # at middle noise levels, needs the share of batches the high draw took from them (docs/shapes-training.md,
+        # "Shape, and why the high-timestep draw stops").
         fraction = args.high_timestep_fraction if step <= args.high_timestep_until * args.unet_steps else 0.0
         high = rng.random(args.batch) < fraction
         timesteps = torch.from_numpy(np.where(high, rng.integers(HIGH_TIMESTEP, 1000, args.batch),

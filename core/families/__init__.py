@@ -14,7 +14,12 @@ from core.families.stable_diffusion import SD1, SD2
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (SD1, SD2, SDXL, SDXL_REFINER)}
 
-__all__ = ["FAMILIES", "SD1", "SD2", "SDXL", "SDXL_REFINER", "Family", "get_family"]
+__all__ = ["FAMILIES", "SD1", "SD2", "SDXL", "SDXL_REFINER", "Family", "get_family", "register_family"]
+
+
+def register_family(family: Family) -> None:
+    """Make packages whose manifest names ``family.name`` readable (docs/design.md, "Adding a family")."""
+    FAMILIES[family.name] = family
 
 
 def get_family(name: str) -> Family:

@@ -120,7 +120,7 @@ def test_weights_digest_follows_the_documented_order(model: str) -> None:
     try:
         digest = hashlib.sha256()
         for module_name in ("text_encoder", "unet", "vae", "text_encoder_2"):
-            module = getattr(source, module_name)
+            module = source.text_encoders.get(module_name) if module_name.startswith("text") else getattr(source, module_name)
             if module is None:
                 continue
             for name, tensor in sorted(module.state_dict().items()):

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,42 @@ def format_quality_table(result: Mapping[str, Any]) -> str:
              *(cell(r["scores"][name]) for name in scored), cell(r["scores"]["all"]),
              f"{r['seconds_per_image'] * 1000:.0f}", f"{r['quality_per_second']:.1f}"] for r in result["cases"]]
     return format_table(header, rows)
+
+
+@dataclass
+class SampleSheet:
+    """The first ``per_case`` images of every case, gathered during ``measure_quality`` (pass ``keep`` as its
+    ``keep_images``) for one contact sheet: a row per case, a column per prompt."""
+
+    per_case: int = 8
+    rows: list[tuple[str, list[np.ndarray]]] = field(default_factory=list)
+
+    def keep(self, row: Mapping[str, Any], images: Sequence[np.ndarray]) -> None:
+        label = f"{row['scheduler']} {row['steps']} g{row['guidance']:g} {row['precision']}"
+        self.rows.append((label, list(images[: self.per_case])))
+
+    def render(self, quality_set: QualitySet) -> np.ndarray:
+        """The sheet, HxWx3 uint8; a case with fewer images than the widest row is padded with black cells."""
+        from runtime.images import contact_sheet
+
+        width = max(len(images) for _, images in self.rows)
+        cells = [images + [np.zeros_like(images[0])] * (width - len(images)) for _, images in self.rows]
+        return contact_sheet(cells, [label for label, _ in self.rows],
+                             [p["prompt"][:24] for p in quality_set.prompts[:width]])
+
+
+def write_quality_report(result: Mapping[str, Any], samples: SampleSheet, quality_set: QualitySet,
+                         out_dir: Path) -> list[Path]:
+    """``quality.json`` (every figure), ``samples.png`` (the sheet) and, when steps or guidance vary, ``quality.png``
+    (``plot_quality``) in ``out_dir``; the paths written."""
+    from core.files import write_json_atomic
+    from runtime.images import save_png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "quality.json", result)
+    save_png(samples.render(quality_set), out_dir / "samples.png", {"cases": [label for label, _ in samples.rows]})
+    plot = plot_quality(result, out_dir / "quality.png")
+    return [out_dir / "quality.json", out_dir / "samples.png", *([plot] if plot else [])]
 
 
 def plot_quality(result: Mapping[str, Any], path: Path) -> Path | None:

@@ -97,3 +97,28 @@ def prompts_from_file(path: Path) -> Sequence[str]:
     if not prompts:
         raise ValueError(f"{path} holds no prompts (one per line)")
     return prompts
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """int8 calibration as ``engines.ort.build.build_ort_engines`` takes it: ``record`` is its ``calibration``
+    callable (run only when the UNet is built, not when it is up to date) and ``key`` its ``calibration_key``."""
+
+    record: Callable[[], list[dict[str, np.ndarray]]]
+    key: str
+
+
+def calibration_for(
+    package: Path,
+    prompts_file: Path | None = None,
+    steps: int = 8,
+    size: int | None = None,
+    threads: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Calibration:
+    """The calibration of ``build-ort --precision int8``: the prompts of ``prompts_file`` (one per line; default: two
+    built-in ones) run for ``steps`` steps at ``size``. Raises ValueError when the file holds no prompts."""
+    prompts = tuple(prompts_from_file(prompts_file)) if prompts_file else DEFAULT_PROMPTS[:2]
+    plan = CalibrationPlan(prompts=prompts, steps=steps, size=size)
+    return Calibration(lambda: record_unet_inputs(package, plan, threads, progress), plan.key())
+

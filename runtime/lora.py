@@ -66,9 +66,14 @@ class LoraRequest:
         head, sep, tail = text.rpartition(":")
         if sep and head and not tail.startswith(("\\", "/")):
             try:
-                return cls._checked(Path(head), float(tail), text)
+                scale = float(tail)
             except ValueError:
-                pass
+                # A colon in a file's name is fine; anything else after the last colon was meant as the scale.
+                if not Path(text).exists() and not any(c in tail for c in "/\\"):
+                    raise LoraError(f"LoRA {text}: the scale after ':' must be a number, as in {head}:0.8; "
+                                    f"got {tail!r}") from None
+            else:
+                return cls._checked(Path(head), scale, text)
         return cls(Path(text))
 
     @classmethod

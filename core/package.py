@@ -103,6 +103,9 @@ class ModelPackage:
             raise PackageError(
                 f"package {self.root} has no component {component!r} (it has {', '.join(self.manifest.components)})"
             )
+        if dtype not in DTYPES:
+            raise PackageError(f"{dtype!r} is not an export precision; packages hold {' and '.join(DTYPES)} exports "
+                               "(int8 engines come from build-ort --precision int8)")
         if dtype not in variants:
             raise PackageError(
                 f"package {self.root} has no {dtype} export of {component} (it has {', '.join(variants)}); "

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
+from core.families.sdxl import XLConstants
 from core.package import ModelPackage
 from core.profiles import shape_request
 from core.specs import BuildConfig, Range
@@ -32,7 +33,8 @@ def test_sdxl_rtx_build_profiles_include_added_conditioning(tiny_xl_package: Pat
     assert sorted(engine_set.components) == sorted(COMPONENTS)
     unet = engine_set.components["unet"].profile.shapes
     # Guided batch: twice the images; the pooled prompt and the six micro-conditioning numbers per row.
-    assert unet["text_embeds"] == ((1, constants.pooled_size), (2, constants.pooled_size), (4, constants.pooled_size))
+    pooled = XLConstants.of(constants).pooled_size
+    assert unet["text_embeds"] == ((1, pooled), (2, pooled), (4, pooled))
     assert unet["time_ids"] == ((1, 6), (2, 6), (4, 6))
     assert unet["encoder_hidden_states"][2][2] == sum(encoder.hidden_size for encoder in constants.text_encoders)
     assert engine_set.components["text_encoder_2"].profile.shapes["input_ids"][2] == (4, 77)

@@ -172,7 +172,7 @@ def test_large_models_get_one_external_data_file(tmp_path: Path, monkeypatch: py
 
 def test_manifest_is_plain_json_with_schema_version(tiny_package: Path) -> None:
     data = json.loads((tiny_package / "manifest.json").read_text())
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
     assert len(data["source"]["weights_sha256"]) == 64 and data["export"]["key"]
 
 

@@ -77,14 +77,14 @@ def test_sdxl_guidance_and_negative_prompts_match_diffusers(guidance: float, neg
 
 def test_sdxl_without_force_zeros_matches_diffusers(ours: Pipeline, reference: Reference) -> None:
     # A model whose pipeline does not set force_zeros_for_empty_prompt guides against the encoded "".
-    assert ours.constants.force_zeros_for_empty_prompt and reference.pipe.config.force_zeros_for_empty_prompt
-    saved = ours.constants
-    ours.constants = replace(saved, force_zeros_for_empty_prompt=False)
+    assert ours.text.xl.force_zeros_for_empty_prompt and reference.pipe.config.force_zeros_for_empty_prompt
+    saved = ours.text.xl  # SDXL's own constants, as the text side read them from the package
+    ours.text.xl = replace(saved, force_zeros_for_empty_prompt=False)
     reference.pipe.register_to_config(force_zeros_for_empty_prompt=False)
     try:
         without = compare(ours, reference, PROMPTS, None, 5.0, "euler")
     finally:
-        ours.constants = saved
+        ours.text.xl = saved
         reference.pipe.register_to_config(force_zeros_for_empty_prompt=True)
     assert without <= 2, f"max pixel difference {without}/255"
 

@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from core.families import SD1, SDXL as XL
+from core.families import SD1
+from core.families import SDXL as XL
 from runtime.errors import PipelineInputError
 from runtime.handoff import Handoff, check_handoff
 from runtime.schedulers import SHORT_NAMES, make_scheduler, resolve_scheduler

@@ -7,13 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.fakes import TINY
 from runtime.errors import PipelineInputError
 from runtime.guidance import rescale_guidance
 from runtime.requests import Limits, SizeLimits, validate_request
 from runtime.text.sd import refuse_extra_arguments
 from runtime.text.sdxl import MicroConditioning, check_micro_conditioning
-
+from tests.fakes import TINY
 
 
 def test_xl_micro_conditioning_refused_for_one_encoder_packages() -> None:

@@ -16,7 +16,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtime.pipeline import Pipeline
+    from serve.service import ServeConfig
 
 PROMPT = "a red fox in the snow, detailed fur, golden hour"
 
@@ -61,7 +65,7 @@ def measure_serving(
 
 
 @contextlib.contextmanager
-def _in_process(pipe: Any, config: Any) -> Iterator[str]:
+def _in_process(pipe: Pipeline, config: ServeConfig) -> Iterator[str]:
     from serve.app import create_app
     from serve.local import serve_in_thread
     from serve.service import ImageService
@@ -71,7 +75,7 @@ def _in_process(pipe: Any, config: Any) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _on_ray(config: Any, replicas: int) -> Iterator[str]:
+def _on_ray(config: ServeConfig, replicas: int) -> Iterator[str]:
     from ray import serve
 
     from serve.ray_app import application, ray_serve

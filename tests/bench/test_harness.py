@@ -32,3 +32,23 @@ def test_a_late_failure_keeps_every_figure_measured_before_it(tiny_package: Path
     assert list(data["cold_start"]) == ["diffusers"] and data["cold_start"]["diffusers"]["first_image_s"] > 0
     assert (json_path.parent / "latency_vs_steps.png").is_file()
     assert seen.index("cold start: diffusers") < seen.index("cold start: diffship ort")
+
+
+def test_every_engine_the_runtime_runs_is_timed_the_vae_encoder_img2img_opens_too(tmp_path: Path) -> None:
+    from bench.harness import Inputs, RuntimeContender, TimedEngine
+    from engines.backend import register_backend
+    from runtime import Pipeline
+    from tests.fakes import NumpyBackend, write_package
+
+    package = write_package(tmp_path / "pkg")
+    register_backend("numpy", NumpyBackend)
+    settings = BenchSettings(package=package, height=64, width=64, steps=(4,), repeats=1, task="img2img", strength=0.5)
+    contender = RuntimeContender(Pipeline.from_package(package, backend="numpy"), "diffship numpy")
+    assert "vae_encoder" not in contender.pipe.engines  # opened by the first image-to-image call: the warm-up
+    inputs = Inputs.make(settings, latent_channels=4, factor=8)
+    contender.run(settings, 4, inputs)
+    run = contender.run(settings, 4, inputs)
+    engines = contender.pipe.engines
+    assert "vae_encoder" in engines and all(isinstance(engine, TimedEngine) for engine in engines.values())
+    assert run.engine_seconds is not None and 0 < run.engine_seconds < run.total
+    contender.close()

@@ -30,10 +30,12 @@ def measure_serving(
     requests_per_client: int, threads: int | None, ray_replicas: int = 0, max_wait_s: float = 0.0,
     progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
+    from bench.processes import absolute
     from runtime import Pipeline
     from runtime.batching import BatchSettings
     from serve.service import ServeConfig
 
+    package = Path(absolute(package))  # Ray's replicas run in another working directory
     config = ServeConfig(package=package, threads=threads, device="cpu", warmup=True, timeout_s=3600,
                          batch=BatchSettings(max_batch=max_batch, max_wait_s=max_wait_s, max_queue=4 * max(concurrency)))
     setups = {"batching off": replace(config, batch=replace(config.batch, max_batch=1)), "batching on": config}

@@ -198,8 +198,8 @@ def application(config: ServeConfig, replicas: int = 1, gpus_per_replica: float 
 def _forwarded_environment() -> dict[str, str]:
     """What replicas need from the driver's environment: this repository on their path, the same cache folder."""
     forwarded = {"PYTHONPATH": str(ROOT)}
-    if "DIFFSHIP_CACHE" in os.environ:
-        forwarded["DIFFSHIP_CACHE"] = os.environ["DIFFSHIP_CACHE"]
+    if "DIFFSHIP_CACHE" in os.environ:  # absolute: replicas run in another working directory
+        forwarded["DIFFSHIP_CACHE"] = str(Path(os.environ["DIFFSHIP_CACHE"]).resolve())
     return forwarded
 
 

@@ -19,26 +19,31 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from bench.processes import absolute, run_module
+from bench.settings import BackendChoice, BenchSettings
 from core.files import publish_folder, work_folder
 from core.integrity import VERIFY_ENV, cache_dir
 from runtime.timing import peak_rss_bytes
 
-ROOT = Path(__file__).resolve().parent.parent
+if TYPE_CHECKING:
+    from core.package import ModelPackage
+
 PROMPT = "a photograph of an astronaut riding a horse"
+ChildFigures = dict[str, Any]
+"""What one child reports (its JSON line), with ``first_image_s`` and ``stages`` added by the parent."""
 
 
-def pretrained_copy(package: Any) -> Path:
-    """A diffusers folder with the package's weights (made once, atomically)."""
+def pretrained_copy(package: ModelPackage) -> Path:
+    """A diffusers folder with the package's weights (made once, atomically), by its absolute path."""
     from bench.reference import reference_pipeline
 
     digest = package.manifest.source.get("weights_sha256", "unknown")[:16]
-    folder = cache_dir() / f"reference-{digest}"
+    folder = Path(absolute(cache_dir())) / f"reference-{digest}"
     if (folder / "model_index.json").is_file():
         return folder
     with work_folder(folder.parent, folder.name) as staging:
@@ -50,19 +55,20 @@ def pretrained_copy(package: Any) -> Path:
     return folder
 
 
-def measure_cold_start(settings: Any, package: Any, progress: Callable[[str], None]) -> dict[str, Any]:
+def measure_cold_start(
+    settings: BenchSettings, package: ModelPackage, progress: Callable[[str], None],
+    record: Callable[[str, ChildFigures], None] = lambda label, figures: None,
+) -> dict[str, ChildFigures]:
+    """Each contender's cold start in a fresh process, by label (``diffusers``, ``diffship ort``, ...); ``record``
+    gets each one's figures as soon as they are in (a later child that fails then loses nothing measured)."""
     common = ["--height", str(settings.height), "--width", str(settings.width), "--device", settings.device]
     if settings.threads:
         common += ["--threads", str(settings.threads)]
-    commands: dict[str, tuple[list[str], dict[str, str]]] = {"diffusers": (["diffusers", "--pretrained", str(pretrained_copy(package)), *common], {})}
-    from bench.harness import BackendChoice
-
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {
+        "diffusers": (["diffusers", "--pretrained", str(pretrained_copy(package)), *common], {})}
     for backend in settings.backends:
-        choice = BackendChoice.parse(backend)
-        extra = ["--precision", choice.precision] if choice.precision else []
-        extra += ["--cuda-graphs"] if choice.cuda_graphs else []
-        extra += ["--exported"] if not choice.prebuilt else []
-        arguments = ["runtime", "--package", str(settings.package), "--backend", choice.backend, *extra, *common]
+        arguments = ["runtime", "--package", absolute(settings.package), *BackendChoice.parse(backend).child_arguments(),
+                     *common]
         commands[f"diffship {backend}"] = (arguments, {})
         # The very first start also hashes every file against the manifest (later starts trust the record).
         commands[f"diffship {backend}, first start"] = (arguments, {VERIFY_ENV: "always"})
@@ -70,18 +76,18 @@ def measure_cold_start(settings: Any, package: Any, progress: Callable[[str], No
     for label, (arguments, environment) in commands.items():
         progress(f"cold start: {label}")
         launched = time.time()
-        completed = subprocess.run([sys.executable, "-m", "bench.coldstart", *arguments], capture_output=True,
-                                   text=True, cwd=ROOT, timeout=3600, env={**os.environ, **environment})
+        completed = run_module("bench.coldstart", arguments, environment, timeout_s=3600)
         if completed.returncode != 0:
             raise RuntimeError(f"cold-start run for {label} failed:\n{completed.stderr[-2000:]}")
         data = json.loads(completed.stdout.strip().splitlines()[-1])
         data["first_image_s"] = data.pop("finished_wall") - launched
         data["stages"] = start_stages(data)
         results[label] = data
+        record(label, data)
     return results
 
 
-def start_stages(child: dict[str, Any]) -> dict[str, float]:
+def start_stages(child: ChildFigures) -> dict[str, float]:
     """Process start -> first image in five parts: the interpreter's own start (launch to the child's first line, with
     this module's standard-library imports), imports, opening the pipeline, the first call's warm-up (its time beyond
     the same call made again) and the image's own compute. The compute is the faster of the two calls: when the

@@ -18,9 +18,12 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from core.package import ModelPackage
 
 
 def flop_counter() -> Any:
@@ -35,7 +38,7 @@ def flop_counter() -> Any:
     return FlopCounterMode(display=False, custom_mapping={fused: cpu_attention} if fused is not None else None)
 
 
-def count_unet_flops(package: Any, batch: int, latent: int) -> float:
+def count_unet_flops(package: ModelPackage, batch: int, latent: int) -> float:
     import torch
 
     from bench.reference import reference_pipeline

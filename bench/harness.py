@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from bench.coldstart import ChildFigures, measure_cold_start
 from bench.reference import (
     ImageDraws,
     Reference,
@@ -27,70 +28,20 @@ from bench.reference import (
     run_reference_image_task,
     task_pipeline,
 )
+from bench.settings import BackendChoice, BenchSettings
 from core.package import ModelPackage
 from engines.base import EngineBase
-from engines.ort import OrtOptions
 from runtime import Pipeline
 from runtime.tables import format_table
 
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
 log = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "a photograph of an astronaut riding a horse, highly detailed"
 STAGES = ("tokenize", "text_encoder", "unet", "scheduler_and_loop", "vae_encode", "vae_decode")
 """In table order; ``vae_encode`` only for image-to-image."""
 TASKS = ("txt2img", "img2img")
-
-
-@dataclass(frozen=True)
-class BackendChoice:
-    """One runtime contender, written ``BACKEND[-PRECISION][-graphs][-exported]``: ``ort``, ``ort-fp16``,
-    ``ort-fp16-graphs`` (CUDA graphs), ``ort-fp16-exported`` (the exported ONNX even where build-ort engines exist),
-    ``trt``."""
-
-    backend: str
-    precision: str | None = None
-    cuda_graphs: bool = False
-    prebuilt: bool = True
-
-    @classmethod
-    def parse(cls, text: str) -> BackendChoice:
-        name, *flags = text.strip().split("-")
-        if name not in ("ort", "trt"):
-            raise ValueError(f"{text!r}: the backend is ort or trt (e.g. ort, ort-fp16, ort-fp16-graphs, trt)")
-        precision, graphs, prebuilt = None, False, True
-        for flag in flags:
-            if flag in ("fp32", "fp16", "int8") and precision is None:
-                precision = flag
-            elif flag == "graphs" and not graphs:
-                graphs = True
-            elif flag == "exported" and prebuilt and name == "ort":
-                prebuilt = False
-            else:
-                raise ValueError(f"{text!r}: {flag!r} is not fp32, fp16, int8, graphs or exported (e.g. ort-fp16-graphs)")
-        return cls(name, precision, graphs, prebuilt)
-
-    def ort_options(self, device: str, threads: int | None) -> OrtOptions:
-        return OrtOptions(device=device, threads=threads, prebuilt=self.prebuilt, cuda_graph=self.cuda_graphs)
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    package: Path
-    height: int
-    width: int
-    steps: tuple[int, ...]
-    repeats: int
-    guidance: float = 7.5
-    scheduler: str | None = None
-    prompt: str = DEFAULT_PROMPT
-    backends: tuple[str, ...] = ("ort",)
-    threads: int | None = None
-    device: str = "cpu"
-    cold_start: bool = True
-    seed: int = 0
-    task: str = "txt2img"
-    """``img2img``: both sides start from the same picture, with the same VAE draw and starting noise."""
-    strength: float = 0.75
 
 
 @dataclass(frozen=True)
@@ -100,7 +51,7 @@ class Inputs:
 
     latents: np.ndarray
     image_noise: np.ndarray | None = None
-    image: Any = None
+    image: Image | None = None
 
     @classmethod
     def make(cls, settings: BenchSettings, latent_channels: int, factor: int) -> Inputs:
@@ -112,7 +63,7 @@ class Inputs:
         return cls(latents, rng.standard_normal(shape, dtype=np.float32), bench_picture(settings.height, settings.width))
 
 
-def bench_picture(height: int, width: int) -> Any:
+def bench_picture(height: int, width: int) -> Image:
     """A deterministic picture with gradients and edges, the input of image-to-image runs."""
     from PIL import Image
 
@@ -140,7 +91,7 @@ class BenchResult:
     machine: dict[str, Any]
     runs: list[Run]
     summary: list[dict[str, Any]]
-    cold_start: dict[str, Any] = field(default_factory=dict)
+    cold_start: dict[str, ChildFigures] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -172,13 +123,27 @@ class TimedEngine(EngineBase):
         self.inner.close()
 
 
+class Contender(Protocol):
+    name: str
+
+    def run(self, settings: BenchSettings, steps: int, inputs: Inputs) -> Run: ...
+    def close(self) -> None: ...
+
+
 class RuntimeContender:
     def __init__(self, pipe: Pipeline, name: str) -> None:
         self.pipe, self.name = pipe, name
         self.engine_time = [0.0]
-        pipe.engines = {k: TimedEngine(v, self.engine_time) for k, v in pipe.engines.items()}
+        self._time_engines()
+
+    def _time_engines(self) -> None:
+        """Every engine of the pipeline timed, the ones it opened since too (the VAE encoder opens on the first
+        image-to-image call, which is the warm-up)."""
+        self.pipe.engines = {name: engine if isinstance(engine, TimedEngine) else TimedEngine(engine, self.engine_time)
+                             for name, engine in self.pipe.engines.items()}
 
     def run(self, settings: BenchSettings, steps: int, inputs: Inputs) -> Run:
+        self._time_engines()
         self.engine_time[0] = 0.0
         task = {} if inputs.image is None else {"image": inputs.image, "strength": settings.strength,
                                                 "image_noise": inputs.image_noise}
@@ -279,28 +244,67 @@ def _timed(
     return wrapper
 
 
-def _contenders(settings: BenchSettings, package: ModelPackage) -> list[Any]:
+def engines_device(pipe: Pipeline) -> str:
+    """Where the pipeline's engines run (``cpu``, ``cuda``; ``gpu`` for TensorRT), for a contender's label.
+
+    PRIVATE ACCESS, the one place bench reads an engine's own state (issue 37): the runtime has no public accessor for
+    it yet. Replace the body with ``return pipe.device`` once ``Pipeline.device`` exists. ONNX Runtime's engine holds
+    its device as a string (``cpu`` after a fallback from CUDA); TensorRT's holds a ``Device`` object under that name.
+    """
+    device = vars(pipe.engines["unet"]).get("device", "cpu")
+    return device if isinstance(device, str) else "gpu"
+
+
+def _contenders(settings: BenchSettings, package: ModelPackage) -> list[Contender]:
     import torch
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
     cuda = settings.device in ("cuda", "auto") and torch.cuda.is_available()
     reference = reference_pipeline(package, device="cuda" if cuda else "cpu", dtype="fp16" if cuda else "fp32")
-    contenders: list[Any] = [DiffusersContender(reference, f"diffusers (torch {reference.dtype} {reference.device})")]
+    contenders: list[Contender] = [DiffusersContender(reference, f"diffusers (torch {reference.dtype} {reference.device})")]
     for backend in settings.backends:
         choice = BackendChoice.parse(backend)
         ort_options = choice.ort_options(settings.device, settings.threads) if choice.backend == "ort" else None
         pipe = Pipeline.from_package(settings.package, backend=choice.backend, precision=choice.precision,
                                      threads=settings.threads, device=settings.device, cuda_graphs=choice.cuda_graphs,
                                      ort_options=ort_options)
-        device = pipe.engines["unet"].__dict__.get("device", "gpu" if choice.backend == "trt" else "cpu")
-        label = " ".join(["diffship", choice.backend, pipe.precision, device, *(["graphs"] if choice.cuda_graphs else []),
-                          *(["exported ONNX"] if not choice.prebuilt else [])])
+        label = " ".join(["diffship", choice.backend, pipe.precision, engines_device(pipe),
+                          *(["graphs"] if choice.cuda_graphs else []), *(["exported ONNX"] if not choice.prebuilt else [])])
         contenders.append(RuntimeContender(pipe, label))
     return contenders
 
 
 def run_bench(settings: BenchSettings, progress: Callable[[str], None] = log.info) -> BenchResult:
+    """The interleaved runs, then (``settings.cold_start``) the cold start in fresh processes."""
+    result = run_interleaved(settings, progress)
+    if settings.cold_start:
+        progress("cold start: fresh processes for import, first image and peak memory")
+        result.cold_start = measure_cold_start(settings, ModelPackage.open(settings.package), progress)
+    return result
+
+
+def bench_to_files(
+    settings: BenchSettings, json_path: Path, plot_dir: Path, progress: Callable[[str], None] = log.info
+) -> tuple[BenchResult, list[Path]]:
+    """``run_bench`` writing as it goes: the interleaved runs' JSON and plots before the cold start begins, and the
+    JSON again after each cold-start process, so a late failure (minutes or hours in) loses none of the figures
+    already measured. Returns the result and the files written."""
+    result = run_interleaved(settings, progress)
+    written = write_outputs(result, json_path, plot_dir)
+    if settings.cold_start:
+        progress(f"cold start: fresh processes for import, first image and peak memory (figures so far: {json_path})")
+
+        def record(label: str, figures: ChildFigures) -> None:
+            result.cold_start[label] = figures
+            write_json(result, json_path)
+
+        measure_cold_start(settings, ModelPackage.open(settings.package), progress, record)
+    return result, written
+
+
+def run_interleaved(settings: BenchSettings, progress: Callable[[str], None] = log.info) -> BenchResult:
+    """Warm-up, then every (steps, repeat) with the contenders interleaved (A B A B), in this process."""
     from bench.machine import describe_machine
 
     package = ModelPackage.open(settings.package)
@@ -326,18 +330,12 @@ def run_bench(settings: BenchSettings, progress: Callable[[str], None] = log.inf
     finally:
         for contender in contenders:
             contender.close()
-    result = BenchResult(
+    return BenchResult(
         settings={k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
         machine=describe_machine(),
         runs=runs,
         summary=summarize(runs, contenders[0].name),
     )
-    if settings.cold_start:
-        from bench.coldstart import measure_cold_start
-
-        progress("cold start: fresh processes for import, first image and peak memory")
-        result.cold_start = measure_cold_start(settings, package, progress)
-    return result
 
 
 def summarize(runs: Sequence[Run], baseline: str) -> list[dict[str, Any]]:
@@ -371,13 +369,17 @@ def summarize(runs: Sequence[Run], baseline: str) -> list[dict[str, Any]]:
 def write_outputs(result: BenchResult, json_path: Path, plot_dir: Path) -> list[Path]:
     from bench.plots import plot_latency, plot_stages
 
+    write_json(result, json_path)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    return [json_path, plot_latency(result.summary, plot_dir / "latency_vs_steps.png"),
+            plot_stages(result.summary, plot_dir / "stage_breakdown.png")]
+
+
+def write_json(result: BenchResult, json_path: Path) -> None:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     temporary = json_path.with_name(f".{json_path.name}.tmp")
     temporary.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
     temporary.replace(json_path)
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    return [json_path, plot_latency(result.summary, plot_dir / "latency_vs_steps.png"),
-            plot_stages(result.summary, plot_dir / "stage_breakdown.png")]
 
 
 def format_tables(result: BenchResult) -> str:
@@ -400,7 +402,7 @@ def format_tables(result: BenchResult) -> str:
     return "\n".join(lines)
 
 
-def format_cold_start(cold_start: dict[str, dict[str, Any]]) -> str:
+def format_cold_start(cold_start: dict[str, ChildFigures]) -> str:
     """Process start -> first image per contender, split into stages (``bench.coldstart.start_stages``), with the
     ratio to diffusers of the whole and of the start-up alone (everything but the image's own compute)."""
     def start_up(child: dict[str, Any]) -> float:

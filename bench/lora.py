@@ -17,15 +17,14 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.processes import absolute, run_module
+
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -107,17 +106,16 @@ def measure_lora_swaps(
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     """Both sides in fresh processes, alternated ``processes`` times each; per side and swap kind, the medians."""
-    lora_args = [arg for path in loras for arg in ("--lora", str(path))]
+    lora_args = [arg for path in loras for arg in ("--lora", absolute(path))]
     sides = {
-        "diffship": ["runtime", "--package", str(package), "--device", device],
-        "diffusers": ["diffusers", "--pretrained", str(pretrained)],
+        "diffship": ["runtime", "--package", absolute(package), "--device", device],
+        "diffusers": ["diffusers", "--pretrained", absolute(pretrained)],
     }
     results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for index in range(processes):
         for side, arguments in sides.items():
             progress(f"{side}: process {index + 1}/{processes}, {rounds} rounds of A -> B -> none")
-            done = subprocess.run([sys.executable, "-m", "bench.lora", *arguments, *lora_args, "--rounds",
-                                   str(rounds)], cwd=ROOT, capture_output=True, text=True, check=False)
+            done = run_module("bench.lora", [*arguments, *lora_args, "--rounds", str(rounds)])
             if done.returncode != 0:
                 raise RuntimeError(f"bench.lora {side} failed: {done.stderr.strip().splitlines()[-1:]}")
             results[side].append(json.loads(done.stdout.strip().splitlines()[-1]))

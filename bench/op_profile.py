@@ -24,9 +24,12 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from core.package import ModelPackage
 
 KINDS: dict[str, tuple[str, ...]] = {
     "convolution": ("Conv", "FusedConv"),
@@ -52,7 +55,7 @@ def kind_of(op_type: str) -> str:
     return next((kind for kind, ops in KINDS.items() if op_type in ops), "elementwise")
 
 
-def flops_by_kind(package: Any, component: str, feeds: dict[str, np.ndarray]) -> dict[str, float]:
+def flops_by_kind(package: ModelPackage, component: str, feeds: dict[str, np.ndarray]) -> dict[str, float]:
     """torch's FLOP count of diffusers' ``component`` on ``feeds``, by kind (convolution, matrix product, attention)."""
     import torch
 
@@ -74,7 +77,7 @@ def flops_by_kind(package: Any, component: str, feeds: dict[str, np.ndarray]) ->
     return dict(totals)
 
 
-def profile_calls(package: Any, component: str, threads: int | None, feeds: dict[str, np.ndarray],
+def profile_calls(package: ModelPackage, component: str, threads: int | None, feeds: dict[str, np.ndarray],
                   repeats: int) -> dict[str, Any]:
     """Per-node times of ``repeats`` calls after one warm-up, of the engine the runtime opens for ``component`` (same
     graph, session and run options): op type -> median seconds per call, plus the calls' wall times (taken with the
@@ -146,7 +149,7 @@ def summarise(profile: dict[str, Any], flops: dict[str, float], peak_gflops: flo
 COMPONENTS = ("unet", "vae_decoder")
 
 
-def component_feeds(package: Any, component: str, latent: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def component_feeds(package: ModelPackage, component: str, latent: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random inputs of one call: a guided UNet step (batch 2) or one image's decode."""
     constants = package.constants
     if component == "vae_decoder":

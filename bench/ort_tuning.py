@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.processes import absolute, run_module
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "ort default": {},
@@ -39,7 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 def fused_unet_path(package_root: Path) -> Path:
     """The UNet after ONNX Runtime's transformer optimizer (attention fused for the CPU provider), made once."""
-    from bench.coldstart import cache_dir
+    from core.integrity import cache_dir
     from core.package import ModelPackage
 
     package = ModelPackage.open(package_root)
@@ -168,12 +167,12 @@ def main() -> None:
     names = list(VARIANTS) if arguments.variants == "all" else arguments.variants.split(";")
     rows, results = [], []
     for name in names:
-        command = [sys.executable, "-m", "bench.ort_tuning", "--package", arguments.package, "--latent",
-                   arguments.latent, "--repeats", str(arguments.repeats), "--child", name]
+        command = ["--package", absolute(arguments.package), "--latent", arguments.latent, "--repeats",
+                   str(arguments.repeats), "--child", name]
         if arguments.threads:
             command += ["--threads", str(arguments.threads)]
         print(f"running: {name}", file=sys.stderr, flush=True)
-        completed = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        completed = run_module("bench.ort_tuning", command)
         if completed.returncode != 0:
             print(f"  failed: {completed.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
             results.append({"variant": name, "error": completed.stderr[-2000:]})

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.schedulers import make_scheduler
+
+if TYPE_CHECKING:
+    from runtime.pipeline import Pipeline
 
 PROMPT = "a red fox in the snow, detailed fur, golden hour"
 
 
 def measure_samplers(
-    pipe: Any, names: Sequence[str], step_counts: Sequence[int], size: int, rounds: int,
+    pipe: Pipeline, names: Sequence[str], step_counts: Sequence[int], size: int, rounds: int,
     progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
     """Seconds per image (median over ``rounds``), UNet calls and the scheduler's own seconds per case."""

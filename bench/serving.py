@@ -16,7 +16,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtime.pipeline import Pipeline
+    from serve.service import ServeConfig
 
 PROMPT = "a red fox in the snow, detailed fur, golden hour"
 
@@ -26,10 +30,12 @@ def measure_serving(
     requests_per_client: int, threads: int | None, ray_replicas: int = 0, max_wait_s: float = 0.0,
     progress: Callable[[str], None] = lambda line: None,
 ) -> dict[str, Any]:
+    from bench.processes import absolute
     from runtime import Pipeline
     from runtime.batching import BatchSettings
     from serve.service import ServeConfig
 
+    package = Path(absolute(package))  # Ray's replicas run in another working directory
     config = ServeConfig(package=package, threads=threads, device="cpu", warmup=True, timeout_s=3600,
                          batch=BatchSettings(max_batch=max_batch, max_wait_s=max_wait_s, max_queue=4 * max(concurrency)))
     setups = {"batching off": replace(config, batch=replace(config.batch, max_batch=1)), "batching on": config}
@@ -61,7 +67,7 @@ def measure_serving(
 
 
 @contextlib.contextmanager
-def _in_process(pipe: Any, config: Any) -> Iterator[str]:
+def _in_process(pipe: Pipeline, config: ServeConfig) -> Iterator[str]:
     from serve.app import create_app
     from serve.local import serve_in_thread
     from serve.service import ImageService
@@ -71,7 +77,7 @@ def _in_process(pipe: Any, config: Any) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _on_ray(config: Any, replicas: int) -> Iterator[str]:
+def _on_ray(config: ServeConfig, replicas: int) -> Iterator[str]:
     from ray import serve
 
     from serve.ray_app import application, ray_serve

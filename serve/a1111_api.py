@@ -23,6 +23,7 @@ from runtime.images import png_bytes
 from runtime.pipeline import GenerationResult
 from runtime.schedulers import NOT_IMPLEMENTED, SHORT_NAMES, WEB_UI_NAMES
 from serve.fields import ApiInputError, check_object, take
+from serve.formats import ApiFormat, Listing
 
 DEFAULT_STEPS = 20
 UNSUPPORTED = {
@@ -162,11 +163,21 @@ def web_ui_name(scheduler: str) -> str:
 _WEB_UI_BY_CLASS = {SHORT_NAMES[short][0]: name for name, short in WEB_UI_NAMES.items() if not SHORT_NAMES[short][1]}
 
 
-def samplers() -> list[dict[str, Any]]:
-    """``GET /sdapi/v1/samplers``."""
+def samplers(model_name: str = "") -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/samplers`` (every model has them all)."""
     return [{"name": name, "aliases": [short], "options": {}} for name, short in WEB_UI_NAMES.items()]
+
+
+def sd_models(model_name: str) -> list[dict[str, Any]]:
+    """``GET /sdapi/v1/sd-models``: the one model this server serves."""
+    return [{"title": model_name, "model_name": model_name, "hash": None, "filename": model_name}]
 
 
 def error(message: str, kind: str) -> dict[str, Any]:
     """The web UI's (FastAPI's) error body."""
     return {"error": kind, "detail": message, "body": None, "errors": message}
+
+
+TXT2IMG = ApiFormat("a1111", "/sdapi/v1/txt2img", parse, response, error,
+                    listings=(Listing("/sdapi/v1/samplers", samplers), Listing("/sdapi/v1/sd-models", sd_models)))
+IMG2IMG = ApiFormat("a1111_img2img", "/sdapi/v1/img2img", parse_img2img, response, error)

@@ -1,4 +1,5 @@
-"""The HTTP image service (Starlette, run by uvicorn or as Ray Serve's ingress):
+"""The HTTP image service (Starlette, run by uvicorn or as Ray Serve's ingress), its API routes built from the
+``ApiFormat`` records of ``serve/apis.py``:
 
     POST /v1/images/generations   OpenAI Images API (serve/openai_api.py)
     POST /sdapi/v1/txt2img        AUTOMATIC1111's API (serve/a1111_api.py); also /sdapi/v1/img2img (image-to-image
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from starlette.applications import Starlette
@@ -29,9 +30,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from runtime.errors import PipelineInputError
-from serve import a1111_api
+from serve.apis import FORMATS
+from serve.formats import ApiFormat, Listing
 from serve.metrics import CONTENT_TYPE
-from serve.service import API_FORMATS, Disconnected, Reply
+from serve.service import Disconnected, Reply
 
 log = logging.getLogger(__name__)
 
@@ -57,22 +59,6 @@ def create_app(backend: Backend, manage_backend: bool = True,
     listens, so that /healthz answers and /readyz says 503 while a large model loads, and drain it at shutdown; a host
     that runs it itself passes False. ``on_start_failure``: called if starting fails (``cli.py serve`` exits)."""
     start_error: list[BaseException] = []
-
-    async def openai_generations(request: Request) -> Response:
-        return await _answer(backend, request, "openai")
-
-    async def a1111_txt2img(request: Request) -> Response:
-        return await _answer(backend, request, "a1111")
-
-    async def a1111_img2img(request: Request) -> Response:
-        return await _answer(backend, request, "a1111_img2img")
-
-    async def samplers(request: Request) -> Response:
-        return JSONResponse(a1111_api.samplers())
-
-    async def models(request: Request) -> Response:
-        name = backend.model_name()
-        return JSONResponse([{"title": name, "model_name": name, "hash": None, "filename": name}])
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"}, headers=_replica(backend))
@@ -113,11 +99,7 @@ def create_app(backend: Backend, manage_backend: bool = True,
 
     return Starlette(
         routes=[
-            Route("/v1/images/generations", openai_generations, methods=["POST"]),
-            Route("/sdapi/v1/txt2img", a1111_txt2img, methods=["POST"]),
-            Route("/sdapi/v1/img2img", a1111_img2img, methods=["POST"]),
-            Route("/sdapi/v1/samplers", samplers, methods=["GET"]),
-            Route("/sdapi/v1/sd-models", models, methods=["GET"]),
+            *api_routes(backend, FORMATS),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
@@ -126,13 +108,35 @@ def create_app(backend: Backend, manage_backend: bool = True,
     )
 
 
-async def _answer(backend: Backend, request: Request, api: str) -> Response:
-    try:
-        timeout_s = _timeout(request)
-    except PipelineInputError as exc:
-        return JSONResponse(API_FORMATS[api][2](str(exc), "invalid"), status_code=422, headers=_replica(backend))
-    reply = await backend.respond(api, await request.body(), timeout_s, request.is_disconnected)
-    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def api_routes(backend: Backend, formats: tuple[ApiFormat, ...]) -> list[Route]:
+    """Each API's route (answered by ``backend`` in the API's own shapes) and its listings, in ``formats`` order."""
+    routes = []
+    for api in formats:
+        routes.append(Route(api.path, _answering(backend, api), methods=[api.method], name=api.name))
+        routes += [Route(listing.path, _listing(backend, listing), methods=["GET"]) for listing in api.listings]
+    return routes
+
+
+def _answering(backend: Backend, api: ApiFormat) -> Endpoint:
+    async def answer(request: Request) -> Response:
+        try:
+            timeout_s = _timeout(request)
+        except PipelineInputError as exc:
+            return JSONResponse(api.error(str(exc), "invalid"), status_code=422, headers=_replica(backend))
+        reply = await backend.respond(api.name, await request.body(), timeout_s, request.is_disconnected)
+        return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+    return answer
+
+
+def _listing(backend: Backend, listing: Listing) -> Endpoint:
+    async def answer(request: Request) -> Response:
+        return JSONResponse(listing.answer(backend.model_name()))
+
+    return answer
 
 
 def _timeout(request: Request) -> float | None:

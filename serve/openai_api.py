@@ -12,6 +12,7 @@ from typing import Any
 from runtime.images import png_bytes
 from runtime.pipeline import GenerationResult
 from serve.fields import ApiInputError, check_object, size_pair, take
+from serve.formats import ApiFormat
 
 MAX_N = 10
 IGNORED = ("model", "quality", "style", "user", "moderation", "background", "output_compression")
@@ -67,3 +68,6 @@ def response(result: GenerationResult, body: Any = None, model_name: str = "") -
 def error(message: str, kind: str) -> dict[str, Any]:
     """OpenAI's error body (the official client raises it as ``openai.APIStatusError`` with this message)."""
     return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+
+
+GENERATIONS = ApiFormat("openai", "/v1/images/generations", parse, response, error)

@@ -40,9 +40,10 @@ from ray.serve.config import HTTPOptions
 from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 
 from runtime.errors import PipelineError
+from serve.apis import API_FORMATS
 from serve.app import create_app
 from serve.metrics import ServiceMetrics
-from serve.service import API_FORMATS, Disconnected, ImageService, Reply, ServeConfig
+from serve.service import Disconnected, ImageService, Reply, ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class RayBackend:
         return reply
 
     async def _forward(self, api: str, raw: bytes, timeout_s: float | None, disconnected: Disconnected | None) -> Reply:
-        error_body = API_FORMATS[api][2]
+        error_body = API_FORMATS[api].error
         # One deadline for the whole request: Ray's queue and every retry count against it.
         deadline = time.monotonic() + self.config.limit_s(timeout_s)
         lost: list[str] = []
@@ -197,8 +198,8 @@ def application(config: ServeConfig, replicas: int = 1, gpus_per_replica: float 
 def _forwarded_environment() -> dict[str, str]:
     """What replicas need from the driver's environment: this repository on their path, the same cache folder."""
     forwarded = {"PYTHONPATH": str(ROOT)}
-    if "DIFFSHIP_CACHE" in os.environ:
-        forwarded["DIFFSHIP_CACHE"] = os.environ["DIFFSHIP_CACHE"]
+    if "DIFFSHIP_CACHE" in os.environ:  # absolute: replicas run in another working directory
+        forwarded["DIFFSHIP_CACHE"] = str(Path(os.environ["DIFFSHIP_CACHE"]).resolve())
     return forwarded
 
 

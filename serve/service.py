@@ -20,7 +20,7 @@ from runtime.batching import Batcher, BatcherClosed, BatchSettings, DeadlineExce
 from runtime.calls import Call
 from runtime.errors import PipelineCancelled, PipelineError, PipelineInputError
 from runtime.pipeline import GenerationResult, Pipeline
-from serve import a1111_api, openai_api
+from serve.apis import API_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -114,27 +114,27 @@ class ImageService:
 
     async def respond(self, api: str, raw: bytes, timeout_s: float | None = None,
                       disconnected: Disconnected = _never_disconnected) -> Reply:
-        """Answer one request of ``api`` (``openai``, ``a1111``, ``a1111_img2img``) whose body is ``raw`` JSON; metrics
-        recorded."""
+        """Answer one request of ``api`` (an ``ApiFormat``'s name: ``openai``, ``a1111``, ``a1111_img2img``) whose body
+        is ``raw`` JSON; metrics recorded."""
         received = time.perf_counter()
         reply = await self._reply(api, raw, timeout_s, disconnected)
         self.metrics.observe_request(api, reply.outcome, time.perf_counter() - received, reply.images)
         return replace(reply, headers={**reply.headers, "X-Diffship-Replica": self.replica})
 
     async def _reply(self, api: str, raw: bytes, timeout_s: float | None, disconnected: Disconnected) -> Reply:
-        parse, respond, error_body = API_FORMATS[api]
+        spoken = API_FORMATS[api]
         try:
             if not self.ready:
                 raise BatcherClosed("the service is shutting down" if self.draining else
                                     "the service is starting (engines loading or warming up); retry shortly")
             body = _json(raw)
-            call = await asyncio.to_thread(self.prepare, parse(body))  # an image call may open the VAE encoder
+            call = await asyncio.to_thread(self.prepare, spoken.parse(body))  # an image call may open the VAE encoder
             result = await self.generate(call, disconnected, timeout_s)
-            payload = await asyncio.to_thread(respond, result, body, self.model_name())
+            payload = await asyncio.to_thread(spoken.response, result, body, self.model_name())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status and a message
             status, outcome, headers = classify(exc)
             message = str(exc) if outcome != "failed" or isinstance(exc, PipelineError) else "internal error (logged)"
-            return Reply(status, error_body(message, outcome), headers, outcome)
+            return Reply(status, spoken.error(message, outcome), headers, outcome)
         return Reply(200, payload, images=len(result.images))
 
     def prepare(self, arguments: dict[str, Any]) -> Call:
@@ -192,11 +192,3 @@ def _json(raw: bytes) -> Any:
 def _refuse_constant(name: str) -> Any:
     raise PipelineInputError(f"the request body holds {name}, which JSON does not have; give finite numbers")
 
-
-API_FORMATS: dict[str, tuple[Callable[[Any], dict[str, Any]], Callable[[GenerationResult, Any, str], Any],
-                             Callable[[str, str], dict[str, Any]]]] = {
-    "openai": (openai_api.parse, openai_api.response, openai_api.error),
-    "a1111": (a1111_api.parse, a1111_api.response, a1111_api.error),
-    "a1111_img2img": (a1111_api.parse_img2img, a1111_api.response, a1111_api.error),
-}
-"""Each API's (parse body -> Pipeline arguments, format result, error body)."""

@@ -4,7 +4,10 @@ fails on a package whose ONNX was deliberately perturbed)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 from onnx import numpy_helper
 
 from core.package import ModelPackage
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 
 def test_bench_quick_writes_table_json_and_plots(tiny_package: Path, tmp_path: Path) -> None:
@@ -43,6 +46,47 @@ def test_bench_quick_writes_table_json_and_plots(tiny_package: Path, tmp_path: P
     assert data["machine"]["versions"]["onnxruntime"]
     for plot in ("latency_vs_steps.png", "stage_breakdown.png"):
         assert (out.parent / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def run_cli_in(folder: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``python /path/to/cli.py ARGS`` from ``folder``, as a user outside the repository runs it."""
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True, cwd=folder,
+                          env={**os.environ, **env}, timeout=900)
+
+
+def elsewhere(tmp_path: Path, **links: Path) -> Path:
+    """A working folder outside the repository, with ``links`` (name -> folder) to reach things by relative paths
+    that mean nothing from the repository root."""
+    folder = tmp_path / "elsewhere"
+    folder.mkdir()
+    for name, target in links.items():
+        (folder / name).symlink_to(target, target_is_directory=True)
+        assert not (ROOT / name).exists()
+    return folder
+
+
+def test_bench_with_relative_paths_from_another_folder_writes_every_figure(tiny_package: Path, tmp_path: Path) -> None:
+    # The cold-start processes run in the repository: a relative package or cache folder must reach them resolved.
+    folder = elsewhere(tmp_path, my_packages=tiny_package.parent)
+    done = run_cli_in(folder, "bench", "--package", f"my_packages/{tiny_package.name}", "--steps", "1", "--repeats", "1",
+                      "--json", "out/bench.json", env={"DIFFSHIP_CACHE": "cache"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads((folder / "out" / "bench.json").read_text())
+    assert list(data["cold_start"]) == ["diffusers", "diffship ort", "diffship ort, first start"]
+    assert all(figures["first_image_s"] > 0 for figures in data["cold_start"].values())
+    assert list((folder / "cache").glob("reference-*/model_index.json"))  # the cache folder as the user meant it
+
+
+def test_bench_lora_with_relative_paths_from_another_folder_measures_both_sides(
+    tiny_package: Path, lora_files: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = elsewhere(tmp_path, my_packages=tiny_package.parent, my_loras=lora_files["r4"].parent)
+    done = run_cli_in(folder, "bench-lora", "--package", f"my_packages/{tiny_package.name}", "--lora", "my_loras/r4.safetensors",
+                      "--lora", "my_loras/r8.safetensors", "--rounds", "1", "--processes", "1", "--json", "lora.json",
+                      env={"DIFFSHIP_CACHE": "cache"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((folder / "lora.json").read_text())["summary"]
+    assert all(summary[side][f"to_{kind}"]["count"] == 1 for side in ("diffship", "diffusers") for kind in "AB")
 
 
 # Every scheduler's end-to-end parity is tests/parity/test_pipeline_parity.py's; here the command, on a few.

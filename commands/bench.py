@@ -62,7 +62,7 @@ def bench(package: Path, size: int | None, height: int | None, width: int | None
     Prints latency (median, min, max; ratio to diffusers), the per-stage breakdown, the runtime's time outside its
     engines, and cold start; writes every raw figure to --json and PNG plots beside it.
     """
-    from bench.harness import BackendChoice, BenchSettings, format_tables, run_bench, write_outputs
+    from bench.harness import BackendChoice, BenchSettings, bench_to_files, format_tables
     from core.package import ModelPackage
 
     constants = ModelPackage.open(package).constants
@@ -79,8 +79,9 @@ def bench(package: Path, size: int | None, height: int | None, width: int | None
         guidance=guidance, scheduler=scheduler, prompt=prompt, backends=tuple(contenders), threads=threads,
         device=device, cold_start=cold_start, task=task, strength=strength,
     )
-    result = run_bench(settings, progress=lambda line: click.echo(line, err=True))
-    written = write_outputs(result, json_path, plot_dir or json_path.parent)
+    # Written as it goes: a late failure (a cold-start process, minutes in) loses none of the figures measured.
+    result, written = bench_to_files(settings, json_path, plot_dir or json_path.parent,
+                                     progress=lambda line: click.echo(line, err=True))
     click.echo(format_tables(result))
     click.echo("wrote " + ", ".join(str(p) for p in written))
 

@@ -38,7 +38,7 @@ import numpy as np
 
 from core.errors import PackageError
 from core.package import ModelPackage
-from engines.backend import OpenRequest, Selection, get_backend, open_engines
+from engines.backend import OpenRequest, OpenSettings, Selection, get_backend, open_engines
 from engines.base import EngineBase
 from runtime.calls import Call, Cancel, guidance_scales, image_slices
 from runtime.conditioning import (
@@ -176,10 +176,11 @@ class Pipeline:
         ``(path, scale)`` (see ``set_loras``).
         """
         package = ModelPackage.open(path)
-        request = OpenRequest(precision=precision, engine_set=engine_set, device=device, threads=threads,
-                              cuda_graphs=cuda_graphs, options=ort_options if backend == "ort" else None)
-        tokenizer, tokenizer_2, scheduler_config = _read_text_side(package)
         chosen_backend = get_backend(backend)
+        options = chosen_backend.options(OpenSettings(device=device, threads=threads, cuda_graphs=cuda_graphs,
+                                                      options=ort_options))
+        request = OpenRequest(precision=precision, engine_set=engine_set, options=options)
+        tokenizer, tokenizer_2, scheduler_config = _read_text_side(package)
         selection = chosen_backend.select(package, request)
         lora_requests = [LoraRequest.parse(lora) for lora in loras]
         _, weights = lora_weights(package, selection, lora_requests)

@@ -52,9 +52,19 @@ def write_json_atomic(path: Path, data: Any) -> None:
     write_bytes_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-_LEFTOVER = re.compile(r"^\..+\.(partial|old)-(?:(\d+)-)?[^/]*$")
+_LEFTOVER = re.compile(r"^\..+\.(partial|old)-(?:(\d+)-(?:s(\d+)-)?)?[^/]*$")
 LEGACY_LEFTOVER_AGE_S = 3600.0
 """A work folder without the owner's pid in its name (written by diffship 0.1) is stale after this long."""
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from ``/proc/<pid>/stat``), or None where there is no
+    /proc or no such process: with the pid it names one process for good, since pids are reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name before ")" may hold spaces
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _alive(pid: int) -> bool:
@@ -67,9 +77,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _owner_alive(pid: int, started: int | None) -> bool:
+    """Whether the process that made a work folder still runs: ``pid`` is alive and, where the folder recorded when
+    its owner started, it is still that process (not a later one given the same pid)."""
+    if pid == os.getpid():
+        return True
+    if not _alive(pid):
+        return False
+    if started is None:
+        return True
+    now = _start_time(pid)
+    return now is None or now == started
+
+
+def _owner_tag() -> str:
+    """``<pid>-s<start>`` (``<pid>`` where the start time cannot be read): who owns a work folder, in its name."""
+    started = _start_time(os.getpid())
+    return f"{os.getpid()}-s{started}" if started is not None else str(os.getpid())
+
+
 def remove_stale_work(parent: Path) -> list[Path]:
     """Remove work folders in ``parent`` that a killed run left behind (their owner's process is gone); returns
-    them. A run killed by SIGKILL cannot clean up after itself: the next run in the same place does."""
+    them. A run killed by SIGKILL cannot clean up after itself: the next run in the same place does. A folder whose
+    owner still runs is never touched."""
     removed = []
     try:
         entries = list(parent.iterdir()) if parent.is_dir() else []
@@ -79,8 +109,8 @@ def remove_stale_work(parent: Path) -> list[Path]:
         match = _LEFTOVER.match(entry.name)
         if match is None or not entry.is_dir():
             continue
-        owner = match.group(2)
-        if owner is not None and (int(owner) == os.getpid() or _alive(int(owner))):
+        owner, started = match.group(2), match.group(3)
+        if owner is not None and _owner_alive(int(owner), int(started) if started is not None else None):
             continue
         if owner is None and time.time() - entry.stat().st_mtime < LEGACY_LEFTOVER_AGE_S:
             continue
@@ -95,11 +125,11 @@ def remove_stale_work(parent: Path) -> list[Path]:
 @contextlib.contextmanager
 def work_folder(parent: Path, label: str) -> Iterator[Path]:
     """A hidden scratch folder in ``parent`` (same file system, so its files move into place with a rename),
-    removed when the block ends, whether it succeeded or not. Its name carries this process's id, so that a later run
-    can tell one left by a killed process (``remove_stale_work``)."""
+    removed when the block ends, whether it succeeded or not. Its name records this process (pid and start time), so
+    that a later run can tell one left by a killed process (``remove_stale_work``)."""
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_work(parent)
-    folder = Path(tempfile.mkdtemp(prefix=f".{label}.partial-{os.getpid()}-", dir=parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".{label}.partial-{_owner_tag()}-", dir=parent))
     try:
         yield folder
     finally:
@@ -126,7 +156,7 @@ def publish_folder(staging: Path, destination: Path) -> None:
         _make_readable(path)
     trash = None
     if destination.exists():
-        trash = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-{os.getpid()}-", dir=destination.parent))
+        trash = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-{_owner_tag()}-", dir=destination.parent))
         os.replace(destination, trash / "previous")
     os.replace(staging, destination)
     if trash is not None:

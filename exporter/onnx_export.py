@@ -26,7 +26,7 @@ import onnx
 import torch
 
 from core.specs import ComponentSpec
-from engines.onnx_graphs import save_onnx
+from engines.onnx.graphs import save_onnx
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from core.metrics import random_feeds, verification_dims
 from core.package import ModelPackage, is_package
 from core.progress import ElapsedLog
 from core.specs import PipelineConstants, dim_multiples, symbolic_dims
-from engines.weight_maps import map_weights
+from engines.onnx.weight_maps import map_weights
 from exporter.families import family_exporter
 from exporter.onnx_export import ExportOptions, export_component, parameter_bytes, streams_weights
 from exporter.sources import SourceModels, check_source_arguments, load_source

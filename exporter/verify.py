@@ -16,7 +16,7 @@ import torch
 
 from core.metrics import Verification, verify_outputs
 from core.specs import ComponentSpec
-from engines.ort.session import open_session, run_session
+from engines.onnx.session import open_session, run_session
 from exporter.onnx_export import STREAM_BYTES
 
 

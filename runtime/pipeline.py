@@ -41,7 +41,7 @@ import numpy as np
 
 from core.errors import PackageError
 from core.package import ModelPackage
-from engines.backend import Backend, OpenRequest, Selection, get_backend
+from engines.backend import Backend, OpenRequest, OpenSettings, Selection, get_backend
 from engines.base import EngineBase
 from runtime.calls import Call, Cancel, guidance_scales, image_slices
 from runtime.conditioning import (
@@ -167,11 +167,12 @@ class Pipeline:
             raise PipelineInputError(f"from_package takes the path of a package folder (str or os.PathLike), got "
                                      f"{type(path).__name__} {path!r:.60}")
         package = ModelPackage.open(path)
+        chosen_backend = get_backend(backend)
+        options = chosen_backend.options(OpenSettings(device=device, threads=threads, cuda_graphs=cuda_graphs,
+                                                      options=ort_options))
+        request = OpenRequest(precision=precision, engine_set=engine_set, options=options)
         text = open_text_side(package)
         scheduler_config = _read_scheduler_config(package)
-        chosen_backend = get_backend(backend)
-        request = OpenRequest(precision=precision, engine_set=engine_set, device=device, threads=threads,
-                              cuda_graphs=cuda_graphs, options=ort_options if backend == "ort" else None)
         selection = chosen_backend.select(package, request)
         lora_requests = [LoraRequest.parse(lora) for lora in loras]
         _, weights = lora_weights(package, selection, lora_requests)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from core.families import get_family
 from core.manifest import ComponentVariant, Manifest
 from core.package import ModelPackage
 from core.specs import ComponentSpec, PipelineConstants, ShapeProfile, TextEncoderConstants
-from engines.backend import OpenRequest, Selection
+from engines.backend import BackendOptions, OpenRequest, OpenSettings, Selection, own_options, refuse_settings
 from engines.base import EngineBase, check_feeds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,10 +115,19 @@ def write_package(
     return root
 
 
+@dataclass(frozen=True)
+class NumpyOptions(BackendOptions):
+    """``NumpyBackend``'s options: none; numpy runs where the test does."""
+
+
 class NumpyBackend:
     """A backend over numpy functions, plugged in with ``register_backend("numpy", NumpyBackend)``."""
 
     name = "numpy"
+
+    def options(self, settings: OpenSettings) -> NumpyOptions:
+        refuse_settings(self.name, settings, ("auto", "cpu"), "numpy functions run in the calling thread, on the CPU")
+        return own_options(self.name, NumpyOptions, settings.options) or NumpyOptions()
 
     def __init__(self, profiles: Mapping[str, ShapeProfile] | None = None, functions: Mapping[str, Function] | None = None) -> None:
         self.profiles = dict(profiles or {})
@@ -125,6 +135,7 @@ class NumpyBackend:
         self.opened: list[FakeEngine] = []
 
     def select(self, package: ModelPackage, request: OpenRequest) -> Selection:
+        own_options(self.name, NumpyOptions, request.options)
         return Selection(self.name, request.precision or "fp32")
 
     def open(

@@ -13,11 +13,11 @@ from dataclasses import replace
 
 from core.manifest import OrtEngineSet
 from core.package import ModelPackage
-from engines.backend import OpenRequest, Selection
+from engines.backend import OpenRequest, OpenSettings, Selection, own_options
 from engines.base import EngineBase
 from engines.errors import EngineError
+from engines.onnx.session import cuda_available, import_onnxruntime
 from engines.ort.engine import OrtEngine, OrtOptions
-from engines.ort.session import cuda_available, import_onnxruntime
 from engines.ort.targets import cpu_tag, ort_engine_set_name
 
 __all__ = ["OrtBackend", "OrtEngine", "OrtOptions", "cpu_tag", "cuda_available", "import_onnxruntime"]
@@ -48,16 +48,19 @@ def default_precision(package: ModelPackage) -> str:
 class OrtBackend:
     name = "ort"
 
-    @staticmethod
-    def options(request: OpenRequest) -> OrtOptions:
-        if request.options is not None:
-            if not isinstance(request.options, OrtOptions):
-                raise EngineError(f"the ort backend takes OrtOptions, not {type(request.options).__name__}")
-            return replace(request.options, cuda_graph=request.options.cuda_graph or request.cuda_graphs)
-        return OrtOptions(device=request.device, threads=request.threads, cuda_graph=request.cuda_graphs)
+    def options(self, settings: OpenSettings) -> OrtOptions:
+        """Every generic setting applies (``OrtOptions`` checks the values); an ``OrtOptions`` given whole overrides
+        ``device`` and ``threads``, and ``cuda_graphs`` adds to its own."""
+        given = own_options(self.name, OrtOptions, settings.options)
+        if given is not None:
+            return replace(given, cuda_graph=given.cuda_graph or settings.cuda_graphs)
+        return OrtOptions(device=settings.device, threads=settings.threads, cuda_graph=settings.cuda_graphs)
+
+    def _options(self, request: OpenRequest) -> OrtOptions:
+        return own_options(self.name, OrtOptions, request.options) or self.options(OpenSettings())
 
     def select(self, package: ModelPackage, request: OpenRequest) -> Selection:
-        options = self.options(request)
+        options = self._options(request)
         precision = request.precision or default_precision(package)
         sets = package.manifest.engines
         if request.engine_set is not None:
@@ -102,7 +105,7 @@ class OrtBackend:
     def open(
         self, package: ModelPackage, selection: Selection, components: Sequence[str], request: OpenRequest
     ) -> dict[str, EngineBase]:
-        options = self.options(request)
+        options = self._options(request)
         engine_set = selection.engine_set
         engines: dict[str, EngineBase] = {}
         try:

@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 
 from core.manifest import EngineEntry, EngineSet, OrtEngineEntry, OrtEngineSet
-from core.metrics import verification_dims, verify_on_feeds, verify_outputs
+from core.metrics import Verification, verification_dims, verify_on_feeds, verify_outputs
 from core.package import ModelPackage
 from engines.build import BuildJob, BuildOutcome, Compiled, build_engine_set
 from engines.errors import EngineError
-from engines.ort.session import import_onnxruntime, open_session, run_session
+from engines.onnx.feeds import vocab_size
+from engines.onnx.session import import_onnxruntime, open_session, run_session
 from engines.ort.targets import TARGETS, ort_engine_set_name, target_tag
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,35 @@ def _remove_dead_nodes(model: Any) -> None:
 
 
 @dataclass(frozen=True)
+class OrtJob:
+    """``build-ort``'s settings for one component."""
+
+    quantize: bool
+    """int8 only: this component is quantized on recorded inputs (``QUANTIZED_COMPONENTS``); the others of an int8
+    set are built as for fp32."""
+
+
+@dataclass(frozen=True)
+class OrtCompiled:
+    """What ``build-ort`` reports of one built graph."""
+
+    fused_attention: int
+    """Attention blocks rewritten into MultiHeadAttention."""
+
+
+@dataclass(frozen=True)
+class OrtCheck:
+    """The built graph against the exported one in ONNX Runtime (docs/design.md, "Parity bars")."""
+
+    verification: Verification
+    load_seconds: float
+    """How long the built graph's session took to open."""
+
+
+OrtOutcome = BuildOutcome[OrtCompiled, OrtCheck]
+
+
+@dataclass(frozen=True)
 class OrtBuilder:
     """``build-ort``'s half of the orchestration: fuse, optimise for the target, check against the export."""
 
@@ -250,12 +280,15 @@ class OrtBuilder:
         if self.quantizes(component):
             inputs["int8"] = {"calibration": self.calibration_key}
         key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-        return BuildJob(component, variant, package.manifest.files[variant.onnx].sha256, key)
+        return BuildJob(component, variant, package.manifest.files[variant.onnx].sha256, key,
+                        OrtJob(self.quantizes(component)))
 
-    def compile(self, package: ModelPackage, job: BuildJob, work: Path, progress: Callable[[str], None]) -> Compiled:
+    def compile(
+        self, package: ModelPackage, job: BuildJob[OrtJob], work: Path, progress: Callable[[str], None]
+    ) -> Compiled[OrtCompiled]:
         import onnx
 
-        from engines.onnx_graphs import save_onnx
+        from engines.onnx.graphs import save_onnx
 
         started = time.perf_counter()
         component = job.component
@@ -269,7 +302,7 @@ class OrtBuilder:
             fused_path = work / "fused.onnx"
             save_onnx(model, fused_path, external=True)
             del model
-            if self.quantizes(component):
+            if job.settings.quantize:
                 fused_path = self._quantize(fused_path, work, progress, quantization)
             progress(f"{component}: {fused} attention blocks fused; optimising for this CPU and saving")
             open_session(fused_path, optimization="all", optimized_model=work / f"{component}.onnx")
@@ -278,10 +311,10 @@ class OrtBuilder:
         (work / f"{component}.build.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         files = [p.name for p in reversed(written) if p.is_file()]  # external data before the graph that names it
         files.append(f"{component}.build.json")
-        if job.source.weight_map is not None and not self.quantizes(component):  # int8 weights take no LoRA
+        if job.source.weight_map is not None and not job.settings.quantize:  # int8 weights take no LoRA
             progress(f"{component}: finding the LoRA-changeable weights in the built graph")
             files.append(self._map_weights(package, job, work))
-        return Compiled(tuple(files), time.perf_counter() - started, {"fused_attention": fused})
+        return Compiled(tuple(files), time.perf_counter() - started, OrtCompiled(fused))
 
     def _quantize(self, fused: Path, work: Path, progress: Callable[[str], None], report: dict[str, Any]) -> Path:
         from engines.ort.quantize import cpu_has_int8_dot_product, quantize_unet
@@ -310,11 +343,11 @@ class OrtBuilder:
             raise EngineError(f"unet: int8 quantization failed: {exc}") from exc
         return quantized
 
-    def _map_weights(self, package: ModelPackage, job: BuildJob, work: Path) -> str:
+    def _map_weights(self, package: ModelPackage, job: BuildJob[OrtJob], work: Path) -> str:
         """The built graph's weight map: the exported graph's weights found again (renamed, or reordered into
         NCHWc filters by the CPU optimiser), so that LoRAs apply to this graph too."""
         from core.weights import WeightMap
-        from engines.weight_maps import EXPORT_LAYOUTS, NCHWC_LAYOUTS, map_weights, torch_layout_weights
+        from engines.onnx.weight_maps import EXPORT_LAYOUTS, NCHWC_LAYOUTS, map_weights, torch_layout_weights
 
         assert job.source.weight_map is not None
         package.verify_file(job.source.weight_map)
@@ -331,17 +364,17 @@ class OrtBuilder:
         return name
 
     def verify(
-        self, package: ModelPackage, job: BuildJob, compiled: Compiled, work: Path, progress: Callable[[str], None]
-    ) -> dict[str, Any]:
+        self, package: ModelPackage, job: BuildJob[OrtJob], compiled: Compiled[OrtCompiled], work: Path,
+        progress: Callable[[str], None],
+    ) -> OrtCheck:
         component = job.component
         progress(f"{component}: checking the built graph against the exported one in ONNX Runtime")
         exported = open_session(package.path(job.source.onnx))
         tick = time.perf_counter()
         built = open_session(work / f"{component}.onnx", optimization="disable")
         load_seconds = time.perf_counter() - tick
-        vocab = len(json.loads(package.path("tokenizer/vocab.json").read_text(encoding="utf-8")))
         spec = job.source.spec.with_float_dtype("float32")
-        bar = "int8" if self.quantizes(component) else self.source_precision
+        bar = "int8" if job.settings.quantize else self.source_precision
         if bar == "int8":
             # Random inputs (text states of N(0, 1), say) lie outside every calibrated range; real ones do not.
             with np.load(work / INT8_HELD_OUT) as held:
@@ -353,7 +386,8 @@ class OrtBuilder:
         else:
             verification = verify_outputs(
                 spec, bar, verification_dims(package.constants),
-                lambda feeds: run_session(exported, feeds), lambda feeds: run_session(built, feeds), vocab,
+                lambda feeds: run_session(exported, feeds), lambda feeds: run_session(built, feeds),
+                vocab_size(package, component),
             )
         if not verification.passed:
             raise EngineError(f"{component}: the built graph misses the bar: {'; '.join(verification.failures)}")
@@ -362,15 +396,15 @@ class OrtBuilder:
         report.update(verification=verification.to_json(), load_seconds=load_seconds)
         report_path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         progress(f"{component}: within the {bar} bar ({verification.describe()}); loads in {load_seconds:.1f}s")
-        return {**verification.to_json(), "load_seconds": load_seconds}
+        return OrtCheck(verification, load_seconds)
 
-    def entry(self, set_name: str, job: BuildJob, compiled: Compiled) -> EngineEntry:
+    def entry(self, set_name: str, job: BuildJob[OrtJob], compiled: Compiled[OrtCompiled]) -> EngineEntry:
         graph = f"engines/{set_name}/{job.component}.onnx"
         data = tuple(f"engines/{set_name}/{name}" for name in compiled.files if name.endswith(".onnx.data"))
         return OrtEngineEntry(
             component=job.component, graph=graph, data_files=data, key=job.key,
             build_seconds=round(compiled.seconds, 3), source_onnx_sha256=job.source_sha256,
-            source_dtype=job.source.dtype, fused_attention=int(compiled.details.get("fused_attention", 0)),
+            source_dtype=job.source.dtype, fused_attention=compiled.details.fused_attention,
             report=f"engines/{set_name}/{job.component}.build.json",
             weight_map=next((f"engines/{set_name}/{name}" for name in compiled.files if name.endswith(".weights.json")),
                             None),
@@ -390,7 +424,7 @@ def build_ort_engines(
     target: str = "cpu",
     calibration: Calibration | None = None,
     calibration_key: str = "",
-) -> BuildOutcome:
+) -> OrtOutcome:
     """Build (or find up to date) the ``build-ort`` engine of every component for ``target`` (``cpu`` or ``cuda``);
     ``int8`` quantizes the UNet on ``calibration``'s recorded inputs (see ``engines.ort.quantize``)."""
     builder = OrtBuilder(precision, target, calibration=calibration, calibration_key=calibration_key)

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 
 from core.specs import ComponentSpec
+from engines.backend import BackendOptions
 from engines.base import EngineBase, check_feeds
 from engines.errors import EngineError, MissingLibraryError
-from engines.ort.session import GRAPH_OPTIMIZATION, import_onnxruntime, open_session
+from engines.onnx.session import GRAPH_OPTIMIZATION, import_onnxruntime, open_session
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ CUDA_DEFAULTS: Mapping[tuple[str, bool], Mapping[str, str]] = {
 
 
 @dataclass(frozen=True)
-class OrtOptions:
+class OrtOptions(BackendOptions):
+    """The ``ort`` backend's options (``OpenRequest.options``)."""
+
     device: str = "cpu"
     """``cpu``, ``cuda`` (needs onnxruntime-gpu and an NVIDIA GPU), or ``auto`` (CUDA when available)."""
     threads: int | None = None

@@ -40,8 +40,6 @@ class Library:
     module: ModuleType
     ahead_of_time: bool
     """Builds for listed compute capabilities without a GPU (TensorRT-RTX); else for the GPU present."""
-    always_strongly_typed: bool
-    """Networks are typed by the ONNX (TensorRT-RTX); full TensorRT also takes fp32 ONNX with the FP16 flag."""
 
 
 def is_real_library(module: ModuleType) -> bool:
@@ -70,7 +68,6 @@ def load_library(backend: str) -> Library:
         version=str(module.__version__),
         module=module,
         ahead_of_time=backend == "trt-rtx",
-        always_strongly_typed=backend == "trt-rtx",
     )
 
 

@@ -1,21 +1,25 @@
-"""``build-trt`` (build time): one builder for TensorRT and TensorRT-RTX, fp16 routes, graph sanitising, and a
-per-layer precision report captured from the builder itself (proof of precision without a GPU).
+"""``build-trt`` (build time): one builder for TensorRT and TensorRT-RTX, precision routes, graph sanitising, and a
+per-layer precision report captured from the builder itself (proof of precision without a GPU; ``layers``).
 
-Precision routes (docs/design.md, "TensorRT and TensorRT-RTX builds"):
-- TensorRT-RTX networks are strongly typed, so fp16 engines come from fp16 ONNX: the package's ``--dtype fp16``
-  export when present, else the fp32 export converted here (ONNX Runtime's float16 converter, de-duplicated and
-  re-sorted, then checked against fp32 in ONNX Runtime before use; half-precision export is the sturdier route).
-- Full TensorRT takes the fp16 export strongly typed when present, else the fp32 export with the FP16 builder flag
-  (TensorRT then keeps in fp32 whatever it judges fragile).
-- A VAE whose config sets ``force_upcast`` (SDXL's overflows in fp16) is built from its fp32 export in fp32 inside
-  an fp16 set, as diffusers decodes it; the runtime casts the latents to the engine's float32 input.
-Engines land in ``engines/<backend>-<archs>-<precision>/<component>.plan`` with a ``<component>.layers.json``
-report. Cache key, work folder, publishing and the manifest record are ``engines.build``'s.
+Precision routes (docs/design.md, "TensorRT and TensorRT-RTX builds"): every network is strongly typed, so the ONNX's
+types are the engine's precision, on TensorRT-RTX, TensorRT 10.x and TensorRT 11.x alike (11.0 removed weak typing:
+``BuilderFlag.FP16``/``INT8`` are gone and every network is strongly typed). fp16 engines come from fp16 ONNX: the
+package's ``--dtype fp16`` export when present, else the fp32 export converted (``engines.onnx.fp16``: ONNX Runtime's
+float16 converter, checked against fp32 in ONNX Runtime before use and added to the package; half-precision export is
+the sturdier route). No build sets a precision builder flag. A VAE whose config sets ``force_upcast`` (SDXL's
+overflows in fp16) is built from its fp32 export in fp32 inside an fp16 set, as diffusers decodes it; the runtime
+casts the latents to the engine's float32 input.
+
+Engines land in ``engines/<backend>-<archs>-<precision>[-<shapes>]/<component>.plan`` (``sets.engine_set_name``: a
+shape request other than the default one names its own set) with a ``<component>.layers.json`` report. Cache key,
+work folder, publishing and the manifest record are ``engines.build``'s; the key covers the sha256 of every file of
+the source ONNX (graph and external data).
 
 Refittable builds (``BuildRequest.refittable``, for LoRA without a rebuild): the weights the source ONNX's weight map
 lists are marked refittable one by one (``REFIT_INDIVIDUAL``), everything else stays constant for the optimiser, and
 ``<component>.weights.json`` beside the plan names the weights the plan can take (with their base values in the
-package's ONNX data). TensorRT-RTX 1.7 compiles refittable plans with CUDA, so they are built where a GPU is.
+package's ONNX data). Which refit flags, and why: ``mark_refittable``. TensorRT-RTX 1.7 compiles refittable plans with
+CUDA, so they are built where a GPU is.
 """
 
 from __future__ import annotations
@@ -24,54 +28,39 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
 from core.families import get_family
-from core.files import publish_files, work_folder, write_bytes_atomic
-from core.manifest import ComponentVariant, EngineEntry, EngineSet, Manifest, TrtEngineEntry, TrtEngineSet
-from core.metrics import verification_dims, verify_outputs
+from core.files import write_bytes_atomic
+from core.manifest import ComponentVariant, EngineEntry, EngineSet, TrtEngineEntry, TrtEngineSet
 from core.package import ModelPackage
 from core.profiles import shape_profiles
 from core.specs import BuildConfig, ShapeProfile, ShapeRequest
 from core.weights import WeightMap, read_stored
 from engines.build import BuildJob, BuildOutcome, Compiled, build_engine_set
 from engines.errors import EngineError
-from engines.onnx_graphs import sanitize_onnx, save_onnx
-from engines.ort.session import open_session, run_session
+from engines.onnx.fp16 import convert_to_fp16
+from engines.onnx.graphs import sanitize_onnx
 from engines.tensorrt import api
 from engines.tensorrt.api import RTX_ARCHS, Library, load_library, local_gpu_arch, normalize_arch
+from engines.tensorrt.layers import Counts, LayerSummary, describe_summary, parse_layer_report, summarize_layers
+from engines.tensorrt.sets import default_shape_request, engine_set_name
+
+if TYPE_CHECKING:
+    import tensorrt as trt_types  # the API as the tensorrt stubs describe it (engines/tensorrt/api.py)
 
 log = logging.getLogger(__name__)
 
-BUILD_SCHEMA = 1
-COMPUTE_LAYER_KINDS = {
-    # Myelin (the compiler behind TensorRT-RTX and TensorRT 10's fused regions) and classic TensorRT layer names.
-    "correlation": "convolution",
-    "convolution": "convolution",
-    "cask_convolution": "convolution",
-    "caskconvolution": "convolution",
-    "gemm": "matmul",
-    "matrixmultiply": "matmul",
-    "cask_gemm": "matmul",
-    "caskgemm": "matmul",
-}
-_MYELIN_LAYER = re.compile(
-    r"Name: (?P<name>.*?), LayerType: (?P<kind>\w+), Inputs: \[(?P<inputs>.*?)\], Constants: \[(?P<constants>.*?)\], "
-    r"Outputs: \[(?P<outputs>.*?)\], TacticName",
-    re.S,
-)
-_CLASSIC_LAYER = re.compile(r"^Layer\((?P<kind>\w+)\): (?P<name>.+?), Tactic: [^,]*, (?P<inputs>.*?) -> (?P<outputs>.*)$")
-_DTYPE_FIELD = re.compile(r"Datatype: (\w+)")
-_DTYPE_WORD = re.compile(r"\b(Half|Float|BFloat16|Int8|Int32|Int64|UInt8|Bool|FP8|FP4|Int4)\(")
+BUILD_SCHEMA = 2
+"""2: every network strongly typed (no FP16 builder flag); the key holds the source ONNX files' sha256."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +78,44 @@ class BuildRequest:
 
 @dataclass(frozen=True)
 class OnnxChoice:
+    """The ONNX a plan is built from; its types are the plan's precision (strongly typed networks)."""
+
     variant: ComponentVariant
-    strongly_typed: bool
-    fp16_flag: bool
     route: str
+    """How it was chosen, for reports: ``fp16 export``, ``fp16 (converted from fp32)``, ``fp32 export``, ..."""
+
+
+@dataclass(frozen=True)
+class TrtJob:
+    """``build-trt``'s settings for one component."""
+
+    choice: OnnxChoice
+    refit_map: str | None
+    """The source ONNX's weight map whose weights the plan marks refittable; None: a plain plan."""
+
+
+@dataclass(frozen=True)
+class TrtCompiled:
+    """What ``build-trt`` reports of one built plan."""
+
+    route: str
+    """The precision route (``OnnxChoice.route``)."""
+    plan_bytes: int
+    summary: LayerSummary
+    """The builder's own account of its layers' types."""
+    refittable: int | None = None
+    """How many weights the plan can refit; None: a plain plan."""
+
+
+@dataclass(frozen=True)
+class TrtCheck:
+    """What a TensorRT build can check without running the plan (which needs the GPU it was built for)."""
+
+    numeric: str
+    compute_layers: Counts
+
+
+TrtOutcome = BuildOutcome[TrtCompiled, TrtCheck]
 
 
 # ---------------------------------------------------------------------------------------------- targets
@@ -144,10 +167,6 @@ def resolve_archs(library: Library, requested: Sequence[str]) -> tuple[str, ...]
     return archs
 
 
-def engine_set_name(backend: str, archs: Sequence[str], precision: str) -> str:
-    return f"{backend}-{'+'.join(archs)}-{precision}"
-
-
 # ---------------------------------------------------------------------------------------------- the builder
 
 
@@ -167,6 +186,7 @@ class TensorRTBuilder:
         self.backend = self.library.backend
         self.config = replace(config, archs=resolve_archs(self.library, config.archs))
         self.shapes = shapes
+        self.default_shapes = default_shape_request(package.constants)
         family = get_family(package.manifest.family)
         self.refit_components = frozenset(family.adapters) if refittable else frozenset()
         """Components built refittable: the ones the family gives LoRAs to."""
@@ -175,16 +195,16 @@ class TensorRTBuilder:
         self.profiles = shape_profiles(shapes, package.constants, specs, family.guided)
 
     def set_name(self, package: ModelPackage) -> str:
-        return engine_set_name(self.library.backend, self.config.archs, self.config.precision)
+        return engine_set_name(self.library.backend, self.config.archs, self.config.precision, self.shapes,
+                               self.default_shapes)
 
-    def job(self, package: ModelPackage, component: str, progress: Callable[[str], None]) -> BuildJob:
-        choice = choose_onnx(package, component, self.config.precision, self.library, progress)
+    def job(self, package: ModelPackage, component: str, progress: Callable[[str], None]) -> BuildJob[TrtJob]:
+        choice = choose_onnx(package, component, self.config.precision, progress)
         files = ModelPackage.open(package.root).manifest.files  # a conversion may just have added the fp16 ONNX
         refit_map = self._refit_source(package, component, choice.variant)
-        key = engine_key(choice, self.profiles[component], self.config, self.library,
-                         files[refit_map].sha256 if refit_map is not None else None)
-        return BuildJob(component, choice.variant, files[choice.variant.onnx].sha256, key,
-                        {"choice": choice, "refit_map": refit_map})
+        key = engine_key(choice, [files[f].sha256 for f in choice.variant.files], self.profiles[component],
+                         self.config, self.library, files[refit_map].sha256 if refit_map is not None else None)
+        return BuildJob(component, choice.variant, files[choice.variant.onnx].sha256, key, TrtJob(choice, refit_map))
 
     def _refit_source(self, package: ModelPackage, component: str, variant: ComponentVariant) -> str | None:
         """The weight map of the ONNX a refittable plan is built from; None when the plan is not refittable."""
@@ -198,8 +218,10 @@ class TensorRTBuilder:
             )
         return variant.weight_map
 
-    def compile(self, package: ModelPackage, job: BuildJob, work: Path, progress: Callable[[str], None]) -> Compiled:
-        choice: OnnxChoice = job.settings["choice"]
+    def compile(
+        self, package: ModelPackage, job: BuildJob[TrtJob], work: Path, progress: Callable[[str], None]
+    ) -> Compiled[TrtCompiled]:
+        choice = job.settings.choice
         component, config = job.component, self.config
         progress(f"{component}: sanitising {choice.variant.onnx} (constant folding, clean-up, topological sort)")
         sanitized = sanitize_onnx(package.path(choice.variant.onnx), work / "sanitized.onnx")
@@ -208,7 +230,7 @@ class TensorRTBuilder:
                  + (f", {len(refit.slots)} weights refittable)" if refit is not None else ")"))
         tick = time.perf_counter()
         refit_names = tuple(slot.initializer for slot in refit.slots.values()) if refit is not None else None
-        plan, messages, refused = build_plan(sanitized, self.profiles[component], config, self.library, choice,
+        plan, messages, refused = build_plan(sanitized, self.profiles[component], config, self.library,
                                              _timing_cache_path(package, self.library), refit_names)
         seconds = time.perf_counter() - tick
         layers = parse_layer_report(messages)
@@ -216,23 +238,22 @@ class TensorRTBuilder:
         progress(f"{component}: built {len(plan) / 1e6:.1f} MB in {seconds:.1f}s; {describe_summary(summary)}")
         (work / f"{component}.plan").write_bytes(plan)
         report = {"library": self.library.name, "version": self.library.version, "archs": list(config.archs),
-                  "precision": config.precision, "route": choice.route, "summary": summary, "layers": layers}
+                  "precision": config.precision, "route": choice.route, "summary": summary.to_json(),
+                  "layers": [layer.to_json() for layer in layers]}
         (work / f"{component}.layers.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         files: tuple[str, ...] = (f"{component}.plan", f"{component}.layers.json")
-        details: dict[str, Any] = {"route": choice.route, "plan_bytes": len(plan), "summary": summary}
-        if refit is not None:
-            refit = without(refit, refused, "the TensorRT network has no weights of this name (its parser folded them)")
-            (work / f"{component}.weights.json").write_text(json.dumps(refit.to_json(), indent=1) + "\n",
-                                                            encoding="utf-8")
-            files += (f"{component}.weights.json",)
-            details["refittable"] = len(refit.slots)
-        return Compiled(files, seconds, details)
+        if refit is None:
+            return Compiled(files, seconds, TrtCompiled(choice.route, len(plan), summary))
+        refit = without(refit, refused, "the TensorRT network has no weights of this name (its parser folded them)")
+        (work / f"{component}.weights.json").write_text(json.dumps(refit.to_json(), indent=1) + "\n", encoding="utf-8")
+        files += (f"{component}.weights.json",)
+        return Compiled(files, seconds, TrtCompiled(choice.route, len(plan), summary, len(refit.slots)))
 
-    def _refit_map(self, package: ModelPackage, job: BuildJob, sanitized: Path) -> WeightMap | None:
+    def _refit_map(self, package: ModelPackage, job: BuildJob[TrtJob], sanitized: Path) -> WeightMap | None:
         """The weights to mark refittable (None: a plain plan)."""
-        if job.settings["refit_map"] is None:
+        if job.settings.refit_map is None:
             return None
-        refit = parsed_weight_map(package, job.settings["refit_map"], sanitized)
+        refit = parsed_weight_map(package, job.settings.refit_map, sanitized)
         if not refit.slots:
             raise EngineError(
                 f"{job.component}: none of the weights a LoRA changes is left in the graph TensorRT parses "
@@ -241,16 +262,17 @@ class TensorRTBuilder:
         return refit
 
     def verify(
-        self, package: ModelPackage, job: BuildJob, compiled: Compiled, work: Path, progress: Callable[[str], None]
-    ) -> dict[str, Any]:
+        self, package: ModelPackage, job: BuildJob[TrtJob], compiled: Compiled[TrtCompiled], work: Path,
+        progress: Callable[[str], None],
+    ) -> TrtCheck:
         # Running a plan needs a GPU it was built for; what can be checked anywhere is the builder's own account of
         # each layer's precision, recorded beside the plan. Pipelines are checked against ONNX Runtime on a GPU
         # (tests marked gpu).
-        return {"numeric": "not run at build time (ahead-of-time plans need their GPU)",
-                "compute_layers": compiled.details["summary"]["compute_layers"]}
+        return TrtCheck("not run at build time (ahead-of-time plans need their GPU)",
+                        compiled.details.summary.compute_layers)
 
-    def entry(self, set_name: str, job: BuildJob, compiled: Compiled) -> EngineEntry:
-        refittable = "refittable" in compiled.details
+    def entry(self, set_name: str, job: BuildJob[TrtJob], compiled: Compiled[TrtCompiled]) -> EngineEntry:
+        refittable = compiled.details.refittable is not None
         return TrtEngineEntry(
             component=job.component,
             plan=f"engines/{set_name}/{job.component}.plan",
@@ -260,7 +282,7 @@ class TensorRTBuilder:
             source_onnx_sha256=job.source_sha256,
             source_dtype=job.source.dtype,
             layer_report=f"engines/{set_name}/{job.component}.layers.json",
-            compute_layers=compiled.details["summary"]["compute_layers"],
+            compute_layers=compiled.details.summary.compute_layers,
             refittable=refittable,
             weight_map=f"engines/{set_name}/{job.component}.weights.json" if refittable else None,
         )
@@ -271,7 +293,7 @@ class TensorRTBuilder:
                             self.config.archs, self.config.precision, self.shapes, entries)
 
 
-def build_engines(request: BuildRequest, on_progress: Callable[[str], None] | None = None) -> BuildOutcome:
+def build_engines(request: BuildRequest, on_progress: Callable[[str], None] | None = None) -> TrtOutcome:
     """Build (or find up to date) a TensorRT / TensorRT-RTX engine for every requested component of the package."""
     package = ModelPackage.open(request.package)
     builder = TensorRTBuilder(package, request.config, request.shapes, request.refittable)
@@ -282,25 +304,18 @@ def build_engines(request: BuildRequest, on_progress: Callable[[str], None] | No
     return build_engine_set(request.package, builder, request.components, request.force, on_progress)
 
 
-def read_layer_summary(package: ModelPackage, entry: EngineEntry) -> dict[str, Any]:
-    """The precision summary of a built TensorRT engine, from its layer report ({} for any other entry)."""
-    if isinstance(entry, TrtEngineEntry) and entry.layer_report and package.path(entry.layer_report).is_file():
-        summary = json.loads(package.path(entry.layer_report).read_text(encoding="utf-8"))["summary"]
-        return dict(summary)
-    return {}
-
-
 def engine_key(
-    choice: OnnxChoice, profile: ShapeProfile, config: BuildConfig, library: Library, refit_map_sha256: str | None = None
+    choice: OnnxChoice, onnx_sha256: Sequence[str], profile: ShapeProfile, config: BuildConfig, library: Library,
+    refit_map_sha256: str | None = None,
 ) -> str:
-    """Digest of everything the plan depends on; ``refit_map_sha256``: the digest of the weight map whose weights a
-    refittable plan marks (None: not refittable, and the key is what it was before refittable builds existed)."""
+    """Digest of everything the plan depends on: ``onnx_sha256``, the digests of every file of the source ONNX
+    (graph and external data, in ``choice.variant.files`` order), so a re-export or conversion that changes any weight
+    rebuilds; ``refit_map_sha256``: the digest of the weight map whose weights a refittable plan marks (None: not
+    refittable)."""
     inputs = {
         "schema": BUILD_SCHEMA,
         "onnx": choice.variant.onnx,
-        "onnx_files": choice.variant.files,
-        "strongly_typed": choice.strongly_typed,
-        "fp16_flag": choice.fp16_flag,
+        "onnx_files": dict(zip(choice.variant.files, onnx_sha256, strict=True)),
         "profile": profile.to_json(),
         "precision": config.precision,
         "archs": list(config.archs),
@@ -317,143 +332,20 @@ def engine_key(
 # ---------------------------------------------------------------------------------------------- ONNX preparation
 
 
-def choose_onnx(
-    package: ModelPackage, component: str, precision: str, library: Library, progress: Callable[[str], None]
-) -> OnnxChoice:
-    """Which of the package's ONNX models feeds the builder, and how (see the module docstring)."""
+def choose_onnx(package: ModelPackage, component: str, precision: str, progress: Callable[[str], None]) -> OnnxChoice:
+    """Which of the package's ONNX models feeds the builder: the one whose types are the precision asked for (every
+    network is strongly typed; see the module docstring)."""
     variants = package.manifest.components[component]
     if precision == "fp32":
-        variant = package.variant(component, "fp32")
-        return OnnxChoice(variant, library.always_strongly_typed, False, "fp32 export")
+        return OnnxChoice(package.variant(component, "fp32"), "fp32 export")
     if package.constants.upcasts(component) and "fp32" in variants:
         # An fp16 VAE with force_upcast overflows to NaN at large sizes; the runtime casts its latents to fp32.
-        return OnnxChoice(package.variant(component, "fp32"), library.always_strongly_typed, False,
-                          "fp32 export (force_upcast)")
+        return OnnxChoice(package.variant(component, "fp32"), "fp32 export (force_upcast)")
     if "fp16" in variants:
-        route = "fp16 export" if not variants["fp16"].verification.get("converted_from") else "fp16 (converted from fp32)"
-        return OnnxChoice(variants["fp16"], True, False, route)
-    if not library.always_strongly_typed:
-        return OnnxChoice(package.variant(component, "fp32"), False, True, "fp32 export + FP16 builder flag")
+        converted = variants["fp16"].verification.get("converted_from")
+        return OnnxChoice(variants["fp16"], "fp16 (converted from fp32)" if converted else "fp16 export")
     progress(f"{component}: the package has no fp16 export; converting the fp32 ONNX (export --dtype fp16 is sturdier)")
-    variant = convert_to_fp16(package, component)
-    return OnnxChoice(variant, True, False, "fp16 (converted from fp32)")
-
-
-FP32_KEPT_OPS = ["Resize", "Range", "ConstantOfShape"]
-"""Ops kept in float32 by the converter: shape arithmetic, and Resize, whose scales must stay float32."""
-
-
-def convert_to_fp16(package: ModelPackage, component: str) -> ComponentVariant:
-    """fp32 ONNX -> fp16 ONNX (timestep stays float32), verified against fp32 in ONNX Runtime, added to the package."""
-    import onnx
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
-
-    source = package.variant(component, "fp32")
-    for relative in source.files:
-        package.verify_file(relative)
-    model = onnx.load(str(package.path(source.onnx)))
-    keep = [t.name for t in source.spec.inputs if t.name == "timestep"]
-    blocked_ops = DEFAULT_OP_BLOCK_LIST + FP32_KEPT_OPS
-    converted = convert_float_to_float16(
-        model, keep_io_types=keep or False, disable_shape_infer=True, op_block_list=blocked_ops,
-        node_block_list=_constants_only_for(model, set(blocked_ops)),
-    )
-    converted = _deduplicate_and_sort(converted)
-    relative = source.onnx.replace("model.onnx", "model_fp16.onnx")
-    folder = package.path(relative).parent
-    with work_folder(folder, "fp16") as scratch:
-        # Weights in external data, as the exporter writes them: where a weight map can point LoRA merges at them.
-        staged = save_onnx(converted, scratch / "model_fp16.onnx", external=True)
-        fp32, fp16 = open_session(package.path(source.onnx)), open_session(staged[0])
-        vocab = len(json.loads(package.path("tokenizer/vocab.json").read_text(encoding="utf-8")))
-        verification = verify_outputs(source.spec, "fp16", verification_dims(package.constants),
-                                      lambda feeds: run_session(fp32, feeds), lambda feeds: run_session(fp16, feeds),
-                                      vocab, seed=0)
-        if not verification.passed:
-            raise EngineError(
-                f"{component}: the fp32 -> fp16 conversion misses the fp16 bar ({'; '.join(verification.failures)}); "
-                "re-export the package with --dtype fp32,fp16 (half-precision export is the sturdier route)"
-            )
-        weight_map = _converted_weight_map(package, source, staged[0], relative)
-        if weight_map is not None:
-            (scratch / "model_fp16.weights.json").write_text(json.dumps(weight_map.to_json(), indent=1) + "\n",
-                                                             encoding="utf-8")
-        # External data before the graph that names it.
-        published = publish_files(scratch, [p.name for p in reversed(staged)], folder)
-        written = [str(p.relative_to(package.root)) for p in reversed(published)]
-        map_relative = None
-        if weight_map is not None:
-            (map_path,) = publish_files(scratch, ["model_fp16.weights.json"], folder)
-            map_relative = str(map_path.relative_to(package.root))
-    variant = ComponentVariant(
-        component=component,
-        dtype="fp16",
-        onnx=written[0],
-        files=tuple(written),
-        spec=source.spec.with_float_dtype("float16"),
-        verification={**verification.to_json(), "converted_from": "fp32",
-                      "method": "onnxruntime.transformers.float16 (timestep kept float32), checked against fp32 ONNX "
-                                "in ONNX Runtime"},
-        weight_map=map_relative,
-    )
-    listed = [*written, map_relative] if map_relative is not None else written
-
-    def record(manifest: Manifest) -> Manifest:
-        components = {**manifest.components, component: {**manifest.components[component], "fp16": variant}}
-        return replace(manifest.with_files(package.root, listed), components=components)
-
-    package.update_manifest(record)
-    return variant
-
-
-def _constants_only_for(model: Any, ops: set[str]) -> list[str]:
-    """Constant nodes read only by ``ops`` (kept float32): the converter would otherwise halve a Resize's scales
-    written as a Constant node (the legacy exporter's way), and ONNX Runtime then rejects the graph."""
-    readers: dict[str, list[str]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node.op_type)
-    return [node.name for node in model.graph.node if node.op_type == "Constant" and node.name
-            and all(readers.get(output) and set(readers[output]) <= ops for output in node.output)]
-
-
-def _converted_weight_map(
-    package: ModelPackage, source: ComponentVariant, graph: Path, graph_relative: str
-) -> WeightMap | None:
-    """The converted graph's weight map: the fp32 graph's mapped weights, converted as the converter converts them
-    (tiny values clamped, not flushed), found again by their bytes. None when the fp32 graph has no map."""
-    from onnxruntime.transformers.float16 import convert_np_to_float16
-
-    from engines.weight_maps import map_weights, torch_layout_weights
-
-    if source.weight_map is None:
-        return None
-    fp32_map = WeightMap.read(package.verify_file(source.weight_map), source.weight_map)
-    weights = {module: convert_np_to_float16(weight)
-               for module, weight in torch_layout_weights(package.root, fp32_map).items()}
-    weight_map = map_weights(graph, graph_relative, source.component, weights)
-    log.debug("%s fp16 (converted): %d weights mapped for LoRA", source.component, len(weight_map.slots))
-    return WeightMap(weight_map.component, weight_map.graph, weight_map.slots,
-                     {**fp32_map.unmapped, **weight_map.unmapped})
-
-
-def _deduplicate_and_sort(model: Any) -> Any:
-    """ONNX Runtime's float16 converter can emit the same Cast twice and out of order; drop repeats and re-sort."""
-    import onnx_graphsurgeon as gs
-
-    seen: set[tuple[Any, ...]] = set()
-    nodes = []
-    for node in model.graph.node:
-        signature = (node.op_type, tuple(node.input), tuple(node.output),
-                     tuple(a.SerializeToString() for a in node.attribute))
-        if signature not in seen:
-            seen.add(signature)
-            nodes.append(node)
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    graph = gs.import_onnx(model)
-    graph.cleanup().toposort()
-    return gs.export_onnx(graph)
+    return OnnxChoice(convert_to_fp16(package, component), "fp16 (converted from fp32)")
 
 
 # ---------------------------------------------------------------------------------------------- refittable weights
@@ -555,24 +447,23 @@ def build_plan(
     profile: ShapeProfile,
     config: BuildConfig,
     library: Library,
-    choice: OnnxChoice,
     timing_cache: Path | None = None,
     refittable: Sequence[str] | None = None,
 ) -> tuple[bytes, list[str], tuple[str, ...]]:
-    """Parse and build one engine; returns the serialized plan, every message the builder logged, and the names of
-    ``refittable`` (weights to mark refittable; None: a plain plan) that the network did not have."""
+    """Parse and build one engine, its precision the ONNX's types (a strongly typed network); returns the serialized
+    plan, every message the builder logged, and the names of ``refittable`` (weights to mark refittable; None: a
+    plain plan) that the network did not have."""
     api.bind(library)
     trt = api.trt
     logger = api.capturing_logger()
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if choice.strongly_typed else 0
-    network = builder.create_network(flags)
+    network = builder.create_network(strongly_typed_flags())
     parser = trt.OnnxParser(network, logger)  # owns the weights the network refers to: kept until the build is done
     if not parser.parse_from_file(str(onnx_path)):
         errors = [parser.get_error(i).desc() for i in range(parser.num_errors)]
         raise EngineError(f"{library.name} cannot parse {onnx_path.name}: "
                           + "; ".join(errors + api.logged_errors(logger)))
-    builder_config = _builder_config(builder, profile, config, library, choice)
+    builder_config = _builder_config(builder, profile, config, library)
     refused = mark_refittable(network, builder_config, refittable) if refittable is not None else ()
     cache = _load_timing_cache(builder_config, timing_cache)
     monitor = _make_monitor()
@@ -591,16 +482,24 @@ def build_plan(
     return bytes(memoryview(serialized)), [message for _, message in logger.messages], refused
 
 
-def _builder_config(builder: Any, profile: ShapeProfile, config: BuildConfig, library: Library,
-                    choice: OnnxChoice) -> Any:
+def strongly_typed_flags() -> int:
+    """Network creation flags: strongly typed, so the ONNX's types are the engine's precision and no precision builder
+    flag is ever set. TensorRT 10.x and TensorRT-RTX honour the ONNX's types only with STRONGLY_TYPED; TensorRT 11.0
+    removed weak typing (``BuilderFlag.FP16``/``INT8`` are gone, every network is strongly typed: "TensorRT 11.0.0
+    Release Notes" and the 10.x-to-11.x migration guide), still accepting the flag and ignoring it, so it is set
+    wherever the library still has it."""
+    flag = getattr(api.trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 1 << int(flag) if flag is not None else 0
+
+
+def _builder_config(builder: trt_types.Builder, profile: ShapeProfile, config: BuildConfig,
+                    library: Library) -> trt_types.IBuilderConfig:
     trt = api.trt
     builder_config = builder.create_builder_config()
     builder_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     builder_config.builder_optimization_level = config.optimization_level
     if config.workspace_bytes:
         builder_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_bytes)
-    if choice.fp16_flag:
-        builder_config.set_flag(trt.BuilderFlag.FP16)
     if library.ahead_of_time:
         # TensorRT-RTX only: compute-capability targets (absent from full TensorRT's API, hence from its stubs).
         rtx_config: Any = builder_config
@@ -615,9 +514,26 @@ def _builder_config(builder: Any, profile: ShapeProfile, config: BuildConfig, li
     return builder_config
 
 
-def mark_refittable(network: Any, builder_config: Any, names: Sequence[str]) -> tuple[str, ...]:
+def mark_refittable(network: trt_types.INetworkDefinition, builder_config: trt_types.IBuilderConfig,
+                    names: Sequence[str]) -> tuple[str, ...]:
     """Mark exactly ``names`` refittable (REFIT_INDIVIDUAL: every other weight stays a constant the optimiser may
-    fold); returns the names the network has no weights for."""
+    fold); returns the names the network has no weights for.
+
+    Why these refit flags and no others (TensorRT 11.3.0 release notes, Known Issues, and its "Refitting an Engine"
+    page: ``BuilderFlag.REFIT`` may give wrong numbers even when nothing is refitted, a GEMM bias dropped and treated
+    as zero, a bias the refit API does not expose; ``REFIT_IDENTICAL`` does not show the issue):
+    - ``REFIT`` (every weight refittable) is never set.
+    - ``REFIT_INDIVIDUAL`` for LoRA plans: a LoRA changes the weight matrices its weight map lists, never a bias, so
+      only those are marked and every bias stays a constant the builder keeps. The refit is checked against ONNX
+      Runtime on a GPU (tests/engines/test_trt_refit.py).
+    - ``REFIT_IDENTICAL`` is for plans refitted only with the weights they were built with (weight-stripped plans);
+      LoRA refits bring other weights, which it leaves undefined ("different weights during refits yield
+      unpredictable behavior"), and a plan whose weights never change is built with no refit flag at all.
+    - ``SerializationFlag.INCLUDE_REFIT`` (TensorRT 10.14+) keeps a refitted engine refittable when it is serialized
+      again; diffship refits deserialized engines in memory only (``engine.refit_engine``, again at every LoRA swap)
+      and never serializes a refitted one, so no plan needs it. Whatever comes to write refitted plans back (a
+      cache of LoRA-merged plans) must set it, or the plans it writes cannot take the next LoRA.
+    """
     builder_config.set_flag(api.trt.BuilderFlag.REFIT_INDIVIDUAL)
     refused = tuple(name for name in names if not network.mark_weights_refittable(name))
     if refused:
@@ -643,58 +559,3 @@ def _save_timing_cache(builder_config: Any, path: Path) -> None:
     data = bytes(memoryview(builder_config.get_timing_cache().serialize()))
     if data:
         write_bytes_atomic(path, data)
-
-
-# ---------------------------------------------------------------------------------------------- precision report
-
-
-def parse_layer_report(messages: Sequence[str]) -> list[dict[str, Any]]:
-    """Layers of the built engine with their data types, from the builder's DETAILED log.
-
-    Two formats: Myelin's ``Layers:`` listing (``Name: ..., LayerType: gemm, Inputs: [{... Datatype: Half ...}]``)
-    and classic TensorRT's ``Layer(CaskConvolution): name, Tactic: ..., in (Half[...]) -> out (Half[...])``.
-    """
-    layers = []
-    for message in messages:
-        if message.startswith("Layers:") or "LayerType:" in message:
-            for match in _MYELIN_LAYER.finditer(message):
-                layers.append({
-                    "name": match["name"].strip(),
-                    "type": match["kind"],
-                    "inputs": _DTYPE_FIELD.findall(match["inputs"]),
-                    "constants": _DTYPE_FIELD.findall(match["constants"]),
-                    "outputs": _DTYPE_FIELD.findall(match["outputs"]),
-                })
-        for line in message.splitlines():
-            classic = _CLASSIC_LAYER.match(line.strip())
-            if classic:
-                layers.append({
-                    "name": classic["name"],
-                    "type": classic["kind"],
-                    "inputs": _DTYPE_WORD.findall(classic["inputs"]),
-                    "constants": [],
-                    "outputs": _DTYPE_WORD.findall(classic["outputs"]),
-                })
-    return layers
-
-
-def summarize_layers(layers: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Counts by layer type and data type; ``compute_layers`` counts convolutions and matrix products by input type."""
-    by_type: dict[str, dict[str, int]] = {}
-    compute: dict[str, dict[str, int]] = {"convolution": {}, "matmul": {}}
-    for layer in layers:
-        dtype = (layer["inputs"] or layer["outputs"] or ["none"])[0]
-        by_type.setdefault(layer["type"], {}).setdefault(dtype, 0)
-        by_type[layer["type"]][dtype] += 1
-        kind = COMPUTE_LAYER_KINDS.get(layer["type"].lower())
-        if kind:
-            compute[kind][dtype] = compute[kind].get(dtype, 0) + 1
-    return {"layers": len(layers), "by_type": by_type, "compute_layers": compute}
-
-
-def describe_summary(summary: dict[str, Any]) -> str:
-    parts = []
-    for kind, counts in summary.get("compute_layers", {}).items():
-        if counts:
-            parts.append(f"{kind}s " + ", ".join(f"{n} {dtype}" for dtype, n in sorted(counts.items())))
-    return "; ".join(parts) or "no convolution or matrix layers reported"

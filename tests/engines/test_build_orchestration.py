@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -35,23 +36,24 @@ class CopyBuilder:
     def set_name(self, package: ModelPackage) -> str:
         return self.name
 
-    def job(self, package: ModelPackage, component: str, progress: Callable[[str], None]) -> BuildJob:
+    def job(self, package: ModelPackage, component: str, progress: Callable[[str], None]) -> BuildJob[None]:
         variant = package.variant(component, "fp32")
         key = hashlib.sha256(f"{component}-{self.version}".encode()).hexdigest()
-        return BuildJob(component, variant, "0" * 64, key)
+        return BuildJob(component, variant, "0" * 64, key, None)
 
-    def compile(self, package: ModelPackage, job: BuildJob, work: Path, progress: Callable[[str], None]) -> Compiled:
+    def compile(self, package: ModelPackage, job: BuildJob[None], work: Path,
+                progress: Callable[[str], None]) -> Compiled[None]:
         self.compiled.append(job.component)
         (work / f"{job.component}.onnx").write_text(f"{job.component} built by {self.name}\n")
-        return Compiled((f"{job.component}.onnx",), 0.01)
+        return Compiled((f"{job.component}.onnx",), 0.01, None)
 
-    def verify(self, package: ModelPackage, job: BuildJob, compiled: Compiled, work: Path,
+    def verify(self, package: ModelPackage, job: BuildJob[None], compiled: Compiled[None], work: Path,
                progress: Callable[[str], None]) -> dict[str, Any]:
         if self.fail_check:
             raise EngineError(f"{job.component}: misses the bar")
         return {"passed": True}
 
-    def entry(self, set_name: str, job: BuildJob, compiled: Compiled) -> EngineEntry:
+    def entry(self, set_name: str, job: BuildJob[None], compiled: Compiled[None]) -> EngineEntry:
         return OrtEngineEntry(job.component, f"engines/{set_name}/{job.component}.onnx", job.key, compiled.seconds,
                               job.source_sha256, "fp32", 0)
 
@@ -85,6 +87,30 @@ def test_a_failed_check_publishes_and_records_nothing(package: Path) -> None:
     assert ModelPackage.open(package).manifest == before
     assert not (package / "engines" / "ort-cpu-test-fp32").exists()
     assert not list((package / "engines").glob(".*partial*"))
+
+
+def test_a_build_removes_what_a_killed_build_left_even_when_nothing_needs_building(package: Path) -> None:
+    # The defect: after SIGKILL the work folder stayed until a later run happened to build that component.
+    from tests.core.test_files_stale_work import hold_work_folder
+
+    builder = CopyBuilder("ort-cpu-test-fp32")
+    build_engine_set(package, builder, COMPONENTS)
+    killed = [hold_work_folder(package / "engines", "build-unet"),
+              hold_work_folder(package / "onnx" / "unet", "fp16")]  # where an fp16 conversion stages
+    live, live_folder = hold_work_folder(package / "engines", "build-vae_decoder")
+    try:
+        for process, _ in killed:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        assert all(folder.is_dir() for _, folder in killed)
+        again = build_engine_set(package, builder, COMPONENTS)
+        assert all(c.skipped for c in again.components)  # nothing compiled, and still cleaned up
+        assert not any(folder.exists() for _, folder in killed)
+        assert live_folder.is_dir()  # another build still running keeps its folder
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    assert ModelPackage.open(package).verify_all() == []
 
 
 def test_concurrent_builds_of_different_sets_both_land(package: Path) -> None:

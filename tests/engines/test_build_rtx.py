@@ -19,10 +19,13 @@ from core.profiles import shape_request  # noqa: E402
 from core.specs import BuildConfig, Range, ShapeProfile  # noqa: E402
 from engines.errors import EngineError, MissingLibraryError  # noqa: E402
 from engines.tensorrt.build import BuildRequest, build_engines  # noqa: E402
+from engines.tensorrt.sets import default_shape_request, engine_set_name  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 """Every component: a build covers them all by default, the VAE encoder for image input included."""
+SET = "trt-rtx-sm89-fp16-64-128opt72x64-128opt72-b1-2"
+"""The set ``built`` writes."""
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +45,16 @@ def built(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def test_fp16_build_writes_plans_listed_with_sha256(built) -> None:
     package_path, result = built
     package = ModelPackage.open(package_path)
-    engine_set = package.manifest.engines["trt-rtx-sm89-fp16"]
+    # Not the default shape request: the set's name says how it differs (sizes, batch).
+    assert result.engine_set == SET
+    engine_set = package.manifest.engines[SET]
     assert (engine_set.backend, engine_set.library, engine_set.archs, engine_set.precision) == (
         "trt-rtx", "tensorrt_rtx", ("sm89",), "fp16")
     assert engine_set.library_version.startswith("1.")
     for component in COMPONENTS:
         entry = engine_set.components[component]
         plan = package.path(entry.plan)
-        assert plan.parent.name == "trt-rtx-sm89-fp16" and plan.name == f"{component}.plan"
+        assert plan.parent.name == SET and plan.name == f"{component}.plan"
         assert package.manifest.files[entry.plan].sha256 == sha256_file(plan)
         assert entry.source_dtype == "fp16" and entry.source_onnx_sha256 == package.manifest.files[
             package.variant(component, "fp16").onnx].sha256
@@ -62,14 +67,14 @@ def test_fp16_build_runs_convolutions_and_matmuls_in_half(built) -> None:
     package_path, _ = built
     package = ModelPackage.open(package_path)
     for component in COMPONENTS:
-        entry = package.manifest.engines["trt-rtx-sm89-fp16"].components[component]
+        entry = package.manifest.engines[SET].components[component]
         report = json.loads(package.path(entry.layer_report).read_text())
         compute = report["summary"]["compute_layers"]
         assert compute["matmul"] and set(compute["matmul"]) == {"Half"}, (component, compute)
         if component != "text_encoder":
             assert compute["convolution"] and set(compute["convolution"]) == {"Half"}, (component, compute)
         assert report["layers"] and all("type" in layer and "inputs" in layer for layer in report["layers"])
-    unet = package.manifest.engines["trt-rtx-sm89-fp16"].components["unet"].compute_layers
+    unet = package.manifest.engines[SET].components["unet"].compute_layers
     assert unet["convolution"]["Half"] > 20 and unet["matmul"]["Half"] > 20
 
 
@@ -85,7 +90,8 @@ def test_second_build_is_skipped_and_force_rebuilds(built) -> None:
     assert not forced.components[0].skipped
 
 
-def test_changed_profile_rebuilds(built) -> None:
+def test_changed_profile_builds_its_own_set_beside_the_first(built) -> None:
+    # The defect: sets were named by arch and precision only, so a second build for other shapes replaced the first.
     package_path, _ = built
     constants = ModelPackage.open(package_path).constants
     request = BuildRequest(
@@ -93,9 +99,50 @@ def test_changed_profile_rebuilds(built) -> None:
         shape_request(constants, Range(1, 1, 3), Range(64, 72, 128), Range(64, 72, 128)), components=("text_encoder",),
     )
     result = build_engines(request)
-    assert not result.components[0].skipped
-    entry = ModelPackage.open(package_path).manifest.engines["trt-rtx-sm89-fp16"].components["text_encoder"]
-    assert entry.profile.shapes["input_ids"][2] == (6, 77)
+    assert not result.components[0].skipped and result.engine_set == "trt-rtx-sm89-fp16-64-128opt72x64-128opt72-b1-3"
+    engines = ModelPackage.open(package_path).manifest.engines
+    assert engines[result.engine_set].components["text_encoder"].profile.shapes["input_ids"][2] == (6, 77)
+    assert engines[SET].components["text_encoder"].profile.shapes["input_ids"][2] == (4, 77)
+    assert set(engines[SET].components) == set(COMPONENTS)
+    assert ModelPackage.open(package_path).verify_all() == []
+
+
+def test_the_engine_key_covers_the_digest_of_every_onnx_file(built, tmp_path: Path) -> None:
+    # A re-export that changes only the weights keeps every file name: the external data's digest must change the key.
+    from dataclasses import replace
+
+    from core.manifest import FileEntry
+    from engines.tensorrt.build import TensorRTBuilder
+
+    package_path, _ = built
+    copy = tmp_path / "tiny"
+    shutil.copytree(package_path, copy)
+    package = ModelPackage.open(copy)
+    variant = package.variant("unet", "fp16")
+    graph, data = variant.files
+    assert data == f"{graph}.data"
+    builder = TensorRTBuilder(package, BuildConfig(backend="trt-rtx", precision="fp16", archs=("sm89",)),
+                              shape_request(package.constants, Range.fixed(1)))
+
+    def key() -> str:
+        return builder.job(ModelPackage.open(copy), "unet", lambda line: None).key
+
+    before = key()
+    package.update_manifest(lambda m: replace(m, files={**m.files, data: FileEntry("f" * 64, m.files[data].bytes)}))
+    assert key() != before
+
+
+def test_networks_are_created_strongly_typed_wherever_the_flag_exists(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from engines.tensorrt import api
+    from engines.tensorrt.api import load_library
+
+    api.bind(load_library("trt-rtx"))
+    assert build.strongly_typed_flags() == 1 << int(api.trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) != 0
+    # A library whose networks are all strongly typed may drop the member (TensorRT 11 ignores it): no flags then.
+    monkeypatch.setattr(api, "trt", SimpleNamespace(NetworkDefinitionCreationFlag=SimpleNamespace()))
+    assert build.strongly_typed_flags() == 0
 
 
 def test_multi_arch_and_fp32_builds(built) -> None:
@@ -105,10 +152,10 @@ def test_multi_arch_and_fp32_builds(built) -> None:
     multi = build_engines(BuildRequest(
         package_path, BuildConfig(backend="trt-rtx", precision="fp16", archs=("sm86", "8.9", "sm120")), shapes,
         components=("unet",)))
-    assert multi.engine_set == "trt-rtx-sm86+sm89+sm120-fp16"
+    assert multi.engine_set == "trt-rtx-sm86+sm89+sm120-fp16-64x64-b1-static"
     fp32 = build_engines(BuildRequest(
         package_path, BuildConfig(backend="trt-rtx", precision="fp32", archs=("sm89",)), shapes, components=("unet",)))
-    summary = fp32.components[0].details["summary"]["compute_layers"]
+    summary = fp32.components[0].details.summary.compute_layers
     assert set(summary["convolution"]) == {"Float"} and set(summary["matmul"]) == {"Float"}
 
 
@@ -125,8 +172,8 @@ def test_fp32_only_package_is_converted_to_verified_fp16(tmp_path: Path, tiny_pa
     result = build_engines(BuildRequest(
         package_path, BuildConfig(backend="trt-rtx", precision="fp16", archs=("sm89",)),
         shape_request(constants, Range.fixed(1)), components=("unet",)))
-    assert result.components[0].details["route"] == "fp16 (converted from fp32)"
-    assert set(result.components[0].details["summary"]["compute_layers"]["convolution"]) == {"Half"}
+    assert result.components[0].details.route == "fp16 (converted from fp32)"
+    assert set(result.components[0].details.summary.compute_layers["convolution"]) == {"Half"}
     package = ModelPackage.open(package_path)
     verification = package.variant("unet", "fp16").verification
     assert verification["passed"] and verification["converted_from"] == "fp32"
@@ -148,13 +195,15 @@ def test_builder_failure_reports_builder_errors_and_leaves_nothing(built, monkey
 
     monkeypatch.setattr(build, "shape_profiles", inconsistent)
     constants = before.constants
+    shapes = shape_request(constants, Range.fixed(1))
+    name = engine_set_name("trt-rtx", ("sm75",), "fp16", shapes, default_shape_request(constants))
     with pytest.raises(EngineError) as raised:
         build_engines(BuildRequest(
-            package_path, BuildConfig(backend="trt-rtx", precision="fp16", archs=("sm75",)),
-            shape_request(constants, Range.fixed(1)), components=("unet",)))
+            package_path, BuildConfig(backend="trt-rtx", precision="fp16", archs=("sm75",)), shapes,
+            components=("unet",)))
     assert "failed to build" in str(raised.value) or "cannot parse" in str(raised.value)
-    assert "trt-rtx-sm75-fp16" not in ModelPackage.open(package_path).manifest.engines
-    assert not (package_path / "engines" / "trt-rtx-sm75-fp16" / "unet.plan").exists()
+    assert name not in ModelPackage.open(package_path).manifest.engines
+    assert not (package_path / "engines" / name / "unet.plan").exists()
     assert not list((package_path / "engines").glob(".build-*"))
     assert ModelPackage.open(package_path).manifest == before
 

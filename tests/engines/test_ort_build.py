@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from core.package import ModelPackage
-from engines.backend import OpenRequest
+from engines.backend import OpenRequest, OpenSettings
 from engines.ort import OrtBackend, OrtOptions, cpu_tag
 from engines.ort.build import build_ort_engines, fuse_attention
 from runtime import Pipeline
@@ -37,7 +37,7 @@ def test_fuse_attention_replaces_every_unet_attention(tiny_package: Path) -> Non
 def test_fuse_attention_of_a_legacy_export_computes_what_the_graph_did(tiny_v_package: Path, tmp_path: Path) -> None:
     # TorchScript writes SDPA's scale as ops on q's shape, not as a constant: the fused node takes the same default.
     ort = pytest.importorskip("onnxruntime")
-    from engines.onnx_graphs import save_onnx
+    from engines.onnx.graphs import save_onnx
 
     source = tiny_v_package / "onnx" / "unet" / "model.onnx"
     model = onnx.load(str(source))
@@ -116,7 +116,9 @@ def test_cuda_target_fuses_attention_for_the_cuda_provider_and_the_cpu_ignores_i
     model = onnx.load(str(package.path(engine_set.components["unet"].graph)))
     assert not any(node.domain == "com.microsoft" and node.op_type.startswith("Nchwc") for node in model.graph.node)
     # A session on the CPU takes this CPU's set or the plain export, never the one fused for the CUDA provider.
-    chosen = OrtBackend().select(package, OpenRequest(precision="fp16", device="cpu")).engine_set
+    backend = OrtBackend()
+    request = OpenRequest(precision="fp16", options=backend.options(OpenSettings(device="cpu")))
+    chosen = backend.select(package, request).engine_set
     assert chosen is None or chosen.name != name
     assert package.verify_all() == []
 
@@ -126,5 +128,6 @@ def test_the_readmes_fp16_unet_build_works(tiny_package: Path, tmp_path: Path) -
     package = tmp_path / "tiny"
     shutil.copytree(tiny_package, package)
     outcome = build_ort_engines(package, "fp16", ["unet"])
-    assert outcome.components[0].details["verification"]["passed"]
-    assert outcome.components[0].details["verification"]["bar"].startswith("PSNR")
+    check = outcome.components[0].verification
+    assert check is not None and check.verification.passed
+    assert check.verification.bar.startswith("PSNR")

@@ -141,7 +141,7 @@ def test_overrides_reach_convolutions_that_onnx_runtime_layout_optimiser_would_d
     and drops overrides of them; OrtEngine stops at "extended" when it has overrides. If the first assertion fails,
     ONNX Runtime keeps overrides at "all" now and the workaround in OrtEngine can go."""
     from core.weights import WeightMap
-    from engines.ort.session import open_session
+    from engines.onnx.session import open_session
 
     package = ModelPackage.open(tiny_package)
     variant = package.variant("unet", "fp32")

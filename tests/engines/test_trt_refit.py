@@ -32,7 +32,8 @@ from engines.errors import EngineError  # noqa: E402
 from engines.tensorrt.api import local_gpu_arch  # noqa: E402
 from engines.tensorrt.build import BuildRequest, TensorRTBuilder, build_engines  # noqa: E402
 
-SET = "trt-rtx-sm89-fp16"
+SET = "trt-rtx-sm89-fp16-64x64-b1-static"
+"""The set ``_request`` builds (one image per call at the tiny model's size)."""
 FAKE_PLAN = b"not a plan: refittable plans are compiled where a GPU is"
 
 
@@ -146,7 +147,7 @@ def test_tensorrt_rtx_needs_cuda_for_refittable_plans(package_copy: Path, tmp_pa
     ``build._refuse_refittable_without_gpu`` can go."""
     if local_gpu_arch() is not None:
         pytest.skip("this machine has a GPU")
-    from engines.onnx_graphs import sanitize_onnx
+    from engines.onnx.graphs import sanitize_onnx
     from engines.tensorrt.api import load_library
 
     package = ModelPackage.open(package_copy)
@@ -155,9 +156,8 @@ def test_tensorrt_rtx_needs_cuda_for_refittable_plans(package_copy: Path, tmp_pa
     weight_map = WeightMap.read(package.path(variant.weight_map), variant.weight_map)
     request = _request(package_copy, ("text_encoder",))
     profile = build.shape_profiles(request.shapes, package.constants, {"text_encoder": variant.spec}, frozenset())
-    choice = build.OnnxChoice(variant, True, False, "fp16 export")
     with pytest.raises(EngineError, match="failed to build.*CUDA"):
-        build.build_plan(sanitized, profile["text_encoder"], request.config, load_library("trt-rtx"), choice,
+        build.build_plan(sanitized, profile["text_encoder"], request.config, load_library("trt-rtx"),
                          refittable=[slot.initializer for slot in weight_map.slots.values()])
 
 

@@ -156,7 +156,7 @@ def test_failed_verification_leaves_nothing_behind(tmp_path: Path, monkeypatch: 
 def test_large_models_get_one_external_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
 
-    import engines.onnx_graphs as onnx_graphs
+    import engines.onnx.graphs as onnx_graphs
 
     monkeypatch.setattr(onnx_graphs, "PROTOBUF_LIMIT", 1 << 20)
     out = tmp_path / "pkg"

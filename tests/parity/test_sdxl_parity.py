@@ -164,7 +164,7 @@ def test_sdxl_fp16_matches_diffusers_fp32_and_decodes_in_fp32(tiny_xl_package: P
     import shutil
 
     from core.package import ModelPackage
-    from engines.tensorrt.build import convert_to_fp16
+    from engines.onnx.fp16 import convert_to_fp16
 
     package_path = tmp_path / "tiny-xl"
     shutil.copytree(tiny_xl_package, package_path)

@@ -187,7 +187,8 @@ def test_generating_imports_no_build_time_code(package: Path) -> None:
         "import engines.ort, engines.tensorrt\n"
         f"Pipeline.from_package({str(package)!r}, backend='numpy')('a fox', num_inference_steps=2, seed=0)\n"
         "build = ('onnx', 'onnx_graphsurgeon', 'tensorrt', 'tensorrt_rtx', 'engines.build', 'engines.ort.build',\n"
-        "         'engines.tensorrt.build', 'engines.onnx_graphs', 'torch', 'diffusers', 'transformers')\n"
+        "         'engines.tensorrt.build', 'engines.onnx.graphs', 'engines.onnx.fp16', 'engines.onnx.weight_maps', 'torch',\n"
+        "         'diffusers', 'transformers')\n"
         "print([m for m in sys.modules if m in build or m.split('.')[0] in ('onnx', 'tensorrt', 'tensorrt_rtx')])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

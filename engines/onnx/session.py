@@ -1,5 +1,5 @@
-"""ONNX Runtime sessions, set up in one place for everything that opens one: the runtime's engines, build-ort,
-the fp16 conversion check and the exporter's verification."""
+"""ONNX Runtime sessions, set up in one place for everything that opens one: the ``ort`` backend's engines, every
+build's check against the source ONNX, the fp16 conversion check and the exporter's verification."""
 
 from __future__ import annotations
 

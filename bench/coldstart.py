@@ -111,13 +111,8 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
         from runtime.pipeline import Pipeline as _loaded  # noqa: F401  (force the lazy import now)
 
         imported = time.perf_counter()
-        from engines.ort import OrtOptions
-
-        ort_options = OrtOptions(device=arguments.device, threads=arguments.threads, prebuilt=not arguments.exported,
-                                 cuda_graph=arguments.cuda_graphs) if arguments.backend == "ort" else None
-        pipe = Pipeline.from_package(arguments.package, backend=arguments.backend, precision=arguments.precision,
-                                     threads=arguments.threads, device=arguments.device,
-                                     cuda_graphs=arguments.cuda_graphs, ort_options=ort_options)
+        choice = BackendChoice(arguments.backend, arguments.precision, arguments.cuda_graphs, not arguments.exported)
+        pipe = Pipeline.from_package(arguments.package, **choice.open_arguments(arguments.device, arguments.threads))
         loaded = time.perf_counter()
         first = pipe(PROMPT, num_inference_steps=1, height=arguments.height, width=arguments.width, seed=0)
         finished = time.perf_counter()

@@ -244,17 +244,6 @@ def _timed(
     return wrapper
 
 
-def engines_device(pipe: Pipeline) -> str:
-    """Where the pipeline's engines run (``cpu``, ``cuda``; ``gpu`` for TensorRT), for a contender's label.
-
-    PRIVATE ACCESS, the one place bench reads an engine's own state (issue 37): the runtime has no public accessor for
-    it yet. Replace the body with ``return pipe.device`` once ``Pipeline.device`` exists. ONNX Runtime's engine holds
-    its device as a string (``cpu`` after a fallback from CUDA); TensorRT's holds a ``Device`` object under that name.
-    """
-    device = vars(pipe.engines["unet"]).get("device", "cpu")
-    return device if isinstance(device, str) else "gpu"
-
-
 def _contenders(settings: BenchSettings, package: ModelPackage) -> list[Contender]:
     import torch
 
@@ -265,11 +254,8 @@ def _contenders(settings: BenchSettings, package: ModelPackage) -> list[Contende
     contenders: list[Contender] = [DiffusersContender(reference, f"diffusers (torch {reference.dtype} {reference.device})")]
     for backend in settings.backends:
         choice = BackendChoice.parse(backend)
-        ort_options = choice.ort_options(settings.device, settings.threads) if choice.backend == "ort" else None
-        pipe = Pipeline.from_package(settings.package, backend=choice.backend, precision=choice.precision,
-                                     threads=settings.threads, device=settings.device, cuda_graphs=choice.cuda_graphs,
-                                     ort_options=ort_options)
-        label = " ".join(["diffship", choice.backend, pipe.precision, engines_device(pipe),
+        pipe = Pipeline.from_package(settings.package, **choice.open_arguments(settings.device, settings.threads))
+        label = " ".join(["diffship", choice.backend, pipe.precision, pipe.device,
                           *(["graphs"] if choice.cuda_graphs else []), *(["exported ONNX"] if not choice.prebuilt else [])])
         contenders.append(RuntimeContender(pipe, label))
     return contenders

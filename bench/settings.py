@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engines.ort import OrtOptions
@@ -46,6 +46,14 @@ class BackendChoice:
         from engines.ort import OrtOptions
 
         return OrtOptions(device=device, threads=threads, prebuilt=self.prebuilt, cuda_graph=self.cuda_graphs)
+
+    def open_arguments(self, device: str, threads: int | None) -> dict[str, Any]:
+        """``Pipeline.from_package``'s arguments for this contender: ``--device`` and ``--threads`` are ONNX
+        Runtime's (TensorRT runs on the GPU and refuses them)."""
+        common: dict[str, Any] = {"backend": self.backend, "precision": self.precision, "cuda_graphs": self.cuda_graphs}
+        if self.backend != "ort":
+            return common
+        return {**common, "device": device, "threads": threads, "ort_options": self.ort_options(device, threads)}
 
     def child_arguments(self) -> list[str]:
         """This contender as ``python -m bench.coldstart runtime`` options."""

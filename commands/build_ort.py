@@ -64,8 +64,8 @@ def build_ort(package: Path, precision: str, components: str | None, force: bool
                                 calibration=calibration.record if calibration else None,
                                 calibration_key=calibration.key if calibration else "")
     rows = [[c.component, "up to date" if c.skipped else f"{c.seconds:.1f}s",
-             str(c.details.get("fused_attention", "-")),
-             f"{c.details['verification']['load_seconds']:.1f}s" if "verification" in c.details else "-"]
+             str(c.details.fused_attention) if c.details is not None else "-",
+             f"{c.verification.load_seconds:.1f}s" if c.verification is not None else "-"]
             for c in outcome.components]
     click.echo(format_table(["component", "build", "attention blocks fused", "session load"], rows))
     click.echo(f"engines: {outcome.folder}")

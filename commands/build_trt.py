@@ -87,8 +87,11 @@ def _shapes(package: Path, batch: str | None, static: bool, size: tuple[int | No
     """The shapes the engines accept, from the options and the package's own sizes."""
     from core.package import ModelPackage
     from core.profiles import parse_range, shape_request, size_ranges
+    from engines.tensorrt.sets import default_shape_request
 
     constants = ModelPackage.open(package).constants
+    if batch is None and not static and size == (None, None) and limits == (None, None) and prompt_chunks == "1":
+        return default_shape_request(constants)  # the set keeps its plain name (engines/tensorrt/sets.py)
     batch_range = parse_range(batch or ("1" if static else "1-4"), "--batch")
     if static and batch_range.min != batch_range.max:
         raise click.UsageError("--static builds one shape: give --batch N (one number)")
@@ -102,13 +105,14 @@ def _shapes(package: Path, batch: str | None, static: bool, size: tuple[int | No
 def _engine_table(package: Path, outcome: BuildOutcome) -> str:
     """One row per engine: where it came from, its plan's size, build time and the builder's precision report."""
     from core.package import ModelPackage
-    from engines.tensorrt.build import describe_summary, read_layer_summary
+    from engines.tensorrt.layers import describe_summary, read_layer_summary
 
     built = ModelPackage.open(package)
     rows = []
     for c in outcome.components:
         plan = built.path(c.entry.files[0])
-        summary = c.details.get("summary") or read_layer_summary(built, c.entry)
-        rows.append([c.component, c.details.get("route", "-"), f"{plan.stat().st_size / 1e6:,.1f} MB",
+        summary = c.details.summary if c.details is not None else read_layer_summary(built, c.entry)
+        rows.append([c.component, c.details.route if c.details is not None else "-",
+                     f"{plan.stat().st_size / 1e6:,.1f} MB",
                      "up to date" if c.skipped else f"{c.seconds:.1f}s", describe_summary(summary) if summary else "-"])
     return format_table(["component", "from", "plan", "build", "precision (builder report)"], rows)

@@ -33,6 +33,11 @@ class EngineBase:
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    @property
+    def runs_on(self) -> str:
+        """Where the engine computes: ``cpu`` or ``cuda`` (what it got, e.g. ``cpu`` after a fallback from CUDA)."""
+        return "cpu"
+
     def max_batch(self) -> int | None:
         """The largest batch one call accepts, or None when unlimited."""
         if self.profile is None:

@@ -134,6 +134,11 @@ class Pipeline:
         return self._selection.precision
 
     @property
+    def device(self) -> str:
+        """Where the denoising runs: the UNet engine's device (``cpu`` or ``cuda``)."""
+        return self.engines["unet"].runs_on
+
+    @property
     def selection(self) -> Selection:
         """The engine set (or exported ONNX) and precision the engines come from."""
         return self._selection

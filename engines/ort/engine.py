@@ -170,6 +170,10 @@ class OrtEngine(EngineBase):
             what=" (as a CUDA graph: open it without CUDA graphs)" if graph else "",
         )
 
+    @property
+    def runs_on(self) -> str:
+        return self.device
+
     @staticmethod
     def _pick_device(ort: Any, requested: str) -> str:
         has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()

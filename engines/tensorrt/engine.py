@@ -133,6 +133,10 @@ def activation_bytes(engine: Any) -> int:
 class TrtEngine(EngineBase):
     """One deserialized TensorRT / TensorRT-RTX engine on GPU 0, running on its pipeline's ``Device``."""
 
+    @property
+    def runs_on(self) -> str:
+        return "cuda"
+
     def __init__(
         self,
         engine: Any,

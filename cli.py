@@ -26,6 +26,7 @@ from commands.parity import parity
 from commands.quality import quality
 from commands.serve import serve
 from commands.verify import verify
+from core.errors import set_program
 
 EXIT_USAGE = 2
 
@@ -81,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        result = cli.main(args=argv, prog_name=program_name(sys.argv[0]), standalone_mode=False)
+        program = program_name(sys.argv[0])
+        set_program(program)  # the commands the library's messages suggest are written as the user runs them
+        result = cli.main(args=argv, prog_name=program, standalone_mode=False)
     except Terminated:
         click.echo("terminated", err=True)
         return 143

@@ -9,6 +9,19 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+PROGRAM = ["diffship"]
+"""How the user starts the command line, for the commands that messages suggest: ``diffship`` when installed; the
+CLI sets what was really run (``python cli.py`` from a checkout) with ``set_program``."""
+
+
+def set_program(name: str) -> None:
+    PROGRAM[0] = name
+
+
+def command(arguments: str) -> str:
+    """``arguments`` as a command line to run, e.g. ``command("build-ort --package p")``."""
+    return f"{PROGRAM[0]} {arguments}"
+
 
 class DiffshipError(Exception):
     """A problem the user can fix; the message says what is wrong and what to do about it."""

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import PackageError
+from core.errors import PackageError, command
 from core.families import Family, get_family
 from core.files import locked, write_json_atomic
 from core.integrity import file_digest
@@ -53,7 +53,7 @@ class ModelPackage:
     def open(cls, root: str | os.PathLike[str]) -> ModelPackage:
         root = Path(root)
         if not root.is_dir():
-            raise PackageError(f"{root} is not a directory; export one with `python cli.py export --out {root}`")
+            raise PackageError(f"{root} is not a directory; export one with `{command(f'export --out {root}')}`")
         if not is_package(root):
             raise PackageError(f"{root} is not a diffship model package (no {MANIFEST_NAME})")
         return cls(root=root, manifest=read_manifest(root))
@@ -109,7 +109,7 @@ class ModelPackage:
         if dtype not in variants:
             raise PackageError(
                 f"package {self.root} has no {dtype} export of {component} (it has {', '.join(variants)}); "
-                f"export one with `python cli.py export ... --dtype {dtype}`"
+                f"export one with `{command(f'export ... --dtype {dtype}')}`"
             )
         return variants[dtype]
 

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
-from core.errors import PackageError
+from core.errors import PackageError, command
 from core.package import ModelPackage
 from engines.backend import Backend, OpenRequest, OpenSettings, Selection, get_backend
 from engines.base import EngineBase
@@ -482,7 +482,7 @@ class Pipeline:
         if "vae_encoder" not in self.package.manifest.components:
             raise PipelineInputError(
                 f"{self.package.root} has no VAE encoder, which image-to-image and inpainting need; re-export the "
-                "package with this version of diffship (python cli.py export ...) to add it"
+                f"package with this version of diffship ({command('export ...')}) to add it"
             )
         with self._open_lock:
             if "vae_encoder" not in self.engines:

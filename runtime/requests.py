@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import command
 from core.specs import PipelineConstants
 from runtime.errors import PipelineInputError
 from runtime.guidance import is_guided
@@ -112,7 +113,7 @@ def check_clip_skip(constants: PipelineConstants, clip_skip: Any) -> None:
     if clip_skip != constants.clip_skip:
         raise PipelineInputError(
             f"clip_skip {clip_skip}: this package's text encoders were exported with clip_skip {constants.clip_skip} "
-            f"(it is part of the graph); re-export with python cli.py export --clip-skip {clip_skip} to use it")
+            f"(it is part of the graph); re-export with {command(f'export --clip-skip {clip_skip}')} to use it")
 
 
 def validate_request(

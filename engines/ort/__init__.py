@@ -11,6 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 
+from core.errors import command
 from core.manifest import OrtEngineSet
 from core.package import ModelPackage
 from engines.backend import OpenRequest, OpenSettings, Selection, own_options
@@ -93,7 +94,7 @@ class OrtBackend:
             raise EngineError("int8 engines run on ONNX Runtime's CPU provider; on a GPU use --precision fp16")
         if not isinstance(found, OrtEngineSet):
             raise EngineError(f"{package.root} has no int8 engines for this CPU ({ort_engine_set_name('int8', 'cpu')}); "
-                              f"build them with `python cli.py build-ort --package {package.root} --precision int8`")
+                              f"build them with `{command(f'build-ort --package {package.root} --precision int8')}`")
         installed = import_onnxruntime().__version__
         if found.library_version != installed:
             raise EngineError(f"engines/{found.name} was built with onnxruntime {found.library_version}, this is "

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from core.errors import PackageError
+from core.errors import PackageError, command
 from core.manifest import TrtEngineEntry, TrtEngineSet
 from core.package import ModelPackage
 from engines.backend import BackendOptions, OpenRequest, OpenSettings, Selection, own_options, refuse_settings
@@ -51,7 +51,7 @@ def choose_engine_set(package: ModelPackage, name: str | None, precision: str | 
     if not sets:
         raise EngineError(
             f"package {package.root} has no TensorRT engines; build them with "
-            f"`python cli.py build-trt --package {package.root} --fp16`"
+            f"`{command(f'build-trt --package {package.root} --fp16')}`"
         )
     arch = local_gpu_arch()
     if arch is None:
@@ -69,7 +69,7 @@ def choose_engine_set(package: ModelPackage, name: str | None, precision: str | 
     built = ", ".join(f"{s.name} ({s.library} {s.library_version})" for s in sets.values())
     raise EngineError(
         f"no engine set here runs on this GPU ({arch}) with an installed TensorRT library; built: {built}. "
-        f"Build one with `python cli.py build-trt --package {package.root} --fp16`"
+        f"Build one with `{command(f'build-trt --package {package.root} --fp16')}`"
     )
 
 
@@ -157,7 +157,7 @@ def _entries(
         if request.weights.get(component) and not entry.refittable:
             raise EngineError(
                 f"engines/{chosen.name}/{component} was built without --refittable and cannot take new weights (a "
-                f"LoRA); rebuild with `python cli.py build-trt --package {package.root} ... --refittable` (the same "
+                f"LoRA); rebuild with `{command(f'build-trt --package {package.root} ... --refittable')}` (the same "
                 "options plus --refittable), or run with --backend ort"
             )
         entries[component] = entry

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
+from core.errors import command
 from core.families import get_family
 from core.files import write_bytes_atomic
 from core.manifest import ComponentVariant, EngineEntry, EngineSet, TrtEngineEntry, TrtEngineSet
@@ -213,8 +214,8 @@ class TensorRTBuilder:
         if variant.weight_map is None:
             raise EngineError(
                 f"{component}: {variant.onnx} has no weight map, which --refittable needs (it names the weights a "
-                f"LoRA changes); re-export the package with this diffship (python cli.py export ... --out "
-                f"{package.root}), then build again"
+                f"LoRA changes); re-export the package with this diffship ({command(f'export ... --out {package.root}')}), "
+                "then build again"
             )
         return variant.weight_map
 

@@ -48,7 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy core engines runtime serve exporter bench scripts commands cli.py
+	$(VENV)/bin/mypy diffship scripts cli.py
 
 clean:
 	rm -rf $(VENV) packages demo-out .pytest_cache .mypy_cache

@@ -34,8 +34,8 @@ def _cases(arguments: argparse.Namespace) -> list[tuple[int, float]]:
 def _child(arguments: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from core.package import ModelPackage
-    from runtime.timing import peak_rss_bytes
+    from diffship.core.package import ModelPackage
+    from diffship.runtime.timing import peak_rss_bytes
 
     package = ModelPackage.open(arguments.package)
     factor = package.constants.vae_scale_factor
@@ -43,7 +43,7 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
         (1, package.constants.latent_channels, arguments.size // factor, arguments.size // factor)).astype(np.float32)
     tick = time.perf_counter()
     if arguments.contender == "diffship":
-        from runtime import Pipeline
+        from diffship.runtime import Pipeline
 
         pipe = Pipeline.from_package(arguments.package, backend="ort", device="cpu")
 
@@ -53,7 +53,7 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
     else:
         import torch
 
-        from bench.reference import reference_pipeline
+        from diffship.bench.reference import reference_pipeline
 
         diffusers_pipe = reference_pipeline(package).pipe
 

@@ -17,8 +17,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.vocab import write_clip_tokenizer  # noqa: E402
-from runtime.tokenizer import CLIPTokenizer  # noqa: E402
+from diffship.exporter.vocab import write_clip_tokenizer  # noqa: E402
+from diffship.runtime.tokenizer import CLIPTokenizer  # noqa: E402
 from scripts.make_tokenizer_corpus import generate_corpus  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     from transformers import CLIPTokenizer as ReferenceTokenizer
 
     corpus = generate_corpus()
-    config = json.loads((ROOT / "exporter" / "configs" / "tiny" / "tokenizer_config.json").read_text())
+    config = json.loads((ROOT / "diffship" / "exporter" / "configs" / "tiny" / "tokenizer_config.json").read_text())
     with tempfile.TemporaryDirectory() as folder:
         write_clip_tokenizer(Path(folder), config)
         reference = ReferenceTokenizer.from_pretrained(folder)

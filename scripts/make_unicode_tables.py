@@ -25,7 +25,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "runtime" / "data" / "clip_unicode.json"
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "diffship" / "runtime" / "data" / "clip_unicode.json"
 CODE_POINTS = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime import Pipeline  # noqa: E402
-from runtime.images import contact_sheet, save_png  # noqa: E402
+from diffship.runtime import Pipeline  # noqa: E402
+from diffship.runtime.images import contact_sheet, save_png  # noqa: E402
 
 WEIGHTS = (0.5, 1.0, 1.5)
 WEIGHTINGS = ("webui", "compel")

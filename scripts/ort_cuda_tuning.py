@@ -22,10 +22,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.manifest import OrtEngineEntry  # noqa: E402
-from core.package import ModelPackage  # noqa: E402
-from core.specs import symbolic_dims  # noqa: E402
-from engines.ort import OrtEngine, OrtOptions  # noqa: E402
+from diffship.core.manifest import OrtEngineEntry  # noqa: E402
+from diffship.core.package import ModelPackage  # noqa: E402
+from diffship.core.specs import symbolic_dims  # noqa: E402
+from diffship.engines.ort import OrtEngine, OrtOptions  # noqa: E402
 
 ORT_DEFAULTS = {"prefer_nhwc": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}
 """ONNX Runtime's own defaults, named so that the engine's per-component CUDA_DEFAULTS do not apply."""

@@ -1,7 +1,7 @@
 """Which prompt words does a trained UNet listen to? Swap one word of a prompt and measure how far the predicted noise
 moves, at a few timesteps, from the same noisy latents.
 
-    python scripts/probe_prompt_words.py --model models/shapes
+    python scripts/probe_prompt_words.py --model diffship/models/shapes
 
 A word the model follows moves the prediction by several percent; one it ignores by a fraction of a percent. This is
 how the committed ``shapes`` model was found to ignore its background and position words (docs/design.md, "The
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the noisy latents the UNet is probed with")
     args = parser.parse_args(argv)
     if not (args.model / "unet").is_dir():
-        parser.error(f"{args.model}: not a diffusers folder with a unet/ (try models/shapes)")
+        parser.error(f"{args.model}: not a diffusers folder with a unet/ (try diffship/models/shapes)")
     try:
         effects = probe(args.model, args.prompt, seed=args.seed)
     except ValueError as error:

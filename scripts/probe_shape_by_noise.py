@@ -2,7 +2,7 @@
 to a start timestep, denoise them back with DDIM and the prompt that describes them, decode, and let the model's
 classifier say whether the shape is still the one drawn.
 
-    python scripts/probe_shape_by_noise.py --model models/shapes
+    python scripts/probe_shape_by_noise.py --model diffship/models/shapes
 
 Start 0 is the VAE's round trip alone; start 999 is (nearly) generation from noise. Where accuracy drops between two
 starts is the noise range in which the UNet fails to keep the outline, which is where training should look

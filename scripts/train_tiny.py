@@ -1,7 +1,7 @@
 """Train ``shapes``: a tiny Stable Diffusion (real CLIP tokenizer, CLIPTextModel, AutoencoderKL, UNet2DConditionModel)
 that draws one coloured shape on a plain background, and the classifier that scores what it draws.
 
-    python scripts/train_tiny.py --out models/shapes          # under an hour on 2 CPU cores (49 min here)
+    python scripts/train_tiny.py --out diffship/models/shapes          # under an hour on 2 CPU cores (49 min here)
 
 Stages, each logged with its progress:
 
@@ -48,7 +48,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporter.vocab import write_clip_tokenizer  # noqa: E402
+from diffship.exporter.vocab import write_clip_tokenizer  # noqa: E402
 from scripts import shapes_data as data  # noqa: E402
 
 log = logging.getLogger("train_tiny")

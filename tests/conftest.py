@@ -120,14 +120,14 @@ def tiny_inpaint_package(cache_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def shapes_package(cache_dir: Path) -> Path:
-    """The trained shapes model (models/shapes), fp32 ONNX (legacy exporter)."""
+    """The trained shapes model (diffship/models/shapes), fp32 ONNX (legacy exporter)."""
     return shared.shapes(cache_dir)
 
 
 @pytest.fixture(scope="session")
 def ort_built_package(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of ``tiny`` with its build-ort CPU engines (fp32)."""
-    from engines.ort.build import build_ort_engines
+    from diffship.engines.ort.build import build_ort_engines
 
     package = tmp_path_factory.mktemp("ort-build") / "tiny"
     shutil.copytree(tiny_package, package)
@@ -137,11 +137,11 @@ def ort_built_package(tiny_package: Path, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def lora_files(pretrained_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """LoRAs made with peft on the tiny models (scripts/make_lora.py): ``r4`` (rank 4, alpha 8, UNet attention,
+    """LoRAs made with peft on the tiny models (diffship/tools/make_lora.py): ``r4`` (rank 4, alpha 8, UNet attention,
     projections, feed-forward and 3x3 resnet convolutions, and the text encoder; alpha in the file's metadata),
     ``r8`` (rank 8, UNet attention only, no metadata: alpha = rank), ``r4-kohya`` (``r4`` in the kohya format),
     ``v-r4`` (rank 4 on tiny-v)."""
-    from scripts.make_lora import make_lora, to_kohya
+    from diffship.tools.make_lora import make_lora, to_kohya
 
     folder = tmp_path_factory.mktemp("loras")
     files = {

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core.families import get_family
-from core.manifest import ComponentVariant, Manifest
-from core.package import ModelPackage
-from core.specs import ComponentSpec, PipelineConstants, ShapeProfile, TextEncoderConstants
-from engines.backend import BackendOptions, OpenRequest, OpenSettings, Selection, own_options, refuse_settings
-from engines.base import EngineBase, check_feeds
+from diffship.core.families import get_family
+from diffship.core.manifest import ComponentVariant, Manifest
+from diffship.core.package import ModelPackage
+from diffship.core.specs import ComponentSpec, PipelineConstants, ShapeProfile, TextEncoderConstants
+from diffship.engines.backend import BackendOptions, OpenRequest, OpenSettings, Selection, own_options, refuse_settings
+from diffship.engines.base import EngineBase, check_feeds
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFIGS = ROOT / "exporter" / "configs"
+CONFIGS = ROOT / "diffship" / "exporter" / "configs"
 
 TINY = PipelineConstants(
     latent_channels=4, vae_scale_factor=8, scaling_factor=0.18215, prediction_type="epsilon", default_height=64,
@@ -95,7 +95,7 @@ def write_package(
     root: Path, constants: PipelineConstants = TINY, family: str = "sd1", scheduler_config: str = "tiny"
 ) -> Path:
     """A package folder with everything but ONNX files: manifest, the real CLIP tokenizer, a scheduler config."""
-    from exporter.vocab import write_clip_tokenizer  # stdlib + the committed merge list; no torch
+    from diffship.exporter.vocab import write_clip_tokenizer  # stdlib + the committed merge list; no torch
 
     root.mkdir(parents=True, exist_ok=True)
     tokenizer_config = json.loads((CONFIGS / "tiny" / "tokenizer_config.json").read_text(encoding="utf-8"))

@@ -32,8 +32,8 @@ def locked(cache_dir: Path, name: str) -> Iterator[None]:
 
 def export(cache_dir: Path, model: str | None, name: str, dtypes: tuple[str, ...], exporter: str = "dynamo",
            model_path: Path | None = None) -> Path:
-    from exporter.onnx_export import ExportOptions
-    from exporter.package import ExportRequest, export_package
+    from diffship.exporter.onnx_export import ExportOptions
+    from diffship.exporter.package import ExportRequest, export_package
 
     out = cache_dir / name
     with locked(cache_dir, name):
@@ -44,7 +44,7 @@ def export(cache_dir: Path, model: str | None, name: str, dtypes: tuple[str, ...
 
 def save_pretrained(cache_dir: Path, model: str) -> Path:
     """The model's diffusers folder (``save_pretrained``), written once into the cache."""
-    from exporter.sources import load_source
+    from diffship.exporter.sources import load_source
 
     folder = cache_dir / f"{model}-diffusers"
     with locked(cache_dir, f"{model}-diffusers"):
@@ -88,7 +88,7 @@ def tiny_inpaint(cache_dir: Path) -> Path:
 
 
 def shapes(cache_dir: Path) -> Path:
-    """The trained shapes model (models/shapes), fp32 ONNX (legacy exporter, for CI time as with tiny-v)."""
+    """The trained shapes model (diffship/models/shapes), fp32 ONNX (legacy exporter, for CI time as with tiny-v)."""
     return export(cache_dir, "shapes", "shapes", ("fp32",), exporter="legacy")
 
 

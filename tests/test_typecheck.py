@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 def test_the_tree_passes_mypy_against_tensorrt_stubs() -> None:
     # exporter and bench call the same dataclasses the TensorRT path reads, so the whole tree is checked.
     result = subprocess.run(
-        [sys.executable, "-m", "mypy", "core", "engines", "runtime", "serve", "exporter", "bench", "scripts", "cli.py"],
+        [sys.executable, "-m", "mypy", "diffship", "scripts", "cli.py"],
         capture_output=True, text=True, cwd=ROOT, timeout=900,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.coldstart import start_stages
-from bench.harness import format_cold_start
+from diffship.bench.coldstart import start_stages
+from diffship.bench.harness import format_cold_start
 
 
 def child(first_image: float, generate: float, again: float) -> dict[str, float]:

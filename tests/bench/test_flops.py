@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from bench.flops import flop_counter  # noqa: E402
+from diffship.bench.flops import flop_counter  # noqa: E402
 
 
 def test_flop_counter_counts_cpu_fused_attention_as_its_two_matrix_products() -> None:

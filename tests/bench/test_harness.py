@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.harness import BenchSettings, bench_to_files
+from diffship.bench.harness import BenchSettings, bench_to_files
 
 
 def test_a_late_failure_keeps_every_figure_measured_before_it(tiny_package: Path, tmp_path: Path) -> None:
@@ -35,9 +35,9 @@ def test_a_late_failure_keeps_every_figure_measured_before_it(tiny_package: Path
 
 
 def test_every_engine_the_runtime_runs_is_timed_the_vae_encoder_img2img_opens_too(tmp_path: Path) -> None:
-    from bench.harness import Inputs, RuntimeContender, TimedEngine
-    from engines.backend import register_backend
-    from runtime import Pipeline
+    from diffship.bench.harness import Inputs, RuntimeContender, TimedEngine
+    from diffship.engines.backend import register_backend
+    from diffship.runtime import Pipeline
     from tests.fakes import NumpyBackend, write_package
 
     package = write_package(tmp_path / "pkg")

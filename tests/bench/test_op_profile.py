@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.op_profile import component_feeds, kind_of, node_seconds, profile_calls, summarise
-from core.package import ModelPackage
+from diffship.bench.op_profile import component_feeds, kind_of, node_seconds, profile_calls, summarise
+from diffship.core.package import ModelPackage
 
 
 def test_profile_calls_times_every_node_of_the_runtimes_unet_within_the_call(tiny_package: Path) -> None:

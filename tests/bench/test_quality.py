@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.quality import (
+from diffship.bench.quality import (
     DEFAULT_MODEL_DIR,
     QualityError,
     QualitySet,

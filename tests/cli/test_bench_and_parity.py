@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from core.package import ModelPackage
+from diffship.core.package import ModelPackage
 from tests.conftest import ROOT, run_cli
 
 

@@ -210,8 +210,8 @@ def test_generate_bad_sdxl_input(tiny_xl_package: Path, tmp_path: Path, argument
 def test_export_help_names_every_preset() -> None:
     from click.testing import CliRunner
 
-    from cli import cli
-    from exporter.sources import PRESETS
+    from diffship.cli import cli
+    from diffship.exporter.sources import PRESETS
 
     result = CliRunner().invoke(cli, ["export", "--help"])
     assert result.exit_code == 0, result.output

@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli import cli
+from diffship.cli import cli
 from tests.conftest import ROOT, run_cli
 
 USER_COMMANDS = ["export", "build-ort", "build-trt", "generate", "serve", "verify"]

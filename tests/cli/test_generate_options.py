@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import cli
-from engines.backend import register_backend
+from diffship.cli import cli
+from diffship.engines.backend import register_backend
 from tests.cli.test_cli_errors import assert_one_line_error
 from tests.conftest import ROOT, run_cli
 from tests.fakes import NumpyBackend, write_package
@@ -88,7 +88,7 @@ def test_generate_backend_choices_come_from_the_registry(tmp_path: Path) -> None
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from engines.backend import register_backend\n"
+        "from diffship.engines.backend import register_backend\n"
         "from tests.fakes import NumpyBackend, write_package\n"
         "import cli\n"
         f"package = write_package(Path({str(tmp_path / 'pkg')!r}))\n"

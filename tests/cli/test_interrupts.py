@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from core.package import ModelPackage
+from diffship.core.package import ModelPackage
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.export

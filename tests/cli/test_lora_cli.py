@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runtime import Pipeline
+from diffship.runtime import Pipeline
 from tests.conftest import run_cli
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.schedulers import NOT_IMPLEMENTED, SHORT_NAMES, WEB_UI_NAMES
+from diffship.runtime.schedulers import NOT_IMPLEMENTED, SHORT_NAMES, WEB_UI_NAMES
 from tests.conftest import run_cli
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli import cli
+from diffship.cli import cli
 from tests.cli.test_cli_errors import assert_one_line_error
 from tests.conftest import run_cli
 
@@ -31,7 +31,7 @@ def test_threads_option_refuses_zero_before_any_work(tmp_path: Path) -> None:
 
 
 def test_backend_option_is_the_runtime_registry_wherever_it_appears() -> None:
-    from engines.backend import backend_names
+    from diffship.engines.backend import backend_names
 
     found = options_named("--backend")
     runtime = {name: option for name, option in found.items() if name != "build-trt"}  # build-trt: the build library

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from core.files import _start_time, remove_stale_work
+from diffship.core.files import _start_time, remove_stale_work
 from tests.conftest import ROOT
 
 HOLDER = (
     "import sys, time\n"
     "from pathlib import Path\n"
-    "from core.files import work_folder\n"
+    "from diffship.core.files import work_folder\n"
     "with work_folder(Path(sys.argv[1]), sys.argv[2]) as work:\n"
     "    print(work, flush=True)\n"
     "    time.sleep(600)\n"

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from core.errors import DiffshipError, PackageError
-from core.integrity import sha256_file
-from core.package import ModelPackage
-from engines.backend import register_backend
-from runtime import Pipeline
-from runtime.tokenizer import TokenizerError
+from diffship.core.errors import DiffshipError, PackageError
+from diffship.core.integrity import sha256_file
+from diffship.core.package import ModelPackage
+from diffship.engines.backend import register_backend
+from diffship.runtime import Pipeline
+from diffship.runtime.tokenizer import TokenizerError
 from tests.fakes import NumpyBackend, write_package
 
 

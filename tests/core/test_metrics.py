@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from core.metrics import ssim
+from diffship.core.metrics import ssim
 
 
 def _reference(actual: np.ndarray, reference: np.ndarray) -> float:

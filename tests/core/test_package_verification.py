@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import core.integrity as integrity
-from core.errors import PackageError
-from core.package import ModelPackage
+import diffship.core.integrity as integrity
+from diffship.core.errors import PackageError
+from diffship.core.package import ModelPackage
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.families import SD1
-from core.profiles import ProfileError, parse_range, shape_profiles, shape_request, size_ranges
-from core.specs import PipelineConstants, Range, TextEncoderConstants
+from diffship.core.families import SD1
+from diffship.core.profiles import ProfileError, parse_range, shape_profiles, shape_request, size_ranges
+from diffship.core.specs import PipelineConstants, Range, TextEncoderConstants
 
 SD15 = PipelineConstants(
     latent_channels=4, vae_scale_factor=8, scaling_factor=0.18215, prediction_type="epsilon", default_height=512,

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from core.package import ModelPackage
-from engines.backend import OpenRequest, OpenSettings, open_engines
-from engines.errors import EngineError
-from engines.ort import OrtBackend, OrtOptions
-from engines.tensorrt import TensorRTBackend, TrtOptions
-from runtime import Pipeline
+from diffship.core.package import ModelPackage
+from diffship.engines.backend import OpenRequest, OpenSettings, open_engines
+from diffship.engines.errors import EngineError
+from diffship.engines.ort import OrtBackend, OrtOptions
+from diffship.engines.tensorrt import TensorRTBackend, TrtOptions
+from diffship.runtime import Pipeline
 from tests.fakes import write_package
 
 

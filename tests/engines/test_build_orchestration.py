@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from core.manifest import EngineEntry, EngineSet, OrtEngineEntry, OrtEngineSet
-from core.package import ModelPackage
-from engines.build import BuildJob, Compiled, build_engine_set
-from engines.errors import EngineError
+from diffship.core.manifest import EngineEntry, EngineSet, OrtEngineEntry, OrtEngineSet
+from diffship.core.package import ModelPackage
+from diffship.engines.build import BuildJob, Compiled, build_engine_set
+from diffship.engines.errors import EngineError
 from tests.conftest import ROOT
 from tests.fakes import write_package
 

@@ -12,14 +12,14 @@ import pytest
 
 pytest.importorskip("tensorrt_rtx")
 
-import engines.tensorrt.build as build  # noqa: E402
-from core.integrity import sha256_file  # noqa: E402
-from core.package import ModelPackage  # noqa: E402
-from core.profiles import shape_request  # noqa: E402
-from core.specs import BuildConfig, Range, ShapeProfile  # noqa: E402
-from engines.errors import EngineError, MissingLibraryError  # noqa: E402
-from engines.tensorrt.build import BuildRequest, build_engines  # noqa: E402
-from engines.tensorrt.sets import default_shape_request, engine_set_name  # noqa: E402
+import diffship.engines.tensorrt.build as build  # noqa: E402
+from diffship.core.integrity import sha256_file  # noqa: E402
+from diffship.core.package import ModelPackage  # noqa: E402
+from diffship.core.profiles import shape_request  # noqa: E402
+from diffship.core.specs import BuildConfig, Range, ShapeProfile  # noqa: E402
+from diffship.engines.errors import EngineError, MissingLibraryError  # noqa: E402
+from diffship.engines.tensorrt.build import BuildRequest, build_engines  # noqa: E402
+from diffship.engines.tensorrt.sets import default_shape_request, engine_set_name  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
@@ -111,8 +111,8 @@ def test_the_engine_key_covers_the_digest_of_every_onnx_file(built, tmp_path: Pa
     # A re-export that changes only the weights keeps every file name: the external data's digest must change the key.
     from dataclasses import replace
 
-    from core.manifest import FileEntry
-    from engines.tensorrt.build import TensorRTBuilder
+    from diffship.core.manifest import FileEntry
+    from diffship.engines.tensorrt.build import TensorRTBuilder
 
     package_path, _ = built
     copy = tmp_path / "tiny"
@@ -135,8 +135,8 @@ def test_the_engine_key_covers_the_digest_of_every_onnx_file(built, tmp_path: Pa
 def test_networks_are_created_strongly_typed_wherever_the_flag_exists(monkeypatch) -> None:
     from types import SimpleNamespace
 
-    from engines.tensorrt import api
-    from engines.tensorrt.api import load_library
+    from diffship.engines.tensorrt import api
+    from diffship.engines.tensorrt.api import load_library
 
     api.bind(load_library("trt-rtx"))
     assert build.strongly_typed_flags() == 1 << int(api.trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) != 0
@@ -218,7 +218,7 @@ def test_full_tensorrt_without_gpu_points_to_ahead_of_time_builds(built) -> None
 def test_missing_library_names_the_extra(monkeypatch) -> None:
     import builtins
 
-    from engines.tensorrt.api import load_library
+    from diffship.engines.tensorrt.api import load_library
 
     real_import = builtins.__import__
 

@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
-from core.package import ModelPackage
-from engines.backend import OpenRequest, OpenSettings
-from engines.ort import OrtBackend, OrtOptions, cpu_tag
-from engines.ort.build import build_ort_engines, fuse_attention
-from runtime import Pipeline
+from diffship.core.package import ModelPackage
+from diffship.engines.backend import OpenRequest, OpenSettings
+from diffship.engines.ort import OrtBackend, OrtOptions, cpu_tag
+from diffship.engines.ort.build import build_ort_engines, fuse_attention
+from diffship.runtime import Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_fuse_attention_replaces_every_unet_attention(tiny_package: Path) -> Non
 def test_fuse_attention_of_a_legacy_export_computes_what_the_graph_did(tiny_v_package: Path, tmp_path: Path) -> None:
     # TorchScript writes SDPA's scale as ops on q's shape, not as a constant: the fused node takes the same default.
     ort = pytest.importorskip("onnxruntime")
-    from engines.onnx.graphs import save_onnx
+    from diffship.engines.onnx.graphs import save_onnx
 
     source = tiny_v_package / "onnx" / "unet" / "model.onnx"
     model = onnx.load(str(source))
@@ -96,7 +96,7 @@ def test_engines_from_another_onnxruntime_are_ignored(built: Path, tmp_path: Pat
 
 
 def test_parity_holds_with_prebuilt_engines(built: Path, tmp_path: Path) -> None:
-    from bench.parity import parity_report
+    from diffship.bench.parity import parity_report
 
     report = parity_report(built, ["pndm", "euler_a"], [7.5], tmp_path, steps=6)
     assert report.passed, [c for c in report.cases if not c.passed]

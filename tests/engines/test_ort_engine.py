@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.errors import PackageError
-from core.package import ModelPackage
-from engines.backend import open_engines
-from engines.errors import EngineError, FeedError, MissingLibraryError
-from engines.ort import OrtEngine, OrtOptions, cuda_available
+from diffship.core.errors import PackageError
+from diffship.core.package import ModelPackage
+from diffship.engines.backend import open_engines
+from diffship.engines.errors import EngineError, FeedError, MissingLibraryError
+from diffship.engines.ort import OrtEngine, OrtOptions, cuda_available
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_cuda_graph_on_the_cpu_is_refused() -> None:
 
 
 def test_cuda_provider_options_take_component_defaults_and_let_the_caller_override_them() -> None:
-    from engines.ort.engine import cuda_provider_options
+    from diffship.engines.ort.engine import cuda_provider_options
 
     plain = OrtOptions(device="cuda")
     assert cuda_provider_options("vae_decoder", False, plain)["cudnn_conv_algo_search"] == "HEURISTIC"
@@ -140,8 +140,8 @@ def test_overrides_reach_convolutions_that_onnx_runtime_layout_optimiser_would_d
     """ONNX Runtime's CPU layout optimiser (level "all") reorders convolution filters from the graph's own weights
     and drops overrides of them; OrtEngine stops at "extended" when it has overrides. If the first assertion fails,
     ONNX Runtime keeps overrides at "all" now and the workaround in OrtEngine can go."""
-    from core.weights import WeightMap
-    from engines.onnx.session import open_session
+    from diffship.core.weights import WeightMap
+    from diffship.engines.onnx.session import open_session
 
     package = ModelPackage.open(tiny_package)
     variant = package.variant("unet", "fp32")

@@ -10,14 +10,14 @@ import numpy as np
 import onnx
 import pytest
 
-from core.package import ModelPackage
-from engines.errors import EngineError
-from engines.ort import cpu_tag
-from engines.ort.build import OrtBuilder, build_ort_engines
-from engines.ort.quantize import nodes_to_quantize
-from runtime import Pipeline
-from runtime.calibration import CalibrationPlan, record_unet_inputs
-from runtime.lora import LoraError
+from diffship.core.package import ModelPackage
+from diffship.engines.errors import EngineError
+from diffship.engines.ort import cpu_tag
+from diffship.engines.ort.build import OrtBuilder, build_ort_engines
+from diffship.engines.ort.quantize import nodes_to_quantize
+from diffship.runtime import Pipeline
+from diffship.runtime.calibration import CalibrationPlan, record_unet_inputs
+from diffship.runtime.lora import LoraError
 
 PLAN = CalibrationPlan(steps=6)
 

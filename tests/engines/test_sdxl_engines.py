@@ -10,18 +10,18 @@ import numpy as np
 import onnx
 import pytest
 
-from core.families.sdxl import XLConstants
-from core.package import ModelPackage
-from core.profiles import shape_request
-from core.specs import BuildConfig, Range
+from diffship.core.families.sdxl import XLConstants
+from diffship.core.package import ModelPackage
+from diffship.core.profiles import shape_request
+from diffship.core.specs import BuildConfig, Range
 
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
 
 
 def test_sdxl_rtx_build_profiles_include_added_conditioning(tiny_xl_package: Path, tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx")
-    from engines.tensorrt.build import BuildRequest, build_engines
-    from engines.tensorrt.layers import read_layer_summary
+    from diffship.engines.tensorrt.build import BuildRequest, build_engines
+    from diffship.engines.tensorrt.layers import read_layer_summary
 
     package_path = tmp_path / "tiny-xl"
     shutil.copytree(tiny_xl_package, package_path)
@@ -52,8 +52,8 @@ def test_sdxl_rtx_build_profiles_include_added_conditioning(tiny_xl_package: Pat
 
 
 def test_sdxl_build_ort_engines_draw_what_the_exported_graphs_draw(tiny_xl_package: Path, tmp_path: Path) -> None:
-    from engines.ort.build import build_ort_engines
-    from runtime import Pipeline
+    from diffship.engines.ort.build import build_ort_engines
+    from diffship.runtime import Pipeline
 
     package_path = tmp_path / "tiny-xl"
     shutil.copytree(tiny_xl_package, package_path)
@@ -87,8 +87,8 @@ def test_sdxl_refiner_build_ort_engines_run_image_to_image(tiny_xl_refiner_packa
     # The defect: build-ort on a refiner ended in FileNotFoundError for tokenizer/vocab.json.
     from PIL import Image
 
-    from engines.ort.build import build_ort_engines
-    from runtime import Pipeline
+    from diffship.engines.ort.build import build_ort_engines
+    from diffship.runtime import Pipeline
 
     package_path = _refiner_copy(tiny_xl_refiner_package, tmp_path)
     outcome = build_ort_engines(package_path)
@@ -111,8 +111,8 @@ def test_sdxl_refiner_build_ort_engines_run_image_to_image(tiny_xl_refiner_packa
 def test_sdxl_refiner_rtx_build_converts_to_fp16_and_builds(tiny_xl_refiner_package: Path, tmp_path: Path) -> None:
     # The same defect in the fp16 conversion, which a refiner exported in fp32 only goes through.
     pytest.importorskip("tensorrt_rtx")
-    from engines.tensorrt.build import BuildRequest, build_engines
-    from engines.tensorrt.sets import default_shape_request
+    from diffship.engines.tensorrt.build import BuildRequest, build_engines
+    from diffship.engines.tensorrt.sets import default_shape_request
 
     package_path = _refiner_copy(tiny_xl_refiner_package, tmp_path)
     constants = ModelPackage.open(package_path).constants

@@ -21,16 +21,16 @@ import pytest
 
 pytest.importorskip("tensorrt_rtx")
 
-import engines.tensorrt.build as build  # noqa: E402
-from core.integrity import sha256_file  # noqa: E402
-from core.package import ModelPackage  # noqa: E402
-from core.profiles import shape_request  # noqa: E402
-from core.specs import BuildConfig, Range  # noqa: E402
-from core.weights import WeightMap, read_stored  # noqa: E402
-from engines.backend import OpenRequest, Selection  # noqa: E402
-from engines.errors import EngineError  # noqa: E402
-from engines.tensorrt.api import local_gpu_arch  # noqa: E402
-from engines.tensorrt.build import BuildRequest, TensorRTBuilder, build_engines  # noqa: E402
+import diffship.engines.tensorrt.build as build  # noqa: E402
+from diffship.core.integrity import sha256_file  # noqa: E402
+from diffship.core.package import ModelPackage  # noqa: E402
+from diffship.core.profiles import shape_request  # noqa: E402
+from diffship.core.specs import BuildConfig, Range  # noqa: E402
+from diffship.core.weights import WeightMap, read_stored  # noqa: E402
+from diffship.engines.backend import OpenRequest, Selection  # noqa: E402
+from diffship.engines.errors import EngineError  # noqa: E402
+from diffship.engines.tensorrt.api import local_gpu_arch  # noqa: E402
+from diffship.engines.tensorrt.build import BuildRequest, TensorRTBuilder, build_engines  # noqa: E402
 
 SET = "trt-rtx-sm89-fp16-64x64-b1-static"
 """The set ``_request`` builds (one image per call at the tiny model's size)."""
@@ -147,8 +147,8 @@ def test_tensorrt_rtx_needs_cuda_for_refittable_plans(package_copy: Path, tmp_pa
     ``build._refuse_refittable_without_gpu`` can go."""
     if local_gpu_arch() is not None:
         pytest.skip("this machine has a GPU")
-    from engines.onnx.graphs import sanitize_onnx
-    from engines.tensorrt.api import load_library
+    from diffship.engines.onnx.graphs import sanitize_onnx
+    from diffship.engines.tensorrt.api import load_library
 
     package = ModelPackage.open(package_copy)
     variant = package.variant("text_encoder", "fp16")
@@ -198,8 +198,8 @@ def test_weights_folding_or_the_parser_lost_are_unmapped_with_the_reason(package
     import onnx
     from onnx import numpy_helper
 
-    from engines.tensorrt import api
-    from engines.tensorrt.api import load_library
+    from diffship.engines.tensorrt import api
+    from diffship.engines.tensorrt.api import load_library
 
     package = ModelPackage.open(package_copy)
     variant = package.variant("text_encoder", "fp16")
@@ -233,7 +233,7 @@ def test_weights_folding_or_the_parser_lost_are_unmapped_with_the_reason(package
 def test_weights_for_a_plan_built_without_refittable_are_refused(package_copy: Path, as_if_on_a_gpu) -> None:
     from dataclasses import replace
 
-    from engines.tensorrt import TensorRTBackend
+    from diffship.engines.tensorrt import TensorRTBackend
 
     as_if_on_a_gpu(set())
     package = ModelPackage.open(package_copy)
@@ -293,9 +293,9 @@ class FakeRefitter:
     ],
 )
 def test_refit_errors_are_one_line_engine_errors(monkeypatch, weights, setting: dict, fragment: str) -> None:
-    from engines.tensorrt import api
-    from engines.tensorrt.api import load_library
-    from engines.tensorrt.engine import refit_engine
+    from diffship.engines.tensorrt import api
+    from diffship.engines.tensorrt.api import load_library
+    from diffship.engines.tensorrt.engine import refit_engine
 
     api.bind(load_library("trt-rtx"))
     monkeypatch.setattr(api.trt, "Refitter", FakeRefitter)
@@ -307,9 +307,9 @@ def test_refit_errors_are_one_line_engine_errors(monkeypatch, weights, setting: 
 
 
 def test_refit_sets_every_weight_given(monkeypatch) -> None:
-    from engines.tensorrt import api
-    from engines.tensorrt.api import load_library
-    from engines.tensorrt.engine import refit_engine
+    from diffship.engines.tensorrt import api
+    from diffship.engines.tensorrt.api import load_library
+    from diffship.engines.tensorrt.engine import refit_engine
 
     api.bind(load_library("trt-rtx"))
     monkeypatch.setattr(api.trt, "Refitter", FakeRefitter)
@@ -325,7 +325,7 @@ def test_refit_sets_every_weight_given(monkeypatch) -> None:
 
 def _gpu_library() -> str:
     """Full TensorRT where it is installed (it builds for any GPU present), else TensorRT-RTX on the GPUs it targets."""
-    from engines.tensorrt.api import RTX_ARCHS, available_backends
+    from diffship.engines.tensorrt.api import RTX_ARCHS, available_backends
 
     if "trt" in available_backends():
         return "trt"
@@ -363,10 +363,10 @@ def _perturbed(base: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
 @pytest.mark.gpu
 @pytest.mark.parametrize("component", ["text_encoder", "unet"])
 def test_refitted_plan_matches_onnxruntime_given_the_same_weights(refittable_engines, component: str) -> None:
-    from core.metrics import compare, judge, random_feeds
-    from engines.ort.engine import OrtEngine, OrtOptions
-    from engines.tensorrt import TensorRTBackend
-    from engines.tensorrt.engine import TrtEngine
+    from diffship.core.metrics import compare, judge, random_feeds
+    from diffship.engines.ort.engine import OrtEngine, OrtOptions
+    from diffship.engines.tensorrt import TensorRTBackend
+    from diffship.engines.tensorrt.engine import TrtEngine
 
     package_path, set_name = refittable_engines
     package = ModelPackage.open(package_path)

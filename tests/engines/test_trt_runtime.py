@@ -10,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.package import ModelPackage
-from engines.errors import EngineError
-from runtime import Pipeline
+from diffship.core.package import ModelPackage
+from diffship.engines.errors import EngineError
+from diffship.runtime import Pipeline
 from tests.conftest import images_alone_and_from_threads
 
 
 @pytest.fixture(scope="module")
 def package_with_engines(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("tensorrt_rtx")
-    from core.profiles import shape_request
-    from core.specs import BuildConfig, Range
-    from engines.tensorrt.api import local_gpu_arch
-    from engines.tensorrt.build import BuildRequest, build_engines
+    from diffship.core.profiles import shape_request
+    from diffship.core.specs import BuildConfig, Range
+    from diffship.engines.tensorrt.api import local_gpu_arch
+    from diffship.engines.tensorrt.build import BuildRequest, build_engines
 
     package = tmp_path_factory.mktemp("trt-run") / "tiny"
     shutil.copytree(tiny_package, package)
@@ -38,7 +38,7 @@ def package_with_engines(tiny_package: Path, tmp_path_factory: pytest.TempPathFa
 
 
 def test_trt_backend_without_gpu_says_so(package_with_engines: Path) -> None:
-    from engines.tensorrt.api import local_gpu_arch
+    from diffship.engines.tensorrt.api import local_gpu_arch
 
     if local_gpu_arch() is not None:
         pytest.skip("this machine has a GPU")
@@ -52,7 +52,7 @@ def test_trt_backend_without_engines_says_how_to_build(tiny_package: Path) -> No
 
 
 def _require_runnable_engines() -> None:
-    from engines.tensorrt.api import RTX_ARCHS, local_gpu_arch
+    from diffship.engines.tensorrt.api import RTX_ARCHS, local_gpu_arch
 
     arch = local_gpu_arch()
     if arch not in RTX_ARCHS:
@@ -62,7 +62,7 @@ def _require_runnable_engines() -> None:
 
 @pytest.mark.gpu
 def test_rtx_engines_on_a_gpu_rtx_does_not_target_are_refused_with_the_reason(package_with_engines: Path) -> None:
-    from engines.tensorrt.api import RTX_ARCHS, local_gpu_arch
+    from diffship.engines.tensorrt.api import RTX_ARCHS, local_gpu_arch
 
     arch = local_gpu_arch()
     if arch in RTX_ARCHS:
@@ -115,9 +115,9 @@ class PlanTensors:
 
 def test_a_plan_whose_tensors_differ_from_the_spec_is_refused(tiny_package: Path) -> None:
     trt = pytest.importorskip("tensorrt_rtx")
-    from engines.tensorrt import api
-    from engines.tensorrt.api import load_library
-    from engines.tensorrt.engine import check_io
+    from diffship.engines.tensorrt import api
+    from diffship.engines.tensorrt.api import load_library
+    from diffship.engines.tensorrt.engine import check_io
 
     api.bind(load_library("trt-rtx"))
     spec = ModelPackage.open(tiny_package).variant("unet", "fp16").spec

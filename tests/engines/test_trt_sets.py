@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from core.package import ModelPackage
-from core.profiles import shape_request
-from core.specs import BuildConfig, Range
-from engines.tensorrt.sets import default_shape_request, engine_set_name
+from diffship.core.package import ModelPackage
+from diffship.core.profiles import shape_request
+from diffship.core.specs import BuildConfig, Range
+from diffship.engines.tensorrt.sets import default_shape_request, engine_set_name
 from tests.fakes import TINY
 
 SD15_LIKE = replace(TINY, default_height=512, default_width=512, spatial_multiple=8)
@@ -40,7 +40,7 @@ def test_set_names_say_what_differs_from_the_default_request(batch, size, chunks
 def two_sets(tiny_package: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     """The tiny package with text-encoder plans for the default request and for one static shape."""
     pytest.importorskip("tensorrt_rtx")
-    from engines.tensorrt.build import BuildRequest, build_engines
+    from diffship.engines.tensorrt.build import BuildRequest, build_engines
 
     package = tmp_path_factory.mktemp("sets") / "tiny"
     shutil.copytree(tiny_package, package)
@@ -66,12 +66,12 @@ def test_builds_for_different_shapes_coexist(two_sets: tuple[Path, str, str]) ->
 
 def test_the_runtime_prefers_the_default_set_and_names_the_others(two_sets: tuple[Path, str, str], monkeypatch,
                                                                   caplog) -> None:
-    import engines.tensorrt as trt_backend
+    import diffship.engines.tensorrt as trt_backend
 
     package_path, default, static = two_sets
     package = ModelPackage.open(package_path)
     monkeypatch.setattr(trt_backend, "local_gpu_arch", lambda: "sm89")
-    with caplog.at_level(logging.WARNING, logger="engines.tensorrt"):
+    with caplog.at_level(logging.WARNING, logger="diffship.engines.tensorrt"):
         chosen = trt_backend.choose_engine_set(package, None, None)
     assert chosen.name == default
     assert f"running engines/{default}" in caplog.text and static in caplog.text and "--engines" in caplog.text
@@ -80,7 +80,7 @@ def test_the_runtime_prefers_the_default_set_and_names_the_others(two_sets: tupl
 
 def test_without_the_default_set_the_broadest_is_run(two_sets: tuple[Path, str, str], tmp_path: Path,
                                                      monkeypatch, caplog) -> None:
-    import engines.tensorrt as trt_backend
+    import diffship.engines.tensorrt as trt_backend
 
     package_path, default, static = two_sets
     copy = tmp_path / "tiny"
@@ -90,7 +90,7 @@ def test_without_the_default_set_the_broadest_is_run(two_sets: tuple[Path, str, 
                       request=shape_request(opened.constants, Range(1, 1, 2)))
     opened.update_manifest(lambda m: replace(m, engines={static: m.engines[static], dynamic.name: dynamic}))
     monkeypatch.setattr(trt_backend, "local_gpu_arch", lambda: "sm89")
-    with caplog.at_level(logging.WARNING, logger="engines.tensorrt"):
+    with caplog.at_level(logging.WARNING, logger="diffship.engines.tensorrt"):
         chosen = trt_backend.choose_engine_set(ModelPackage.open(copy), None, "fp16")
     assert chosen.name == dynamic.name  # a static set takes one shape; the dynamic one more
     assert static in caplog.text

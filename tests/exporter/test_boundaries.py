@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from exporter.families.stable_diffusion import UPSAMPLE_TO_SKIP, UNetBoundary  # noqa: E402
-from exporter.sources import load_source  # noqa: E402
+from diffship.exporter.families.stable_diffusion import UPSAMPLE_TO_SKIP, UNetBoundary  # noqa: E402
+from diffship.exporter.sources import load_source  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_the_source_unet_keeps_its_own_upsampling(unet) -> None:
 
 
 def test_the_boundary_replaces_upsamplers_in_its_copy_only(unet) -> None:
-    from exporter.families.stable_diffusion import SkipSizedUpsample
+    from diffship.exporter.families.stable_diffusion import SkipSizedUpsample
 
     boundary = UNetBoundary(unet)
     replaced = [u for block in boundary.unet.up_blocks for u in (block.upsamplers or [])]

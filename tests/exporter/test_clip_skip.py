@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.reference import alias_text_model
-from exporter.families import family_exporter
-from exporter.package import ExportError, ExportRequest, export_package
-from exporter.sources import load_source
-from runtime import Pipeline
-from runtime.errors import PipelineInputError
+from diffship.bench.reference import alias_text_model
+from diffship.exporter.families import family_exporter
+from diffship.exporter.package import ExportError, ExportRequest, export_package
+from diffship.exporter.sources import load_source
+from diffship.runtime import Pipeline
+from diffship.runtime.errors import PipelineInputError
 
 PROMPTS = ["a red fox in the snow", "two blue squares"]
 

@@ -10,12 +10,12 @@ import numpy as np
 import onnx
 import pytest
 
-from core.families.stable_diffusion import COMPONENTS
-from core.integrity import sha256_file
-from core.package import ModelPackage
-from exporter.onnx_export import ExportOptions
-from exporter.package import ExportError, ExportRequest, export_package
-from exporter.sources import load_source
+from diffship.core.families.stable_diffusion import COMPONENTS
+from diffship.core.integrity import sha256_file
+from diffship.core.package import ModelPackage
+from diffship.exporter.onnx_export import ExportOptions
+from diffship.exporter.package import ExportError, ExportRequest, export_package
+from diffship.exporter.sources import load_source
 
 MODELS = ("tiny", "tiny-v")
 DTYPES = {"tiny": ["fp32", "fp16"], "tiny-v": ["fp32"]}  # as tests/conftest.py exports them
@@ -143,7 +143,7 @@ def test_export_from_model_path_matches_tiny_weights(tmp_path: Path, pretrained_
 
 
 def test_failed_verification_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.metrics as metrics
+    import diffship.core.metrics as metrics
 
     monkeypatch.setattr(metrics, "FP32_MAX_ABS_RELATIVE", 0.0)
     out = tmp_path / "pkg"
@@ -156,7 +156,7 @@ def test_failed_verification_leaves_nothing_behind(tmp_path: Path, monkeypatch: 
 def test_large_models_get_one_external_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import onnxruntime as ort
 
-    import engines.onnx.graphs as onnx_graphs
+    import diffship.engines.onnx.graphs as onnx_graphs
 
     monkeypatch.setattr(onnx_graphs, "PROTOBUF_LIMIT", 1 << 20)
     out = tmp_path / "pkg"
@@ -187,7 +187,7 @@ def test_legacy_exporter_still_writes_invalid_fp16_text_encoders(tmp_path: Path)
     # Why the refusal above exists; when torch's TorchScript exporter stops failing here, lift the refusal.
     import torch
 
-    from exporter.families import family_exporter
+    from diffship.exporter.families import family_exporter
 
     source = load_source("tiny")
     try:

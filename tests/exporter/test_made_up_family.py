@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engines.backend import register_backend  # noqa: E402
-from exporter.package import ExportRequest, export_source  # noqa: E402
-from runtime import Pipeline  # noqa: E402
+from diffship.engines.backend import register_backend  # noqa: E402
+from diffship.exporter.package import ExportRequest, export_source  # noqa: E402
+from diffship.runtime import Pipeline  # noqa: E402
 from tests.fakes import Function, NumpyBackend  # noqa: E402
 from tests.made_up import description, exporter, text_side  # noqa: E402
 from tests.made_up.description import NAME  # noqa: E402

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from core.families.stable_diffusion import COMPONENTS
-from core.package import ModelPackage
-from engines.ort.build import build_ort_engines
-from exporter.onnx_export import ExportOptions
-from exporter.package import ExportRequest, export_package
+from diffship.core.families.stable_diffusion import COMPONENTS
+from diffship.core.package import ModelPackage
+from diffship.engines.ort.build import build_ort_engines
+from diffship.exporter.onnx_export import ExportOptions
+from diffship.exporter.package import ExportRequest, export_package
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.export

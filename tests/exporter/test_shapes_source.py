@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.sources import PRESETS, SourceError, check_source_arguments
+from diffship.exporter.sources import PRESETS, SourceError, check_source_arguments
 
 
 def test_shapes_preset_refuses_random_weights() -> None:
@@ -25,7 +25,7 @@ def test_shapes_folder_fits_the_size_budget_and_records_its_training() -> None:
 
 
 def test_shapes_package_names_its_bundled_source(shapes_package: Path) -> None:
-    from core.package import ModelPackage
+    from diffship.core.package import ModelPackage
 
     package = ModelPackage.open(shapes_package)
     source = package.manifest.source

@@ -10,9 +10,9 @@ import numpy as np
 import onnx
 import pytest
 
-from core.package import ModelPackage
-from exporter.onnx_export import ExportOptions
-from exporter.package import ExportRequest, export_package
+from diffship.core.package import ModelPackage
+from diffship.exporter.onnx_export import ExportOptions
+from diffship.exporter.package import ExportRequest, export_package
 
 
 def test_streamed_export_verifies_and_computes_what_the_plain_export_does(tiny_xl_package: Path, tmp_path: Path) -> None:
@@ -47,14 +47,14 @@ def test_streamed_fp16_unet_meets_the_fp16_bar(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     import torch
 
-    from core.families import get_family
-    from core.metrics import random_feeds, verification_dims
-    from core.specs import dim_multiples
-    from exporter.families import family_exporter
-    from exporter.onnx_export import export_component
-    from exporter.package import _example_dims, _half_copy
-    from exporter.sources import load_source
-    from exporter.verify import verify_component
+    from diffship.core.families import get_family
+    from diffship.core.metrics import random_feeds, verification_dims
+    from diffship.core.specs import dim_multiples
+    from diffship.exporter.families import family_exporter
+    from diffship.exporter.onnx_export import export_component
+    from diffship.exporter.package import _example_dims, _half_copy
+    from diffship.exporter.sources import load_source
+    from diffship.exporter.verify import verify_component
 
     source = load_source("tiny-xl")
     try:

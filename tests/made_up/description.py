@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from core.families import FAMILIES, Family, register_family
-from core.specs import ComponentSpec, PipelineConstants, TensorSpec, TextEncoderConstants
+from diffship.core.families import FAMILIES, Family, register_family
+from diffship.core.specs import ComponentSpec, PipelineConstants, TensorSpec, TextEncoderConstants
 
 NAME = "pooled-toy"
 

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.specs import PipelineConstants
-from exporter.families import register_family_exporter
-from exporter.sources import SourceError, SourceModels
-from exporter.vocab import write_clip_tokenizer
+from diffship.core.specs import PipelineConstants
+from diffship.exporter.families import register_family_exporter
+from diffship.exporter.sources import SourceError, SourceModels
+from diffship.exporter.vocab import write_clip_tokenizer
 from tests.fakes import CONFIGS
 from tests.made_up.description import CONSTANTS, NAME
 

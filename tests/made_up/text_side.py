@@ -8,14 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from core.package import ModelPackage
-from engines.base import EngineBase
-from runtime.errors import PipelineInputError
-from runtime.guidance import run_engine
-from runtime.requests import Request
-from runtime.text import Conditioning, TextOptions, read_tokenizer, register_text_side
-from runtime.timing import StageTimer
-from runtime.tokenizer import CLIPTokenizer
+from diffship.core.package import ModelPackage
+from diffship.engines.base import EngineBase
+from diffship.runtime.errors import PipelineInputError
+from diffship.runtime.guidance import run_engine
+from diffship.runtime.requests import Request
+from diffship.runtime.text import Conditioning, TextOptions, read_tokenizer, register_text_side
+from diffship.runtime.timing import StageTimer
+from diffship.runtime.tokenizer import CLIPTokenizer
 from tests.made_up.description import NAME
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.reference import Reference
+from diffship.bench.reference import Reference
 
 
 @pytest.fixture(scope="session")

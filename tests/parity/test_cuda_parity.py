@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from core.package import ModelPackage  # noqa: E402
-from engines.ort import cuda_available  # noqa: E402
-from runtime import Pipeline  # noqa: E402
+from diffship.core.package import ModelPackage  # noqa: E402
+from diffship.engines.ort import cuda_available  # noqa: E402
+from diffship.runtime import Pipeline  # noqa: E402
 from tests.parity.test_pipeline_parity import (  # noqa: E402
     HEIGHT,
     NEGATIVES,

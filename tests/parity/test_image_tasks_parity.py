@@ -18,10 +18,10 @@ import pytest
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
-from bench.reference import ImageDraws, Reference, reference_pipeline, run_reference_image_task  # noqa: E402
-from core.package import ModelPackage  # noqa: E402
-from runtime import Pipeline  # noqa: E402
-from runtime.schedulers import SHORT_NAMES  # noqa: E402
+from diffship.bench.reference import ImageDraws, Reference, reference_pipeline, run_reference_image_task  # noqa: E402
+from diffship.core.package import ModelPackage  # noqa: E402
+from diffship.runtime import Pipeline  # noqa: E402
+from diffship.runtime.schedulers import SHORT_NAMES  # noqa: E402
 
 PROMPTS = ["a red fox in the snow", "a bowl of ramen"]
 NEGATIVES = ["blurry", "low quality, watermark"]

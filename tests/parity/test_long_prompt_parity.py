@@ -16,9 +16,9 @@ import pytest
 torch = pytest.importorskip("torch")
 compel_module = pytest.importorskip("compel.embeddings_provider")
 
-from runtime import Pipeline  # noqa: E402
-from runtime.prompts import PromptEncoder, parse_prompt  # noqa: E402
-from runtime.tokenizer import CLIPTokenizer  # noqa: E402
+from diffship.runtime import Pipeline  # noqa: E402
+from diffship.runtime.prompts import PromptEncoder, parse_prompt  # noqa: E402
+from diffship.runtime.tokenizer import CLIPTokenizer  # noqa: E402
 
 WEIGHTED = (
     "a (majestic red fox:1.3) standing in [deep] fresh snow at the edge of a quiet pine forest, ((golden hour light)), "
@@ -108,7 +108,7 @@ def test_pipeline_long_prompt_matches_diffusers_on_compel_embeddings(model, pack
     cond = compel_embeddings(reference.pipe, WEIGHTED)
     uncond = compel_embeddings(reference.pipe, negative)
     uncond = np.concatenate([uncond, *[compel_embeddings(reference.pipe, "")] * (len(cond) // 77 - 1)])
-    from bench.reference import use_scheduler
+    from diffship.bench.reference import use_scheduler
 
     use_scheduler(reference, "ddim")
     with torch.inference_mode():

@@ -1,6 +1,6 @@
 """LoRA without rebuilding: runtime.Pipeline with LoRAs against diffusers' ``load_lora_weights`` + ``fuse_lora``.
 
-LoRAs are made with peft on the tiny models (``lora_files`` in tests/conftest.py, scripts/make_lora.py): non-zero
+LoRAs are made with peft on the tiny models (``lora_files`` in tests/conftest.py, diffship/tools/make_lora.py): non-zero
 up weights, rank 4 and 8, UNet (attention, projections, feed-forward, 3x3 convolutions) and text encoder, one file in
 the kohya format converted from a peft one. Bar: fp32 max pixel difference <= 2/255 (docs/design.md, "Parity bars").
 """
@@ -14,9 +14,9 @@ import pytest
 
 diffusers = pytest.importorskip("diffusers")
 
-from bench.reference import Reference, run_reference  # noqa: E402
-from runtime import Pipeline  # noqa: E402
-from runtime.lora import LoraError  # noqa: E402
+from diffship.bench.reference import Reference, run_reference  # noqa: E402
+from diffship.runtime import Pipeline  # noqa: E402
+from diffship.runtime.lora import LoraError  # noqa: E402
 
 PROMPTS = ["a red fox in the snow", "a bowl of ramen"]
 HEIGHT, WIDTH = 64, 96

@@ -16,8 +16,8 @@ import pytest
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
-from bench.reference import ImageDraws, Reference, run_reference, run_reference_image_task  # noqa: E402
-from runtime import Pipeline  # noqa: E402
+from diffship.bench.reference import ImageDraws, Reference, run_reference, run_reference_image_task  # noqa: E402
+from diffship.runtime import Pipeline  # noqa: E402
 from tests.parity import test_sdxl_parity as text_suite  # noqa: E402
 from tests.parity.conftest import sdxl_reference  # noqa: E402
 from tests.parity.test_image_tasks_parity import sample_image  # noqa: E402

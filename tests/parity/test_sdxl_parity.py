@@ -15,9 +15,9 @@ import pytest
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
-from bench.reference import Reference, run_reference  # noqa: E402
-from runtime import Pipeline  # noqa: E402
-from runtime.schedulers import SHORT_NAMES  # noqa: E402
+from diffship.bench.reference import Reference, run_reference  # noqa: E402
+from diffship.runtime import Pipeline  # noqa: E402
+from diffship.runtime.schedulers import SHORT_NAMES  # noqa: E402
 from tests.parity.conftest import sdxl_reference  # noqa: E402
 
 PROMPTS = ["a red fox in the snow", "an astronaut riding a horse on the moon, highly detailed"]
@@ -136,8 +136,8 @@ def test_sdxl_turbo_style_matches_diffusers(steps: int, ours: Pipeline, referenc
 
 @pytest.fixture(scope="module")
 def clip_skip_package(tiny_xl_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from exporter.onnx_export import ExportOptions
-    from exporter.package import ExportRequest, export_package
+    from diffship.exporter.onnx_export import ExportOptions
+    from diffship.exporter.package import ExportRequest, export_package
 
     out = tmp_path_factory.mktemp("clip-skip") / "tiny-xl-clip-skip-1"
     export_package(ExportRequest(out=out, model_path=tiny_xl_dir, options=ExportOptions(exporter="legacy"), clip_skip=1))
@@ -163,8 +163,8 @@ def test_sdxl_fp16_matches_diffusers_fp32_and_decodes_in_fp32(tiny_xl_package: P
     # diffusers decodes in fp32, and so does an fp16 pipeline here.
     import shutil
 
-    from core.package import ModelPackage
-    from engines.onnx.fp16 import convert_to_fp16
+    from diffship.core.package import ModelPackage
+    from diffship.engines.onnx.fp16 import convert_to_fp16
 
     package_path = tmp_path / "tiny-xl"
     shutil.copytree(tiny_xl_package, package_path)

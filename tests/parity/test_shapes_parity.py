@@ -1,4 +1,4 @@
-"""End to end on a trained model: ``shapes`` (models/shapes) through runtime.Pipeline against diffusers.
+"""End to end on a trained model: ``shapes`` (diffship/models/shapes) through runtime.Pipeline against diffusers.
 
 Random weights leave the latents near noise the whole way; a trained UNet moves them to an image, so the samplers'
 arithmetic meets the dynamics it was written for. The reference is rebuilt from the package's manifest
@@ -16,10 +16,10 @@ import pytest
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
-from bench.reference import ImageDraws, Reference, reference_pipeline, run_reference, run_reference_image_task  # noqa: E402
-from core.package import ModelPackage  # noqa: E402
-from runtime import Pipeline  # noqa: E402
-from runtime.schedulers import SHORT_NAMES  # noqa: E402
+from diffship.bench.reference import ImageDraws, Reference, reference_pipeline, run_reference, run_reference_image_task  # noqa: E402
+from diffship.core.package import ModelPackage  # noqa: E402
+from diffship.runtime import Pipeline  # noqa: E402
+from diffship.runtime.schedulers import SHORT_NAMES  # noqa: E402
 
 PROMPTS = ["a large red circle on a white background, center", "a small blue star, top left", "a green triangle"]
 NEGATIVES = ["a black background", "", "a square"]

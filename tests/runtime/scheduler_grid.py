@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-CONFIGS = Path(__file__).resolve().parents[2] / "exporter" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "diffship" / "exporter" / "configs"
 STEP_COUNTS = (1, 2, 3, 4, 10, 50)
 """Both sides of the step-count-dependent branches (DPM-Solver's lower-order final steps below 15, ...); 25 was
 dropped for CI time: it takes no branch 10 and 50 do not."""

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from runtime import Pipeline
-from runtime.batching import Batcher, BatcherClosed, BatchReport, BatchSettings, DeadlineExceeded, QueueFull
-from runtime.calls import Call
-from runtime.errors import PipelineCancelled, PipelineInputError
-from runtime.timing import peak_rss_bytes
+from diffship.runtime import Pipeline
+from diffship.runtime.batching import Batcher, BatcherClosed, BatchReport, BatchSettings, DeadlineExceeded, QueueFull
+from diffship.runtime.calls import Call
+from diffship.runtime.errors import PipelineCancelled, PipelineInputError
+from diffship.runtime.timing import peak_rss_bytes
 
 CALLS: list[dict[str, Any]] = [
     {"prompt": "a red fox", "seed": 1, "guidance_scale": 7.5},

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.conditioning import (
+from diffship.runtime.conditioning import (
     latent_sample,
     load_image,
     mask_crop_box,
@@ -18,7 +18,7 @@ from runtime.conditioning import (
     resize_crop,
     resize_fill,
 )
-from runtime.errors import PipelineInputError
+from diffship.runtime.errors import PipelineInputError
 
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import Pipeline
-from runtime.ensemble import DEFAULT_DENOISING_END, run_ensemble
+from diffship.runtime import Pipeline
+from diffship.runtime.ensemble import DEFAULT_DENOISING_END, run_ensemble
 
 ARGUMENTS = {"num_inference_steps": 5, "guidance_scale": 5.0, "seed": 3, "height": 64, "width": 96,
              "negative_prompt": "blurry", "aesthetic_score": 7.0, "target_size": (64, 96)}

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from core.families import SD1
-from core.families import SDXL as XL
-from runtime.errors import PipelineInputError
-from runtime.handoff import Handoff, check_handoff
-from runtime.schedulers import SHORT_NAMES, make_scheduler, resolve_scheduler
+from diffship.core.families import SD1
+from diffship.core.families import SDXL as XL
+from diffship.runtime.errors import PipelineInputError
+from diffship.runtime.handoff import Handoff, check_handoff
+from diffship.runtime.schedulers import SHORT_NAMES, make_scheduler, resolve_scheduler
 
 CONFIG = {"_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
           "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "steps_offset": 1,

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.package import ModelPackage
-from engines.backend import register_backend
-from runtime import Pipeline
-from runtime.errors import PipelineInputError
+from diffship.core.package import ModelPackage
+from diffship.engines.backend import register_backend
+from diffship.runtime import Pipeline
+from diffship.runtime.errors import PipelineInputError
 from tests.fakes import TINY, FakeEngine, NumpyBackend, with_profile, write_package
 
 FREE_SIZES = replace(TINY, spatial_multiple=8)
@@ -109,7 +109,7 @@ def test_four_channel_inpainting_keeps_the_known_latents(pipe: Pipeline) -> None
     encoder = pipe.engines["vae_encoder"]
     from PIL import Image
 
-    from runtime.conditioning import preprocess_image
+    from diffship.runtime.conditioning import preprocess_image
 
     parameters = encoder({"sample": preprocess_image(Image.fromarray(image()), 64, 72)})["latent_parameters"]
     known = parameters[:, :4] * np.float32(TINY.scaling_factor)
@@ -209,7 +209,7 @@ def test_sample_mode_without_an_image_is_refused(pipe: Pipeline) -> None:
 
 
 def test_a_strength_grid_records_what_a_single_image_records(pipe: Pipeline, tmp_path: Path) -> None:
-    from runtime.grid import parse_axis, sweep
+    from diffship.runtime.grid import parse_axis, sweep
 
     arguments = {"image": image(), "mask_image": mask(), "num_inference_steps": 4, "seed": 3, "sample_mode": "argmax",
                  "negative_prompt": "blurry", "guidance_scale": 7.5}

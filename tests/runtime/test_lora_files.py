@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from core.weights import WeightSlot, from_layout, to_layout
-from runtime.lora import LoraError, LoraRequest, read_lora, read_safetensors
+from diffship.core.weights import WeightSlot, from_layout, to_layout
+from diffship.runtime.lora import LoraError, LoraRequest, read_lora, read_safetensors
 
 ADAPTERS = {"unet": ("unet", "lora_unet"), "text_encoder": ("text_encoder", "lora_te")}
 MODULES = {

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.backend import register_backend
-from runtime import Pipeline
-from runtime.errors import PipelineInputError
+from diffship.engines.backend import register_backend
+from diffship.runtime import Pipeline
+from diffship.runtime.errors import PipelineInputError
 from tests.fakes import Function, NumpyBackend, write_package
 from tests.made_up import description, text_side
 from tests.made_up.description import CONSTANTS, NAME

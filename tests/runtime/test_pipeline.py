@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.base import EngineBase
-from runtime import Pipeline
-from runtime.errors import PipelineError, PipelineInputError
-from runtime.images import read_parameters
+from diffship.engines.base import EngineBase
+from diffship.runtime import Pipeline
+from diffship.runtime.errors import PipelineError, PipelineInputError
+from diffship.runtime.images import read_parameters
 from tests.conftest import images_alone_and_from_threads
 
 
@@ -116,7 +116,7 @@ def test_injected_latents_mean_unscaled_noise_like_seeded_ones(pipe: Pipeline, s
 def test_long_prompt_is_truncated_with_a_warning_naming_the_count(pipe: Pipeline, caplog) -> None:
     prompt = ", ".join(["a red fox in the snow"] * 20)
     dropped = len(pipe.text.tokenizer.tokenize(prompt)) - 75
-    with caplog.at_level(logging.WARNING, logger="runtime.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="diffship.runtime.pipeline"):
         pipe(prompt, num_inference_steps=1, seed=0)
     assert f"{dropped} were dropped" in caplog.text
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.manifest import OrtEngineEntry, OrtEngineSet, TrtEngineEntry, TrtEngineSet
-from core.package import ModelPackage
-from core.specs import Range, ShapeRequest
-from engines.backend import OpenRequest, backend_names, register_backend
-from engines.errors import EngineError
-from runtime import Pipeline
-from runtime.errors import PipelineInputError
-from runtime.guidance import ClassifierFreeGuidance
-from runtime.images import read_parameters
+from diffship.core.manifest import OrtEngineEntry, OrtEngineSet, TrtEngineEntry, TrtEngineSet
+from diffship.core.package import ModelPackage
+from diffship.core.specs import Range, ShapeRequest
+from diffship.engines.backend import OpenRequest, backend_names, register_backend
+from diffship.engines.errors import EngineError
+from diffship.runtime import Pipeline
+from diffship.runtime.errors import PipelineInputError
+from diffship.runtime.guidance import ClassifierFreeGuidance
+from diffship.runtime.images import read_parameters
 from tests.fakes import FakeEngine, NumpyBackend, toy_functions, with_profile, write_package
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ def _with_engine_sets(package: Path, tmp_path: Path) -> Path:
 
 def test_the_precision_reported_is_the_engine_set_chosen(package: Path, tmp_path: Path) -> None:
     # The defect: backend="trt" reported fp16 even when an fp32 engine set was chosen.
-    from engines.tensorrt import TensorRTBackend
+    from diffship.engines.tensorrt import TensorRTBackend
 
     copy = _with_engine_sets(package, tmp_path)
     selection = TensorRTBackend().select(ModelPackage.open(copy), OpenRequest(engine_set="trt-rtx-sm89-fp32"))
@@ -155,8 +155,8 @@ def test_the_precision_reported_is_the_engine_set_chosen(package: Path, tmp_path
 
 def test_a_backend_never_takes_another_backends_engine_set(package: Path, tmp_path: Path) -> None:
     # The defect: --backend trt --engines ort-... would have loaded an ONNX file as a TensorRT plan.
-    from engines.ort import OrtBackend
-    from engines.tensorrt import TensorRTBackend
+    from diffship.engines.ort import OrtBackend
+    from diffship.engines.tensorrt import TensorRTBackend
 
     copy = ModelPackage.open(_with_engine_sets(package, tmp_path))
     with pytest.raises(EngineError, match="ONNX Runtime sets run with --backend ort"):
@@ -180,15 +180,15 @@ def test_manifest_round_trips_typed_engine_sets_and_keeps_unknown_ones(package: 
 def test_generating_imports_no_build_time_code(package: Path) -> None:
     code = (
         "import sys\n"
-        "from engines.backend import register_backend\n"
+        "from diffship.engines.backend import register_backend\n"
         "from tests.fakes import NumpyBackend\n"
         "register_backend('numpy', NumpyBackend)\n"
-        "from runtime import Pipeline\n"
-        "import engines.ort, engines.tensorrt\n"
+        "from diffship.runtime import Pipeline\n"
+        "import diffship.engines.ort, diffship.engines.tensorrt\n"
         f"Pipeline.from_package({str(package)!r}, backend='numpy')('a fox', num_inference_steps=2, seed=0)\n"
-        "build = ('onnx', 'onnx_graphsurgeon', 'tensorrt', 'tensorrt_rtx', 'engines.build', 'engines.ort.build',\n"
-        "         'engines.tensorrt.build', 'engines.onnx.graphs', 'engines.onnx.fp16', 'engines.onnx.weight_maps', 'torch',\n"
-        "         'diffusers', 'transformers')\n"
+        "build = ('onnx', 'onnx_graphsurgeon', 'tensorrt', 'tensorrt_rtx', 'diffship.engines.build',\n"
+        "         'diffship.engines.ort.build', 'diffship.engines.tensorrt.build', 'diffship.engines.onnx.graphs',\n"
+        "         'diffship.engines.onnx.fp16', 'diffship.engines.onnx.weight_maps', 'torch', 'diffusers', 'transformers')\n"
         "print([m for m in sys.modules if m in build or m.split('.')[0] in ('onnx', 'tensorrt', 'tensorrt_rtx')])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import PackageError
-from runtime import Pipeline
-from runtime.errors import PipelineInputError
+from diffship.core.errors import PackageError
+from diffship.runtime import Pipeline
+from diffship.runtime.errors import PipelineInputError
 from tests.fakes import write_package
 
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.prompts import Fragment, PromptEncoder, PromptSyntaxError, parse_prompt
-from runtime.tokenizer import CLIPTokenizer
+from diffship.runtime.prompts import Fragment, PromptEncoder, PromptSyntaxError, parse_prompt
+from diffship.runtime.tokenizer import CLIPTokenizer
 
-CONFIGS = Path(__file__).resolve().parents[2] / "exporter" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "diffship" / "exporter" / "configs"
 
 
 def pairs(text: str) -> list[tuple[str, float]]:
@@ -48,7 +48,7 @@ def test_parse_prompt_refuses_a_weight_that_is_not_finite() -> None:
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> CLIPTokenizer:
-    from exporter.vocab import write_clip_tokenizer
+    from diffship.exporter.vocab import write_clip_tokenizer
 
     config = json.loads((CONFIGS / "tiny" / "tokenizer_config.json").read_text())
     return CLIPTokenizer.from_dir(write_clip_tokenizer(tmp_path_factory.mktemp("clip"), config))

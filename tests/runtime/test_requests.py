@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import runtime.requests as requests
-from engines.backend import register_backend
-from runtime import Pipeline
-from runtime.errors import PipelineError, PipelineInputError
-from runtime.images import read_parameters
-from runtime.requests import Limits
+import diffship.runtime.requests as requests
+from diffship.engines.backend import register_backend
+from diffship.runtime import Pipeline
+from diffship.runtime.errors import PipelineError, PipelineInputError
+from diffship.runtime.images import read_parameters
+from diffship.runtime.requests import Limits
 from tests.conftest import images_alone_and_from_threads
 from tests.fakes import TINY, NumpyBackend, toy_functions, write_package
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engines.backend import register_backend
-from runtime import GenerationResult, Pipeline
-from runtime.errors import PipelineError, PipelineInputError
-from runtime.images import read_parameters
+from diffship.engines.backend import register_backend
+from diffship.runtime import GenerationResult, Pipeline
+from diffship.runtime.errors import PipelineError, PipelineInputError
+from diffship.runtime.images import read_parameters
 from tests.fakes import NumpyBackend, write_package
 
 

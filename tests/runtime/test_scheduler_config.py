@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from runtime.schedulers import (
+from diffship.runtime.schedulers import (
     NOT_IMPLEMENTED,
     WEB_UI_NAMES,
     SchedulerError,

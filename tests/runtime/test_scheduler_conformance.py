@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from runtime.schedulers import SHORT_NAMES, Scheduler, SchedulerError, make_scheduler, resolve_scheduler
+from diffship.runtime.schedulers import SHORT_NAMES, Scheduler, SchedulerError, make_scheduler, resolve_scheduler
 from tests.runtime.scheduler_grid import SD15
 
 SHAPE = (2, 4, 8, 8)

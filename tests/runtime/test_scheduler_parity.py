@@ -22,7 +22,7 @@ import pytest
 diffusers = pytest.importorskip("diffusers")
 torch = pytest.importorskip("torch")
 
-from runtime.schedulers import SHORT_NAMES, SchedulerError, make_scheduler, resolve_scheduler  # noqa: E402
+from diffship.runtime.schedulers import SHORT_NAMES, SchedulerError, make_scheduler, resolve_scheduler  # noqa: E402
 from tests.runtime.scheduler_grid import Case, parametrize  # noqa: E402
 
 SHAPE = (2, 4, 8, 8)
@@ -148,7 +148,7 @@ def test_starting_mid_schedule_matches_diffusers(name: str, steps: int, strength
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Image-to-image: begin at the step strength gives, noise the image there with add_noise, run the rest; as
     diffusers' img2img pipelines drive a scheduler (set_begin_index where the class has it)."""
-    from runtime.schedulers import start_index
+    from diffship.runtime.schedulers import start_index
     from tests.runtime.scheduler_grid import SD15, SD21
 
     base = SD21 if name == "unipc" else SD15

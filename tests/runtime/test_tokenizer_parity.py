@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 transformers = pytest.importorskip("transformers")
 
-from exporter.vocab import VOCAB_SIZE, write_clip_tokenizer  # noqa: E402
-from runtime.tokenizer import CLIPTokenizer  # noqa: E402
+from diffship.exporter.vocab import VOCAB_SIZE, write_clip_tokenizer  # noqa: E402
+from diffship.runtime.tokenizer import CLIPTokenizer  # noqa: E402
 from scripts.make_tokenizer_corpus import generate_corpus  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ FAMILIES = {"sd1": "tiny", "sd2": "tiny-v"}
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def tokenizer_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    config = json.loads((ROOT / "exporter" / "configs" / FAMILIES[request.param] / "tokenizer_config.json").read_text())
+    config = json.loads((ROOT / "diffship" / "exporter" / "configs" / FAMILIES[request.param] / "tokenizer_config.json").read_text())
     return write_clip_tokenizer(tmp_path_factory.mktemp(request.param), config)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = """
 import sys
-for name in ("torch", "diffusers", "transformers", "optimum", "exporter", "tokenizers", "onnxscript"):
+for name in ("torch", "diffusers", "transformers", "optimum", "diffship.exporter", "tokenizers", "onnxscript"):
     sys.modules[name] = None  # any import of these now raises ImportError
 """
 
@@ -21,12 +21,16 @@ def run_blocked(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_runtime_and_engines_import_without_torch_diffusers_transformers() -> None:
     result = run_blocked(
-        "import runtime, runtime.tokenizer, runtime.schedulers, runtime.pipeline, runtime.images, runtime.grid\n"
-        "import core, core.specs, core.package, core.manifest, core.families, core.profiles, core.metrics\n"
-        "import engines, engines.base, engines.backend, engines.build, engines.ort, engines.ort.build\n"
-        "import engines.tensorrt, engines.tensorrt.engine, engines.tensorrt.build, engines.onnx.graphs\n"
-        "import engines.onnx.fp16, engines.onnx.weight_maps, engines.onnx.feeds, engines.onnx.session\n"
-        "import runtime.batching, serve, serve.app, serve.service, serve.metrics, serve.local, serve.ray_app\n"
+        "import diffship.runtime, diffship.runtime.tokenizer, diffship.runtime.schedulers, diffship.runtime.pipeline\n"
+        "import diffship.runtime.images, diffship.runtime.grid, diffship.runtime.batching, diffship.runtime.text.sdxl\n"
+        "import diffship.core, diffship.core.specs, diffship.core.package, diffship.core.manifest, diffship.core.families\n"
+        "import diffship.core.profiles, diffship.core.metrics\n"
+        "import diffship.engines, diffship.engines.base, diffship.engines.backend, diffship.engines.build\n"
+        "import diffship.engines.ort, diffship.engines.ort.build, diffship.engines.tensorrt, diffship.engines.tensorrt.engine\n"
+        "import diffship.engines.tensorrt.build, diffship.engines.onnx.graphs, diffship.engines.onnx.fp16\n"
+        "import diffship.engines.onnx.weight_maps, diffship.engines.onnx.feeds, diffship.engines.onnx.session\n"
+        "import diffship.serve, diffship.serve.app, diffship.serve.service, diffship.serve.metrics, diffship.serve.local\n"
+        "import diffship.serve.ray_app\n"
         "print('ok')"
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
@@ -34,7 +38,7 @@ def test_runtime_and_engines_import_without_torch_diffusers_transformers() -> No
 
 def test_generate_an_image_without_torch(tiny_package: Path) -> None:
     result = run_blocked(
-        "from runtime import Pipeline\n"
+        "from diffship.runtime import Pipeline\n"
         f"pipe = Pipeline.from_package({str(tiny_package)!r}, device='cpu')\n"
         "result = pipe('a red fox in the snow', num_inference_steps=3, seed=1, scheduler='euler_a')\n"
         "assert result.images[0].shape == (64, 64, 3)\n"
@@ -60,18 +64,18 @@ def test_cli_generate_does_not_import_torch(tiny_package: Path, tmp_path: Path) 
 def test_generating_with_prebuilt_engines_loads_no_build_time_code(tiny_package: Path, tmp_path: Path) -> None:
     import shutil
 
-    from engines.ort.build import build_ort_engines
+    from diffship.engines.ort.build import build_ort_engines
 
     copy = tmp_path / "tiny"
     shutil.copytree(tiny_package, copy)
     build_ort_engines(copy)
     result = run_blocked(
-        "from runtime import Pipeline\n"
+        "from diffship.runtime import Pipeline\n"
         f"pipe = Pipeline.from_package({str(copy)!r}, device='cpu')\n"
         "assert 'engines/' in str(pipe.engines['unet'].path), pipe.engines['unet'].path\n"
         "pipe('a red fox', num_inference_steps=2, seed=1)\n"
-        "build = ('engines.build', 'engines.ort.build', 'engines.tensorrt.build', 'engines.onnx.graphs', 'engines.onnx.fp16',\n"
-        "         'engines.onnx.weight_maps')\n"
+        "build = ('diffship.engines.build', 'diffship.engines.ort.build', 'diffship.engines.tensorrt.build',\n"
+        "         'diffship.engines.onnx.graphs', 'diffship.engines.onnx.fp16', 'diffship.engines.onnx.weight_maps')\n"
         "loaded = [m for m in sys.modules if m in build or m.split('.')[0] in ('onnx', 'onnx_graphsurgeon', 'tensorrt',"
         " 'tensorrt_rtx')]\n"
         "assert not loaded, loaded\n"

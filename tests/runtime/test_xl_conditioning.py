@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.errors import PipelineInputError
-from runtime.guidance import rescale_guidance
-from runtime.requests import Limits, SizeLimits, validate_request
-from runtime.text.sd import refuse_extra_arguments
-from runtime.text.sdxl import MicroConditioning, check_micro_conditioning
+from diffship.runtime.errors import PipelineInputError
+from diffship.runtime.guidance import rescale_guidance
+from diffship.runtime.requests import Limits, SizeLimits, validate_request
+from diffship.runtime.text.sd import refuse_extra_arguments
+from diffship.runtime.text.sdxl import MicroConditioning, check_micro_conditioning
 from tests.fakes import TINY
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from scripts.probe_prompt_words import PROMPT, main, probe
 
-SHAPES = Path(__file__).resolve().parents[2] / "models" / "shapes"
+SHAPES = Path(__file__).resolve().parents[2] / "diffship" / "models" / "shapes"
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import pytest
 
 from scripts.probe_shape_by_noise import main, probe
 
-SHAPES = Path(__file__).resolve().parents[2] / "models" / "shapes"
+SHAPES = Path(__file__).resolve().parents[2] / "diffship" / "models" / "shapes"
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ def test_probe_shape_by_noise_keeps_the_shape_through_the_vae_and_denoises_from_
     pytest.importorskip("diffusers")
     results = probe(SHAPES, starts=(0, 999), images=16, steps=4)
     assert [(r.start_timestep, r.steps) for r in results] == [(0, 0), (751, 4)]
-    # The classifier reads 99% of VAE round trips right (models/shapes/classifier.json); chance is 20%.
+    # The classifier reads 99% of VAE round trips right (diffship/models/shapes/classifier.json); chance is 20%.
     assert results[0].shape_accuracy >= 0.8, results
 
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from runtime import Pipeline
-from runtime.batching import BatchSettings
-from serve.app import create_app
-from serve.local import serve_in_thread
-from serve.service import ImageService, ServeConfig
+from diffship.runtime import Pipeline
+from diffship.runtime.batching import BatchSettings
+from diffship.serve.app import create_app
+from diffship.serve.local import serve_in_thread
+from diffship.serve.service import ImageService, ServeConfig
 
 
 @pytest.fixture(scope="session")

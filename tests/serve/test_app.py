@@ -20,9 +20,9 @@ import openai
 import pytest
 from PIL import Image
 
-from runtime import Pipeline
-from runtime.errors import PipelineInputError
-from runtime.images import read_parameters
+from diffship.runtime import Pipeline
+from diffship.runtime.errors import PipelineInputError
+from diffship.runtime.images import read_parameters
 from tests.serve.conftest import metric, running_service, wait_for
 
 
@@ -257,9 +257,9 @@ def send_and_hang_up(url: str, path: str, body: dict[str, Any], until: Any) -> N
 
 
 def test_a_service_that_cannot_start_says_why_on_readyz(tmp_path: Path) -> None:
-    from serve.app import create_app
-    from serve.local import serve_in_thread
-    from serve.service import ImageService, ServeConfig
+    from diffship.serve.app import create_app
+    from diffship.serve.local import serve_in_thread
+    from diffship.serve.service import ImageService, ServeConfig
 
     with pytest.raises(RuntimeError, match="failed to start: .*manifest"):
         with serve_in_thread(create_app(ImageService(ServeConfig(package=tmp_path, warmup=False)))):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from serve.apis import API_FORMATS, FORMATS
-from serve.app import create_app
-from serve.service import ImageService, ServeConfig
+from diffship.serve.apis import API_FORMATS, FORMATS
+from diffship.serve.app import create_app
+from diffship.serve.service import ImageService, ServeConfig
 from tests.serve.conftest import metric
 
 STARTING = "the service is starting (engines loading or warming up); retry shortly"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime import Pipeline
+from diffship.runtime import Pipeline
 from tests.serve.conftest import metric, running_service, wait_for
 
 REQUESTS = 240

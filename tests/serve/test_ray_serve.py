@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime import Pipeline
-from runtime.batching import BatchSettings
-from serve.service import ServeConfig
+from diffship.runtime import Pipeline
+from diffship.runtime.batching import BatchSettings
+from diffship.serve.service import ServeConfig
 from tests.serve.conftest import metric
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_url() -> Iterator[str]:
-    from serve.ray_app import ray_serve
+    from diffship.serve.ray_app import ray_serve
 
     with ray_serve(num_cpus=2) as url:  # replicas get this process's DIFFSHIP_CACHE
         yield url
@@ -67,7 +67,7 @@ def test_two_replicas_share_requests_and_a_killed_one_loses_none(
 ) -> None:
     from ray import serve
 
-    from serve.ray_app import application
+    from diffship.serve.ray_app import application
 
     config = ServeConfig(package=tiny_package, threads=1, warmup=False,
                          batch=BatchSettings(max_batch=2, max_wait_s=0.01, max_queue=32))

@@ -1,0 +1,96 @@
+"""``serve``: a package over HTTP (serve.app on uvicorn, or serve.ray_app on Ray Serve)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from diffship.commands.help import Command
+from diffship.commands.options import (
+    backend_option,
+    device_option,
+    lora_option,
+    package_option,
+    precision_option,
+    threads_option,
+)
+
+if TYPE_CHECKING:
+    from diffship.serve.service import ServeConfig
+
+
+@click.command(cls=Command, short_help="Serve a package over HTTP (OpenAI and web UI APIs).")
+@package_option()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
+@backend_option()
+@precision_option()
+@device_option("auto", "ONNX Runtime device (cuda needs onnxruntime-gpu).")
+@threads_option()
+@lora_option("Serve with this LoRA (at SCALE, default 1.0); repeatable.")
+@click.option("--max-batch", default=4, show_default=True, type=click.IntRange(1),
+              help="Most images in one batched denoising loop (1: no batching).")
+@click.option("--max-wait-ms", default=0.0, show_default=True, type=click.FloatRange(0, 10_000),
+              help="How long a request waits for companions when the engines are free (0: batches form from the "
+                   "requests that queue while a batch runs).")
+@click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1),
+              help="Requests waiting beyond the running batch; more get 429 with Retry-After.")
+@click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a request may take, queued and running; after it: 504.")
+@click.option("--no-warmup", is_flag=True, help="Report ready without the warm-up generation.")
+@click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (see --replicas, README 'Serving').")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1), help="Ray Serve replicas.")
+@click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
+def serve(package: Path, host: str, port: int, backend: str, precision: str | None, device: str, threads: int | None,
+          loras: tuple[str, ...], max_batch: int, max_wait_ms: float, max_queue: int, timeout_s: float,
+          no_warmup: bool, use_ray: bool, replicas: int, ray_address: str | None) -> None:
+    """Serve a package over HTTP: OpenAI's Images API and AUTOMATIC1111's txt2img API, with request batching.
+
+    \b
+    Examples:
+      {prog} serve --package packages/tiny --port 8000 --max-batch 4 --max-queue 64
+      curl -s localhost:8000/v1/images/generations -d '{"prompt": "a red fox", "size": "64x64"}'
+      curl -s localhost:8000/sdapi/v1/txt2img -d '{"prompt": "a red fox", "steps": 20, "cfg_scale": 7}'
+      {prog} serve --package packages/tiny --ray --replicas 2
+
+    \b
+    Endpoints: POST /v1/images/generations, POST /sdapi/v1/txt2img, GET /sdapi/v1/samplers, GET /healthz,
+    GET /readyz (engines loaded and warmed up), GET /metrics (Prometheus). SIGTERM (or Ctrl-C) stops taking
+    connections and finishes the requests accepted before exiting.
+    """
+    from diffship.core.package import ModelPackage
+    from diffship.runtime.batching import BatchSettings
+    from diffship.serve.service import ServeConfig
+
+    ModelPackage.open(package)  # a wrong path is one clear line here, not a stack trace from the server's startup
+    package = package.resolve()  # Ray replicas may run in another working directory
+    config = ServeConfig(package=package, backend=backend, precision=precision, threads=threads, device=device,
+                         loras=loras, batch=BatchSettings(max_batch, max_wait_ms / 1000, max_queue),
+                         timeout_s=timeout_s, warmup=not no_warmup)
+    if use_ray:
+        from diffship.serve.ray_app import run_on_ray
+
+        run_on_ray(config, replicas, host, port, ray_address, lambda line: click.echo(line, err=True))
+        return
+    _run_uvicorn(config, host, port)
+
+
+def _run_uvicorn(config: ServeConfig, host: str, port: int) -> None:
+    """The app on uvicorn; a start-up failure (engines that will not load) stops the server, as SIGTERM does."""
+    import signal
+
+    import uvicorn
+
+    from diffship.serve.app import create_app
+    from diffship.serve.service import ImageService
+
+    def stop_on_failure(error: BaseException) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down; the error is in the log above
+
+    click.echo(f"serving {config.package} on http://{host}:{port} (max batch {config.batch.max_batch}, queue "
+               f"{config.batch.max_queue}); /readyz says when the engines are loaded", err=True)
+    uvicorn.run(create_app(ImageService(config), on_start_failure=stop_on_failure), host=host, port=port,
+                log_level="warning", timeout_graceful_shutdown=int(config.timeout_s) + 5)

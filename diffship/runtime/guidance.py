@@ -1,0 +1,89 @@
+"""Classifier-free guidance: the one place that knows about the doubled UNet batch (samplers never see it)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from diffship.engines.base import EngineBase
+
+
+def is_guided(guidance_scale: float | np.ndarray) -> bool:
+    """The one rule for when classifier-free guidance runs: a scale above 1 (every image's, for a batch of calls).
+    At 1 or below the guided formula is the conditional output, so the UNet runs on the conditional half alone, as
+    diffusers' ``do_classifier_free_guidance`` decides."""
+    return bool(np.all(np.asarray(guidance_scale) > 1.0))
+
+
+def run_engine(engine: EngineBase, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One logical call: inputs cast to the engine's dtypes, float32 out; a batch the engine's profile does not take
+    in one call is split into chunks it takes, and a chunk below its smallest batch (a static engine built for the
+    guided batch, called unguided) is padded with copies of its last item, whose outputs are dropped."""
+    batch = len(next(iter(feeds.values())))
+    limit = engine.max_batch() or batch
+    least = engine.min_batch()
+    typed = {t.name: np.ascontiguousarray(feeds[t.name], dtype=t.dtype) for t in engine.inputs}
+    chunks = []
+    for start in range(0, batch, limit):
+        chunk = {name: array[start : start + limit] for name, array in typed.items()}
+        size = len(next(iter(chunk.values())))
+        if size < least:
+            chunk = {name: np.concatenate([array, np.repeat(array[-1:], least - size, axis=0)])
+                     for name, array in chunk.items()}
+        outputs = engine(chunk)
+        chunks.append({name: value[:size] for name, value in outputs.items()})
+    return {
+        t.name: np.concatenate([chunk[t.name] for chunk in chunks]).astype(np.float32, copy=False)
+        for t in engine.outputs
+    }
+
+
+class ClassifierFreeGuidance:
+    """Model output for a batch of latents, guided: ``uncond + w * (cond - uncond)`` from ONE UNet call on [uncond; cond].
+
+    ``cond`` / ``uncond``: what the UNet reads besides latents and timestep, one row per image
+    (``encoder_hidden_states``; SDXL adds ``text_embeds`` and ``time_ids``). With ``guidance_scale <= 1`` (or no
+    unconditional side) it is a plain conditional call on the batch, as diffusers does. A batch of calls gives each
+    image its own scale: an array [images, 1, 1, 1], all above 1 or none. ``guidance_rescale`` > 0 pulls the guided
+    output's standard deviation back toward the conditional one's (diffusers' ``rescale_noise_cfg``, from "Common
+    Diffusion Noise Schedules and Sample Steps are Flawed", section 3.4).
+    """
+
+    def __init__(
+        self,
+        unet: EngineBase,
+        cond: Mapping[str, np.ndarray],
+        uncond: Mapping[str, np.ndarray] | None,
+        guidance_scale: float | np.ndarray,
+        guidance_rescale: float = 0.0,
+    ) -> None:
+        self.unet = unet
+        self.guidance_scale = guidance_scale
+        self.guidance_rescale = guidance_rescale
+        self.enabled = uncond is not None and is_guided(guidance_scale)
+        # The conditioning is the same every step: concatenate once.
+        self.conditioning = (
+            {name: np.concatenate([uncond[name], value]) for name, value in cond.items()}
+            if self.enabled and uncond is not None else dict(cond)
+        )
+
+    def __call__(self, sample: np.ndarray, timestep: float) -> np.ndarray:
+        batch = np.concatenate([sample, sample]) if self.enabled else sample
+        feeds = {"sample": batch, "timestep": np.full((len(batch),), timestep, dtype=np.float32), **self.conditioning}
+        output = run_engine(self.unet, feeds)["model_output"]
+        if not self.enabled:
+            return output
+        uncond, cond = np.split(output, 2)
+        guided = uncond + self.guidance_scale * (cond - uncond)
+        if self.guidance_rescale > 0:
+            guided = rescale_guidance(guided, cond, self.guidance_rescale)
+        return guided
+
+
+def rescale_guidance(guided: np.ndarray, cond: np.ndarray, rescale: float) -> np.ndarray:
+    """diffusers' ``rescale_noise_cfg``: each image's guided output scaled to the conditional output's standard
+    deviation (torch's unbiased estimate), blended with the unscaled one by ``rescale``."""
+    axes = tuple(range(1, guided.ndim))
+    ratio = cond.std(axis=axes, ddof=1, keepdims=True) / guided.std(axis=axes, ddof=1, keepdims=True)
+    return (rescale * (guided * ratio) + (1 - rescale) * guided).astype(np.float32)

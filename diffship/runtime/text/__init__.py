@@ -1,0 +1,14 @@
+"""Text sides: each family's prompts -> UNet conditioning, behind one protocol (``runtime.text.base``)."""
+
+from diffship.runtime.text.base import (
+    Conditioning,
+    TextOptions,
+    TextSide,
+    TextSideFactory,
+    open_text_side,
+    read_tokenizer,
+    register_text_side,
+)
+
+__all__ = ["Conditioning", "TextOptions", "TextSide", "TextSideFactory", "open_text_side", "read_tokenizer",
+           "register_text_side"]

@@ -1,0 +1,194 @@
+"""One pipeline, its batcher and its metrics, for any front end (the HTTP app, a Ray Serve replica): open, warm up,
+answer an API request (parse, check, queue with a deadline, watch for a client that went away, format), drain on
+shutdown. Everything an HTTP answer needs comes back as a ``Reply`` (data: it crosses Ray's process boundary)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from diffship.runtime.batching import Batcher, BatcherClosed, BatchSettings, DeadlineExceeded, QueueFull
+from diffship.runtime.calls import Call
+from diffship.runtime.errors import PipelineCancelled, PipelineError, PipelineInputError
+from diffship.runtime.pipeline import GenerationResult, Pipeline
+from diffship.serve.apis import API_FORMATS
+
+log = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.1
+Disconnected = Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP answer as data: status, JSON body, extra headers; ``outcome`` and ``images`` for metrics."""
+
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    outcome: str = "ok"
+    images: int = 0
+
+
+def _never_disconnected() -> Awaitable[bool]:
+    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    future.set_result(False)
+    return future
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    package: Path
+    backend: str = "ort"
+    precision: str | None = None
+    threads: int | None = None
+    device: str = "auto"
+    loras: tuple[str, ...] = ()
+    batch: BatchSettings = field(default_factory=BatchSettings)
+    timeout_s: float = 300.0
+    """Deadline of a request from its arrival, queued and running (504 after it)."""
+    warmup: bool = True
+    """Run one guided step at the default size before reporting ready (first-call costs are paid at start)."""
+
+    def limit_s(self, requested_s: float | None) -> float:
+        """A request's time limit: the one it asked for (``X-Request-Timeout``), at most ``timeout_s``."""
+        return self.timeout_s if requested_s is None else min(requested_s, self.timeout_s)
+
+
+class ImageService:
+    def __init__(self, config: ServeConfig, pipeline: Pipeline | None = None) -> None:
+        from diffship.serve.metrics import ServiceMetrics
+
+        self.config = config
+        self.pipeline = pipeline
+        self.metrics = ServiceMetrics(config.batch.max_batch)
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.draining = False
+        self.replica = f"{os.uname().nodename}:{os.getpid()}"
+        """Who answered: sent as X-Diffship-Replica (with Ray, which replica took the request)."""
+        self._start_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Open the package (unless a pipeline was given), start the batcher, warm up. Idempotent."""
+        with self._start_lock:
+            if self.batcher is not None:
+                return
+            started = time.perf_counter()
+            if self.pipeline is None:
+                self.pipeline = Pipeline.from_package(
+                    self.config.package, backend=self.config.backend, precision=self.config.precision,
+                    threads=self.config.threads, device=self.config.device, loras=self.config.loras)
+            self.batcher = Batcher(self.pipeline, self.config.batch, on_batch=self.metrics.observe_batch)
+            if self.config.warmup:
+                self.pipeline("warm-up", num_inference_steps=1, guidance_scale=7.5, seed=0)
+            self.ready = True
+            log.info("serving %s (%s, %s): ready in %.1fs", self.config.package, self.pipeline.backend,
+                     self.pipeline.precision, time.perf_counter() - started)
+
+    def stop(self, drain: bool = True) -> None:
+        """Refuse new calls; with ``drain``, finish every accepted one first."""
+        self.draining = True
+        self.ready = False
+        if self.batcher is not None:
+            self.batcher.close(drain=drain)
+
+    def model_name(self) -> str:
+        if self.pipeline is None:
+            return self.config.package.name
+        source = self.pipeline.package.manifest.source
+        return str(source.get("model") or source.get("hub_id") or self.config.package.name)
+
+    def metrics_text(self) -> bytes:
+        batcher = self.batcher
+        return self.metrics.render(batcher.queue_depth if batcher else 0, batcher.running_images if batcher else 0)
+
+    async def respond(self, api: str, raw: bytes, timeout_s: float | None = None,
+                      disconnected: Disconnected = _never_disconnected) -> Reply:
+        """Answer one request of ``api`` (an ``ApiFormat``'s name: ``openai``, ``a1111``, ``a1111_img2img``) whose body
+        is ``raw`` JSON; metrics recorded."""
+        received = time.perf_counter()
+        reply = await self._reply(api, raw, timeout_s, disconnected)
+        self.metrics.observe_request(api, reply.outcome, time.perf_counter() - received, reply.images)
+        return replace(reply, headers={**reply.headers, "X-Diffship-Replica": self.replica})
+
+    async def _reply(self, api: str, raw: bytes, timeout_s: float | None, disconnected: Disconnected) -> Reply:
+        spoken = API_FORMATS[api]
+        try:
+            if not self.ready:
+                raise BatcherClosed("the service is shutting down" if self.draining else
+                                    "the service is starting (engines loading or warming up); retry shortly")
+            body = _json(raw)
+            call = await asyncio.to_thread(self.prepare, spoken.parse(body))  # an image call may open the VAE encoder
+            result = await self.generate(call, disconnected, timeout_s)
+            payload = await asyncio.to_thread(spoken.response, result, body, self.model_name())
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status and a message
+            status, outcome, headers = classify(exc)
+            message = str(exc) if outcome != "failed" or isinstance(exc, PipelineError) else "internal error (logged)"
+            return Reply(status, spoken.error(message, outcome), headers, outcome)
+        return Reply(200, payload, images=len(result.images))
+
+    def prepare(self, arguments: dict[str, Any]) -> Call:
+        """A checked call (raises PipelineInputError with the Python API's message)."""
+        assert self.pipeline is not None, "start() first"
+        return self.pipeline.prepare(**arguments)
+
+    async def generate(self, call: Call, disconnected: Disconnected, timeout_s: float | None = None) -> GenerationResult:
+        """Queue ``call`` and wait for it, up to ``timeout_s`` (at most the configured timeout); a client that goes
+        away has its call withdrawn. Raises QueueFull, BatcherClosed, DeadlineExceeded, PipelineCancelled, or the
+        call's own error."""
+        assert self.batcher is not None, "start() first"
+        ticket = self.batcher.submit(call, self.config.limit_s(timeout_s))
+        waiting = asyncio.wrap_future(ticket.future)
+        # Settled after we stopped waiting (a cancelled request task): mark its outcome read, or asyncio logs it.
+        waiting.add_done_callback(lambda future: future.cancelled() or future.exception())
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
+                if done:
+                    return waiting.result()
+                ticket.check_deadline()
+                if await disconnected():
+                    log.info("client went away: request withdrawn")
+                    ticket.cancel()
+        except asyncio.CancelledError:
+            ticket.cancel()  # the server dropped the request task (client gone, or shutdown timed out)
+            raise
+
+
+def classify(exc: BaseException) -> tuple[int, str, dict[str, str]]:
+    """(HTTP status, outcome label for metrics, extra headers) for an error."""
+    if isinstance(exc, PipelineInputError):
+        return 422, "invalid", {}
+    if isinstance(exc, QueueFull):
+        return 429, "queue_full", {"Retry-After": str(math.ceil(exc.retry_after_s))}
+    if isinstance(exc, BatcherClosed):
+        return 503, "closed", {"Retry-After": "5"}
+    if isinstance(exc, DeadlineExceeded):
+        return 504, "deadline", {}
+    if isinstance(exc, PipelineCancelled):
+        return 499, "cancelled", {}  # nobody reads it: the client went away
+    if not isinstance(exc, PipelineError):
+        log.error("request failed", exc_info=exc)
+    return 500, "failed", {}
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PipelineInputError(f"the request body is not valid JSON ({exc})") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise PipelineInputError(f"the request body holds {name}, which JSON does not have; give finite numbers")
+

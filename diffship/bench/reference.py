@@ -20,6 +20,7 @@ import numpy as np
 
 from diffship.core.errors import DiffshipError
 from diffship.core.package import ModelPackage
+from diffship.runtime.guidance import is_guided
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,9 @@ def reference_pipeline(package: ModelPackage, device: str = "cpu", dtype: str = 
         # torch lets cuDNN convolutions use TF32 by default; an fp32 reference must compute in fp32.
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    # The SDXL refiner's one pipeline is image-to-image. (diffusers' stubs omit DiffusionPipeline's own methods.)
-    pipe: Any = source.diffusers_pipeline("img2img" if source.family == "sdxl-refiner" else "txt2img")
+    # A family that does no text-to-image (the SDXL refiner) has image-to-image as its one reference pipeline.
+    tasks = package.family.tasks
+    pipe: Any = source.diffusers_pipeline("txt2img" if "txt2img" in tasks else tasks[0])
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device=device, dtype=torch.float16) if dtype == "fp16" else pipe.to(device)
     if package.constants.clip_skip:
@@ -208,7 +210,7 @@ def negative_side(reference: Reference, pipe: Any, count: int, negative_prompts:
     negatives = list(negative_prompts) if negative_prompts is not None else None
     xl = getattr(pipe, "text_encoder_2", None) is not None
     zeros = negatives is None and xl and pipe.config.force_zeros_for_empty_prompt  # SDXL's zeros: no layer read
-    if not reference.clip_skip or guidance <= 1 or zeros:
+    if not reference.clip_skip or not is_guided(guidance) or zeros:
         return {"negative_prompt": negatives}
     texts = negatives if negatives is not None else [""] * count
     if xl:

@@ -33,10 +33,10 @@ from diffship.core.errors import DiffshipError, PackageError
 from diffship.core.families import get_family
 from diffship.core.files import publish_folder, work_folder
 from diffship.core.manifest import DTYPES, MANIFEST_NAME, NUMPY_FLOAT, SCHEMA_VERSION, ComponentVariant, Manifest
-from diffship.core.metrics import random_feeds, verification_dims
+from diffship.core.metrics import Verification, random_feeds, verification_dims
 from diffship.core.package import ModelPackage, is_package
 from diffship.core.progress import ElapsedLog
-from diffship.core.specs import PipelineConstants, dim_multiples, symbolic_dims
+from diffship.core.specs import ComponentSpec, PipelineConstants, dim_multiples, symbolic_dims
 from diffship.engines.onnx.weight_maps import map_weights
 from diffship.exporter.families import family_exporter
 from diffship.exporter.onnx_export import ExportOptions, export_component, parameter_bytes, streams_weights
@@ -81,8 +81,7 @@ class ComponentReport:
     dtype: str
     file_bytes: int
     seconds: dict[str, float]
-    verification: Any
-    """core.metrics.Verification"""
+    verification: Verification
 
 
 @dataclass(frozen=True)
@@ -265,8 +264,6 @@ def _write_package(
     family, wrappers = get_family(source.family), family_exporter(source.family)
     constants = replace(wrappers.derive_constants(source), clip_skip=request.clip_skip)
     specs = family.specs(constants)
-    multiples = dim_multiples(constants)
-    cases = verification_dims(constants)
     written = [file for encoder in constants.text_encoders
                for file in _copy_tokenizer(source.tokenizers[encoder.component], staging, encoder.tokenizer)]
     (staging / "scheduler").mkdir()
@@ -281,41 +278,8 @@ def _write_package(
         feeds = random_feeds(specs[component], _example_dims(constants), np.random.default_rng(0), vocab_size)
         example = tuple(torch.from_numpy(feeds[t.name]) for t in specs[component].inputs)
         for dtype in _component_dtypes(component, constants, request.dtypes):
-            label = f"{component} {dtype}"
-            spec = specs[component].with_float_dtype(NUMPY_FLOAT[dtype])
-            module = reference if dtype == "fp32" else _half_copy(reference)
-            module_example = tuple(
-                x.half() if dtype == "fp16" and x.is_floating_point() and t.name != "timestep" else x
-                for t, x in zip(spec.inputs, example, strict=True)
-            )
-            seconds: dict[str, float] = {}
-            options = replace(request.options, stream_weights=streams_weights(module, request.options))
-            how = "weights streamed, legacy tracer" if options.stream_weights else f"{options.exporter} exporter"
-            progress(f"{label}: exporting ({how}, opset {options.opset})")
-            tick = time.perf_counter()
-            files = export_component(
-                module, spec, module_example, staging / "onnx" / component, options, multiples,
-                file_name=onnx_file_name(dtype),
-            )
-            seconds["export"] = time.perf_counter() - tick
-            del module  # an fp16 copy goes before ONNX Runtime loads the graph; the fp32 reference stays
-            size = sum(f.stat().st_size for f in files)
-            progress(f"{label}: exported {_megabytes(size)} in {seconds['export']:.1f}s; running onnx.checker")
-            tick = time.perf_counter()
-            try:
-                check_onnx(files[0])
-            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-                raise ExportError(f"{label}: onnx.checker rejected the exported graph: {exc}") from None
-            seconds["check"] = time.perf_counter() - tick
-            progress(f"{label}: checker passed in {seconds['check']:.1f}s; verifying against torch in ONNX Runtime")
-            tick = time.perf_counter()
-            verification = verify_component(files[0], reference, specs[component], dtype, cases, vocab_size)
-            seconds["verify"] = time.perf_counter() - tick
-            progress(f"{label}: {'verified' if verification.passed else 'FAILED'}: {verification.describe()}")
-            if not verification.passed:
-                raise ExportError(
-                    f"{label} misses the parity bar ({verification.bar}): " + "; ".join(verification.failures)
-                )
+            boundary = _Boundary(component, dtype, reference, specs[component], example, vocab_size)
+            files, seconds, verification = _export_variant(boundary, constants, request.options, staging, progress)
             relative = [str(f.relative_to(staging)) for f in files]
             written += relative
             weight_map = None
@@ -324,15 +288,11 @@ def _write_package(
                                                relative[0], progress)
                 written.append(weight_map)
             variants.setdefault(component, {})[dtype] = ComponentVariant(
-                component=component,
-                dtype=dtype,
-                onnx=relative[0],
-                files=tuple(relative),
-                spec=spec,
-                verification=verification.to_json(),
-                weight_map=weight_map,
-            )
-            reports.append(ComponentReport(component, dtype, size, seconds, verification))
+                component=component, dtype=dtype, onnx=relative[0], files=tuple(relative),
+                spec=specs[component].with_float_dtype(NUMPY_FLOAT[dtype]), verification=verification.to_json(),
+                weight_map=weight_map)
+            reports.append(ComponentReport(component, dtype, sum(f.stat().st_size for f in files), seconds,
+                                           verification))
         del reference
         _release_finished(source, component, family.components)
 
@@ -353,6 +313,56 @@ def _write_package(
     ).with_files(staging, written)
     ModelPackage(staging, manifest).write_manifest(manifest)
     return reports
+
+
+@dataclass(frozen=True)
+class _Boundary:
+    """One component in one dtype, to export: its torch module (fp32; halved here for fp16), its fp32 contract, an
+    example input for the tracer, and the vocabulary its random verification ids are drawn from."""
+
+    component: str
+    dtype: str
+    reference: torch.nn.Module
+    spec: ComponentSpec
+    example: tuple[torch.Tensor, ...]
+    vocab_size: int
+
+
+def _export_variant(boundary: _Boundary, constants: PipelineConstants, options: ExportOptions, staging: Path,
+                    progress: Callable[[str], None]) -> tuple[list[Path], dict[str, float], Verification]:
+    """Export one component in one dtype, check it with onnx.checker and verify it against torch in ONNX Runtime;
+    the files written, the seconds each stage took, and the verification (an ExportError when it misses the bar)."""
+    label, dtype = f"{boundary.component} {boundary.dtype}", boundary.dtype
+    spec = boundary.spec.with_float_dtype(NUMPY_FLOAT[dtype])
+    module = boundary.reference if dtype == "fp32" else _half_copy(boundary.reference)
+    example = tuple(x.half() if dtype == "fp16" and x.is_floating_point() and t.name != "timestep" else x
+                    for t, x in zip(spec.inputs, boundary.example, strict=True))
+    seconds: dict[str, float] = {}
+    options = replace(options, stream_weights=streams_weights(module, options))
+    how = "weights streamed, legacy tracer" if options.stream_weights else f"{options.exporter} exporter"
+    progress(f"{label}: exporting ({how}, opset {options.opset})")
+    tick = time.perf_counter()
+    files = export_component(module, spec, example, staging / "onnx" / boundary.component, options,
+                             dim_multiples(constants), file_name=onnx_file_name(dtype))
+    seconds["export"] = time.perf_counter() - tick
+    del module  # an fp16 copy goes before ONNX Runtime loads the graph; the fp32 reference stays
+    size = sum(f.stat().st_size for f in files)
+    progress(f"{label}: exported {_megabytes(size)} in {seconds['export']:.1f}s; running onnx.checker")
+    tick = time.perf_counter()
+    try:
+        check_onnx(files[0])
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"{label}: onnx.checker rejected the exported graph: {exc}") from None
+    seconds["check"] = time.perf_counter() - tick
+    progress(f"{label}: checker passed in {seconds['check']:.1f}s; verifying against torch in ONNX Runtime")
+    tick = time.perf_counter()
+    verification = verify_component(files[0], boundary.reference, boundary.spec, dtype, verification_dims(constants),
+                                     boundary.vocab_size)
+    seconds["verify"] = time.perf_counter() - tick
+    progress(f"{label}: {'verified' if verification.passed else 'FAILED'}: {verification.describe()}")
+    if not verification.passed:
+        raise ExportError(f"{label} misses the parity bar ({verification.bar}): " + "; ".join(verification.failures))
+    return files, seconds, verification
 
 
 def _vocab_size(constants: PipelineConstants, component: str) -> int:

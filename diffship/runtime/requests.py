@@ -143,14 +143,7 @@ def validate_request(
 
     ``injected``: caller-given random draws by name (None values ignored); ``draws``: the ones this call makes (any
     other given is an error, not silently unused). ``strength``: the share of the schedule an image task runs."""
-    prompts = _prompt_list(prompt, "prompt", limits)
-    negatives = None if negative_prompt is None else _prompt_list(negative_prompt, "negative_prompt", limits)
-    if negatives is not None and isinstance(negative_prompt, str):
-        negatives = negatives * len(prompts)
-    if negatives is not None and len(negatives) != len(prompts):
-        raise PipelineInputError(
-            f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one per prompt or one string"
-        )
+    prompts, negatives = _prompts(prompt, negative_prompt, limits)
     steps = _integer(steps, "num_inference_steps", 1, limits.max_steps)
     if strength is not None and int(steps * strength) < 1:
         raise PipelineInputError(
@@ -158,13 +151,7 @@ def validate_request(
             f"counts); raise strength to at least {least_strength(steps):g} or give more steps"
         )
     guidance = _guidance(guidance_scale)
-    if scheduler is not None:
-        if not isinstance(scheduler, str):
-            raise PipelineInputError(f"scheduler must be a name (a string), got {type(scheduler).__name__}")
-        try:
-            resolve_scheduler(scheduler)
-        except SchedulerError as exc:
-            raise PipelineInputError(str(exc)) from None
+    _check_scheduler(scheduler)
     images_per_prompt = _integer(images_per_prompt, "num_images_per_prompt", 1, limits.max_images)
     batch = len(prompts) * images_per_prompt
     if batch > limits.max_images:
@@ -183,6 +170,37 @@ def validate_request(
         if name not in draws:
             raise PipelineInputError(_unused_draw(name, draws))
         checked[name] = _noise(constants, name, value, height, width, batch, len(prompts), images_per_prompt)
+    _check_options(callback, eta, long_prompts, prompt_weighting, guidance_rescale)
+    return Request(prompts, negatives, steps, guidance, scheduler, int(height), int(width), images_per_prompt,
+                   [seed + k for k in range(batch)], checked, float(eta), long_prompts, prompt_weighting,
+                   float(guidance_rescale), text_options)
+
+
+def _prompts(prompt: Any, negative_prompt: Any, limits: Limits) -> tuple[list[str], list[str] | None]:
+    """The prompts, and one negative prompt per prompt (one string is every prompt's) or None."""
+    prompts = _prompt_list(prompt, "prompt", limits)
+    negatives = None if negative_prompt is None else _prompt_list(negative_prompt, "negative_prompt", limits)
+    if negatives is not None and isinstance(negative_prompt, str):
+        negatives = negatives * len(prompts)
+    if negatives is not None and len(negatives) != len(prompts):
+        raise PipelineInputError(
+            f"negative_prompt has {len(negatives)} entries but prompt has {len(prompts)}; give one per prompt or one string"
+        )
+    return prompts, negatives
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    if scheduler is None:
+        return
+    if not isinstance(scheduler, str):
+        raise PipelineInputError(f"scheduler must be a name (a string), got {type(scheduler).__name__}")
+    try:
+        resolve_scheduler(scheduler)
+    except SchedulerError as exc:
+        raise PipelineInputError(str(exc)) from None
+
+
+def _check_options(callback: Any, eta: Any, long_prompts: Any, prompt_weighting: Any, guidance_rescale: Any) -> None:
     if callback is not None and not callable(callback):
         raise PipelineInputError(f"callback must be callable (step, timestep, latents), got {type(callback).__name__}")
     if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
@@ -196,9 +214,6 @@ def validate_request(
             or not 0.0 <= guidance_rescale <= 1.0:
         raise PipelineInputError(f"guidance_rescale must be a number from 0 to 1 (0: plain guidance; diffusers "
                                  f"suggests 0.7 for zero-terminal-SNR models), got {guidance_rescale!r:.60}")
-    return Request(prompts, negatives, steps, guidance, scheduler, int(height), int(width), images_per_prompt,
-                   [seed + k for k in range(batch)], checked, float(eta), long_prompts, prompt_weighting,
-                   float(guidance_rescale), text_options)
 
 
 def _unused_draw(name: str, draws: Sequence[str]) -> str:

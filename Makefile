@@ -22,7 +22,7 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# The edit loop (under a minute): everything that needs no exported model (docs/design.md, "Tests").
+# The edit loop (1-2 minutes on two cores): everything that needs no exported model (docs/design.md, "Tests").
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not export and not slow"
 

@@ -124,9 +124,11 @@ class GenerateOptions:
 
     def arguments(self, seed: int) -> dict[str, Any]:
         """``Pipeline.__call__``'s arguments but the prompts; SDXL's micro-conditioning only where given."""
+        # In this order: a grid's title lists the fixed arguments as given here.
         arguments = {"negative_prompt": self.negative_prompt(), "num_inference_steps": self.steps,
-                     "guidance_scale": self.guidance, "seed": seed, "image": self.init_image}
-        arguments |= {name: getattr(self, name) for name in PASSED_ON}
+                     "guidance_scale": self.guidance, "scheduler": self.scheduler, "height": self.height,
+                     "width": self.width, "seed": seed, "image": self.init_image}
+        arguments |= {name: getattr(self, name) for name in PASSED_ON if name not in arguments}
         micro = {name: getattr(self, option) for name, option in MICRO_CONDITIONING.items()}
         return arguments | {name: value for name, value in micro.items() if value is not None}
 

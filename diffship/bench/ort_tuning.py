@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from diffship.bench.processes import absolute, run_module
+from diffship.core.errors import command
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "ort default": {},
@@ -115,7 +116,7 @@ def _child(arguments: argparse.Namespace) -> dict[str, Any]:
                                  **{k: v for k, v in settings.items() if k != "prebuilt"})
             engine = open_engines(package, ["unet"], "ort", OpenRequest(precision="fp32", options=options))[0]["unet"]
             if "engines/" not in str(getattr(engine, "path", "engines/")):
-                raise SystemExit("no build-ort engine in this package: run `cli.py build-ort` first")
+                raise SystemExit(f"no build-ort engine in this package: run `{command('build-ort')}` first")
         else:
             path = fused_unet_path(Path(arguments.package)) if settings.get("fused") else package.path(variant.onnx)
             options = OrtOptions(threads=arguments.threads, prebuilt=False,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from diffship.bench.reference import reference_pipeline, run_reference
+from diffship.bench.settings import takes
 from diffship.core.metrics import INT8_MIN_PSNR_DB, psnr, ssim
 from diffship.core.package import ModelPackage
 from diffship.runtime import Pipeline
@@ -85,9 +86,8 @@ def parity_report(
     constants = package.constants
     height = height or constants.default_height
     width = width or constants.default_width
-    # --device is where ONNX Runtime runs; TensorRT runs on the GPU and refuses a device.
-    pipe = Pipeline.from_package(package_path, backend=backend, precision=precision,
-                                 device=device if backend == "ort" else "auto", cuda_graphs=cuda_graphs)
+    pipe = Pipeline.from_package(package_path, backend=backend, precision=precision, cuda_graphs=cuda_graphs,
+                                 **takes(backend, device, None))
     strict = backend == "ort" and pipe.precision == "fp32"
     min_psnr = INT8_MIN_PSNR_DB if pipe.precision == "int8" else LOW_PRECISION_MIN_PSNR
     bar = f"max pixel diff <= {FP32_MAX_PIXEL_DIFF}/255" if strict else f"PSNR >= {min_psnr:g} dB"

@@ -27,9 +27,12 @@ class BackendChoice:
 
     @classmethod
     def parse(cls, text: str) -> BackendChoice:
+        from diffship.engines.backend import backend_names  # here: a cold-start child imports this module early
+
         name, *flags = text.strip().split("-")
-        if name not in ("ort", "trt"):
-            raise ValueError(f"{text!r}: the backend is ort or trt (e.g. ort, ort-fp16, ort-fp16-graphs, trt)")
+        if name not in backend_names():
+            raise ValueError(f"{text!r}: the backend is one of {', '.join(backend_names())} (e.g. ort, ort-fp16, "
+                             "ort-fp16-graphs, trt)")
         precision, graphs, prebuilt = None, False, True
         for flag in flags:
             if flag in ("fp32", "fp16", "int8") and precision is None:
@@ -48,12 +51,12 @@ class BackendChoice:
         return OrtOptions(device=device, threads=threads, prebuilt=self.prebuilt, cuda_graph=self.cuda_graphs)
 
     def open_arguments(self, device: str, threads: int | None) -> dict[str, Any]:
-        """``Pipeline.from_package``'s arguments for this contender: ``--device`` and ``--threads`` are ONNX
-        Runtime's (TensorRT runs on the GPU and refuses them)."""
+        """``Pipeline.from_package``'s arguments for this contender, with ``--device`` and ``--threads`` where its
+        backend takes them (TensorRT runs on the GPU and refuses both; the backend says so, not this code)."""
         common: dict[str, Any] = {"backend": self.backend, "precision": self.precision, "cuda_graphs": self.cuda_graphs}
-        if self.backend != "ort":
-            return common
-        return {**common, "device": device, "threads": threads, "ort_options": self.ort_options(device, threads)}
+        if self.backend == "ort":  # the ONNX Runtime contenders' own flag: the exported ONNX or build-ort's engines
+            return {**common, "device": device, "threads": threads, "ort_options": self.ort_options(device, threads)}
+        return {**common, **takes(self.backend, device, threads)}
 
     def child_arguments(self) -> list[str]:
         """This contender as ``python -m diffship.bench.coldstart runtime`` options."""
@@ -79,3 +82,16 @@ class BenchSettings:
     task: str = "txt2img"
     """``img2img``: both sides start from the same picture, with the same VAE draw and starting noise."""
     strength: float = 0.75
+
+
+def takes(backend: str, device: str, threads: int | None) -> dict[str, Any]:
+    """``device`` and ``threads`` for ``Pipeline.from_package`` where ``backend`` takes them, else nothing: a benchmark
+    or parity run's ``--device`` is where ONNX Runtime runs, which a GPU-only backend refuses."""
+    from diffship.engines.backend import OpenSettings, get_backend
+    from diffship.engines.errors import EngineError
+
+    try:
+        get_backend(backend).options(OpenSettings(device=device, threads=threads))
+    except EngineError:
+        return {}
+    return {"device": device, "threads": threads}

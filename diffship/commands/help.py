@@ -1,7 +1,7 @@
 """Help that names the program as the user ran it, and the group's two sections (commands, developer tools).
 
 Examples in command docstrings are written ``{prog} generate ...``; the help fills in the program: ``python cli.py``
-from a checkout, ``diffship`` when installed as the console script (``program_name``).
+from a checkout, ``diffship`` when installed as the console script, ``python -m diffship`` (``program_name``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,18 @@ PROG = "{prog}"
 DEFAULT_PROGRAM = "python cli.py"
 
 
+PACKAGE_MODULES = {("diffship", "__main__.py"): "python -m diffship", ("diffship", "cli.py"): "python -m diffship.cli"}
+"""The package's own files ``sys.argv[0]`` names under ``python -m``: the user ran a module, not a file."""
+
+
 def program_name(argv0: str) -> str:
-    """How the user started us, from ``sys.argv[0]``: ``python cli.py`` for a script, else the executable's name."""
-    name = os.path.basename(argv0)
+    """How the user started us, from ``sys.argv[0]``: ``python -m diffship`` for the package's module, ``python
+    cli.py`` for a script, else the executable's name (``diffship``, the console script)."""
+    folder, name = os.path.basename(os.path.dirname(argv0)), os.path.basename(argv0)
     if not name or name.startswith("-"):  # python -c, an embedded interpreter
         return DEFAULT_PROGRAM
+    if (folder, name) in PACKAGE_MODULES:
+        return PACKAGE_MODULES[folder, name]
     return f"python {name}" if name.endswith(".py") else name
 
 

@@ -348,11 +348,15 @@ class Manifest:
         if version < 3:
             constants = _constants_from_v2(constants)
         family = FAMILIES.get(found["family"])  # an unknown family is refused by name when the package is used
+        read = PipelineConstants.from_json(constants, "constants",
+                                           family.constants_type if family is not None else FamilyConstants)
+        problem = family.check_constants(read) if family is not None else None
+        if problem is not None:
+            raise PackageError(f"constants: {problem}")
         return cls(
             **found,
             schema_version=SCHEMA_VERSION,
-            constants=PipelineConstants.from_json(constants, "constants",
-                                                  family.constants_type if family is not None else FamilyConstants),
+            constants=read,
             components=components,
             files={relative_path(path, "files"): FileEntry.from_json(entry, f"files[{path!r}]")
                    for path, entry in files.items()},
@@ -405,7 +409,7 @@ def _constants_from_v2(data: Mapping[str, Any]) -> dict[str, Any]:
     hidden, pad = flat.pop("text_hidden_size", None), flat.pop("pad_token", None)
     hidden_2, pad_2 = flat.pop("text_hidden_size_2", None), flat.pop("pad_token_2", None)
     encoders = []
-    if hidden != 0:  # 0: the SDXL refiner, whose UNet reads the second encoder alone
+    if not (type(hidden) is int and hidden == 0):  # 0: the SDXL refiner, whose UNet reads the second encoder alone
         encoders.append({"component": "text_encoder", "tokenizer": "tokenizer", "hidden_size": hidden,
                          "pad_token": pad})
     if hidden_2 is not None:

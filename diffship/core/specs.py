@@ -188,8 +188,8 @@ class PipelineConstants:
         for encoder in self.text_encoders:
             if encoder.component == component:
                 return encoder
-        raise KeyError(f"no text encoder {component!r} (the package has "
-                       f"{', '.join(e.component for e in self.text_encoders) or 'none'})")
+        raise PackageError(f"no text encoder {component!r} in the constants (they list "
+                           f"{', '.join(e.component for e in self.text_encoders) or 'none'}); re-export the package")
 
     @property
     def unet_text_size(self) -> int:

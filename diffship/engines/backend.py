@@ -144,7 +144,3 @@ def open_engines(
     selection = chosen.select(package, request)
     return chosen.open(package, selection, components, request), selection
 
-
-def close_all(engines: dict[str, EngineBase]) -> None:
-    for engine in engines.values():
-        engine.close()

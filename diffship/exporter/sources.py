@@ -114,14 +114,17 @@ class SourceModels:
 
     def modules(self) -> dict[str, torch.nn.Module]:
         # This order is hashed into weights_sha256 (and so into every package's export key): packages exported
-        # before the refiner existed must keep matching their rebuilt source.
+        # before the refiner existed must keep matching their rebuilt source. Other text encoders follow, by name.
         ordered = {"text_encoder": self.text_encoders.get("text_encoder"), "unet": self.unet, "vae": self.vae,
-                   "text_encoder_2": self.text_encoders.get("text_encoder_2")}
+                   "text_encoder_2": self.text_encoders.get("text_encoder_2"),
+                   **{name: module for name, module in sorted(self.text_encoders.items())
+                      if name not in ("text_encoder", "text_encoder_2")}}
         return {name: module for name, module in ordered.items() if module is not None}
 
     def weights_sha256(self) -> str:
         """Digest of every parameter and buffer (name, dtype, shape, bytes) of the models, taken in the order
-        text_encoder, unet, vae, text_encoder_2 (those present), each state dict sorted by name."""
+        text_encoder, unet, vae, text_encoder_2, then any other text encoder by name (those present), each state dict
+        sorted by name."""
         if self._digest is None:
             digest = hashlib.sha256()
             for module_name, module in self.modules().items():
@@ -213,8 +216,15 @@ def _read_config(preset: str, name: str) -> dict[str, Any]:
     return json.loads((CONFIG_DIR / preset / f"{name}.json").read_text(encoding="utf-8"))
 
 
-SEED_OFFSETS = {"text_encoder": 0, "unet": 1, "vae": 2, "text_encoder_2": 3}
-"""Each random-weight module's seed is the preset's seed plus this: the same seed gives the same bytes every time."""
+SEED_OFFSETS = {"text_encoder": 0, "unet": 1, "vae": 2}
+"""Each random-weight module's seed is the preset's seed plus this (``text_encoder_N``: N + 1), so the same seed gives
+the same bytes every time, and a family with another text encoder does not change the others'."""
+
+
+def seed_offset(module: str) -> int:
+    if module in SEED_OFFSETS:
+        return SEED_OFFSETS[module]
+    return int(module.rpartition("_")[2]) + 1  # text_encoder_2: 3, text_encoder_3: 4, ...
 
 
 def _build_from_configs(preset: ModelPreset, seed: int) -> SourceModels:
@@ -222,22 +232,22 @@ def _build_from_configs(preset: ModelPreset, seed: int) -> SourceModels:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig
 
-    from diffship.exporter.families import TOKENIZER_FOLDERS, family_exporter
+    from diffship.exporter.families import family_exporter, tokenizer_folder
 
     log.info("building %s from committed configs with random weights (seed %d)", preset.name, seed)
     exporter = family_exporter(preset.family)
     scratch = tempfile.TemporaryDirectory(prefix="diffship-source-")
     text_encoders, tokenizers = {}, {}
     for component in get_family(preset.family).text_encoders:
-        torch.manual_seed(seed + SEED_OFFSETS[component])
+        torch.manual_seed(seed + seed_offset(component))
         model_class = _transformers_class(exporter.text_encoder_class(component))
         text_encoders[component] = model_class(CLIPTextConfig(**_read_config(preset.name, component))).eval()
-        folder = TOKENIZER_FOLDERS[component]
+        folder = tokenizer_folder(component)
         tokenizers[component] = write_clip_tokenizer(Path(scratch.name) / folder,
                                                      _read_config(preset.name, f"{folder}_config"))
-    torch.manual_seed(seed + SEED_OFFSETS["unet"])
+    torch.manual_seed(seed + seed_offset("unet"))
     unet = UNet2DConditionModel.from_config(_read_config(preset.name, "unet"))
-    torch.manual_seed(seed + SEED_OFFSETS["vae"])
+    torch.manual_seed(seed + seed_offset("vae"))
     vae = AutoencoderKL.from_config(_read_config(preset.name, "vae"))
     scheduler_path = Path(scratch.name) / "scheduler" / "scheduler_config.json"
     scheduler_path.parent.mkdir()
@@ -304,14 +314,13 @@ def _load_hub(preset: ModelPreset) -> SourceModels:
 
 
 def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None = None) -> SourceModels:
-    from diffship.exporter.families import TOKENIZER_FOLDERS
+    from diffship.exporter.families import tokenizer_folder
 
     exporter, index = _pipeline_exporter(folder)
+    _require_folders(folder, index, ("unet", "vae", "scheduler"))  # before the family is read from the UNet's config
     family = family or exporter.family_of_folder(folder, index)
     encoders = get_family(family).text_encoders
-    for sub in ("unet", "vae", *encoders, *(TOKENIZER_FOLDERS[c] for c in encoders), "scheduler"):
-        if not (folder / sub).is_dir():
-            raise SourceError(f"{folder} has no {sub}/ folder; it is not a complete {index.get('_class_name')}")
+    _require_folders(folder, index, (*encoders, *(tokenizer_folder(c) for c in encoders)))
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -327,11 +336,17 @@ def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None =
         text_encoders=text_encoders,
         unet=unet.eval(),
         vae=vae.eval(),
-        tokenizers={component: folder / TOKENIZER_FOLDERS[component] for component in encoders},
+        tokenizers={component: folder / tokenizer_folder(component) for component in encoders},
         scheduler_config_path=folder / "scheduler" / "scheduler_config.json",
         info=info,
         pipeline_options=_pipeline_options(index),
     )
+
+
+def _require_folders(folder: Path, index: dict[str, Any], subfolders: tuple[str, ...]) -> None:
+    for sub in subfolders:
+        if not (folder / sub).is_dir():
+            raise SourceError(f"{folder} has no {sub}/ folder; it is not a complete {index.get('_class_name')}")
 
 
 def _pipeline_exporter(folder: Path) -> tuple[FamilyExporter, dict[str, Any]]:
@@ -339,10 +354,11 @@ def _pipeline_exporter(folder: Path) -> tuple[FamilyExporter, dict[str, Any]]:
     from diffship.exporter.families import exporter_for_pipeline, pipeline_classes
 
     if not folder.exists():
-        raise SourceError(f"--model-path {folder} does not exist")
+        raise SourceError(f"{folder} does not exist; give a diffusers pipeline folder (the folder save_pretrained "
+                          "writes, with model_index.json)")
     if not folder.is_dir():
-        raise SourceError(f"--model-path {folder} is a file; give a diffusers pipeline folder (the folder "
-                          "save_pretrained writes, with model_index.json)")
+        raise SourceError(f"{folder} is a file; give a diffusers pipeline folder (the folder save_pretrained writes, "
+                          "with model_index.json)")
     index_path = folder / "model_index.json"
     if not index_path.is_file():
         raise SourceError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")

@@ -1,7 +1,7 @@
 """diffship's runtime: tokenizer, schedulers and the text-to-image Pipeline, over numpy and compiled engines.
 
-Imports neither torch, diffusers nor transformers. ``from runtime import Pipeline`` loads the pipeline lazily so that
-``import runtime.tokenizer`` stays light.
+Imports neither torch, diffusers nor transformers. ``from diffship.runtime import Pipeline`` (or ``from diffship import
+Pipeline``) loads the pipeline lazily so that ``import diffship.runtime.tokenizer`` stays light.
 """
 
 from __future__ import annotations

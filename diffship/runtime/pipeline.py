@@ -33,7 +33,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -73,9 +73,9 @@ from diffship.runtime.requests import (
 from diffship.runtime.results import GenerationResult, describe_images
 from diffship.runtime.schedulers import Scheduler, SchedulerError, make_scheduler, scheduler_names, start_index
 from diffship.runtime.starts import draw_order, starting_point
-from diffship.runtime.text import Conditioning, TextSide, open_text_side
-from diffship.runtime.text.sdxl import Size
+from diffship.runtime.text import Conditioning, Size, TextSide, open_text_side
 from diffship.runtime.timing import StageTimer, Timings
+from diffship.runtime.tokenizer import CLIPTokenizer
 
 if TYPE_CHECKING:
     from diffship.engines.ort import OrtOptions
@@ -122,6 +122,8 @@ class Pipeline:
         self.engines = engines
         self.text = text
         """The family's text side: prompts -> the UNet's conditioning."""
+        self._conditioning = frozenset(self.family.unet_conditioning(self.constants))
+        """The UNet inputs the text side fills (every one but the latents and timestep)."""
         self.scheduler_config = scheduler_config
         self.limits = limits or Limits()
         self._backend = backend
@@ -140,6 +142,22 @@ class Pipeline:
     @property
     def precision(self) -> str:
         return self._selection.precision
+
+    @property
+    def tokenizer(self) -> CLIPTokenizer:
+        """The tokenizer prompts are read with: the family's first (SDXL's refiner: its only one)."""
+        return self._tokenizers()[0]
+
+    @property
+    def tokenizer_2(self) -> CLIPTokenizer | None:
+        """The tokenizer of ``text_encoder_2`` (SDXL's, with its own pad token); None for families without one."""
+        return dict(zip(getattr(self.text, "encoders", ()), self._tokenizers(), strict=False)).get("text_encoder_2")
+
+    def _tokenizers(self) -> tuple[CLIPTokenizer, ...]:
+        found = getattr(self.text, "tokenizers", None) or (getattr(self.text, "tokenizer", None),)
+        if not all(isinstance(tokenizer, CLIPTokenizer) for tokenizer in found):
+            raise AttributeError(f"the {self.family.name} family's text side reads its prompts without a CLIP tokenizer")
+        return tuple(found)
 
     @property
     def device(self) -> str:
@@ -274,6 +292,7 @@ class Pipeline:
         denoising_end: float | None = None,
         output_type: str = "image",
         clip_skip: int | None = None,
+        family_options: Mapping[str, Any] | None = None,
     ) -> Call:
         """Check a call's arguments (the same as ``__call__``'s) without running it: a ``Call`` for ``run_batch``, or
         a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image.
@@ -282,9 +301,12 @@ class Pipeline:
         ``target_size`` as (height, width) / (top, left) pixels, their ``negative_*`` variants; the refiner's
         ``aesthetic_score``), as diffusers' StableDiffusionXLPipeline does, and the base -> refiner hand-off
         (``denoising_end`` with ``output_type="latent"``, then ``image=latents`` with ``denoising_start``:
-        runtime/handoff.py). ``clip_skip`` is fixed at export (``--clip-skip``): None or the package's own value."""
-        arguments = locals()  # the family's own and the injected draws, by the names listed below the class
-        family_arguments = {name: arguments[name] for name in FAMILY_ARGUMENTS}
+        runtime/handoff.py). ``clip_skip`` is fixed at export (``--clip-skip``): None or the package's own value.
+        ``family_options``: arguments only some families take, by name (the SDXL ones above may come this way too);
+        the package family's text side checks them."""
+        family_arguments = _family_arguments(family_options, (
+            original_size, crops_coords_top_left, target_size, negative_original_size, negative_crops_coords_top_left,
+            negative_target_size, aesthetic_score, negative_aesthetic_score))
         check_clip_skip(self.constants, clip_skip)
         inputs = read_image_inputs(image, mask_image, strength, sample_mode, padding_mask_crop,
                                    self.family.img2img_strength)
@@ -298,7 +320,8 @@ class Pipeline:
         request = validate_request(
             self.constants, self.size_limits(), self.limits, prompt, negative_prompt, num_inference_steps,
             guidance_scale, scheduler, height, width, seed, num_images_per_prompt,
-            {name: arguments[name] for name in INJECTED_DRAWS}, callback, draws=self._draw_order(inputs, handoff),
+            dict(zip(INJECTED_DRAWS, (latents, start_noise, image_noise, masked_image_noise), strict=True)), callback,
+            draws=self._draw_order(inputs, handoff),
             strength=inputs.strength if inputs is not None and handoff.noises_start else None,
             eta=eta, long_prompts=long_prompts, prompt_weighting=prompt_weighting, guidance_rescale=guidance_rescale,
         )
@@ -351,6 +374,9 @@ class Pipeline:
 
         embeddings = [self.text.encode(self.engines, call.request, task is not None, timer) for call in calls]
         cond = _stack([cond for cond, _ in embeddings])
+        if set(cond) != self._conditioning:  # a family's text side and its contract disagree: name both
+            raise PipelineError(f"the {self.family.name} text side gave {', '.join(sorted(cond))}; the UNet reads "
+                                f"{', '.join(sorted(self._conditioning))}")
         uncond = _stack([uncond for _, uncond in embeddings if uncond is not None]) if request.guided else None
 
         generators = [np.random.default_rng(s) for call in calls for s in call.request.seeds]
@@ -558,7 +584,24 @@ class Pipeline:
 FAMILY_ARGUMENTS = ("original_size", "crops_coords_top_left", "target_size", "negative_original_size",
                     "negative_crops_coords_top_left", "negative_target_size", "aesthetic_score",
                     "negative_aesthetic_score")
-"""``prepare``'s arguments that only some families take; the family's text side checks them (``TextSide.check``)."""
+"""``prepare``'s named arguments that only some families take (SDXL's micro-conditioning), in its order; any other
+family's come in ``family_options``. The family's text side checks them all (``TextSide.check``)."""
+
+
+def _family_arguments(family_options: Mapping[str, Any] | None, named: Sequence[Any]) -> dict[str, Any]:
+    """The call's family arguments by name: ``prepare``'s named ones and ``family_options``, each given once."""
+    arguments = dict(zip(FAMILY_ARGUMENTS, named, strict=True))
+    if family_options is None:
+        return arguments
+    if not isinstance(family_options, Mapping) or not all(isinstance(name, str) for name in family_options):
+        raise PipelineInputError(f"family_options must be a mapping of argument names to values, got "
+                                 f"{type(family_options).__name__}")
+    twice = sorted(name for name, value in family_options.items() if arguments.get(name) is not None
+                   and value is not None)
+    if twice:
+        raise PipelineInputError(f"{', '.join(twice)}: given as an argument and in family_options; give it once")
+    return {**arguments, **{name: value for name, value in family_options.items() if value is not None
+                            or name not in arguments}}
 
 INJECTED_DRAWS = ("latents", "start_noise", "image_noise", "masked_image_noise")
 """``prepare``'s random draws a caller may give instead of their being drawn."""

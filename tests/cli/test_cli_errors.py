@@ -64,7 +64,7 @@ def test_export_model_path_that_is_not_a_pipeline(tmp_path: Path) -> None:
 @pytest.mark.slow  # starts a process that imports torch
 def test_export_model_path_that_does_not_exist_says_so(tmp_path: Path) -> None:
     result = run_cli("export", "--model-path", str(tmp_path / "nowhere"), "--out", str(tmp_path / "p"))
-    assert_one_line_error(result, f"--model-path {tmp_path / 'nowhere'} does not exist")
+    assert_one_line_error(result, f"{tmp_path / 'nowhere'} does not exist")
 
 
 @pytest.mark.slow  # starts a process that imports torch

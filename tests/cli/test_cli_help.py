@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 import pytest
@@ -50,13 +51,25 @@ def test_help_examples_name_the_program_from_a_checkout(name: str) -> None:
 
 
 def test_help_examples_name_the_console_script_when_installed() -> None:
-    # The console script `diffship = "cli:run"` starts with sys.argv[0] set to the script's path.
+    # The console script `diffship = "diffship.cli:run"` starts with sys.argv[0] set to the script's path.
     code = "import sys\nsys.argv = ['/opt/venv/bin/diffship', 'generate', '--help']\nimport cli\ncli.run()\n"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "Usage: diffship generate [OPTIONS]" in result.stdout
     assert "diffship generate --package packages/tiny --prompt" in result.stdout
     assert "cli.py" not in result.stdout
+
+
+@pytest.mark.parametrize("module", ["diffship", "diffship.cli"])
+def test_help_and_hints_name_python_m_when_run_as_a_module(module: str, tmp_path: Path) -> None:
+    # An installed diffship without the console script on PATH: `python -m diffship` (no cli.py to point at).
+    result = subprocess.run([sys.executable, "-m", module, "generate", "--help"], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"Usage: python -m {module} generate [OPTIONS]" in result.stdout and "cli.py" not in result.stdout
+    missing = subprocess.run([sys.executable, "-m", module, "verify", "--package", str(tmp_path / "nowhere")],
+                             capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert f"export one with `python -m {module} export --out" in missing.stderr, missing.stderr
 
 
 def test_help_group_names_the_program_in_its_typical_flow() -> None:

@@ -3,6 +3,7 @@ added conditioning inputs (``text_embeds``, ``time_ids``) in their shape profile
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from diffship.core.profiles import shape_request
 from diffship.core.specs import BuildConfig, Range
 
 COMPONENTS = ("text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder")
+
+V2_MANIFESTS = Path(__file__).resolve().parents[1] / "data" / "manifests-v2"
 
 
 def test_sdxl_rtx_build_profiles_include_added_conditioning(tiny_xl_package: Path, tmp_path: Path) -> None:
@@ -76,10 +79,17 @@ def test_sdxl_build_ort_engines_draw_what_the_exported_graphs_draw(tiny_xl_packa
 
 
 def _refiner_copy(tiny_xl_refiner_package: Path, tmp_path: Path) -> Path:
+    """The refiner as a package exported before this diffship: its manifest in schema 2, as that exporter wrote it
+    (tests/data/manifests-v2), so no vocabulary size is recorded and the builders must find the tokenizer's."""
     package_path = tmp_path / "tiny-xl-refiner"
     shutil.copytree(tiny_xl_refiner_package, package_path)
     # What the defect tripped on: a refiner has only its second tokenizer.
     assert not (package_path / "tokenizer").exists() and (package_path / "tokenizer_2" / "vocab.json").is_file()
+    manifest = json.loads((package_path / "manifest.json").read_text(encoding="utf-8"))
+    written_by_v2 = json.loads((V2_MANIFESTS / "tiny-xl-refiner.json").read_text(encoding="utf-8"))
+    manifest.update(schema_version=2, constants=written_by_v2["constants"])
+    (package_path / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    assert all(e.vocab_size is None for e in ModelPackage.open(package_path).constants.text_encoders)
     return package_path
 
 

@@ -4,6 +4,7 @@ tokens, so the UNet reads one vector per image."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,16 @@ from diffship.runtime.tokenizer import CLIPTokenizer
 from tests.made_up.description import NAME
 
 
+@dataclass(frozen=True)
+class PooledOptions:
+    """The made-up family's own call argument: how strongly the prompt vector speaks (``family_options``)."""
+
+    vector_scale: float = 1.0
+
+    def describe(self) -> dict[str, Any]:
+        return {"vector_scale": self.vector_scale}
+
+
 class PooledTextSide:
     def __init__(self, tokenizer: CLIPTokenizer) -> None:
         self.tokenizer = tokenizer
@@ -28,15 +39,20 @@ class PooledTextSide:
         return cls(read_tokenizer(package, package.constants.text_encoder("text_encoder").tokenizer))
 
     def check(self, given: Mapping[str, Any], image_task: bool, long_prompts: bool) -> TextOptions | None:
-        present = sorted(name for name, value in given.items() if value is not None)
+        present = {name: value for name, value in given.items() if value is not None}
+        scale = present.pop("vector_scale", 1.0)
         if present or long_prompts:
-            raise PipelineInputError(f"the {NAME} family takes none of {', '.join(present) or 'long_prompts'}")
-        return None
+            raise PipelineInputError(f"the {NAME} family takes none of {', '.join(sorted(present)) or 'long_prompts'}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 10:
+            raise PipelineInputError(f"vector_scale must be a number in (0, 10], got {scale!r:.40}")
+        return PooledOptions(float(scale))
 
     def encode(self, engines: Mapping[str, EngineBase], request: Request, image_task: bool,
                timer: StageTimer) -> tuple[Conditioning, Conditioning | None]:
+        options = request.text_options
+        assert isinstance(options, PooledOptions)
         with timer.stage("text_encoder"):
-            cond = self.pool(engines, request.prompts)
+            cond = self.pool(engines, request.prompts) * np.float32(options.vector_scale)
             negatives = request.negative_prompts or [""] * len(request.prompts)
             uncond = self.pool(engines, negatives) if request.guided else None
 

@@ -95,7 +95,7 @@ def test_sdxl_without_force_zeros_matches_diffusers(ours: Pipeline, reference: R
      "negative_crops_coords_top_left": (4, 0)},
 ], ids=["positive", "negative"])
 def test_sdxl_micro_conditioning_matches_diffusers(micro: dict[str, Any], ours: Pipeline, reference: Reference) -> None:
-    # One prompt: with several images diffusers pairs negative time ids with the wrong half (runtime/xl.py).
+    # One prompt: with several images diffusers pairs negative time ids with the wrong half (runtime/text/sdxl.py).
     worst = compare(ours, reference, PROMPTS[:1], NEGATIVES[:1], 5.0, "euler", **micro)
     assert worst <= 2, f"max pixel difference {worst}/255"
 

@@ -73,6 +73,16 @@ def test_made_up_family_conditioning_reaches_the_unet(toy_package: Path) -> None
     assert np.abs(fox.astype(int) - unguided.images[0].astype(int)).max() > 10
 
 
+def test_made_up_family_takes_its_own_call_arguments_through_family_options(toy_package: Path) -> None:
+    with Pipeline.from_package(toy_package, backend=BACKEND) as pipe:
+        plain = pipe("a fox", num_inference_steps=3, guidance_scale=3.0, seed=7)
+        louder = pipe("a fox", num_inference_steps=3, guidance_scale=3.0, seed=7, family_options={"vector_scale": 3.0})
+        with pytest.raises(PipelineInputError, match="vector_scale must be a number in"):
+            pipe("a fox", num_inference_steps=2, family_options={"vector_scale": "loud"})
+    assert louder.parameters[0]["vector_scale"] == 3.0 and plain.parameters[0]["vector_scale"] == 1.0
+    assert np.abs(louder.images[0].astype(int) - plain.images[0].astype(int)).max() > 10
+
+
 def test_made_up_family_refuses_what_its_description_and_text_side_refuse(toy_package: Path) -> None:
     picture = np.zeros((32, 32, 3), np.uint8)
     with Pipeline.from_package(toy_package, backend=BACKEND) as pipe:

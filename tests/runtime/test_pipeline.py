@@ -115,7 +115,7 @@ def test_injected_latents_mean_unscaled_noise_like_seeded_ones(pipe: Pipeline, s
 
 def test_long_prompt_is_truncated_with_a_warning_naming_the_count(pipe: Pipeline, caplog) -> None:
     prompt = ", ".join(["a red fox in the snow"] * 20)
-    dropped = len(pipe.text.tokenizer.tokenize(prompt)) - 75
+    dropped = len(pipe.tokenizer.tokenize(prompt)) - 75
     with caplog.at_level(logging.WARNING, logger="diffship.runtime.pipeline"):
         pipe(prompt, num_inference_steps=1, seed=0)
     assert f"{dropped} were dropped" in caplog.text

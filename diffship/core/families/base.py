@@ -50,6 +50,19 @@ class Family:
     """Components a LoRA can change -> the prefixes of their keys in LoRA files (diffusers/peft first, then kohya's)."""
     embeddings: tuple[str, ...] = ()
     """Text encoders whose token embeddings a textual-inversion embedding extends (the order its vectors come in)."""
+    constants_rule: Callable[[PipelineConstants], str | None] | None = None
+    """What else the family's constants must satisfy (SDXL: how many time ids); the reason they do not, or None."""
+
+    def check_constants(self, constants: PipelineConstants) -> str | None:
+        """Why ``constants`` (a manifest's) cannot be this family's, or None: its text encoders, in its order, the
+        type of its own part, and its rule."""
+        encoders = tuple(encoder.component for encoder in constants.text_encoders)
+        if encoders != self.text_encoders:
+            return (f"text_encoders are {', '.join(encoders) or 'none'}; a {self.name} package has "
+                    f"{', '.join(self.text_encoders)}, in that order")
+        if not isinstance(constants.family, self.constants_type):
+            return f"family must be {self.name}'s {self.constants_type.__name__}"
+        return self.constants_rule(constants) if self.constants_rule is not None else None
 
     def specs(self, constants: PipelineConstants) -> dict[str, ComponentSpec]:
         return dict(self.io_contract(constants))

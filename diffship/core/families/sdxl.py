@@ -12,6 +12,7 @@ The refiner (``sdxl-refiner``) is the same contract without the first text encod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from diffship.core.errors import PackageError
@@ -77,6 +78,16 @@ def io_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
     return {name: specs[name] for name in COMPONENTS if name in specs}
 
 
+def time_ids_rule(count: int, what: str) -> Callable[[PipelineConstants], str | None]:
+    """The number of micro-conditioning numbers a UNet of this family reads."""
+
+    def rule(constants: PipelineConstants) -> str | None:
+        found = XLConstants.of(constants).time_ids
+        return None if found == count else f"family.time_ids is {found}; {what} reads {count}"
+
+    return rule
+
+
 SDXL = Family(
     name="sdxl",
     description="Stable Diffusion XL (two CLIP text encoders, pooled-prompt and micro-conditioning inputs)",
@@ -94,6 +105,7 @@ SDXL = Family(
     img2img_strength=0.3,
     adapters={"unet": ("unet", "lora_unet")},
     embeddings=("text_encoder", "text_encoder_2"),
+    constants_rule=time_ids_rule(6, "an SDXL base UNet (original size, crop corner, target size)"),
 )
 
 SDXL_REFINER = replace(
@@ -111,4 +123,5 @@ SDXL_REFINER = replace(
                          "a base model's latents with denoising_start)",
               "inpaint": "inpainting is not available for SDXL packages yet (the refiner does image-to-image)"},
     embeddings=("text_encoder_2",),
+    constants_rule=time_ids_rule(5, "an SDXL refiner's UNet (original size, crop corner, aesthetic score)"),
 )

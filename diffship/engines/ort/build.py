@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from diffship.core.errors import command
 from diffship.core.manifest import EngineEntry, EngineSet, OrtEngineEntry, OrtEngineSet
 from diffship.core.metrics import Verification, verification_dims, verify_on_feeds, verify_outputs
 from diffship.core.package import ModelPackage
@@ -320,8 +321,8 @@ class OrtBuilder:
         from diffship.engines.ort.quantize import cpu_has_int8_dot_product, quantize_unet
 
         if self.calibration is None:
-            raise EngineError("int8 needs calibration data: build it with `cli.py build-ort --precision int8`, which "
-                              "records the UNet's inputs from the package's own denoising runs")
+            raise EngineError(f"int8 needs calibration data: build it with `{command('build-ort --precision int8')}`, "
+                              "which records the UNet's inputs from the package's own denoising runs")
         if not cpu_has_int8_dot_product():
             log.warning("this CPU has no int8 dot-product instructions (VNNI); int8 still ran 1.7x faster than fp32 "
                         "on such a CPU (BENCHMARKS.md, \"int8\"), but less than it would with them")

@@ -7,14 +7,14 @@ registered by family name (docs/design.md, "Adding a family").
 from __future__ import annotations
 
 from diffship.core.errors import PackageError
-from diffship.exporter.families.base import TOKENIZER_FOLDERS, FamilyExporter
+from diffship.exporter.families.base import FamilyExporter, tokenizer_folder
 from diffship.exporter.families.sdxl import EXPORTER as XL_EXPORTER
 from diffship.exporter.families.stable_diffusion import EXPORTER as SD_EXPORTER
 
 _EXPORTERS: dict[str, FamilyExporter] = {"sd1": SD_EXPORTER, "sd2": SD_EXPORTER, "sdxl": XL_EXPORTER,
                                          "sdxl-refiner": XL_EXPORTER}
 
-__all__ = ["TOKENIZER_FOLDERS", "FamilyExporter", "exporter_for_pipeline", "family_exporter",
+__all__ = ["FamilyExporter", "tokenizer_folder", "exporter_for_pipeline", "family_exporter",
            "register_family_exporter"]
 
 

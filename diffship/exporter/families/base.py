@@ -15,8 +15,10 @@ if TYPE_CHECKING:
 
     from diffship.exporter.sources import SourceModels
 
-TOKENIZER_FOLDERS = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
-"""diffusers' folder for each text encoder's tokenizer (in a pipeline folder, and so in a package)."""
+def tokenizer_folder(text_encoder: str) -> str:
+    """diffusers' folder for a text encoder's tokenizer, in a pipeline folder and so in a package: ``text_encoder`` ->
+    ``tokenizer``, ``text_encoder_2`` -> ``tokenizer_2``."""
+    return text_encoder.replace("text_encoder", "tokenizer", 1)
 
 
 class FamilyExporter(Protocol):

@@ -14,7 +14,7 @@ from torch import nn
 from diffship.core.families.sdxl import COMPONENTS, XLConstants
 from diffship.core.specs import PipelineConstants
 from diffship.exporter.families import stable_diffusion
-from diffship.exporter.families.base import TOKENIZER_FOLDERS
+from diffship.exporter.families.base import tokenizer_folder
 from diffship.exporter.sources import SourceError
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class XLExporter:
         if task == "inpaint" or (refiner and task == "txt2img"):
             raise SourceError(f"no {task} reference for {source.family} packages (SDXL: text-to-image and "
                               "image-to-image; the refiner: image-to-image)")
-        tokenizers = {TOKENIZER_FOLDERS[component]: CLIPTokenizer.from_pretrained(str(folder))
+        tokenizers = {tokenizer_folder(component): CLIPTokenizer.from_pretrained(str(folder))
                       for component, folder in source.tokenizers.items()}
         parts = {
             "vae": source.vae, "text_encoder": source.text_encoders.get("text_encoder"),

@@ -18,7 +18,8 @@ from torch.nn import functional as F
 
 from diffship.core.families.stable_diffusion import COMPONENTS
 from diffship.core.specs import PipelineConstants, TextEncoderConstants
-from diffship.exporter.families.base import TOKENIZER_FOLDERS
+from diffship.exporter.families.base import tokenizer_folder
+from diffship.exporter.sources import SourceError
 
 if TYPE_CHECKING:
     from diffship.exporter.sources import SourceModels
@@ -145,7 +146,7 @@ def read_pad_token(tokenizer_dir: Path) -> str:
 def text_encoder_constants(source: SourceModels, component: str) -> TextEncoderConstants:
     """What the runtime and the builders need of one text encoder, from its config and its tokenizer folder."""
     encoder, tokenizer_dir = source.text_encoders[component], source.tokenizers[component]
-    return TextEncoderConstants(component=component, tokenizer=TOKENIZER_FOLDERS[component],
+    return TextEncoderConstants(component=component, tokenizer=tokenizer_folder(component),
                                 hidden_size=int(encoder.config.hidden_size), pad_token=read_pad_token(tokenizer_dir),
                                 vocab_size=int(encoder.config.vocab_size))
 
@@ -184,7 +185,10 @@ class StableDiffusionExporter:
     pipeline_classes: tuple[str, ...] = tuple(REFERENCE_PIPELINES.values())
 
     def family_of_folder(self, folder: Path, index: Mapping[str, Any]) -> str:
-        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        try:
+            unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SourceError(f"{folder / 'unet' / 'config.json'} cannot be read: {exc}") from None
         # SD 2.x's UNet projects its attention inputs with linear layers (OpenCLIP); SD 1.x's with 1x1 convolutions.
         return "sd2" if unet.get("use_linear_projection") else "sd1"
 

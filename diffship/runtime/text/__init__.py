@@ -2,6 +2,7 @@
 
 from diffship.runtime.text.base import (
     Conditioning,
+    Size,
     TextOptions,
     TextSide,
     TextSideFactory,
@@ -10,5 +11,5 @@ from diffship.runtime.text.base import (
     register_text_side,
 )
 
-__all__ = ["Conditioning", "TextOptions", "TextSide", "TextSideFactory", "open_text_side", "read_tokenizer",
+__all__ = ["Conditioning", "Size", "TextOptions", "TextSide", "TextSideFactory", "open_text_side", "read_tokenizer",
            "register_text_side"]

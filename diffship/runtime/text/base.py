@@ -23,6 +23,9 @@ from diffship.runtime.tokenizer import CLIPTokenizer
 if TYPE_CHECKING:
     from diffship.runtime.requests import Request
 
+Size = tuple[int, int]
+"""A (height, width) size or a (top, left) corner, in pixels."""
+
 Conditioning = dict[str, np.ndarray]
 """What the UNet reads besides the latents and timestep, one row per image: ``encoder_hidden_states`` (and for SDXL
 ``text_embeds`` and ``time_ids``)."""
@@ -88,7 +91,3 @@ def read_tokenizer(package: ModelPackage, folder: str) -> CLIPTokenizer:
         package.verify_file(relative)
     return CLIPTokenizer.from_dir(package.path(folder), max_length=package.constants.text_max_length)
 
-
-def repeat_rows(conditioning: Conditioning, images_per_prompt: int) -> Conditioning:
-    """Each prompt's row repeated for each of its images, in place (prompt-major), as diffusers does."""
-    return {name: np.repeat(rows, images_per_prompt, axis=0) for name, rows in conditioning.items()}

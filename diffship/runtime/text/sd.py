@@ -19,6 +19,7 @@ from diffship.runtime.errors import PipelineInputError
 from diffship.runtime.guidance import run_engine
 from diffship.runtime.prompts import PromptEncoder
 from diffship.runtime.text.base import Conditioning, TextOptions, read_tokenizer
+from diffship.runtime.text.sdxl import MICRO_ARGUMENTS
 from diffship.runtime.timing import StageTimer
 from diffship.runtime.tokenizer import CLIPTokenizer
 
@@ -31,11 +32,15 @@ ENCODER = "text_encoder"
 
 
 def refuse_extra_arguments(given: Mapping[str, Any]) -> None:
-    """One-encoder families take no micro-conditioning (SDXL's size, crop and aesthetic-score arguments)."""
+    """SD 1.x/2.x take no family arguments: not SDXL's micro-conditioning (its size, crop and aesthetic-score
+    arguments), nor any other."""
     present = sorted(name for name, value in given.items() if value is not None)
-    if present:
-        raise PipelineInputError(f"{', '.join(present)}: SDXL micro-conditioning, and this package is not an SDXL "
+    micro = [name for name in present if name in MICRO_ARGUMENTS]
+    if micro:
+        raise PipelineInputError(f"{', '.join(micro)}: SDXL micro-conditioning, and this package is not an SDXL "
                                  "model (it reads no time_ids)")
+    if present:
+        raise PipelineInputError(f"{', '.join(present)}: not an argument this package's family (SD 1.x/2.x) takes")
 
 
 class SDTextSide:

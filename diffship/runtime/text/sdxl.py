@@ -24,14 +24,12 @@ from diffship.core.package import ModelPackage
 from diffship.engines.base import EngineBase
 from diffship.runtime.errors import PipelineInputError
 from diffship.runtime.guidance import run_engine
-from diffship.runtime.text.base import Conditioning, read_tokenizer
+from diffship.runtime.text.base import Conditioning, Size, read_tokenizer
 from diffship.runtime.timing import StageTimer
 from diffship.runtime.tokenizer import CLIPTokenizer
 
 if TYPE_CHECKING:
     from diffship.runtime.requests import Request
-
-Size = tuple[int, int]
 
 AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
 """diffusers' defaults for the refiner's aesthetic-score conditioning."""

@@ -34,7 +34,7 @@ demo: $(STAMP)
 		--steps 20 --guidance 2 --seed 42 --out demo-out/star.png --overwrite
 	$(PY) cli.py generate --package packages/shapes --prompt "a large yellow triangle on a purple background, top left" \
 		--seed 42 --grid steps=2,5,10,20 --grid guidance=1,1.5,2,3 --out demo-out/grid.png --overwrite
-	$(PY) scripts/make_mask.py demo-out/mask.png --size 64x64 --disc 0.5,0.5,0.3
+	$(PY) scripts/make_mask.py demo-out/mask.png --size 64x64 --disc 0.5,0.5,0.3 --overwrite
 	$(PY) cli.py generate --package packages/shapes --prompt "a large green star on a blue background, center" \
 		--image demo-out/star.png --strength 0.7 --steps 20 --guidance 2 --seed 7 --out demo-out/star-img2img.png --overwrite
 	$(PY) cli.py generate --package packages/shapes --prompt "a large white circle on a blue background, center" \

@@ -8,6 +8,7 @@ light. The layers are subpackages: ``diffship.core``, ``diffship.engines``, ``di
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -15,6 +16,11 @@ if TYPE_CHECKING:
     from diffship.runtime.results import GenerationResult
 
 __all__ = ["GenerationResult", "Pipeline"]
+
+try:
+    __version__ = metadata.version("diffship")
+except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+    __version__ = "source"
 
 
 def __getattr__(name: str) -> Any:

@@ -50,6 +50,7 @@ def _setup_logging(verbose: bool) -> None:
 
 
 @click.group(cls=SectionedGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="diffship", message="%(prog)s %(version)s")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging, including what the libraries underneath say.")
 def cli(verbose: bool) -> None:
     """diffship: diffusion pipelines from diffusers to ONNX / TensorRT engines, served without PyTorch.
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             return 143
         click.echo("interrupted", err=True)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:  # `diffship` alone: the help, not an error
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        return 0
     except click.ClickException as exc:
         hint = " (see --help)" if isinstance(exc, click.UsageError) else ""
         click.echo(f"error: {exc.format_message()}{hint}", err=True)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from diffship.core.errors import require
+
 STAGE_COLOURS = {
     "tokenize": "#8c564b",
     "text_encoder": "#9467bd",
@@ -14,6 +16,11 @@ STAGE_COLOURS = {
     "vae_encode": "#17becf",
     "vae_decode": "#2ca02c",
 }
+
+
+def check_plotting(purpose: str) -> None:
+    """Refuse, before any work, a run whose plots cannot be drawn (matplotlib is the ``bench`` extra)."""
+    require("matplotlib", purpose)
 
 
 def pyplot() -> Any:

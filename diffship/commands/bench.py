@@ -63,7 +63,10 @@ def bench(package: Path, size: int | None, height: int | None, width: int | None
     engines, and cold start; writes every raw figure to --json and PNG plots beside it.
     """
     from diffship.bench.harness import BackendChoice, BenchSettings, bench_to_files, format_tables
+    from diffship.bench.plots import check_plotting
     from diffship.core.package import ModelPackage
+
+    check_plotting("bench's plots")  # refused now, not after the measurements
 
     constants = ModelPackage.open(package).constants
     steps = _step_counts(steps_text, quick, task, strength)

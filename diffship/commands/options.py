@@ -50,7 +50,7 @@ def threads_option(help: str = "ONNX Runtime intra-op threads (default: one per 
 
 
 def backend_option(help: str = "ONNX Runtime (ort), TensorRT engines built with build-trt (trt, NVIDIA GPU), or a "
-                   "backend added with engines.backend.register_backend.") -> Callable[[FC], FC]:
+                   "backend registered in-process with diffship.engines.backend.register_backend.") -> Callable[[FC], FC]:
     return click.option("--backend", type=RuntimeBackend(), default="ort", show_default=True, help=help)
 
 

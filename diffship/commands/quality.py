@@ -52,6 +52,7 @@ def quality(package: Path, model_dir: Path | None, steps: int, guidance: float, 
       {prog} quality --package packages/shapes --grid precision=fp32,fp16 --grid steps=4,20
     """
     from diffship.bench.machine import describe_machine
+    from diffship.bench.plots import check_plotting
     from diffship.bench.quality import (
         DEFAULT_MODEL_DIR,
         QualityError,
@@ -69,6 +70,8 @@ def quality(package: Path, model_dir: Path | None, steps: int, guidance: float, 
         axes = [parse_quality_axis(value) for value in grid_values]
     except QualityError as exc:
         raise click.BadParameter(str(exc), param_hint="--grid") from None
+    if any(key in ("steps", "guidance") for key, _ in axes):
+        check_plotting("quality's plot of steps or guidance")  # refused now, not after minutes of scoring
     cases = grid_cases(axes, {"steps": steps, "guidance": guidance, "scheduler": scheduler, "precision": precision})
     check_schedulers(sorted({case["scheduler"] for case in cases} - {None}), "--scheduler/--grid")
     quality_set = QualitySet.load(model_dir or DEFAULT_MODEL_DIR, prompt_limit)

@@ -53,8 +53,13 @@ class ModelPackage:
     def open(cls, root: str | os.PathLike[str]) -> ModelPackage:
         root = Path(root)
         if not root.is_dir():
-            raise PackageError(f"{root} is not a directory; export one with `{command(f'export --out {root}')}`")
+            what = "is a file" if root.exists() else "does not exist"
+            raise PackageError(f"{root} {what}: a package is a folder; export one with "
+                               f"`{command(f'export --model NAME --out {root}')}` (or --model-path DIR for your own)")
         if not is_package(root):
+            if (root / "model_index.json").is_file():
+                raise PackageError(f"{root} is a diffusers pipeline folder, not a diffship package; export it with "
+                                   f"`{command(f'export --model-path {root} --out PACKAGE')}`")
             raise PackageError(f"{root} is not a diffship model package (no {MANIFEST_NAME})")
         return cls(root=root, manifest=read_manifest(root))
 

@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from diffship.runtime.errors import PipelineInputError
+
 if TYPE_CHECKING:
     from diffship.runtime.pipeline import GenerationResult, Pipeline
 
@@ -66,6 +68,10 @@ def run_ensemble(
     pipeline ``open_refiner()`` opens (closed when done). ``arguments`` are ``Pipeline.__call__``'s, for both sides:
     each gets its share (``base_arguments``, ``refiner_arguments``). ``callback`` sees the steps of both."""
     arguments = arguments or {}
+    if not base.family.handoff:
+        base.close()
+        raise PipelineInputError(f"the base -> refiner hand-off takes an SDXL base package; {base.package.root} is "
+                                 f"{base.family.name} ({base.family.description})")
     try:
         handed = base(list(prompts), num_images_per_prompt=images_per_prompt, callback=callback, output_type="latent",
                       denoising_end=DEFAULT_DENOISING_END if denoising_end is None else denoising_end,

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from diffship.core.errors import DiffshipError, require
+
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.2", "conv1")
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1")
 
@@ -107,7 +109,8 @@ def to_kohya(peft_file: Path, out: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m diffship.tools.make_lora", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model_dir", type=Path, help="a diffusers folder (unet/, text_encoder/)")
     parser.add_argument("out", type=Path, help="the .safetensors file to write")
     parser.add_argument("--rank", type=int, default=4)
@@ -117,6 +120,13 @@ def main() -> None:
     parser.add_argument("--kohya", action="store_true", help="write the kohya / web-UI key format")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        for library in ("torch", "diffusers", "peft"):
+            require(library, "make_lora")
+    except DiffshipError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    if not (args.model_dir / "unet").is_dir():
+        parser.exit(2, f"error: {args.model_dir} is not a diffusers folder (no unet/)\n")
     target = args.out.with_suffix(".peft.safetensors") if args.kohya else args.out
     make_lora(args.model_dir, target, args.rank, args.alpha, args.seed, text_targets=() if args.unet_only else TEXT_TARGETS)
     if args.kohya:

@@ -69,10 +69,18 @@ def test_help_and_hints_name_python_m_when_run_as_a_module(module: str, tmp_path
     assert f"Usage: python -m {module} generate [OPTIONS]" in result.stdout and "cli.py" not in result.stdout
     missing = subprocess.run([sys.executable, "-m", module, "verify", "--package", str(tmp_path / "nowhere")],
                              capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert f"export one with `python -m {module} export --out" in missing.stderr, missing.stderr
+    assert f"export one with `python -m {module} export --model NAME --out" in missing.stderr, missing.stderr
 
 
 def test_help_group_names_the_program_in_its_typical_flow() -> None:
     result = CliRunner().invoke(cli, ["--help"], prog_name="diffship")
     assert result.exit_code == 0, result.output
     assert "diffship export   --model tiny" in result.output and "cli.py" not in result.output
+
+
+def test_help_bare_command_prints_the_help_and_version_names_the_release() -> None:
+    bare = run_cli()
+    assert bare.returncode == 0 and "Commands:" in bare.stdout and "Developer tools:" in bare.stdout
+    assert "error:" not in bare.stderr
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("python cli.py ") and version.stdout.split()[-1]

@@ -49,3 +49,18 @@ def test_run_ensemble_closes_the_base_before_the_refiner_opens(tiny_xl_package: 
     result = run_ensemble(base, open_refiner, ["a red fox"], {"num_inference_steps": 4, "seed": 1})
     assert events == ["base closed", "refiner opened"]
     assert result.handoff == DEFAULT_DENOISING_END
+
+
+def test_run_ensemble_refuses_a_base_that_hands_off_nothing(tmp_path: Path) -> None:
+    import pytest
+
+    from diffship.engines.backend import register_backend
+    from diffship.runtime.errors import PipelineInputError
+    from tests.fakes import NumpyBackend, write_package
+
+    register_backend("numpy-ensemble", NumpyBackend)
+    base = Pipeline.from_package(write_package(tmp_path / "sd1"), backend="numpy-ensemble")
+    opened: list[str] = []
+    with pytest.raises(PipelineInputError, match="hand-off takes an SDXL base package; .* is sd1"):
+        run_ensemble(base, lambda: opened.append("refiner") or base, ["a fox"])
+    assert opened == [] and all(engine.closed for engine in base.engines.values())  # type: ignore[attr-defined]

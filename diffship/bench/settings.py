@@ -30,9 +30,10 @@ class BackendChoice:
         from diffship.engines.backend import backend_names  # here: a cold-start child imports this module early
 
         name, *flags = text.strip().split("-")
-        if name not in backend_names():
-            raise ValueError(f"{text!r}: the backend is one of {', '.join(backend_names())} (e.g. ort, ort-fp16, "
-                             "ort-fp16-graphs, trt)")
+        names = backend_names()
+        if name not in names:
+            choices = " or ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+            raise ValueError(f"{text!r}: the backend is {choices} (e.g. ort, ort-fp16, ort-fp16-graphs, trt)")
         precision, graphs, prebuilt = None, False, True
         for flag in flags:
             if flag in ("fp32", "fp16", "int8") and precision is None:

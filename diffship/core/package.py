@@ -53,8 +53,8 @@ class ModelPackage:
     def open(cls, root: str | os.PathLike[str]) -> ModelPackage:
         root = Path(root)
         if not root.is_dir():
-            what = "is a file" if root.exists() else "does not exist"
-            raise PackageError(f"{root} {what}: a package is a folder; export one with "
+            what = "it is a file" if root.exists() else "it does not exist"
+            raise PackageError(f"{root} is not a directory ({what}); a package is a folder: export one with "
                                f"`{command(f'export --model NAME --out {root}')}` (or --model-path DIR for your own)")
         if not is_package(root):
             if (root / "model_index.json").is_file():

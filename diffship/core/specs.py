@@ -191,6 +191,12 @@ class PipelineConstants:
         raise PackageError(f"no text encoder {component!r} in the constants (they list "
                            f"{', '.join(e.component for e in self.text_encoders) or 'none'}); re-export the package")
 
+    def vocabulary_of(self, component: str) -> str:
+        """The text encoder whose vocabulary ``component``'s token ids come from: its own for a text encoder, the
+        first's for any other (verification draws random inputs; only text encoders read ids)."""
+        encoders = [encoder.component for encoder in self.text_encoders]
+        return component if component in encoders else encoders[0]
+
     @property
     def unet_text_size(self) -> int:
         """Width of the text states the UNet reads: every encoder's hidden states side by side."""

@@ -366,10 +366,11 @@ def _export_variant(boundary: _Boundary, constants: PipelineConstants, options: 
 
 
 def _vocab_size(constants: PipelineConstants, component: str) -> int:
-    """The token ids a component's random verification inputs take: its own vocabulary for a text encoder (there
-    are no ids elsewhere; any size does)."""
-    encoders = {encoder.component: encoder.vocab_size for encoder in constants.text_encoders}
-    return encoders.get(component) or max(size or 1 for size in encoders.values())
+    """The token ids ``component``'s random verification inputs take (``PipelineConstants.vocabulary_of``)."""
+    encoder = constants.text_encoder(constants.vocabulary_of(component))
+    if encoder.vocab_size is None:
+        raise ExportError(f"{encoder.component}: the family's derive_constants recorded no vocab_size")
+    return encoder.vocab_size
 
 
 def _check_clip_skip(source: SourceModels, clip_skip: int) -> None:

@@ -12,5 +12,4 @@ from diffship.core.package import ModelPackage
 def vocab_size(package: ModelPackage, component: str) -> int:
     """How many token ids ``component``'s random verification inputs may draw from: its own vocabulary for a text
     encoder (recorded at export; ``ModelPackage.vocab_size``), and for a component that reads no ids any encoder's."""
-    encoders = [encoder.component for encoder in package.constants.text_encoders]
-    return package.vocab_size(component if component in encoders else encoders[0])
+    return package.vocab_size(package.constants.vocabulary_of(component))

@@ -48,6 +48,10 @@ class ClassifierFreeGuidance:
     image its own scale: an array [images, 1, 1, 1], all above 1 or none. ``guidance_rescale`` > 0 pulls the guided
     output's standard deviation back toward the conditional one's (diffusers' ``rescale_noise_cfg``, from "Common
     Diffusion Noise Schedules and Sample Steps are Flawed", section 3.4).
+
+    A call with ``guided=False`` (a step outside the guidance schedule, runtime/schedule_guidance.py) runs the UNet
+    on the conditional half alone (batch 1 per image, SDXL's added conditioning too) and returns its output, as
+    diffusers does once its CFG cutoff callback has set the scale to 0.
     """
 
     def __init__(
@@ -62,23 +66,29 @@ class ClassifierFreeGuidance:
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
         self.enabled = uncond is not None and is_guided(guidance_scale)
+        self.cond = dict(cond)
         # The conditioning is the same every step: concatenate once.
         self.conditioning = (
             {name: np.concatenate([uncond[name], value]) for name, value in cond.items()}
             if self.enabled and uncond is not None else dict(cond)
         )
 
-    def __call__(self, sample: np.ndarray, timestep: float) -> np.ndarray:
+    def __call__(self, sample: np.ndarray, timestep: float, guided: bool = True) -> np.ndarray:
+        if self.enabled and not guided:
+            return self._run(sample, timestep, self.cond)
         batch = np.concatenate([sample, sample]) if self.enabled else sample
-        feeds = {"sample": batch, "timestep": np.full((len(batch),), timestep, dtype=np.float32), **self.conditioning}
-        output = run_engine(self.unet, feeds)["model_output"]
+        output = self._run(batch, timestep, self.conditioning)
         if not self.enabled:
             return output
         uncond, cond = np.split(output, 2)
-        guided = uncond + self.guidance_scale * (cond - uncond)
+        mixed = uncond + self.guidance_scale * (cond - uncond)
         if self.guidance_rescale > 0:
-            guided = rescale_guidance(guided, cond, self.guidance_rescale)
-        return guided
+            mixed = rescale_guidance(mixed, cond, self.guidance_rescale)
+        return mixed
+
+    def _run(self, batch: np.ndarray, timestep: float, conditioning: Mapping[str, np.ndarray]) -> np.ndarray:
+        feeds = {"sample": batch, "timestep": np.full((len(batch),), timestep, dtype=np.float32), **conditioning}
+        return run_engine(self.unet, feeds)["model_output"]
 
 
 def rescale_guidance(guided: np.ndarray, cond: np.ndarray, rescale: float) -> np.ndarray:

@@ -293,6 +293,8 @@ class Pipeline:
         output_type: str = "image",
         clip_skip: int | None = None,
         family_options: Mapping[str, Any] | None = None,
+        guidance_cutoff: float | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> Call:
         """Check a call's arguments (the same as ``__call__``'s) without running it: a ``Call`` for ``run_batch``, or
         a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image.
@@ -303,7 +305,9 @@ class Pipeline:
         (``denoising_end`` with ``output_type="latent"``, then ``image=latents`` with ``denoising_start``:
         runtime/handoff.py). ``clip_skip`` is fixed at export (``--clip-skip``): None or the package's own value.
         ``family_options``: arguments only some families take, by name (the SDXL ones above may come this way too);
-        the package family's text side checks them."""
+        the package family's text side checks them. ``guidance_cutoff`` (fraction of the steps after which guidance
+        stops, diffusers' CFG cutoff callbacks) and ``guidance_interval`` ((low, high] sigma range in which it
+        applies): the other steps run the UNet on the conditional half alone (runtime/schedule_guidance.py)."""
         family_arguments = _family_arguments(family_options, (
             original_size, crops_coords_top_left, target_size, negative_original_size, negative_crops_coords_top_left,
             negative_target_size, aesthetic_score, negative_aesthetic_score))
@@ -324,6 +328,7 @@ class Pipeline:
             draws=self._draw_order(inputs, handoff),
             strength=inputs.strength if inputs is not None and handoff.noises_start else None,
             eta=eta, long_prompts=long_prompts, prompt_weighting=prompt_weighting, guidance_rescale=guidance_rescale,
+            guidance_cutoff=guidance_cutoff, guidance_interval=guidance_interval,
         )
         text_options = self.text.check(family_arguments, inputs is not None, long_prompts)
         request = replace(request, handoff=handoff, text_options=text_options)
@@ -392,6 +397,7 @@ class Pipeline:
                                          request.guidance_rescale)
         rows = image_slices(calls)
         outcomes: list[GenerationResult | PipelineError | None] = [None] * len(calls)
+        guided = request.guidance_schedule.guided_steps(sampler, first, stop)
 
         for i in range(first, stop):
             self._stop_cancelled(calls, outcomes, i, sampler)
@@ -403,7 +409,7 @@ class Pipeline:
                 if start.condition is not None:  # an inpainting UNet also reads the mask and the masked image
                     model_input = np.concatenate([model_input, start.condition], axis=1)
             with timer.stage("unet"):
-                model_output = denoise(model_input, timestep)
+                model_output = denoise(model_input, timestep, guided[i - first])
             with timer.stage("scheduler"):
                 noise = _draw(generators, latents.shape[1:]) if sampler.noise_at(i) else None
                 latents = sampler.step(model_output, i, latents, noise=noise)

@@ -22,6 +22,7 @@ from diffship.runtime.errors import PipelineInputError
 from diffship.runtime.guidance import is_guided
 from diffship.runtime.handoff import Handoff
 from diffship.runtime.prompts import WEIGHTINGS
+from diffship.runtime.schedule_guidance import GuidanceSchedule, check_guidance_schedule
 from diffship.runtime.schedulers import SchedulerError, resolve_scheduler
 from diffship.runtime.text.base import TextOptions
 
@@ -66,6 +67,8 @@ class Request:
     """The family's own text arguments, checked by its text side (SDXL: ``MicroConditioning``); None: none."""
     handoff: Handoff = Handoff()
     """Where in the schedule the call starts and stops, and whether it returns images or latents."""
+    guidance_schedule: GuidanceSchedule = GuidanceSchedule()
+    """The steps classifier-free guidance applies at (``guidance_cutoff``, ``guidance_interval``); default: all."""
 
     @property
     def batch(self) -> int:
@@ -138,6 +141,8 @@ def validate_request(
     prompt_weighting: Any = "webui",
     guidance_rescale: Any = 0.0,
     text_options: TextOptions | None = None,
+    guidance_cutoff: Any = None,
+    guidance_interval: Any = None,
 ) -> Request:
     """A checked request, or a PipelineInputError saying what was wrong and what is allowed.
 
@@ -171,9 +176,10 @@ def validate_request(
             raise PipelineInputError(_unused_draw(name, draws))
         checked[name] = _noise(constants, name, value, height, width, batch, len(prompts), images_per_prompt)
     _check_options(callback, eta, long_prompts, prompt_weighting, guidance_rescale)
+    schedule = check_guidance_schedule(guidance_cutoff, guidance_interval)
     return Request(prompts, negatives, steps, guidance, scheduler, int(height), int(width), images_per_prompt,
                    [seed + k for k in range(batch)], checked, float(eta), long_prompts, prompt_weighting,
-                   float(guidance_rescale), text_options)
+                   float(guidance_rescale), text_options, guidance_schedule=schedule)
 
 
 def _prompts(prompt: Any, negative_prompt: Any, limits: Limits) -> tuple[list[str], list[str] | None]:

@@ -69,6 +69,7 @@ def describe_images(package: ModelPackage, request: Request, scheduler: str, tas
         "steps": request.steps,
         "guidance_scale": request.guidance_scale,
         **({"guidance_rescale": request.guidance_rescale} if request.guidance_rescale else {}),
+        **request.guidance_schedule.describe(),
         **(request.text_options.describe() if request.text_options is not None else {}),
         "scheduler": request.scheduler or scheduler,
         **({"eta": request.eta} if request.eta else {}),

@@ -19,6 +19,7 @@ from diffship.commands.options import (
     cuda_graphs_option,
     device_option,
     guidance_option,
+    guidance_schedule_options,
     lora_option,
     package_option,
     parse_pair,
@@ -63,7 +64,7 @@ def _grid(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 
 
 PASSED_ON = ("scheduler", "height", "width", "mask_image", "strength", "padding_mask_crop", "sample_mode", "eta",
-             "long_prompts", "prompt_weighting", "guidance_rescale")
+             "long_prompts", "prompt_weighting", "guidance_rescale", "guidance_cutoff", "guidance_interval")
 """Options that are ``Pipeline.__call__`` arguments of the same name."""
 MICRO_CONDITIONING = {"original_size": "original_size", "target_size": "target_size",
                       "crops_coords_top_left": "crop_top_left", "negative_original_size": "negative_original_size",
@@ -105,6 +106,8 @@ class GenerateOptions:
     long_prompts: bool
     prompt_weighting: str
     guidance_rescale: float
+    guidance_cutoff: float | None
+    guidance_interval: tuple[float, float] | None
     original_size: tuple[int, int] | None
     target_size: tuple[int, int] | None
     crop_top_left: tuple[int, int] | None
@@ -166,8 +169,9 @@ class GenerateOptions:
               help="Image k uses seed + k (numpy's generator; default, or -1: random, printed).")
 @click.option("--images", "images_per_prompt", default=1, show_default=True, help="Images per prompt.")
 @click.option("--grid", multiple=True, callback=_grid,
-              help="Sweep KEY=V1,V2,... (KEY: steps, guidance, scheduler, seed, strength) into one labelled contact "
-                   "sheet; give it twice for rows x columns.")
+              help="Sweep KEY=V1,V2,... (KEY: steps, guidance, scheduler, seed, strength, cutoff, interval) into "
+                   "one labelled contact sheet; give it twice for rows x columns. interval values are LOW:HIGH, e.g. "
+                   "--grid cutoff=1,0.5,0.2 --grid interval=0:inf,0.28:5.42.")
 @click.option("--out", default="generated.png", show_default=True, type=click.Path(path_type=Path),
               help="PNG path; several images become NAME-00.png, NAME-01.png, ...")
 @backend_option()
@@ -203,6 +207,7 @@ class GenerateOptions:
 @click.option("--guidance-rescale", default=0.0, show_default=True, type=float,
               help="Pull the guided prediction's spread back toward the conditional one's, 0 to 1 (diffusers' "
                    "guidance_rescale; 0.7 suits zero-terminal-SNR models).")
+@guidance_schedule_options()
 @click.option("--original-size", callback=parse_pair, metavar="HEIGHT,WIDTH",
               help="SDXL: the size the model is told the training image had (default: the output size).")
 @click.option("--target-size", callback=parse_pair, metavar="HEIGHT,WIDTH",
@@ -252,6 +257,10 @@ def generate(**options: Any) -> None:
       {prog} generate --package packages/sdxl-turbo --prompt "a red fox" --steps 1 --guidance 0 --out fox.png
       {prog} generate --package packages/sdxl --prompt "a red fox" --steps 30 --guidance 5 \\
           --original-size 1024,1024 --target-size 1024,1024 --crop-top-left 0,0 --out fox.png
+      {prog} generate --package packages/tiny --prompt "a red fox" --steps 30 --guidance-cutoff 0.4 \\
+          --out fox-cutoff.png
+      {prog} generate --package packages/tiny --prompt "a red fox" --steps 30 --guidance-interval 0.28,5.42 \\
+          --grid cutoff=1,0.6,0.3 --out cutoffs.png
       {prog} generate --package packages/sdxl --refiner packages/sdxl-refiner --prompt "a red fox" \\
           --steps 40 --guidance 5 --denoising-end 0.8 --out fox.png
 

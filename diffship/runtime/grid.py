@@ -15,16 +15,36 @@ import numpy as np
 
 from diffship.runtime.errors import PipelineInputError
 from diffship.runtime.images import contact_sheet
+from diffship.runtime.schedule_guidance import parse_interval
 from diffship.runtime.timing import Timings
 
-GRID_KEYS: dict[str, tuple[str, type]] = {
+
+def _interval(text: str) -> tuple[float, float]:
+    """A grid value of ``interval``: ``LOW:HIGH`` (the comma separates the axis' values)."""
+    try:
+        return parse_interval(text)
+    except PipelineInputError:
+        raise ValueError(text) from None
+
+
+_interval.__name__ = "LOW:HIGH pairs (sigma ranges, e.g. 0.28:5.42)"
+
+GRID_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "steps": ("num_inference_steps", int),
     "guidance": ("guidance_scale", float),
     "scheduler": ("scheduler", str),
     "seed": ("seed", int),
     "strength": ("strength", float),
+    "cutoff": ("guidance_cutoff", float),
+    "interval": ("guidance_interval", _interval),
 }
 """Sweepable keys: their ``Pipeline.__call__`` argument and value type."""
+UNSET_UNSHOWN = frozenset({"cutoff", "interval"})
+"""Keys a sheet's title leaves out when they are not set (most calls never set them)."""
+
+
+def _label(value: Any) -> str:
+    return ":".join(f"{v:g}" for v in value) if isinstance(value, tuple) else str(value)
 
 
 @dataclass(frozen=True)
@@ -33,7 +53,7 @@ class GridAxis:
     values: tuple[Any, ...]
 
     def labels(self) -> list[str]:
-        return [f"{self.key}={value}" for value in self.values]
+        return [f"{self.key}={_label(value)}" for value in self.values]
 
 
 @dataclass(frozen=True)
@@ -102,14 +122,15 @@ def sweep(
     names = {argument: key for key, (argument, _) in GRID_KEYS.items()}
     fixed = {names.get(k, k): v for k, v in arguments.items()
              if names.get(k) in GRID_KEYS and names[k] not in {axis.key for axis in axes}
-             and not (names[k] == "strength" and arguments.get("image") is None)}  # no strength without an image
-    title = f"{prompt!r}  " + "  ".join(f"{k}={'default' if v is None else v}" for k, v in fixed.items())
+             and not (names[k] == "strength" and arguments.get("image") is None)  # no strength without an image
+             and not (names[k] in UNSET_UNSHOWN and v is None)}
+    title = f"{prompt!r}  " + "  ".join(f"{k}={'default' if v is None else _label(v)}" for k, v in fixed.items())
     sheet = contact_sheet(cells, rows_axis.labels(), columns_axis.labels() if columns_axis else [""], title=title)
     return GridResult(sheet, total, grid_parameters(described, axes))
 
 
 DESCRIBED_AS = {"steps": "steps", "guidance": "guidance_scale", "scheduler": "scheduler", "seed": "seed",
-                "strength": "strength"}
+                "strength": "strength", "cutoff": "guidance_cutoff", "interval": "guidance_interval"}
 """The field of an image's parameters (``GenerationResult.parameters``) that each grid key sets."""
 
 
@@ -120,4 +141,4 @@ def grid_parameters(described: Sequence[Mapping[str, Any]], axes: Sequence[GridA
     shared = {key: value for key, value in described[0].items() if key not in swept and key != "negative_prompt"}
     negative = next((cell["negative_prompt"] for cell in described if "negative_prompt" in cell), None)
     return {**shared, **({"negative_prompt": negative} if negative else {}),
-            "grid": {axis.key: list(axis.values) for axis in axes}}
+            "grid": {axis.key: [list(v) if isinstance(v, tuple) else v for v in axis.values] for axis in axes}}

@@ -39,6 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SPREAD_WARNING = 2.0
+"""A contender whose slowest run took more than this many times its fastest is flagged: its median is not to be
+trusted (one CPU run saw diffusers' time for a case swing from 0.26 s to 3.6 s between runs)."""
+
 STAGES = ("tokenize", "text_encoder", "unet", "scheduler_and_loop", "vae_encode", "vae_decode")
 """In table order; ``vae_encode`` only for image-to-image."""
 TASKS = ("txt2img", "img2img")
@@ -338,6 +342,7 @@ def summarize(runs: Sequence[Run], baseline: str) -> list[dict[str, Any]]:
             "median_s": medians[contender, steps],
             "min_s": min(totals),
             "max_s": max(totals),
+            "spread": max(totals) / min(totals) if min(totals) > 0 else float("inf"),
             "ratio_vs_diffusers": medians[contender, steps] / medians[baseline, steps],
             "unet_step_median_s": statistics.median(s for r in group for s in r.unet_steps),
             "stages_median_s": {stage: statistics.median(r.stages[stage] for r in group)
@@ -368,14 +373,38 @@ def write_json(result: BenchResult, json_path: Path) -> None:
     temporary.replace(json_path)
 
 
+def format_ratio(value: float) -> str:
+    """A ratio that never prints as "0.00x": two decimals from 0.1 up, two significant digits below."""
+    if not np.isfinite(value):
+        return "inf"
+    return f"{value:.2f}x" if value >= 0.1 else f"{value:.2g}x"
+
+
+def format_seconds(value: float) -> str:
+    """Three decimals, or three significant digits below a millisecond (a tiny model's time is not "0.000")."""
+    return f"{value:.3f}" if value >= 0.01 else f"{value:.3g}"
+
+
+def spread_warnings(summary: Sequence[Mapping[str, Any]], limit: float = SPREAD_WARNING) -> list[str]:
+    """One line per contender and step count whose slowest run took more than ``limit`` times its fastest."""
+    return [f"warning: {r['contender']} at {r['steps']} steps: its runs took {format_seconds(r['min_s'])} to "
+            f"{format_seconds(r['max_s'])} s ({format_ratio(r['max_s'] / r['min_s']) if r['min_s'] > 0 else 'inf'} "
+            f"apart, more than {limit:g}x): the machine was busy or the contender unsteady; its median and ratio are "
+            f"not to be trusted (rerun on a quiet machine, or with more --repeats)"
+            for r in sorted(summary, key=lambda r: (r["steps"], r["contender"]))
+            if r["min_s"] <= 0 or r["max_s"] / r["min_s"] > limit]
+
+
 def format_tables(result: BenchResult) -> str:
     lines = []
-    rows = [[str(r["steps"]), r["contender"], f"{r['median_s']:.3f}", f"{r['min_s']:.3f}", f"{r['max_s']:.3f}",
-             f"{r['ratio_vs_diffusers']:.2f}x", f"{r['unet_step_median_s'] * 1000:.1f}",
+    rows = [[str(r["steps"]), r["contender"], format_seconds(r["median_s"]), format_seconds(r["min_s"]),
+             format_seconds(r["max_s"]), format_ratio(r["max_s"] / r["min_s"]) if r["min_s"] > 0 else "inf",
+             format_ratio(r["ratio_vs_diffusers"]), f"{r['unet_step_median_s'] * 1000:.1f}",
              f"{100 * r['outside_engines_share']:.1f}%" if "outside_engines_share" in r else "-"]
             for r in sorted(result.summary, key=lambda r: (r["steps"], r["contender"]))]
-    lines.append(format_table(["steps", "contender", "median s", "min s", "max s", "vs diffusers", "UNet ms/step",
-                         "outside engines"], rows))
+    lines.append(format_table(["steps", "contender", "median s", "min s", "max s", "max/min", "vs diffusers",
+                               "UNet ms/step", "outside engines"], rows))
+    lines.extend(spread_warnings(result.summary))
     top = max(r["steps"] for r in result.summary)
     stages = [s for s in STAGES if any(s in r["stages_median_s"] for r in result.summary)]
     stage_rows = [[r["contender"], *(f"{r['stages_median_s'][s]:.3f}" for s in stages)]
@@ -401,8 +430,8 @@ def format_cold_start(cold_start: dict[str, ChildFigures]) -> str:
         overhead = start_up(child)
         ratios = ["-", "-"]
         if baseline is not None and name != "diffusers":
-            ratios = [f"{baseline['first_image_s'] / child['first_image_s']:.1f}x",
-                      f"{start_up(baseline) / overhead:.1f}x" if overhead > 0 else "-"]
+            ratios = [format_ratio(baseline['first_image_s'] / child['first_image_s']),
+                      format_ratio(start_up(baseline) / overhead) if overhead > 0 else "-"]
         rows.append([name, *(f"{stages[k]:.2f}" if k in stages else "-"
                              for k in ("interpreter_s", "import_s", "open_s", "warm_up_s", "image_s")),
                      f"{child['first_image_s']:.2f}", f"{overhead:.2f}", *ratios,

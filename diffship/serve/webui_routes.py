@@ -1,5 +1,6 @@
-"""The web UI's API beyond generating (``txt2img``/``img2img`` are ``serve/a1111_api.py``), as its client libraries
-and front ends call it: they poll ``/progress`` while a request runs, stop it with ``/interrupt`` or ``/skip``, read
+"""The routes the clients people already run expect beside generating: OpenAI's ``/v1/models`` (and the multipart
+form its ``images.edit`` sends, ``serve/openai_edits.py``), and the web UI's API beyond generating (``txt2img``/
+``img2img`` are ``serve/a1111_api.py``), as its client libraries and front ends call it: they poll ``/progress`` while a request runs, stop it with ``/interrupt`` or ``/skip``, read
 and set ``/options`` (``sd_model_checkpoint`` switches among the packages given with ``serve --package A --package
 B``), and list models, LoRAs, embeddings, schedulers, upscalers and flags. Unknown routes answer JSON, as FastAPI does
 in the web UI. Which request fields are honoured, ignored or refused: README "Serving"."""
@@ -21,8 +22,9 @@ from starlette.routing import Route
 
 from diffship.runtime.errors import PipelineInputError
 from diffship.runtime.infotext import parse_infotext
-from diffship.serve import a1111_api
+from diffship.serve import a1111_api, openai_api
 from diffship.serve.models import ModelSet, current_package, switch
+from diffship.serve.openai_edits import MultipartEdits
 from diffship.serve.progress import JobTracking, Progress
 
 PREFIX = "/sdapi/v1"
@@ -63,11 +65,13 @@ class WebUi:
             Route(f"{PREFIX}/upscalers", self._listing(lambda: UPSCALERS), methods=get),
             Route(f"{PREFIX}/cmd-flags", self._listing(self.cmd_flags), methods=get),
             Route(f"{PREFIX}/png-info", self._png_info, methods=post),
+            Route("/v1/models", self._listing(lambda: openai_api.models(self.models.names)), methods=get),
+            Route("/v1/models/{name:path}", self._openai_model, methods=get),
         ]
 
     @property
     def middleware(self) -> list[Middleware]:
-        return [Middleware(JobTracking, progress=self.progress, paths=TRACKED)]
+        return [Middleware(JobTracking, progress=self.progress, paths=TRACKED), Middleware(MultipartEdits)]
 
     @property
     def exception_handlers(self) -> dict[int, Any]:
@@ -148,6 +152,14 @@ class WebUi:
             return JSONResponse(a1111_api.error(str(exc), "invalid"), status_code=422)
         info = str(items.pop("parameters", ""))
         return JSONResponse({"info": info, "items": items, "parameters": parse_infotext(info) if info else {}})
+
+    async def _openai_model(self, request: Request) -> Response:
+        """``models.retrieve``: one served package, or OpenAI's 404."""
+        name = request.path_params["name"]
+        if name in self.models.names:
+            return JSONResponse(openai_api.model(name))
+        message = f"model {name!r:.80} is not served here; this server has {', '.join(self.models.names)}"
+        return JSONResponse(openai_api.error(message, "not_found"), status_code=404)
 
     def _listing(self, answer: Any) -> Any:
         async def listing(request: Request) -> Response:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from diffship.runtime.schedulers import SHORT_NAMES, WEB_UI_NAMES
@@ -36,7 +37,10 @@ def web_ui_sampler(scheduler: str) -> str:
 
 def infotext(parameters: Mapping[str, Any]) -> str:
     """The web UI's infotext of one image's parameters."""
-    lines = [str(parameters.get("prompt", ""))]
+    # LoRAs as the web UI writes them, tags in the prompt: pasted back into the web UI, they apply again
+    tags = [f"<lora:{Path(name).stem}:{scale}>" for name, _, scale in
+            (str(lora).rpartition(":") for lora in parameters.get("loras", ()))]
+    lines = [" ".join([str(parameters.get("prompt", "")), *tags])]
     if parameters.get("negative_prompt"):
         lines.append(f"Negative prompt: {parameters['negative_prompt']}")
     recorded = parameters.get("model")
@@ -47,7 +51,7 @@ def infotext(parameters: Mapping[str, Any]) -> str:
         ("Size", f"{parameters.get('width')}x{parameters.get('height')}"),
         ("Model hash", (model.get("weights_sha256") or "")[:10] or None), ("Model", model.get("name")),
         ("Denoising strength", _number(parameters.get("strength"))), ("Eta", _number(parameters.get("eta"))),
-        ("Lora", ", ".join(parameters.get("loras", ())) or None), ("Version", "diffship"),
+        ("Version", "diffship"),
     ]
     lines.append(", ".join(f"{key}: {_quote(str(value))}" for key, value in pairs if value is not None))
     return "\n".join(lines)

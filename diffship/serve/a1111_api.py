@@ -26,6 +26,7 @@ from diffship.runtime.schedulers import NOT_IMPLEMENTED, SHORT_NAMES, WEB_UI_NAM
 from diffship.serve.fields import ApiInputError, check_object, take
 from diffship.serve.formats import ApiFormat, Listing
 from diffship.serve.progress import CURRENT_JOB
+from diffship.serve.prompt_loras import tagged
 
 DEFAULT_STEPS = 20
 UNSUPPORTED = {
@@ -86,11 +87,11 @@ def _tracked(arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_txt2img(body: Any) -> dict[str, Any]:
-    return _tracked(parse(body))
+    return tagged(_tracked(parse(body)))
 
 
 def parse_img2img(body: Any) -> dict[str, Any]:
-    return _tracked(_img2img_arguments(body))
+    return tagged(_tracked(_img2img_arguments(body)))
 
 
 def _img2img_arguments(body: Any) -> dict[str, Any]:

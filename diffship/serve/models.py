@@ -75,7 +75,10 @@ def switch(backend: Any, package: Path) -> None:
         started = time.perf_counter()
         pipeline = Pipeline.from_package(package, backend=config.backend, precision=config.precision,
                                          threads=config.threads, device=config.device, loras=config.loras)
-        batcher.runner = pipeline  # the worker reads it per batch
+        from diffship.serve.prompt_loras import LoraRunner
+
+        # the worker reads it per batch; tagged LoRAs keep their runner
+        batcher.runner = LoraRunner(pipeline) if isinstance(batcher.runner, LoraRunner) else pipeline
         backend.pipeline = pipeline
         backend.config = replace(config, package=package)
         log.info("switched to %s in %.1fs", package.name, time.perf_counter() - started)

@@ -21,6 +21,7 @@ from diffship.runtime.images import png_bytes
 from diffship.runtime.pipeline import GenerationResult
 from diffship.serve.fields import ApiInputError, check_object, size_pair, take
 from diffship.serve.formats import ApiFormat
+from diffship.serve.prompt_loras import tagged
 
 MAX_N = 10
 IGNORED = ("model", "quality", "style", "user", "moderation", "background", "input_fidelity", "safety_identifier")
@@ -60,7 +61,7 @@ def parse(body: Any, known: tuple[str, ...] = KNOWN) -> dict[str, Any]:
         value = take(body, field, kind)
         if value is not None:
             arguments[argument] = value
-    return arguments
+    return tagged(arguments)
 
 
 def output_format(body: dict[str, Any]) -> tuple[str, int]:

@@ -26,6 +26,7 @@ from diffship.serve import a1111_api, openai_api
 from diffship.serve.models import ModelSet, current_package, switch
 from diffship.serve.openai_edits import MultipartEdits
 from diffship.serve.progress import JobTracking, Progress
+from diffship.serve.prompt_loras import LoraContext
 
 PREFIX = "/sdapi/v1"
 TRACKED = {a1111_api.TXT2IMG.path: "txt2img", a1111_api.IMG2IMG.path: "img2img"}
@@ -71,7 +72,8 @@ class WebUi:
 
     @property
     def middleware(self) -> list[Middleware]:
-        return [Middleware(JobTracking, progress=self.progress, paths=TRACKED), Middleware(MultipartEdits)]
+        return [Middleware(LoraContext, backend=self.backend, lora_dir=self.lora_dir),
+                Middleware(JobTracking, progress=self.progress, paths=TRACKED), Middleware(MultipartEdits)]
 
     @property
     def exception_handlers(self) -> dict[int, Any]:

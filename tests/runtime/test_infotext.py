@@ -75,14 +75,14 @@ def test_infotext_png_parameters_read_back_by_the_web_uis_parser(pipe: Pipeline,
     assert json.loads(chunks["diffship"]) == result.parameters[0] == read_parameters(path)
 
 
-def test_infotext_quotes_values_that_would_break_the_web_uis_parser() -> None:
+def test_infotext_quotes_values_that_would_break_the_web_uis_parser_and_tags_loras_in_the_prompt() -> None:
     parameters = {"prompt": "a", "steps": 2, "scheduler": "PNDMScheduler", "guidance_scale": 7.0, "seed": 1,
                   "width": 64, "height": 64, "strength": 0.75,
                   "model": {"name": "org/model:v2, final", "weights_sha256": "0123456789abcdef"},
                   "loras": ["ink.safetensors:0.8", "film.safetensors:1"]}
     parsed = web_ui_parse(infotext(parameters))
     assert parsed["Model"] == "org/model:v2, final" and parsed["Model hash"] == "0123456789"
-    assert parsed["Lora"] == "ink.safetensors:0.8, film.safetensors:1" and parsed["Sampler"] == "PLMS"
+    assert parsed["Prompt"] == "a <lora:ink:0.8> <lora:film:1>" and parsed["Sampler"] == "PLMS"
     assert parsed["Denoising strength"] == "0.75" and parsed["CFG scale"] == "7"
 
 

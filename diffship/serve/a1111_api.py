@@ -35,6 +35,10 @@ UNSUPPORTED = {
 }
 """Fields whose non-empty value asks for something this server does not do."""
 SCHEDULER_SUFFIXES = {"automatic": "", "karras": " Karras"}
+OPTIONS: dict[str, Any] = {"sd_checkpoint_hash": None, "samples_format": "png", "CLIP_stop_at_last_layers": 1,
+                           "eta_noise_seed_delta": 0, "sd_vae": "Automatic", "show_progress_every_n_steps": 0}
+"""The web UI's options as this server has them (``GET /sdapi/v1/options`` adds ``sd_model_checkpoint``): a request's
+``override_settings`` may restate them; ``CLIP_stop_at_last_layers`` is the call's ``clip_skip`` plus one."""
 WEB_UI_DEFAULT_SAMPLER = "Euler"
 """The web UI API's ``sampler_index`` default: the sampler it runs when a request names none."""
 
@@ -71,6 +75,28 @@ def parse(body: Any) -> dict[str, Any]:
     eta = take(body, "eta", (int, float))
     if eta is not None:
         arguments["eta"] = eta
+    return _overridden(take(body, "override_settings", dict) or {}, arguments)
+
+
+def _overridden(settings: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """``override_settings``: the model must be the one served (switch with ``POST /sdapi/v1/options``), clip skip
+    becomes the call's, any other option may only restate this server's value (never ignored silently)."""
+    job = CURRENT_JOB.get()
+    for key, value in settings.items():
+        if key == "sd_model_checkpoint":
+            served = job.model if job is not None else ""
+            if not isinstance(value, str) or value.split(" [", 1)[0].strip() not in (served, f"{served}.safetensors"):
+                raise ApiInputError(f"override_settings.sd_model_checkpoint {value!r:.80} is not the model served now "
+                                    f"({served or 'unknown here'}); switch with POST /sdapi/v1/options first")
+        elif key == "CLIP_stop_at_last_layers":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ApiInputError(f"override_settings.CLIP_stop_at_last_layers must be an integer >= 1, got "
+                                    f"{value!r:.40}")
+            arguments["clip_skip"] = value - 1
+        elif OPTIONS.get(key, object()) != value:
+            raise ApiInputError(f"override_settings.{key:.60}: this server cannot change it per request; it takes "
+                                f"sd_model_checkpoint (the served model), CLIP_stop_at_last_layers, and the values of "
+                                f"GET /sdapi/v1/options")
     return arguments
 
 

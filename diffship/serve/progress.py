@@ -12,6 +12,7 @@ import contextvars
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,8 @@ class Job:
 
     number: int
     kind: str
+    model: str = ""
+    """The model served when the request arrived (what ``override_settings.sd_model_checkpoint`` must name)."""
     started: float = field(default_factory=time.monotonic)
     steps: int = 0
     """Sampling steps the call runs (img2img: the part ``denoising_strength`` keeps)."""
@@ -56,9 +59,9 @@ class Progress:
         self._interrupted = self._skipped = False
         self._last_timestamp = ""
 
-    def begin(self, kind: str) -> Job:
+    def begin(self, kind: str, model: str = "") -> Job:
         with self._lock:
-            job = Job(next(self._numbers), kind)
+            job = Job(next(self._numbers), kind, model)
             if not self._jobs:
                 self._interrupted = self._skipped = False  # the web UI's flags describe the current run of jobs
                 self._last_timestamp = time.strftime("%Y%m%d%H%M%S")
@@ -106,15 +109,15 @@ class Progress:
 class JobTracking:
     """ASGI middleware: a web-UI generation request is a ``Job`` of ``progress`` from arrival to its answer."""
 
-    def __init__(self, app: ASGIApp, progress: Progress, paths: dict[str, str]) -> None:
-        self.app, self.progress, self.paths = app, progress, paths
+    def __init__(self, app: ASGIApp, progress: Progress, paths: dict[str, str], model: Callable[[], str]) -> None:
+        self.app, self.progress, self.paths, self.model = app, progress, paths, model
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = self.paths.get(scope.get("path", "")) if scope["type"] == "http" else None
         if kind is None or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
-        job = self.progress.begin(kind)
+        job = self.progress.begin(kind, self.model())
         token = CURRENT_JOB.set(job)
         try:
             await self.app(scope, receive, send)

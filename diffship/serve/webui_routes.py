@@ -73,7 +73,7 @@ class WebUi:
     @property
     def middleware(self) -> list[Middleware]:
         return [Middleware(LoraContext, backend=self.backend, lora_dir=self.lora_dir),
-                Middleware(JobTracking, progress=self.progress, paths=TRACKED), Middleware(MultipartEdits)]
+                Middleware(JobTracking, progress=self.progress, paths=TRACKED, model=self.current), Middleware(MultipartEdits)]
 
     @property
     def exception_handlers(self) -> dict[int, Any]:
@@ -91,9 +91,7 @@ class WebUi:
                 for name in self.models.names]
 
     def options(self) -> dict[str, Any]:
-        return {"sd_model_checkpoint": self.current(), "sd_checkpoint_hash": None, "samples_format": "png",
-                "CLIP_stop_at_last_layers": 1, "eta_noise_seed_delta": 0, "sd_vae": "Automatic",
-                "show_progress_every_n_steps": 0}
+        return {"sd_model_checkpoint": self.current(), **a1111_api.OPTIONS}
 
     def loras(self) -> list[dict[str, Any]]:
         """The LoRA files of ``--lora-dir`` as ``<lora:NAME:WEIGHT>`` names them (their path relative to it)."""

@@ -17,10 +17,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 from diffship.runtime import Pipeline
 from diffship.runtime.batching import BatchSettings
+from diffship.runtime.errors import PipelineInputError
 from diffship.serve.app import create_app
 from diffship.serve.local import serve_in_thread
 from diffship.serve.models import ModelSet
@@ -188,3 +190,25 @@ def test_png_info_reads_an_image_without_infotext(serve_pipe: Pipeline, tiny_pac
     with web_ui_service(serve_pipe, (tiny_package,)) as (url, _):
         info = httpx.post(f"{url}/sdapi/v1/png-info", json={"image": base64.b64encode(plain.getvalue()).decode()})
     assert info.json() == {"info": "", "items": {}, "parameters": {}}
+
+
+def test_override_settings_are_honoured_or_refused_never_ignored(serve_pipe: Pipeline, tiny_package: Path) -> None:
+    body = {"prompt": "a kite", "steps": 2, "width": 64, "height": 64, "seed": 3}
+    settings = {
+        "same": {"sd_model_checkpoint": f"{tiny_package.name} [0123456789]", "CLIP_stop_at_last_layers": 1,
+                 "samples_format": "png"},
+        "model": {"sd_model_checkpoint": "sd15.safetensors [abc]"},
+        "clip": {"CLIP_stop_at_last_layers": 2},
+        "vae": {"sd_vae": "kl-f8-anime.ckpt"},
+    }
+    with web_ui_service(serve_pipe, (tiny_package,)) as (url, _):
+        answers = {name: httpx.post(f"{url}/sdapi/v1/txt2img", json={**body, "override_settings": value}, timeout=60)
+                   for name, value in settings.items()}
+    with pytest.raises(PipelineInputError) as python_clip:  # the Python API's own message is the reference
+        serve_pipe.prepare("a kite", clip_skip=1)
+    assert answers["same"].status_code == 200, answers["same"].text
+    assert answers["model"].status_code == 422
+    assert f"is not the model served now ({tiny_package.name})" in answers["model"].text
+    assert answers["clip"].status_code == 422 and str(python_clip.value) in answers["clip"].json()["detail"]
+    assert answers["vae"].status_code == 422 and "override_settings.sd_vae: this server cannot change it" in (
+        answers["vae"].text)

@@ -62,11 +62,15 @@ def serve(packages: tuple[Path, ...], lora_dir: Path | None, host: str, port: in
       curl -s localhost:8000/v1/images/generations -d '{"prompt": "a red fox", "size": "64x64"}'
       curl -s localhost:8000/sdapi/v1/txt2img -d '{"prompt": "a red fox", "steps": 20, "cfg_scale": 7}'
       {prog} serve --package packages/tiny --ray --replicas 2
+      {prog} serve --package packages/sd15 --package packages/dreamshaper --lora-dir loras/
 
     \b
-    Endpoints: POST /v1/images/generations, POST /sdapi/v1/txt2img, GET /sdapi/v1/samplers, GET /healthz,
-    GET /readyz (engines loaded and warmed up), GET /metrics (Prometheus). SIGTERM (or Ctrl-C) stops taking
-    connections and finishes the requests accepted before exiting.
+    Endpoints: POST /v1/images/generations and /v1/images/edits, GET /v1/models (OpenAI); POST /sdapi/v1/txt2img
+    and /sdapi/v1/img2img, GET /sdapi/v1/progress, POST /sdapi/v1/interrupt, GET and POST /sdapi/v1/options, GET
+    /sdapi/v1/sd-models, /loras, /samplers, ... (the web UI's API; README "Serving" lists what is honoured); GET
+    /healthz, GET /readyz (engines loaded and warmed up), GET /metrics (Prometheus). Prompts may carry the web UI's
+    <lora:NAME:WEIGHT> tags with --lora-dir. SIGTERM (or Ctrl-C) stops taking connections and finishes the requests
+    accepted before exiting.
     """
     from diffship.core.package import ModelPackage
     from diffship.runtime.batching import BatchSettings

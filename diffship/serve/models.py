@@ -4,16 +4,32 @@ OpenAI's ``/v1/models``. A package is known by its folder's name (never its path
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from diffship.runtime.errors import PipelineInputError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Served:
+    """The package served now and every package this server may serve (names), as a request sees them."""
+
+    current: str
+    names: tuple[str, ...]
+
+
+SERVED: contextvars.ContextVar[Served | None] = contextvars.ContextVar("diffship_served", default=None)
+"""Set for each request by ``ServedModels`` (unset under Ray, where requests are parsed in the replicas)."""
 
 
 class ModelSetError(PipelineInputError):
@@ -83,3 +99,20 @@ def switch(backend: Any, package: Path) -> None:
         backend.config = replace(config, package=package)
         log.info("switched to %s in %.1fs", package.name, time.perf_counter() - started)
     # The old pipeline is not closed here: a batch may still run on it; it goes when its last batch lets go of it.
+
+
+class ServedModels:
+    """ASGI middleware: each request is parsed knowing which package is served now (``SERVED``)."""
+
+    def __init__(self, app: ASGIApp, current: Callable[[], str], models: ModelSet) -> None:
+        self.app, self.current, self.models = app, current, models
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        token = SERVED.set(Served(self.current(), tuple(self.models.names)))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            SERVED.reset(token)

@@ -1,7 +1,8 @@
 """``POST /v1/images/generations`` as OpenAI's Images API has it: ``prompt``, ``n``, ``size``, ``response_format``
 (``b64_json`` only: this server keeps no files to link to), ``output_format`` (``png``, with the generation parameters
 in its text chunks; ``jpeg`` or ``webp`` at ``output_compression``, PIL's quality, 100 by default as OpenAI's),
-``model`` (ignored: the server runs the package it serves; ``GET /v1/models`` lists them). Extension fields:
+``model`` (ignored, unless it names another package this server serves: refused, as that is not what would run;
+``GET /v1/models`` lists them). Extension fields:
 ``negative_prompt``, ``steps``, ``guidance_scale``, ``seed``, ``scheduler`` (pass them with the official client's
 ``extra_body``).
 
@@ -21,6 +22,7 @@ from diffship.runtime.images import png_bytes
 from diffship.runtime.pipeline import GenerationResult
 from diffship.serve.fields import ApiInputError, check_object, size_pair, take
 from diffship.serve.formats import ApiFormat
+from diffship.serve.models import SERVED
 from diffship.serve.prompt_loras import tagged
 
 MAX_N = 10
@@ -44,6 +46,7 @@ def parse(body: Any, known: tuple[str, ...] = KNOWN) -> dict[str, Any]:
     unknown = sorted(set(body) - set(known))
     if unknown:
         raise ApiInputError(f"unknown field(s) {', '.join(unknown)}; this endpoint takes {', '.join(KNOWN)}")
+    _check_model(take(body, "model", str))
     prompt = take(body, "prompt", str)
     if prompt is None:
         raise ApiInputError("prompt is required (the text to draw)")
@@ -62,6 +65,15 @@ def parse(body: Any, known: tuple[str, ...] = KNOWN) -> dict[str, Any]:
         if value is not None:
             arguments[argument] = value
     return tagged(arguments)
+
+
+def _check_model(model: str | None) -> None:
+    """``model`` naming another package this server serves is refused (it would not be what runs); any other name
+    (``dall-e-3``, ``gpt-image-1``, as clients send by default) is ignored."""
+    served = SERVED.get()
+    if model and served is not None and model in served.names and model != served.current:
+        raise ApiInputError(f"model {model!r} is served here but {served.current!r} is loaded now; switch with POST "
+                            f"/sdapi/v1/options {{\"sd_model_checkpoint\": \"{model}\"}} or leave model out")
 
 
 def output_format(body: dict[str, Any]) -> tuple[str, int]:

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from diffship.runtime.errors import PipelineInputError
 from diffship.runtime.infotext import parse_infotext
 from diffship.serve import a1111_api, openai_api
-from diffship.serve.models import ModelSet, current_package, switch
+from diffship.serve.models import ModelSet, ServedModels, current_package, switch
 from diffship.serve.openai_edits import MultipartEdits
 from diffship.serve.progress import JobTracking, Progress
 from diffship.serve.prompt_loras import LoraContext
@@ -72,7 +72,8 @@ class WebUi:
 
     @property
     def middleware(self) -> list[Middleware]:
-        return [Middleware(LoraContext, backend=self.backend, lora_dir=self.lora_dir),
+        return [Middleware(ServedModels, current=self.current, models=self.models),
+                Middleware(LoraContext, backend=self.backend, lora_dir=self.lora_dir),
                 Middleware(JobTracking, progress=self.progress, paths=TRACKED, model=self.current), Middleware(MultipartEdits)]
 
     @property

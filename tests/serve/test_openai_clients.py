@@ -125,3 +125,16 @@ def test_openai_models_list_names_the_served_packages(serve_pipe: Pipeline, tiny
     assert one.id == tiny_v_package.name and one.owned_by == "diffship"
     assert "'dall-e-3' is not served here" in str(missing.value)
     assert broken.status_code == 422 and "error" in broken.json()
+
+
+def test_openai_model_naming_another_served_package_is_refused(serve_pipe: Pipeline, tiny_package: Path,
+                                                                tiny_v_package: Path) -> None:
+    with openai_client(serve_pipe, (tiny_package, tiny_v_package)) as (client, _):
+        with pytest.raises(openai.UnprocessableEntityError) as other:
+            client.images.generate(model=tiny_v_package.name, prompt="a", response_format="b64_json")
+        served = client.images.generate(model=tiny_package.name, prompt="a", size="64x64", response_format="b64_json",
+                                        extra_body={"steps": 1})
+        default = client.images.generate(model="dall-e-3", prompt="a", size="64x64", response_format="b64_json",
+                                         extra_body={"steps": 1})
+    assert f"model '{tiny_v_package.name}' is served here but '{tiny_package.name}' is loaded now" in str(other.value)
+    assert served.data and default.data

@@ -38,6 +38,8 @@ KNOWN = ("prompt", "n", "size", "response_format", "output_format", "output_comp
 EDIT_KNOWN = (*KNOWN, "image", "mask", "strength")
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 DEFAULT_STRENGTH = 0.75
+MAX_INPUT_PIXELS = 4096 * 4096
+"""The largest image an edit may send (its size is read from the header before the image is decoded)."""
 
 
 def parse(body: Any, known: tuple[str, ...] = KNOWN) -> dict[str, Any]:
@@ -137,9 +139,14 @@ def decode_image(value: str, name: str) -> Any:
     encoded = "".join((value.split(",", 1)[1] if value.startswith("data:") else value).split())
     try:
         with Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)), formats=["PNG", "JPEG", "WEBP"]) as image:
+            if image.width * image.height > MAX_INPUT_PIXELS:  # from the header, before decoding
+                raise ApiInputError(f"{name} is {image.width}x{image.height} pixels; at most {MAX_INPUT_PIXELS} "
+                                    f"pixels (4096x4096) here")
             image.load()
             return image.copy()
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, ApiInputError):
+            raise
         raise ApiInputError(f"{name} is not a base64-encoded PNG, JPEG or WebP image ({type(exc).__name__})") from None
 
 

@@ -184,8 +184,13 @@ def _text_chunks(value: str) -> dict[str, Any]:
     encoded = "".join((value.split(",", 1)[1] if value.startswith("data:") else value).split())
     try:
         with Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)), formats=["PNG"]) as image:
+            if image.width * image.height > openai_api.MAX_INPUT_PIXELS:  # text after the pixels needs a decode
+                raise PipelineInputError(f"image is {image.width}x{image.height} pixels; at most "
+                                         f"{openai_api.MAX_INPUT_PIXELS} pixels (4096x4096) here")
             return {key: str(text) for key, text in image.text.items()}  # type: ignore[attr-defined]
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, PipelineInputError):
+            raise
         raise PipelineInputError(f"image is not a base64-encoded PNG ({type(exc).__name__})") from None
 
 

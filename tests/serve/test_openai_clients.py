@@ -138,3 +138,14 @@ def test_openai_model_naming_another_served_package_is_refused(serve_pipe: Pipel
                                          extra_body={"steps": 1})
     assert f"model '{tiny_v_package.name}' is served here but '{tiny_package.name}' is loaded now" in str(other.value)
     assert served.data and default.data
+
+
+def test_oversized_images_are_refused_from_their_header(serve_pipe: Pipeline, tiny_package: Path) -> None:
+    huge = io.BytesIO()
+    Image.new("L", (5000, 4000)).save(huge, format="PNG")  # 20 Mpx in a few KB
+    with openai_client(serve_pipe, (tiny_package,)) as (client, url):
+        with pytest.raises(openai.UnprocessableEntityError) as edit:
+            client.images.edit(image=("huge.png", huge.getvalue(), "image/png"), prompt="a", response_format="b64_json")
+        info = httpx.post(f"{url}/sdapi/v1/png-info", json={"image": base64.b64encode(huge.getvalue()).decode()})
+    assert "image is 5000x4000 pixels; at most 16777216 pixels (4096x4096) here" in str(edit.value)
+    assert info.status_code == 422 and "image is 5000x4000 pixels" in info.text

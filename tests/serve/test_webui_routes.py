@@ -67,7 +67,7 @@ def poll_until_answered(url: str, submitted: Submitted) -> list[dict[str, Any]]:
     return polls
 
 
-def test_web_ui_client_polls_progress_until_done_then_interrupts_one(serve_pipe: Pipeline, tiny_package: Path) -> None:
+def test_web_ui_client_polls_progress_until_done_then_interrupts_and_skips_one(serve_pipe: Pipeline, tiny_package: Path) -> None:
     body = {"prompt": "a lighthouse", "steps": 40, "width": 64, "height": 64, "seed": 5, "sampler_name": "Euler"}
     with web_ui_service(serve_pipe, (tiny_package,)) as (url, _):
         idle = httpx.get(f"{url}/sdapi/v1/progress").json()
@@ -76,11 +76,17 @@ def test_web_ui_client_polls_progress_until_done_then_interrupts_one(serve_pipe:
         done = submitted.answer()
         after = httpx.get(f"{url}/sdapi/v1/progress").json()
 
-        stopped = Submitted(url, {**body, "steps": 900})
+        stopped = Submitted(url, {**body, "steps": 500})
         wait_for(lambda: httpx.get(f"{url}/sdapi/v1/progress").json()["state"]["sampling_step"] > 0)
         assert httpx.post(f"{url}/sdapi/v1/interrupt").json() == {}
         during = httpx.get(f"{url}/sdapi/v1/progress").json()
         interrupted = stopped.answer()
+
+        skipped_one = Submitted(url, {**body, "steps": 500})
+        wait_for(lambda: httpx.get(f"{url}/sdapi/v1/progress").json()["state"]["sampling_step"] > 0)
+        assert httpx.post(f"{url}/sdapi/v1/skip").json() == {}
+        while_skipping = httpx.get(f"{url}/sdapi/v1/progress").json()
+        skipped = skipped_one.answer()
     assert idle["state"]["job_count"] == 0 and idle["progress"] == 0 and idle["current_image"] is None
     assert done.status_code == 200, done.text
     expected = serve_pipe("a lighthouse", guidance_scale=7.0, num_inference_steps=40, height=64, width=64, seed=5, scheduler="Euler")
@@ -94,7 +100,9 @@ def test_web_ui_client_polls_progress_until_done_then_interrupts_one(serve_pipe:
     assert after["state"]["job_count"] == 0 and after["state"]["job"] == ""
     assert during["state"]["interrupted"] is True
     assert interrupted.status_code != 200 and "cancelled before step" in interrupted.json()["detail"]
-    assert int(interrupted.json()["detail"].split("before step ")[1].split()[0]) < 900
+    assert int(interrupted.json()["detail"].split("before step ")[1].split()[0]) < 500
+    assert while_skipping["state"]["skipped"] is True and while_skipping["state"]["interrupted"] is False
+    assert skipped.status_code != 200 and "cancelled before step" in skipped.json()["detail"]
 
 
 def test_web_ui_client_switches_models_through_options(serve_pipe: Pipeline, tiny_package: Path,

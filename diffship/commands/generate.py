@@ -119,6 +119,7 @@ class GenerateOptions:
     refiner: Path | None
     denoising_end: float | None
     overwrite: bool
+    lora_dir: Path | None = None
 
     def opening(self) -> dict[str, Any]:
         """``Pipeline.from_package``'s arguments, LoRAs apart (the refiner of a hand-off takes none)."""
@@ -195,6 +196,10 @@ class GenerateOptions:
               help="Image latents: a draw from the VAE encoder's distribution, or its mean.")
 @lora_option("Apply a LoRA (.safetensors: diffusers/peft or kohya/web-UI format) at SCALE (default 1.0); repeat to "
              "stack. Merged into the loaded engines: nothing is re-exported or rebuilt.")
+@click.option("--lora-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder that the web UI's <lora:NAME:WEIGHT> prompt tags name LoRA files in (NAME.safetensors); "
+                   "the tags are taken out of the prompt and applied as --lora. Without it a tag is an error. "
+                   "Example: --prompt \"a fox <lora:pixel-art:0.8>\" --lora-dir loras/")
 @click.option("--eta", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Fresh noise per step for DDIM and TCD (0: deterministic DDIM; TCD's paper uses 0.3); others ignore it.")
 @click.option("--long-prompts", is_flag=True,
@@ -264,7 +269,8 @@ def generate(**options: Any) -> None:
       {prog} generate --package packages/sdxl --refiner packages/sdxl-refiner --prompt "a red fox" \\
           --steps 40 --guidance 5 --denoising-end 0.8 --out fox.png
 
-    PNGs carry their generation parameters (JSON) in a "parameters" text chunk. A timing table per stage ends the run.
+    PNGs carry the web UI's infotext in a "parameters" text chunk and diffship's JSON in a "diffship" one. A timing
+    table per stage ends the run.
     """
     run_generate(GenerateOptions(**options))
 
@@ -274,6 +280,7 @@ def run_generate(options: GenerateOptions) -> None:
     from diffship.runtime import Pipeline
 
     _check_combination(options)
+    options = _with_prompt_tags(options)
     seed = secrets.randbelow(2**31) if options.seed is None else options.seed
     arguments = options.arguments(seed)
     targets = options.targets()
@@ -292,6 +299,19 @@ def run_generate(options: GenerateOptions) -> None:
             progress.done()
             _write_images(targets, result.images, result.parameters)
             click.echo(timing_table(result.timings, len(result.images)))
+
+
+def _with_prompt_tags(options: GenerateOptions) -> GenerateOptions:
+    """The prompts' <lora:NAME:WEIGHT> tags taken out and added to --lora (runtime/prompt_tags.py)."""
+    from dataclasses import replace
+
+    from diffship.runtime.prompt_tags import lora_tags
+
+    tagged = lora_tags(options.prompts, options.lora_dir, options.negative_prompts)
+    if not tagged.loras:
+        return options
+    extra = tuple(f"{lora.path}:{lora.scale:g}" for lora in tagged.loras)
+    return replace(options, prompts=tagged.prompts, loras=(*options.loras, *extra))
 
 
 def _check_combination(options: GenerateOptions) -> None:

@@ -13,17 +13,24 @@ from diffship.commands.options import (
     backend_option,
     device_option,
     lora_option,
-    package_option,
     precision_option,
     threads_option,
 )
 
 if TYPE_CHECKING:
+    from diffship.serve.models import ModelSet
     from diffship.serve.service import ServeConfig
 
 
 @click.command(cls=Command, short_help="Serve a package over HTTP (OpenAI and web UI APIs).")
-@package_option()
+@click.option("--package", "packages", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Model package folder (from export); repeat it to serve several, one at a time: the first is "
+                   "served at start, web UI clients switch with POST /sdapi/v1/options {\"sd_model_checkpoint\": "
+                   "NAME} (NAME: the folder's name). Example: --package packages/sd15 --package packages/dreamshaper")
+@click.option("--lora-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of LoRA files (.safetensors) that <lora:NAME:WEIGHT> tags in a prompt name (NAME: the "
+                   "file's name without .safetensors, relative to the folder); listed at GET /sdapi/v1/loras. "
+                   "Without it a prompt with such a tag is refused. Example: --lora-dir loras/")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to listen on.")
 @backend_option()
@@ -44,9 +51,9 @@ if TYPE_CHECKING:
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (see --replicas, README 'Serving').")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1), help="Ray Serve replicas.")
 @click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
-def serve(package: Path, host: str, port: int, backend: str, precision: str | None, device: str, threads: int | None,
-          loras: tuple[str, ...], max_batch: int, max_wait_ms: float, max_queue: int, timeout_s: float,
-          no_warmup: bool, use_ray: bool, replicas: int, ray_address: str | None) -> None:
+def serve(packages: tuple[Path, ...], lora_dir: Path | None, host: str, port: int, backend: str,
+          precision: str | None, device: str, threads: int | None, loras: tuple[str, ...], max_batch: int,
+          max_wait_ms: float, max_queue: int, timeout_s: float, no_warmup: bool, use_ray: bool, replicas: int, ray_address: str | None) -> None:
     """Serve a package over HTTP: OpenAI's Images API and AUTOMATIC1111's txt2img API, with request batching.
 
     \b
@@ -55,30 +62,41 @@ def serve(package: Path, host: str, port: int, backend: str, precision: str | No
       curl -s localhost:8000/v1/images/generations -d '{"prompt": "a red fox", "size": "64x64"}'
       curl -s localhost:8000/sdapi/v1/txt2img -d '{"prompt": "a red fox", "steps": 20, "cfg_scale": 7}'
       {prog} serve --package packages/tiny --ray --replicas 2
+      {prog} serve --package packages/sd15 --package packages/dreamshaper --lora-dir loras/
 
     \b
-    Endpoints: POST /v1/images/generations, POST /sdapi/v1/txt2img, GET /sdapi/v1/samplers, GET /healthz,
-    GET /readyz (engines loaded and warmed up), GET /metrics (Prometheus). SIGTERM (or Ctrl-C) stops taking
-    connections and finishes the requests accepted before exiting.
+    Endpoints: POST /v1/images/generations and /v1/images/edits, GET /v1/models (OpenAI); POST /sdapi/v1/txt2img
+    and /sdapi/v1/img2img, GET /sdapi/v1/progress, POST /sdapi/v1/interrupt, GET and POST /sdapi/v1/options, GET
+    /sdapi/v1/sd-models, /loras, /samplers, ... (the web UI's API; README "Serving" lists what is honoured); GET
+    /healthz, GET /readyz (engines loaded and warmed up), GET /metrics (Prometheus). Prompts may carry the web UI's
+    <lora:NAME:WEIGHT> tags with --lora-dir. SIGTERM (or Ctrl-C) stops taking connections and finishes the requests
+    accepted before exiting.
     """
     from diffship.core.package import ModelPackage
     from diffship.runtime.batching import BatchSettings
+    from diffship.serve.models import ModelSet
     from diffship.serve.service import ServeConfig
 
-    ModelPackage.open(package)  # a wrong path is one clear line here, not a stack trace from the server's startup
-    package = package.resolve()  # Ray replicas may run in another working directory
-    config = ServeConfig(package=package, backend=backend, precision=precision, threads=threads, device=device,
+    for package in packages:
+        ModelPackage.open(package)  # a wrong path is one clear line here, not a stack trace from the server's startup
+    models = ModelSet(tuple(package.resolve() for package in packages))  # Ray replicas may run elsewhere
+    if lora_dir is not None and not lora_dir.is_dir():
+        raise click.BadParameter(f"{lora_dir} is not a folder", param_hint="--lora-dir")
+    config = ServeConfig(package=models.packages[0], backend=backend, precision=precision, threads=threads, device=device,
                          loras=loras, batch=BatchSettings(max_batch, max_wait_ms / 1000, max_queue),
                          timeout_s=timeout_s, warmup=not no_warmup)
+    if use_ray and (len(packages) > 1 or lora_dir is not None):
+        raise click.BadParameter("serving several packages, or LoRAs from --lora-dir, needs the single-process "
+                                 "server (leave out --ray)", param_hint="--package/--lora-dir")
     if use_ray:
         from diffship.serve.ray_app import run_on_ray
 
         run_on_ray(config, replicas, host, port, ray_address, lambda line: click.echo(line, err=True))
         return
-    _run_uvicorn(config, host, port)
+    _run_uvicorn(config, host, port, models, lora_dir)
 
 
-def _run_uvicorn(config: ServeConfig, host: str, port: int) -> None:
+def _run_uvicorn(config: ServeConfig, host: str, port: int, models: ModelSet, lora_dir: Path | None) -> None:
     """The app on uvicorn; a start-up failure (engines that will not load) stops the server, as SIGTERM does."""
     import signal
 
@@ -86,11 +104,14 @@ def _run_uvicorn(config: ServeConfig, host: str, port: int) -> None:
 
     from diffship.serve.app import create_app
     from diffship.serve.service import ImageService
+    from diffship.serve.webui_routes import WebUi
 
     def stop_on_failure(error: BaseException) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down; the error is in the log above
 
     click.echo(f"serving {config.package} on http://{host}:{port} (max batch {config.batch.max_batch}, queue "
                f"{config.batch.max_queue}); /readyz says when the engines are loaded", err=True)
-    uvicorn.run(create_app(ImageService(config), on_start_failure=stop_on_failure), host=host, port=port,
+    service = ImageService(config)
+    web_ui = WebUi(service, models, lora_dir.resolve() if lora_dir is not None else None)
+    uvicorn.run(create_app(service, on_start_failure=stop_on_failure, web_ui=web_ui), host=host, port=port,
                 log_level="warning", timeout_graceful_shutdown=int(config.timeout_s) + 5)

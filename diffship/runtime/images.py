@@ -13,8 +13,11 @@ import numpy as np
 from diffship.core.files import write_bytes_atomic
 from diffship.runtime.errors import PipelineError
 
-PARAMETERS_KEY = "parameters"
-"""The PNG text chunk holding the generation parameters as JSON."""
+PARAMETERS_KEY = "diffship"
+"""The PNG text chunk holding diffship's generation parameters as JSON."""
+INFOTEXT_KEY = "parameters"
+"""The PNG text chunk holding the web UI's infotext (``runtime.infotext``), which its PNG-info tab, model sites and
+other tools read; PNGs written before diffship 43 hold the JSON there (``read_parameters`` still reads them)."""
 
 
 def to_uint8(images: np.ndarray) -> list[np.ndarray]:
@@ -35,11 +38,16 @@ def save_png(image: np.ndarray, path: Path, parameters: Mapping[str, Any] | None
 
 
 def png_bytes(image: np.ndarray, parameters: Mapping[str, Any] | None = None) -> bytes:
-    """``image`` encoded as PNG, ``parameters`` as JSON in its text chunk (what ``read_parameters`` reads)."""
+    """``image`` encoded as PNG, ``parameters`` as the web UI's infotext and as JSON in a chunk of its own (what
+    ``read_parameters`` reads)."""
     from PIL import Image, PngImagePlugin
+
+    from diffship.runtime.infotext import infotext
 
     info = PngImagePlugin.PngInfo()
     if parameters:
+        if "prompt" in parameters and "seed" in parameters:  # one image's (a contact sheet's are not)
+            info.add_text(INFOTEXT_KEY, infotext(parameters))
         info.add_text(PARAMETERS_KEY, json.dumps(parameters, ensure_ascii=False, sort_keys=True))
     encoded = io.BytesIO()
     Image.fromarray(image).save(encoded, format="PNG", pnginfo=info)
@@ -51,11 +59,13 @@ class ImageWriteError(PipelineError):
 
 
 def read_parameters(path: Path | IO[bytes]) -> dict[str, Any]:
-    """The generation parameters stored in a PNG written by ``save_png`` or ``png_bytes`` (a path or a file object)."""
+    """The generation parameters stored in a PNG written by ``save_png`` or ``png_bytes`` (a path or a file object),
+    or by diffship before the infotext (JSON in ``parameters``)."""
     from PIL import Image
 
     with Image.open(path) as image:
-        return json.loads(image.text[PARAMETERS_KEY])  # type: ignore[attr-defined]
+        text = image.text  # type: ignore[attr-defined]
+    return json.loads(text[PARAMETERS_KEY] if PARAMETERS_KEY in text else text[INFOTEXT_KEY])
 
 
 def contact_sheet(

@@ -184,8 +184,12 @@ def validate_request(
 
 def _prompts(prompt: Any, negative_prompt: Any, limits: Limits) -> tuple[list[str], list[str] | None]:
     """The prompts, and one negative prompt per prompt (one string is every prompt's) or None."""
+    from diffship.runtime.prompt_tags import refuse_tags
+
     prompts = _prompt_list(prompt, "prompt", limits)
     negatives = None if negative_prompt is None else _prompt_list(negative_prompt, "negative_prompt", limits)
+    refuse_tags(prompts)  # <lora:...> would reach the text encoder as words (runtime/prompt_tags.py applies them)
+    refuse_tags(negatives or (), "negative_prompt")
     if negatives is not None and isinstance(negative_prompt, str):
         negatives = negatives * len(prompts)
     if negatives is not None and len(negatives) != len(prompts):

@@ -20,10 +20,13 @@ import time
 from typing import Any
 
 from diffship.runtime.images import png_bytes
+from diffship.runtime.infotext import infotext, web_ui_sampler
 from diffship.runtime.pipeline import GenerationResult
 from diffship.runtime.schedulers import NOT_IMPLEMENTED, SHORT_NAMES, WEB_UI_NAMES
 from diffship.serve.fields import ApiInputError, check_object, take
 from diffship.serve.formats import ApiFormat, Listing
+from diffship.serve.progress import CURRENT_JOB
+from diffship.serve.prompt_loras import tagged
 
 DEFAULT_STEPS = 20
 UNSUPPORTED = {
@@ -32,6 +35,12 @@ UNSUPPORTED = {
 }
 """Fields whose non-empty value asks for something this server does not do."""
 SCHEDULER_SUFFIXES = {"automatic": "", "karras": " Karras"}
+OPTIONS: dict[str, Any] = {"sd_checkpoint_hash": None, "samples_format": "png", "CLIP_stop_at_last_layers": 1,
+                           "eta_noise_seed_delta": 0, "sd_vae": "Automatic", "show_progress_every_n_steps": 0}
+"""The web UI's options as this server has them (``GET /sdapi/v1/options`` adds ``sd_model_checkpoint``): a request's
+``override_settings`` may restate them; ``CLIP_stop_at_last_layers`` is the call's ``clip_skip`` plus one."""
+WEB_UI_DEFAULT_SAMPLER = "Euler"
+"""The web UI API's ``sampler_index`` default: the sampler it runs when a request names none."""
 
 
 def parse(body: Any) -> dict[str, Any]:
@@ -66,10 +75,52 @@ def parse(body: Any) -> dict[str, Any]:
     eta = take(body, "eta", (int, float))
     if eta is not None:
         arguments["eta"] = eta
+    return _overridden(take(body, "override_settings", dict) or {}, arguments)
+
+
+def _overridden(settings: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """``override_settings``: the model must be the one served (switch with ``POST /sdapi/v1/options``), clip skip
+    becomes the call's, any other option may only restate this server's value (never ignored silently)."""
+    job = CURRENT_JOB.get()
+    for key, value in settings.items():
+        if key == "sd_model_checkpoint":
+            served = job.model if job is not None else ""
+            if not isinstance(value, str) or value.split(" [", 1)[0].strip() not in (served, f"{served}.safetensors"):
+                raise ApiInputError(f"override_settings.sd_model_checkpoint {value!r:.80} is not the model served now "
+                                    f"({served or 'unknown here'}); switch with POST /sdapi/v1/options first")
+        elif key == "CLIP_stop_at_last_layers":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ApiInputError(f"override_settings.CLIP_stop_at_last_layers must be an integer >= 1, got "
+                                    f"{value!r:.40}")
+            arguments["clip_skip"] = value - 1
+        elif OPTIONS.get(key, object()) != value:
+            raise ApiInputError(f"override_settings.{key:.60}: this server cannot change it per request; it takes "
+                                f"sd_model_checkpoint (the served model), CLIP_stop_at_last_layers, and the values of "
+                                f"GET /sdapi/v1/options")
     return arguments
 
 
+def _tracked(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The request's web-UI job (``serve.progress``), if it has one, sees each step and may stop the call."""
+    job = CURRENT_JOB.get()
+    if job is None:
+        return arguments
+    steps = arguments["num_inference_steps"]
+    strength = arguments.get("strength")
+    # image-to-image runs the last part of the schedule that denoising_strength keeps, as diffusers counts it
+    job.steps = steps if strength is None else max(1, min(int(steps * strength), steps))
+    return {**arguments, "callback": job.step_done, "cancel": job.stopped}
+
+
+def parse_txt2img(body: Any) -> dict[str, Any]:
+    return tagged(_tracked(parse(body)))
+
+
 def parse_img2img(body: Any) -> dict[str, Any]:
+    return tagged(_tracked(_img2img_arguments(body)))
+
+
+def _img2img_arguments(body: Any) -> dict[str, Any]:
     arguments = parse(body)
     images = take(body, "init_images", list)
     if not images or len(images) != 1 or not isinstance(images[0], str):
@@ -83,7 +134,11 @@ def parse_img2img(body: Any) -> dict[str, Any]:
         from PIL import ImageOps
 
         decoded = decode_image(mask, "mask").convert("L")
-        arguments["mask_image"] = ImageOps.invert(decoded) if take(body, "inpainting_mask_invert", int, 0) else decoded
+        # the web UI's clients send 0/1 (its UI's radio index) or true/false
+        invert = take(body, "inpainting_mask_invert", (bool, int), 0)
+        if invert not in (0, 1):
+            raise ApiInputError(f"inpainting_mask_invert must be 0 or 1 (or false/true), got {invert}")
+        arguments["mask_image"] = ImageOps.invert(decoded) if invert else decoded
         if take(body, "inpaint_full_res", (bool, int), False):
             arguments["padding_mask_crop"] = take(body, "inpaint_full_res_padding", int, 32)
     return arguments
@@ -106,16 +161,24 @@ def decode_image(value: str, name: str) -> Any:
 
 
 def sampler_for(name: str | None, scheduler: str | None) -> str | None:
-    """The web UI's sampler (and scheduler) as a name ``Pipeline`` takes; None: the package's own."""
-    if not name:
-        return None
+    """The web UI's sampler (and scheduler) as a name ``Pipeline`` takes; None: the package's own. A ``scheduler``
+    other than Automatic without a sampler applies to the web UI's own default sampler (its API's ``sampler_index``
+    default, Euler), as the web UI does."""
     suffix = SCHEDULER_SUFFIXES.get((scheduler or "automatic").lower())
     if suffix is None:
         raise ApiInputError(f"scheduler must be Automatic or Karras here, got {scheduler!r:.40}")
+    if not name:
+        if not suffix:
+            return None
+        name = WEB_UI_DEFAULT_SAMPLER
     full = name if name.lower().endswith(suffix.lower()) else name + suffix
     known = {key.lower(): key for key in WEB_UI_NAMES}
     if full.lower() in known:
         return known[full.lower()]
+    # newer web UIs split "Schedule type" from the sampler: Euler + Karras is diffusers' Euler with Karras sigmas
+    short = WEB_UI_NAMES.get(known.get(name.lower(), ""), "") + "_karras"
+    if suffix and short in SHORT_NAMES:
+        return short
     if name in NOT_IMPLEMENTED:
         raise ApiInputError(f"sampler_name {name!r} is not implemented here ({NOT_IMPLEMENTED[name]})")
     raise ApiInputError(f"sampler_name {full!r:.40} is not one of {', '.join(WEB_UI_NAMES)}")
@@ -123,7 +186,7 @@ def sampler_for(name: str | None, scheduler: str | None) -> str | None:
 
 def response(result: GenerationResult, body: dict[str, Any], model_name: str) -> dict[str, Any]:
     first = result.parameters[0]
-    infotexts = [infotext(parameters, model_name) for parameters in result.parameters]
+    infotexts = [infotext(parameters) for parameters in result.parameters]
     info = {
         "prompt": first["prompt"], "all_prompts": [p["prompt"] for p in result.parameters],
         "negative_prompt": first.get("negative_prompt", ""),
@@ -143,24 +206,9 @@ def response(result: GenerationResult, body: dict[str, Any], model_name: str) ->
     }
 
 
-def infotext(parameters: dict[str, Any], model_name: str) -> str:
-    """The web UI's one-paragraph description of an image (what its PNG info and clients show)."""
-    lines = [parameters["prompt"]]
-    if parameters.get("negative_prompt"):
-        lines.append(f"Negative prompt: {parameters['negative_prompt']}")
-    lines.append(f"Steps: {parameters['steps']}, Sampler: {web_ui_name(parameters['scheduler'])}, CFG scale: "
-                 f"{parameters['guidance_scale']:g}, Seed: {parameters['seed']}, Size: {parameters['width']}x"
-                 f"{parameters['height']}, Model: {model_name}, Version: diffship")
-    return "\n".join(lines)
-
-
 def web_ui_name(scheduler: str) -> str:
-    """The web UI's name for a scheduler as the parameters record it (a diffusers class name when the package's own
-    ran: ``PNDMScheduler`` is the web UI's ``PLMS``); unchanged when it has none."""
-    return _WEB_UI_BY_CLASS.get(scheduler, scheduler)
-
-
-_WEB_UI_BY_CLASS = {SHORT_NAMES[short][0]: name for name, short in WEB_UI_NAMES.items() if not SHORT_NAMES[short][1]}
+    """The web UI's name for a scheduler as the parameters record it (see ``runtime.infotext.web_ui_sampler``)."""
+    return web_ui_sampler(scheduler)
 
 
 def samplers(model_name: str = "") -> list[dict[str, Any]]:
@@ -168,16 +216,12 @@ def samplers(model_name: str = "") -> list[dict[str, Any]]:
     return [{"name": name, "aliases": [short], "options": {}} for name, short in WEB_UI_NAMES.items()]
 
 
-def sd_models(model_name: str) -> list[dict[str, Any]]:
-    """``GET /sdapi/v1/sd-models``: the one model this server serves."""
-    return [{"title": model_name, "model_name": model_name, "hash": None, "filename": model_name}]
-
-
 def error(message: str, kind: str) -> dict[str, Any]:
     """The web UI's (FastAPI's) error body."""
     return {"error": kind, "detail": message, "body": None, "errors": message}
 
 
-TXT2IMG = ApiFormat("a1111", "/sdapi/v1/txt2img", parse, response, error,
-                    listings=(Listing("/sdapi/v1/samplers", samplers), Listing("/sdapi/v1/sd-models", sd_models)))
+TXT2IMG = ApiFormat("a1111", "/sdapi/v1/txt2img", parse_txt2img, response, error,
+                    listings=(Listing("/sdapi/v1/samplers", samplers),))
 IMG2IMG = ApiFormat("a1111_img2img", "/sdapi/v1/img2img", parse_img2img, response, error)
+"""The web UI's other routes (progress, interrupt, options, models, LoRAs, PNG info, ...): ``serve/webui_routes.py``."""

@@ -34,6 +34,7 @@ from diffship.serve.apis import FORMATS
 from diffship.serve.formats import ApiFormat, Listing
 from diffship.serve.metrics import CONTENT_TYPE
 from diffship.serve.service import Disconnected, Reply
+from diffship.serve.webui_routes import WebUi
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,13 @@ class Backend(Protocol):
 
 
 def create_app(backend: Backend, manage_backend: bool = True,
-               on_start_failure: Callable[[BaseException], None] | None = None) -> Starlette:
+               on_start_failure: Callable[[BaseException], None] | None = None, web_ui: WebUi | None = None) -> Starlette:
     """The ASGI app over ``backend``. ``manage_backend``: start it (open, warm up) in the background once the server
     listens, so that /healthz answers and /readyz says 503 while a large model loads, and drain it at shutdown; a host
-    that runs it itself passes False. ``on_start_failure``: called if starting fails (``cli.py serve`` exits)."""
+    that runs it itself passes False. ``on_start_failure``: called if starting fails (``cli.py serve`` exits).
+    ``web_ui``: the web UI's other routes (progress, options, models: serve/webui_routes.py); default: over ``backend``
+    alone."""
+    web_ui = web_ui or WebUi(backend)
     start_error: list[BaseException] = []
 
     async def healthz(request: Request) -> Response:
@@ -103,8 +107,11 @@ def create_app(backend: Backend, manage_backend: bool = True,
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *web_ui.routes,
         ],
         lifespan=lifespan,
+        middleware=web_ui.middleware,
+        exception_handlers=web_ui.exception_handlers,
     )
 
 

@@ -34,7 +34,7 @@ def generate(package: Path, out: Path, *arguments: str) -> list[dict[str, object
     parameters = []
     for path in written:
         with Image.open(path) as image:
-            parameters.append(json.loads(image.text["parameters"]))
+            parameters.append(json.loads(image.text["diffship"]))
     return parameters
 
 
@@ -65,7 +65,7 @@ def test_generate_seed_minus_one_is_random_and_printed(package: Path, tmp_path: 
                                           "--steps", "1", "--seed", "-1", "--out", str(out)])
         assert result.exit_code == 0, result.output
         with Image.open(out) as image:
-            seed = json.loads(image.text["parameters"])["seed"]
+            seed = json.loads(image.text["diffship"])["seed"]
         assert f"wrote {out}  (seed {seed})" in result.output and seed >= 0
         seeds.add(seed)
     assert len(seeds) > 1  # three draws from 2**31 seeds
@@ -102,4 +102,4 @@ def test_generate_backend_choices_come_from_the_registry(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert "'numpy-plugin' is not one of 'ort', 'trt'" in result.stderr
     with Image.open(out) as image:
-        assert json.loads(image.text["parameters"])["backend"] == "numpy"
+        assert json.loads(image.text["diffship"])["backend"] == "numpy"

@@ -19,7 +19,7 @@ def test_generate_with_a_lora_matches_the_python_api_and_records_it(tiny_package
                    "--lora", str(lora_files["r8"]), "--out", str(out))
     assert done.returncode == 0, done.stderr
     with Image.open(out) as png:
-        parameters = json.loads(png.text["parameters"])
+        parameters = json.loads(png.text["diffship"])
         written = np.asarray(png.convert("RGB"))
     assert parameters["loras"] == ["r4.safetensors:0.8", "r8.safetensors:1"]
     with Pipeline.from_package(tiny_package, loras=[(lora_files["r4"], 0.8), lora_files["r8"]]) as pipe:

@@ -21,7 +21,7 @@ def test_generate_with_refiner_writes_the_refined_image(tiny_xl_package: Path, t
     assert "refining in" in result.stdout and "refiner:" in result.stdout
     with Image.open(out) as image:
         assert image.size == (96, 64)
-        parameters = json.loads(image.text["parameters"])
+        parameters = json.loads(image.text["diffship"])
     assert parameters["denoising_start"] == 0.6 and parameters["image"] == "latents"
     assert parameters["model"]["family"] == "sdxl-refiner" and parameters["base"]["family"] == "sdxl"
 

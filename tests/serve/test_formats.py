@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 from diffship.serve.apis import API_FORMATS, FORMATS
 from diffship.serve.app import create_app
 from diffship.serve.service import ImageService, ServeConfig
+from diffship.serve.webui_routes import WebUi
 from tests.serve.conftest import metric
 
 STARTING = "the service is starting (engines loading or warming up); retry shortly"
@@ -28,7 +29,9 @@ def test_the_app_routes_each_api_format_record_and_answers_in_its_shapes(tmp_pat
     routed = {(route.path, method) for route in app.routes for method in getattr(route, "methods", ()) - {"HEAD"}}
     expected = {(api.path, api.method) for api in FORMATS} | {
         (listing.path, "GET") for api in FORMATS for listing in api.listings}
-    assert routed == expected | {("/healthz", "GET"), ("/readyz", "GET"), ("/metrics", "GET")}
+    web_ui = {(route.path, method) for route in WebUi(service).routes for method in route.methods or ()} - {
+        (route.path, "HEAD") for route in WebUi(service).routes}
+    assert routed == expected | web_ui | {("/healthz", "GET"), ("/readyz", "GET"), ("/metrics", "GET")}
     with TestClient(app) as client:
         for api in FORMATS:
             answer = client.request(api.method, api.path, content=b'{"prompt": "a"}')

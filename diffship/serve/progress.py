@@ -1,0 +1,126 @@
+"""What the web UI's ``/sdapi/v1/progress``, ``/interrupt`` and ``/skip`` see: the web-UI jobs this process is
+answering, each one step counter fed by the pipeline's step callback and one flag its ``cancel`` reads.
+
+A job begins when a ``txt2img``/``img2img`` request arrives (``JobTracking``, an ASGI middleware, so that it ends
+however the request ends) and its request's context carries it to ``a1111_api.parse``, which hands the pipeline
+``Job.step_done`` and ``Job.stopped``. Under Ray the requests are parsed in the replicas: the gateway then counts the
+jobs but sees no steps (docs/design.md, "Serving")."""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+CURRENT_JOB: contextvars.ContextVar[Job | None] = contextvars.ContextVar("diffship_web_ui_job", default=None)
+"""The job of the request being handled (None outside a tracked request)."""
+
+
+@dataclass
+class Job:
+    """One web-UI request: its steps as the pipeline reports them, and whether it was asked to stop."""
+
+    number: int
+    kind: str
+    model: str = ""
+    """The model served when the request arrived (what ``override_settings.sd_model_checkpoint`` must name)."""
+    started: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    """Sampling steps the call runs (img2img: the part ``denoising_strength`` keeps)."""
+    step: int = 0
+    """Steps done so far."""
+    sampling_started: bool = False
+    interrupted: bool = False
+    skipped: bool = False
+
+    def step_done(self, step: int, timestep: float, latents: Any) -> None:
+        """The pipeline's step callback (called on its worker thread, once per image row: the highest step wins)."""
+        self.sampling_started = True
+        self.step = max(self.step, step + 1)
+
+    def stopped(self) -> bool:
+        """The pipeline's ``cancel``: True once ``/interrupt`` or ``/skip`` reached this job."""
+        return self.interrupted or self.skipped
+
+
+class Progress:
+    """The jobs in flight, oldest first (the one the web UI's progress bar follows)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: list[Job] = []
+        self._numbers = itertools.count(1)
+        self._interrupted = self._skipped = False
+        self._last_timestamp = ""
+
+    def begin(self, kind: str, model: str = "") -> Job:
+        with self._lock:
+            job = Job(next(self._numbers), kind, model)
+            if not self._jobs:
+                self._interrupted = self._skipped = False  # the web UI's flags describe the current run of jobs
+                self._last_timestamp = time.strftime("%Y%m%d%H%M%S")
+            self._jobs.append(job)
+            return job
+
+    def end(self, job: Job) -> None:
+        with self._lock:
+            if job in self._jobs:
+                self._jobs.remove(job)
+
+    def stop(self, skip: bool) -> int:
+        """``/interrupt`` (or ``/skip``): the jobs that are sampling stop at their next step, as in the web UI (a job
+        that has not begun sampling runs); how many were stopped."""
+        with self._lock:
+            running = [job for job in self._jobs if job.sampling_started]
+            for job in running:
+                if skip:
+                    job.skipped = True
+                else:
+                    job.interrupted = True
+            if running:
+                self._skipped |= skip
+                self._interrupted |= not skip
+            return len(running)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``GET /sdapi/v1/progress`` in the web UI's shape (``current_image``: no previews yet)."""
+        with self._lock:
+            jobs = list(self._jobs)
+            job = next((j for j in jobs if j.sampling_started), jobs[0] if jobs else None)
+            progress = min(job.step / job.steps, 1.0) if job is not None and job.steps else 0.0
+            elapsed = time.monotonic() - job.started if job is not None else 0.0
+            state = {
+                "skipped": self._skipped, "interrupted": self._interrupted, "stopping_generation": False,
+                "job": f"{job.kind}({job.number})" if job is not None else "", "job_count": len(jobs),
+                "job_timestamp": self._last_timestamp if jobs else "0", "job_no": 0,
+                "sampling_step": job.step if job is not None else 0,
+                "sampling_steps": job.steps if job is not None else 0,
+            }
+        eta = elapsed / progress - elapsed if progress > 0 else 0.0  # the web UI's own estimate
+        return {"progress": progress, "eta_relative": eta, "state": state, "current_image": None, "textinfo": None}
+
+
+class JobTracking:
+    """ASGI middleware: a web-UI generation request is a ``Job`` of ``progress`` from arrival to its answer."""
+
+    def __init__(self, app: ASGIApp, progress: Progress, paths: dict[str, str], model: Callable[[], str]) -> None:
+        self.app, self.progress, self.paths, self.model = app, progress, paths, model
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = self.paths.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if kind is None or scope.get("method") != "POST":
+            await self.app(scope, receive, send)
+            return
+        job = self.progress.begin(kind, self.model())
+        token = CURRENT_JOB.set(job)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            CURRENT_JOB.reset(token)
+            self.progress.end(job)

@@ -41,12 +41,18 @@ if TYPE_CHECKING:
 @click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a request may take, queued and running; after it: 504.")
 @click.option("--no-warmup", is_flag=True, help="Report ready without the warm-up generation.")
+@click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0.001),
+              help="Largest request body in MiB; more gets 413 (e.g. --max-body-mb 8 without image-to-image).")
+@click.option("--read-timeout", "read_timeout_s", default=30.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a client has to send its headers, and again its body; after it the connection is "
+                   "closed, or 408 (e.g. --read-timeout 10).")
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (see --replicas, README 'Serving').")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1), help="Ray Serve replicas.")
 @click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
 def serve(package: Path, host: str, port: int, backend: str, precision: str | None, device: str, threads: int | None,
           loras: tuple[str, ...], max_batch: int, max_wait_ms: float, max_queue: int, timeout_s: float,
-          no_warmup: bool, use_ray: bool, replicas: int, ray_address: str | None) -> None:
+          no_warmup: bool, use_ray: bool, replicas: int, ray_address: str | None, max_body_mb: float = 32.0,
+          read_timeout_s: float = 30.0) -> None:
     """Serve a package over HTTP: OpenAI's Images API and AUTOMATIC1111's txt2img API, with request batching.
 
     \b
@@ -63,13 +69,15 @@ def serve(package: Path, host: str, port: int, backend: str, precision: str | No
     """
     from diffship.core.package import ModelPackage
     from diffship.runtime.batching import BatchSettings
+    from diffship.serve.limits import DoorLimits
     from diffship.serve.service import ServeConfig
 
     ModelPackage.open(package)  # a wrong path is one clear line here, not a stack trace from the server's startup
     package = package.resolve()  # Ray replicas may run in another working directory
     config = ServeConfig(package=package, backend=backend, precision=precision, threads=threads, device=device,
                          loras=loras, batch=BatchSettings(max_batch, max_wait_ms / 1000, max_queue),
-                         timeout_s=timeout_s, warmup=not no_warmup)
+                         timeout_s=timeout_s, warmup=not no_warmup,
+                         door=DoorLimits(max_body_bytes=int(max_body_mb * 2**20), read_timeout_s=read_timeout_s))
     if use_ray:
         from diffship.serve.ray_app import run_on_ray
 
@@ -85,6 +93,7 @@ def _run_uvicorn(config: ServeConfig, host: str, port: int) -> None:
     import uvicorn
 
     from diffship.serve.app import create_app
+    from diffship.serve.protocol import header_timeout_protocol
     from diffship.serve.service import ImageService
 
     def stop_on_failure(error: BaseException) -> None:
@@ -93,4 +102,5 @@ def _run_uvicorn(config: ServeConfig, host: str, port: int) -> None:
     click.echo(f"serving {config.package} on http://{host}:{port} (max batch {config.batch.max_batch}, queue "
                f"{config.batch.max_queue}); /readyz says when the engines are loaded", err=True)
     uvicorn.run(create_app(ImageService(config), on_start_failure=stop_on_failure), host=host, port=port,
-                log_level="warning", timeout_graceful_shutdown=int(config.timeout_s) + 5)
+                log_level="warning", timeout_graceful_shutdown=int(config.timeout_s) + 5,
+                http=header_timeout_protocol(config.door.read_timeout_s))

@@ -10,8 +10,11 @@
 
 Status codes: 422 bad input (the Python API's message), 429 queue full (with Retry-After), 503 not ready or shutting
 down, 504 deadline passed (the server's ``--timeout``, or a shorter ``X-Request-Timeout: SECONDS`` header), 500 the
-generation failed (NaN, engine error). A client that disconnects has its call withdrawn. Every response says which
-process made it in ``X-Diffship-Replica``.
+generation failed (NaN, engine error), 413 a body over ``--max-body-mb``, 408 a body not sent within
+``--read-timeout``, 404 (JSON) an unknown route. A client that disconnects has its call withdrawn; one that hangs up
+while sending its body is counted (``diffship_disconnects_total{stage="upload"}``) and logged as one line. Every
+response says which process made it in ``X-Diffship-Replica``: an opaque id per process (logged with its host and PID
+at start), never the host or PID themselves.
 """
 
 from __future__ import annotations
@@ -25,15 +28,17 @@ from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from diffship.runtime.errors import PipelineInputError
 from diffship.serve.apis import FORMATS
 from diffship.serve.formats import ApiFormat, Listing
-from diffship.serve.metrics import CONTENT_TYPE
-from diffship.serve.service import Disconnected, Reply
+from diffship.serve.limits import BodyTooLarge, ReadTimeout
+from diffship.serve.metrics import CONTENT_TYPE, ServiceMetrics
+from diffship.serve.service import Disconnected, Reply, ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +49,8 @@ class Backend(Protocol):
     ready: bool
     draining: bool
     replica: str
+    config: ServeConfig
+    metrics: ServiceMetrics
 
     def start(self) -> None: ...
     def stop(self, drain: bool = True) -> None: ...
@@ -105,7 +112,18 @@ def create_app(backend: Backend, manage_backend: bool = True,
             Route("/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
     )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (unknown route 404, wrong method 405) as JSON, as every client here parses them: the
+    web UI's ``detail`` and OpenAI's ``error.message``."""
+    assert isinstance(exc, HTTPException)
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    body = {"detail": exc.detail, "error": {"message": message, "type": "not_found" if exc.status_code == 404
+                                            else "invalid_request", "param": None, "code": None}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -124,9 +142,16 @@ def _answering(backend: Backend, api: ApiFormat) -> Endpoint:
     async def answer(request: Request) -> Response:
         try:
             timeout_s = _timeout(request)
+            raw = await read_body(request, backend.config.door.max_body_bytes, backend.config.door.read_timeout_s)
         except PipelineInputError as exc:
-            return JSONResponse(api.error(str(exc), "invalid"), status_code=422, headers=_replica(backend))
-        reply = await backend.respond(api.name, await request.body(), timeout_s, request.is_disconnected)
+            status = 413 if isinstance(exc, BodyTooLarge) else 408 if isinstance(exc, ReadTimeout) else 422
+            backend.metrics.observe_request(api.name, "invalid", 0.0)
+            return JSONResponse(api.error(str(exc), "invalid"), status_code=status, headers=_replica(backend))
+        except ClientDisconnect:
+            backend.metrics.disconnects.labels("upload").inc()
+            log.info("client hung up while sending its %s request body", api.name)
+            return Response(status_code=499)  # nobody reads it
+        reply = await backend.respond(api.name, raw, timeout_s, request.is_disconnected)
         return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
     return answer
@@ -137,6 +162,28 @@ def _listing(backend: Backend, listing: Listing) -> Endpoint:
         return JSONResponse(listing.answer(backend.model_name()))
 
     return answer
+
+
+async def read_body(request: Request, max_bytes: int, timeout_s: float) -> bytes:
+    """The body, at most ``max_bytes`` (BodyTooLarge: from Content-Length before reading, else counted while
+    reading) and sent within ``timeout_s`` (ReadTimeout). Raises ClientDisconnect if the client hangs up."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise BodyTooLarge(f"the request body is {int(declared)} bytes; at most {max_bytes} are taken")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise BodyTooLarge(f"the request body is over {max_bytes} bytes, the most taken")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise ReadTimeout(f"the request body was not sent within {timeout_s:g}s") from None
 
 
 def _timeout(request: Request) -> float | None:

@@ -9,15 +9,22 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from diffship.serve.limits import DoorLimits
+
 STARTUP_TIMEOUT_S = 300.0
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
-    """Yield the base URL (``http://host:port``) once the app listens and ``/readyz`` says ready; stop it on exit."""
+def serve_in_thread(app: Any, host: str = "127.0.0.1", port: int = 0,
+                    read_timeout_s: float = DoorLimits().read_timeout_s) -> Iterator[str]:
+    """Yield the base URL (``http://host:port``) once the app listens and ``/readyz`` says ready; stop it on exit.
+    ``read_timeout_s``: the deadline for a request's headers (serve/protocol.py)."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+    from diffship.serve.protocol import header_timeout_protocol
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                                           http=header_timeout_protocol(read_timeout_s)))
     thread = threading.Thread(target=server.run, name="diffship-uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -43,7 +43,7 @@ from diffship.runtime.errors import PipelineError
 from diffship.serve.apis import API_FORMATS
 from diffship.serve.app import create_app
 from diffship.serve.metrics import ServiceMetrics
-from diffship.serve.service import Disconnected, ImageService, Reply, ServeConfig
+from diffship.serve.service import Disconnected, ImageService, Reply, ServeConfig, replica_id
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class RayBackend:
         self.metrics = ServiceMetrics(config.batch.max_batch)
         self.ready = True  # Ray routes to the gateway only once the replicas it depends on are up
         self.draining = False
-        self.replica = f"gateway {os.uname().nodename}:{os.getpid()}"
+        self.replica = f"gateway-{replica_id().removeprefix('replica-')}"
 
     def start(self) -> None:
         pass

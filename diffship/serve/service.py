@@ -5,10 +5,10 @@ shutdown. Everything an HTTP answer needs comes back as a ``Reply`` (data: it cr
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
+import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +21,7 @@ from diffship.runtime.calls import Call
 from diffship.runtime.errors import PipelineCancelled, PipelineError, PipelineInputError
 from diffship.runtime.pipeline import GenerationResult, Pipeline
 from diffship.serve.apis import API_FORMATS
+from diffship.serve.limits import BodyTooLarge, DoorLimits, ReadTimeout, read_json
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class ServeConfig:
     """Deadline of a request from its arrival, queued and running (504 after it)."""
     warmup: bool = True
     """Run one guided step at the default size before reporting ready (first-call costs are paid at start)."""
+    door: DoorLimits = field(default_factory=DoorLimits)
+    """Body size, read timeouts, JSON shape, uploaded image pixels (serve/limits.py)."""
 
     def limit_s(self, requested_s: float | None) -> float:
         """A request's time limit: the one it asked for (``X-Request-Timeout``), at most ``timeout_s``."""
@@ -74,8 +77,9 @@ class ImageService:
         self.batcher: Batcher | None = None
         self.ready = False
         self.draining = False
-        self.replica = f"{os.uname().nodename}:{os.getpid()}"
-        """Who answered: sent as X-Diffship-Replica (with Ray, which replica took the request)."""
+        self.replica = replica_id()
+        """Who answered: sent as X-Diffship-Replica (with Ray, which replica took the request); opaque, as a client
+        has no business knowing the host name and PID (the log at start maps one to the other)."""
         self._start_lock = threading.Lock()
 
     def start(self) -> None:
@@ -92,8 +96,9 @@ class ImageService:
             if self.config.warmup:
                 self.pipeline("warm-up", num_inference_steps=1, guidance_scale=7.5, seed=0)
             self.ready = True
-            log.info("serving %s (%s, %s): ready in %.1fs", self.config.package, self.pipeline.backend,
-                     self.pipeline.precision, time.perf_counter() - started)
+            log.info("serving %s (%s, %s): ready in %.1fs; replica %s is %s:%d", self.config.package,
+                     self.pipeline.backend, self.pipeline.precision, time.perf_counter() - started, self.replica,
+                     os.uname().nodename, os.getpid())
 
     def stop(self, drain: bool = True) -> None:
         """Refuse new calls; with ``drain``, finish every accepted one first."""
@@ -127,15 +132,23 @@ class ImageService:
             if not self.ready:
                 raise BatcherClosed("the service is shutting down" if self.draining else
                                     "the service is starting (engines loading or warming up); retry shortly")
-            body = _json(raw)
-            call = await asyncio.to_thread(self.prepare, spoken.parse(body))  # an image call may open the VAE encoder
+            # Off the event loop: JSON parsing, image decoding (in parse) and opening the VAE encoder are CPU-bound.
+            body = await asyncio.to_thread(read_json, raw, self.config.door)
+            call = await asyncio.to_thread(lambda: self.prepare(spoken.parse(body)))
             result = await self.generate(call, disconnected, timeout_s)
             payload = await asyncio.to_thread(spoken.response, result, body, self.model_name())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status and a message
             status, outcome, headers = classify(exc)
             message = str(exc) if outcome != "failed" or isinstance(exc, PipelineError) else "internal error (logged)"
-            return Reply(status, spoken.error(message, outcome), headers, outcome)
+            return Reply(status, spoken.error(self._public(message), outcome), headers, outcome)
         return Reply(200, payload, images=len(result.images))
+
+    def _public(self, message: str) -> str:
+        """``message`` without the package's absolute path (runtime messages name it for the operator; a client
+        sees the package by name)."""
+        for root in {str(self.config.package.resolve()), str(self.config.package)}:
+            message = message.replace(root, f"package {self.config.package.name!r}")
+        return message
 
     def prepare(self, arguments: dict[str, Any]) -> Call:
         """A checked call (raises PipelineInputError with the Python API's message)."""
@@ -151,15 +164,18 @@ class ImageService:
         waiting = asyncio.wrap_future(ticket.future)
         # Settled after we stopped waiting (a cancelled request task): mark its outcome read, or asyncio logs it.
         waiting.add_done_callback(lambda future: future.cancelled() or future.exception())
+        withdrawn = False
         try:
             while True:
                 done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
                 if done:
                     return waiting.result()
                 ticket.check_deadline()
-                if await disconnected():
+                if not withdrawn and await disconnected():
                     log.info("client went away: request withdrawn")
+                    self.metrics.disconnects.labels("waiting").inc()
                     ticket.cancel()
+                    withdrawn = True
         except asyncio.CancelledError:
             ticket.cancel()  # the server dropped the request task (client gone, or shutdown timed out)
             raise
@@ -167,6 +183,10 @@ class ImageService:
 
 def classify(exc: BaseException) -> tuple[int, str, dict[str, str]]:
     """(HTTP status, outcome label for metrics, extra headers) for an error."""
+    if isinstance(exc, BodyTooLarge):
+        return 413, "invalid", {}
+    if isinstance(exc, ReadTimeout):
+        return 408, "invalid", {}
     if isinstance(exc, PipelineInputError):
         return 422, "invalid", {}
     if isinstance(exc, QueueFull):
@@ -182,13 +202,6 @@ def classify(exc: BaseException) -> tuple[int, str, dict[str, str]]:
     return 500, "failed", {}
 
 
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineInputError(f"the request body is not valid JSON ({exc})") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise PipelineInputError(f"the request body holds {name}, which JSON does not have; give finite numbers")
-
+def replica_id() -> str:
+    """An opaque name for this process (X-Diffship-Replica)."""
+    return f"replica-{secrets.token_hex(4)}"

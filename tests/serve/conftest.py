@@ -13,6 +13,7 @@ import pytest
 from diffship.runtime import Pipeline
 from diffship.runtime.batching import BatchSettings
 from diffship.serve.app import create_app
+from diffship.serve.limits import DoorLimits
 from diffship.serve.local import serve_in_thread
 from diffship.serve.service import ImageService, ServeConfig
 
@@ -25,10 +26,12 @@ def serve_pipe(tiny_package: Path) -> Pipeline:
 @contextlib.contextmanager
 def running_service(pipe: Pipeline, package: Path, **settings: object) -> Iterator[tuple[str, ImageService]]:
     batch = BatchSettings(**{k: v for k, v in settings.items() if k in ("max_batch", "max_wait_s", "max_queue")})
+    door = settings.get("door", DoorLimits())
+    assert isinstance(door, DoorLimits)
     config = ServeConfig(package=package, batch=batch, timeout_s=float(settings.get("timeout_s", 60.0)),  # type: ignore[arg-type]
-                         warmup=bool(settings.get("warmup", False)))
+                         warmup=bool(settings.get("warmup", False)), door=door)
     service = ImageService(config, pipeline=pipe)
-    with serve_in_thread(create_app(service)) as url:
+    with serve_in_thread(create_app(service), read_timeout_s=door.read_timeout_s) as url:
         yield url, service
 
 

@@ -29,7 +29,9 @@ def running_service(pipe: Pipeline, package: Path, **settings: object) -> Iterat
     door = settings.get("door", DoorLimits())
     assert isinstance(door, DoorLimits)
     config = ServeConfig(package=package, batch=batch, timeout_s=float(settings.get("timeout_s", 60.0)),  # type: ignore[arg-type]
-                         warmup=bool(settings.get("warmup", False)), door=door)
+                         warmup=bool(settings.get("warmup", False)), door=door,
+                         memory_budget=settings.get("memory_budget"),  # type: ignore[arg-type]
+                         memory_model=settings.get("memory_model"))  # type: ignore[arg-type]
     service = ImageService(config, pipeline=pipe)
     with serve_in_thread(create_app(service), read_timeout_s=door.read_timeout_s) as url:
         yield url, service

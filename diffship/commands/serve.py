@@ -19,6 +19,7 @@ from diffship.commands.options import (
 )
 
 if TYPE_CHECKING:
+    from diffship.serve.security import SecurityPolicy
     from diffship.serve.service import ServeConfig
 
 
@@ -51,13 +52,29 @@ if TYPE_CHECKING:
                    "call at 192, 256 and 320 pixels square); larger batches run in pieces, a size whose one image "
                    "does not fit gets 413 naming the largest that does. auto: 80%% of the memory available once the "
                    "engines are loaded; off: no check (e.g. --memory-budget 6).")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File of API keys, one per line, that clients send as 'Authorization: Bearer KEY' (the OpenAI "
+                   "client's api_key); also $DIFFSHIP_API_KEYS, comma-separated. Every route but /healthz then needs "
+                   "one (e.g. --api-key-file /etc/diffship/keys).")
+@click.option("--api-auth", multiple=True, metavar="USER:PASS",
+              help="HTTP basic auth credentials, as the web UI's --api-auth; repeatable (e.g. --api-auth me:secret).")
+@click.option("--cors-origin", multiple=True, metavar="ORIGIN",
+              help="An origin whose web pages may call the API; repeatable; * for any. Default none: cross-origin "
+                   "requests are refused (e.g. --cors-origin https://app.example).")
+@click.option("--allowed-host", multiple=True, metavar="NAME",
+              help="A Host header name answered (DNS rebinding); repeatable; * for any. Default: the loopback names "
+                   "when --host is loopback, else any (e.g. --allowed-host images.example).")
+@click.option("--public-metrics", is_flag=True, help="Serve /metrics without credentials (a scraper inside the "
+              "network).")
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (see --replicas, README 'Serving').")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1), help="Ray Serve replicas.")
 @click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
 def serve(package: Path, host: str, port: int, backend: str, precision: str | None, device: str, threads: int | None,
           loras: tuple[str, ...], max_batch: int, max_wait_ms: float, max_queue: int, timeout_s: float,
           no_warmup: bool, use_ray: bool, replicas: int, ray_address: str | None, max_body_mb: float = 32.0,
-          read_timeout_s: float = 30.0, memory_budget: int | Literal["auto"] | None = "auto") -> None:
+          read_timeout_s: float = 30.0, memory_budget: int | Literal["auto"] | None = "auto",
+          api_key_file: Path | None = None, api_auth: tuple[str, ...] = (), cors_origin: tuple[str, ...] = (),
+          allowed_host: tuple[str, ...] = (), public_metrics: bool = False) -> None:
     """Serve a package over HTTP: OpenAI's Images API and AUTOMATIC1111's txt2img API, with request batching.
 
     \b
@@ -83,13 +100,28 @@ def serve(package: Path, host: str, port: int, backend: str, precision: str | No
                          loras=loras, batch=BatchSettings(max_batch, max_wait_ms / 1000, max_queue),
                          timeout_s=timeout_s, warmup=not no_warmup,
                          door=DoorLimits(max_body_bytes=int(max_body_mb * 2**20), read_timeout_s=read_timeout_s),
-                         memory_budget=memory_budget)
+                         memory_budget=memory_budget,
+                         security=_security(host, api_key_file, api_auth, cors_origin, allowed_host, public_metrics))
     if use_ray:
         from diffship.serve.ray_app import run_on_ray
 
         run_on_ray(config, replicas, host, port, ray_address, lambda line: click.echo(line, err=True))
         return
     _run_uvicorn(config, host, port)
+
+
+def _security(host: str, key_file: Path | None, basic: tuple[str, ...], origins: tuple[str, ...],
+              hosts: tuple[str, ...], public_metrics: bool) -> SecurityPolicy:
+    from diffship.serve.security import LOOPBACK_HOSTS, SecurityPolicy, load_keys, parse_basic
+
+    loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
+    policy = SecurityPolicy(load_keys(key_file), parse_basic(basic), tuple(origins),
+                            tuple(name.lower() for name in hosts) or (LOOPBACK_HOSTS if loopback else None),
+                            public_metrics)
+    if not loopback and not policy.authenticates:
+        click.echo(f"warning: listening on {host} without credentials: anyone who can reach this port can generate; "
+                   "set --api-key-file (or $DIFFSHIP_API_KEYS) or --api-auth", err=True)
+    return policy
 
 
 def _memory_budget(value: str) -> int | Literal["auto"] | None:

@@ -8,7 +8,9 @@
     GET  /readyz                  engines loaded and warmed up (503 before, and while draining)
     GET  /metrics                 Prometheus text (serve/metrics.py)
 
-Status codes: 422 bad input (the Python API's message), 429 queue full (with Retry-After), 503 not ready or shutting
+Every route but /healthz (and /metrics where made public) takes credentials where keys are set, and cross-origin
+and Host checks apply first (serve/security.py). Status codes: 401 no or wrong credentials, 403 an origin not
+allowed, 400 a Host not served, 422 bad input (the Python API's message), 429 queue full (with Retry-After), 503 not ready or shutting
 down, 504 deadline passed (the server's ``--timeout``, or a shorter ``X-Request-Timeout: SECONDS`` header), 500 the
 generation failed (NaN, engine error), 413 a body over ``--max-body-mb``, 408 a body not sent within
 ``--read-timeout``, 404 (JSON) an unknown route. A client that disconnects has its call withdrawn; one that hangs up
@@ -38,6 +40,7 @@ from diffship.serve.apis import FORMATS
 from diffship.serve.formats import ApiFormat, Listing
 from diffship.serve.limits import BodyTooLarge, ReadTimeout
 from diffship.serve.metrics import CONTENT_TYPE, ServiceMetrics
+from diffship.serve.security import SecurityMiddleware
 from diffship.serve.service import Disconnected, Reply, ServeConfig
 
 log = logging.getLogger(__name__)
@@ -104,7 +107,7 @@ def create_app(backend: Backend, manage_backend: bool = True,
                 log.info("shutting down: finishing the requests accepted")
                 await run_in_threadpool(backend.stop)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *api_routes(backend, FORMATS),
             Route("/healthz", healthz, methods=["GET"]),
@@ -114,6 +117,8 @@ def create_app(backend: Backend, manage_backend: bool = True,
         lifespan=lifespan,
         exception_handlers={HTTPException: _http_error},
     )
+    app.add_middleware(SecurityMiddleware, policy=backend.config.security)  # type: ignore[arg-type]
+    return app
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

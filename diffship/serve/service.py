@@ -23,6 +23,7 @@ from diffship.runtime.pipeline import GenerationResult, Pipeline
 from diffship.serve.apis import API_FORMATS
 from diffship.serve.limits import BodyTooLarge, DoorLimits, ReadTimeout, read_json
 from diffship.serve.memory import Admission, MemoryModel, TooLarge, default_budget, measure, memory_note, merge, split
+from diffship.serve.security import SecurityPolicy
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class ServeConfig:
     """Bytes a batch may grow the process by (serve/memory.py): "auto", a share of the memory available once the
     engines are loaded (``cli.py serve``'s default); None: no admission by memory (the runtime's own decode check
     only)."""
+    security: SecurityPolicy = field(default_factory=SecurityPolicy)
+    """API keys, basic auth, CORS and Host allow-lists (serve/security.py); default: open, as a library."""
     memory_model: MemoryModel | None = None
     """A model measured before (tests, a restarted replica); None: measured at start when a budget is set."""
 

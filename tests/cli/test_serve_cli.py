@@ -33,3 +33,15 @@ def test_serve_help_shows_examples() -> None:
     assert result.returncode == 0
     assert "/v1/images/generations" in result.stdout and "--max-queue" in result.stdout and "--ray" in result.stdout
     assert "--memory-budget" in result.stdout and "--max-body-mb" in result.stdout and "--read-timeout" in result.stdout
+
+
+def test_serve_warns_when_listening_beyond_loopback_without_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    from diffship.commands.serve import _security
+
+    open_policy = _security("0.0.0.0", None, (), (), (), False)
+    assert "warning: listening on 0.0.0.0 without credentials" in capsys.readouterr().err
+    assert open_policy.allowed_hosts is None and not open_policy.authenticates
+    keyed = _security("0.0.0.0", None, ("me:secret",), (), ("images.example",), False)
+    local = _security("127.0.0.1", None, (), (), (), False)
+    assert capsys.readouterr().err == ""
+    assert keyed.allowed_hosts == ("images.example",) and local.allowed_hosts == ("localhost", "127.0.0.1", "::1")

@@ -22,8 +22,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-
 from diffship.runtime.calls import Call
 from diffship.runtime.errors import PipelineError, PipelineInputError
 from diffship.runtime.results import GenerationResult
@@ -73,15 +71,22 @@ class MemoryModel:
 
 
 def fit(points: Sequence[tuple[int, int]]) -> MemoryModel:
-    """Least squares of bytes = a x pixels + b x pixels^2 with a, b >= 0 over (pixels, bytes) points."""
-    pixels = np.array([p for p, _ in points], dtype=np.float64)
-    grown = np.array([max(0, g) for _, g in points], dtype=np.float64)
-    basis = np.stack([pixels, pixels**2], axis=1)
-    (a, b), *_ = np.linalg.lstsq(basis, grown, rcond=None)
-    if b < 0:
-        a, b = float(grown @ pixels / (pixels @ pixels)), 0.0
+    """Least squares of bytes = a x pixels + b x pixels^2 with a, b >= 0 over (pixels, bytes) points (the 2 x 2
+    normal equations, in floats: serve/ imports no numpy)."""
+    xs = [float(p) for p, _ in points]
+    ys = [float(max(0, g)) for _, g in points]
+    s2 = sum(x**2 for x in xs)
+    s3 = sum(x**3 for x in xs)
+    s4 = sum(x**4 for x in xs)
+    t1 = sum(x * y for x, y in zip(xs, ys, strict=True))
+    t2 = sum(x**2 * y for x, y in zip(xs, ys, strict=True))
+    determinant = s2 * s4 - s3 * s3
+    a = (t1 * s4 - t2 * s3) / determinant if determinant > 0 else -1.0
+    b = (s2 * t2 - s3 * t1) / determinant if determinant > 0 else -1.0
+    if b < 0 or determinant <= 0:
+        a, b = t1 / s2, 0.0
     elif a < 0:
-        a, b = 0.0, float(grown @ pixels**2 / (pixels**2 @ pixels**2))
+        a, b = 0.0, t2 / s4
     return MemoryModel(float(a), float(b), tuple((int(p), int(g)) for p, g in points))
 
 

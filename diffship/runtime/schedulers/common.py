@@ -397,8 +397,10 @@ class Scheduler:
         self.config = resolve_config(self.class_name, config, self.DEFAULTS, self.CHOICES, self.FIXED, self.ALIASES)
         most = self.most_steps()
         if most is not None and self.num_inference_steps > most:
+            over = self.num_inference_steps > most + 1
             raise SchedulerError(
-                f"{self.class_name} takes at most {most} steps (num_train_timesteps - 1: at "
+                (f"num_inference_steps {self.num_inference_steps} exceeds num_train_timesteps {most + 1}: " if over
+                 else "") + f"{self.class_name} takes at most {most} steps (num_train_timesteps - 1: at "
                 f"{most + 1} its timestep spacing overruns or repeats a train timestep), got {self.num_inference_steps}")
         self.alphas_cumprod = make_alphas_cumprod(self.config, self.class_name, zero_snr_floor=self.zero_snr_floor)
         self._schedule(self.num_inference_steps)

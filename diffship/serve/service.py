@@ -118,6 +118,10 @@ class ImageService:
         budget = self.config.memory_budget
         if budget is None:
             return None
+        if pipeline.device != "cpu":
+            # Peaks are read from the process's resident memory; a GPU's memory is not modelled yet.
+            log.warning("memory admission off: the engines run on %s, whose memory is not measured", pipeline.device)
+            return None
         model = self.config.memory_model or measure(lambda side: pipeline(
             "memory", num_inference_steps=1, guidance_scale=7.5, seed=0, height=side, width=side))
         budget = default_budget() if budget == "auto" else budget

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import click
 
@@ -19,6 +19,7 @@ from diffship.commands.options import (
 
 if TYPE_CHECKING:
     from diffship.serve.models import ModelSet
+    from diffship.serve.security import SecurityPolicy
     from diffship.serve.service import ServeConfig
 
 
@@ -48,12 +49,40 @@ if TYPE_CHECKING:
 @click.option("--timeout", "timeout_s", default=300.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds a request may take, queued and running; after it: 504.")
 @click.option("--no-warmup", is_flag=True, help="Report ready without the warm-up generation.")
+@click.option("--max-body-mb", default=32.0, show_default=True, type=click.FloatRange(0.001),
+              help="Largest request body in MiB; more gets 413 (e.g. --max-body-mb 8 without image-to-image).")
+@click.option("--read-timeout", "read_timeout_s", default=30.0, show_default=True, type=click.FloatRange(0.1),
+              help="Seconds a client has to send its headers, and again its body; after it the connection is "
+                   "closed, or 408 (e.g. --read-timeout 10).")
+@click.option("--memory-budget", default="auto", show_default=True, callback=lambda ctx, param, value: _memory_budget(value),
+              help="GiB a batch may grow the server by, checked against a memory model measured at start (a one-step "
+                   "call at 192, 256 and 320 pixels square); larger batches run in pieces, a size whose one image "
+                   "does not fit gets 413 naming the largest that does. auto: 80%% of the memory available once the "
+                   "engines are loaded; off: no check (e.g. --memory-budget 6).")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File of API keys, one per line, that clients send as 'Authorization: Bearer KEY' (the OpenAI "
+                   "client's api_key); also $DIFFSHIP_API_KEYS, comma-separated. Every route but /healthz then needs "
+                   "one (e.g. --api-key-file /etc/diffship/keys).")
+@click.option("--api-auth", multiple=True, metavar="USER:PASS",
+              help="HTTP basic auth credentials, as the web UI's --api-auth; repeatable (e.g. --api-auth me:secret).")
+@click.option("--cors-origin", multiple=True, metavar="ORIGIN",
+              help="An origin whose web pages may call the API; repeatable; * for any. Default none: cross-origin "
+                   "requests are refused (e.g. --cors-origin https://app.example).")
+@click.option("--allowed-host", multiple=True, metavar="NAME",
+              help="A Host header name answered (DNS rebinding); repeatable; * for any. Default: the loopback names "
+                   "when --host is loopback, else any (e.g. --allowed-host images.example).")
+@click.option("--public-metrics", is_flag=True, help="Serve /metrics without credentials (a scraper inside the "
+              "network).")
 @click.option("--ray", "use_ray", is_flag=True, help="Run as a Ray Serve deployment (see --replicas, README 'Serving').")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1), help="Ray Serve replicas.")
 @click.option("--ray-address", help="Ray cluster to join (default: start a local one).")
 def serve(packages: tuple[Path, ...], lora_dir: Path | None, host: str, port: int, backend: str,
           precision: str | None, device: str, threads: int | None, loras: tuple[str, ...], max_batch: int,
-          max_wait_ms: float, max_queue: int, timeout_s: float, no_warmup: bool, use_ray: bool, replicas: int, ray_address: str | None) -> None:
+          max_wait_ms: float, max_queue: int, timeout_s: float, no_warmup: bool, use_ray: bool, replicas: int,
+          ray_address: str | None, max_body_mb: float = 32.0, read_timeout_s: float = 30.0,
+          memory_budget: int | Literal["auto"] | None = "auto", api_key_file: Path | None = None,
+          api_auth: tuple[str, ...] = (), cors_origin: tuple[str, ...] = (), allowed_host: tuple[str, ...] = (),
+          public_metrics: bool = False) -> None:
     """Serve a package over HTTP: OpenAI's Images API and AUTOMATIC1111's txt2img API, with request batching.
 
     \b
@@ -74,6 +103,7 @@ def serve(packages: tuple[Path, ...], lora_dir: Path | None, host: str, port: in
     """
     from diffship.core.package import ModelPackage
     from diffship.runtime.batching import BatchSettings
+    from diffship.serve.limits import DoorLimits
     from diffship.serve.models import ModelSet
     from diffship.serve.service import ServeConfig
 
@@ -84,7 +114,10 @@ def serve(packages: tuple[Path, ...], lora_dir: Path | None, host: str, port: in
         raise click.BadParameter(f"{lora_dir} is not a folder", param_hint="--lora-dir")
     config = ServeConfig(package=models.packages[0], backend=backend, precision=precision, threads=threads, device=device,
                          loras=loras, batch=BatchSettings(max_batch, max_wait_ms / 1000, max_queue),
-                         timeout_s=timeout_s, warmup=not no_warmup)
+                         timeout_s=timeout_s, warmup=not no_warmup,
+                         door=DoorLimits(max_body_bytes=int(max_body_mb * 2**20), read_timeout_s=read_timeout_s),
+                         memory_budget=memory_budget,
+                         security=_security(host, api_key_file, api_auth, cors_origin, allowed_host, public_metrics))
     if use_ray and (len(packages) > 1 or lora_dir is not None):
         raise click.BadParameter("serving several packages, or LoRAs from --lora-dir, needs the single-process "
                                  "server (leave out --ray)", param_hint="--package/--lora-dir")
@@ -96,6 +129,32 @@ def serve(packages: tuple[Path, ...], lora_dir: Path | None, host: str, port: in
     _run_uvicorn(config, host, port, models, lora_dir)
 
 
+def _security(host: str, key_file: Path | None, basic: tuple[str, ...], origins: tuple[str, ...],
+              hosts: tuple[str, ...], public_metrics: bool) -> SecurityPolicy:
+    from diffship.serve.security import LOOPBACK_HOSTS, SecurityPolicy, load_keys, parse_basic
+
+    loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
+    policy = SecurityPolicy(load_keys(key_file), parse_basic(basic), tuple(origins),
+                            tuple(name.lower() for name in hosts) or (LOOPBACK_HOSTS if loopback else None),
+                            public_metrics)
+    if not loopback and not policy.authenticates:
+        click.echo(f"warning: listening on {host} without credentials: anyone who can reach this port can generate; "
+                   "set --api-key-file (or $DIFFSHIP_API_KEYS) or --api-auth", err=True)
+    return policy
+
+
+def _memory_budget(value: str) -> int | Literal["auto"] | None:
+    if value in ("auto", "off"):
+        return None if value == "off" else "auto"
+    try:
+        gib = float(value)
+    except ValueError:
+        gib = -1.0
+    if not gib > 0 or gib == float("inf"):
+        raise click.BadParameter(f"give GiB > 0, auto or off, got {value!r:.40}", param_hint="--memory-budget")
+    return int(gib * 2**30)
+
+
 def _run_uvicorn(config: ServeConfig, host: str, port: int, models: ModelSet, lora_dir: Path | None) -> None:
     """The app on uvicorn; a start-up failure (engines that will not load) stops the server, as SIGTERM does."""
     import signal
@@ -103,6 +162,7 @@ def _run_uvicorn(config: ServeConfig, host: str, port: int, models: ModelSet, lo
     import uvicorn
 
     from diffship.serve.app import create_app
+    from diffship.serve.protocol import header_timeout_protocol
     from diffship.serve.service import ImageService
     from diffship.serve.webui_routes import WebUi
 
@@ -114,4 +174,5 @@ def _run_uvicorn(config: ServeConfig, host: str, port: int, models: ModelSet, lo
     service = ImageService(config)
     web_ui = WebUi(service, models, lora_dir.resolve() if lora_dir is not None else None)
     uvicorn.run(create_app(service, on_start_failure=stop_on_failure, web_ui=web_ui), host=host, port=port,
-                log_level="warning", timeout_graceful_shutdown=int(config.timeout_s) + 5)
+                log_level="warning", timeout_graceful_shutdown=int(config.timeout_s) + 5,
+                http=header_timeout_protocol(config.door.read_timeout_s))

@@ -36,7 +36,10 @@ tensors alive at once): 0.8 GB for one 512x512 image, 51 GB for 4096x4096."""
 class Limits:
     """The most one call may ask for. Defaults suit an interactive service; raise them where you mean to."""
 
-    max_steps: int = 1000
+    max_steps: int = 999
+    """999, not 1000: at num_train_timesteps steps DDIM's and PNDM's leading spacing overruns the last train timestep
+    and DPM-Solver's, DEIS' and UniPC's repeats one (diffusers 0.42 fails there too); 999 is what every scheduler
+    runs (tests/runtime/test_scheduler_steps.py)."""
     max_pixels: int = 2048 * 2048
     """Per image (height x width)."""
     max_images: int = 32

@@ -145,19 +145,11 @@ def _img2img_arguments(body: Any) -> dict[str, Any]:
 
 
 def decode_image(value: str, name: str) -> Any:
-    """A base64 image (a ``data:image/...;base64,`` prefix allowed) as a PIL image."""
-    import binascii
-    import io
+    """A base64 PNG, JPEG or WebP image (serve/images.py: format by its first bytes, pixels from its header before
+    decoding) as a loaded PIL image."""
+    from diffship.serve.images import decode_base64_image
 
-    from PIL import Image, UnidentifiedImageError
-
-    encoded = "".join((value.split(",", 1)[1] if value.startswith("data:") else value).split())  # wrapped lines too
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(encoded, validate=True))) as image:
-            image.load()
-            return image.copy()
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as exc:
-        raise ApiInputError(f"{name} is not a base64-encoded PNG or JPEG image ({type(exc).__name__})") from None
+    return decode_base64_image(value, name)
 
 
 def sampler_for(name: str | None, scheduler: str | None) -> str | None:

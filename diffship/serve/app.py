@@ -8,10 +8,15 @@
     GET  /readyz                  engines loaded and warmed up (503 before, and while draining)
     GET  /metrics                 Prometheus text (serve/metrics.py)
 
-Status codes: 422 bad input (the Python API's message), 429 queue full (with Retry-After), 503 not ready or shutting
+Every route but /healthz (and /metrics where made public) takes credentials where keys are set, and cross-origin
+and Host checks apply first (serve/security.py). Status codes: 401 no or wrong credentials, 403 an origin not
+allowed, 400 a Host not served, 422 bad input (the Python API's message), 429 queue full (with Retry-After), 503 not ready or shutting
 down, 504 deadline passed (the server's ``--timeout``, or a shorter ``X-Request-Timeout: SECONDS`` header), 500 the
-generation failed (NaN, engine error). A client that disconnects has its call withdrawn. Every response says which
-process made it in ``X-Diffship-Replica``.
+generation failed (NaN, engine error), 413 a body over ``--max-body-mb``, 408 a body not sent within
+``--read-timeout``, 404 (JSON) an unknown route. A client that disconnects has its call withdrawn; one that hangs up
+while sending its body is counted (``diffship_disconnects_total{stage="upload"}``) and logged as one line. Every
+response says which process made it in ``X-Diffship-Replica``: an opaque id per process (logged with its host and PID
+at start), never the host or PID themselves.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ from typing import Protocol
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from diffship.runtime.errors import PipelineInputError
 from diffship.serve.apis import FORMATS
 from diffship.serve.formats import ApiFormat, Listing
-from diffship.serve.metrics import CONTENT_TYPE
-from diffship.serve.service import Disconnected, Reply
+from diffship.serve.limits import BodyTooLarge, ReadTimeout, read_body
+from diffship.serve.metrics import CONTENT_TYPE, ServiceMetrics
+from diffship.serve.security import SecurityMiddleware
+from diffship.serve.service import Disconnected, Reply, ServeConfig
 from diffship.serve.webui_routes import WebUi
 
 log = logging.getLogger(__name__)
@@ -45,6 +53,8 @@ class Backend(Protocol):
     ready: bool
     draining: bool
     replica: str
+    config: ServeConfig
+    metrics: ServiceMetrics
 
     def start(self) -> None: ...
     def stop(self, drain: bool = True) -> None: ...
@@ -101,7 +111,7 @@ def create_app(backend: Backend, manage_backend: bool = True,
                 log.info("shutting down: finishing the requests accepted")
                 await run_in_threadpool(backend.stop)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             *api_routes(backend, FORMATS),
             Route("/healthz", healthz, methods=["GET"]),
@@ -111,8 +121,20 @@ def create_app(backend: Backend, manage_backend: bool = True,
         ],
         lifespan=lifespan,
         middleware=web_ui.middleware,
-        exception_handlers=web_ui.exception_handlers,
+        exception_handlers={HTTPException: _http_error},
     )
+    app.add_middleware(SecurityMiddleware, policy=backend.config.security)  # type: ignore[arg-type]
+    return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (unknown route 404, wrong method 405) as JSON, as every client here parses them: the
+    web UI's ``detail`` and OpenAI's ``error.message``."""
+    assert isinstance(exc, HTTPException)
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    body = {"detail": exc.detail, "error": {"message": message, "type": "not_found" if exc.status_code == 404
+                                            else "invalid_request", "param": None, "code": None}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -131,9 +153,16 @@ def _answering(backend: Backend, api: ApiFormat) -> Endpoint:
     async def answer(request: Request) -> Response:
         try:
             timeout_s = _timeout(request)
+            raw = await read_body(request, backend.config.door.max_body_bytes, backend.config.door.read_timeout_s)
         except PipelineInputError as exc:
-            return JSONResponse(api.error(str(exc), "invalid"), status_code=422, headers=_replica(backend))
-        reply = await backend.respond(api.name, await request.body(), timeout_s, request.is_disconnected)
+            status = 413 if isinstance(exc, BodyTooLarge) else 408 if isinstance(exc, ReadTimeout) else 422
+            backend.metrics.observe_request(api.name, "invalid", 0.0)
+            return JSONResponse(api.error(str(exc), "invalid"), status_code=status, headers=_replica(backend))
+        except ClientDisconnect:
+            backend.metrics.disconnects.labels("upload").inc()
+            log.info("client hung up while sending its %s request body", api.name)
+            return Response(status_code=499)  # nobody reads it
+        reply = await backend.respond(api.name, raw, timeout_s, request.is_disconnected)
         return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
     return answer

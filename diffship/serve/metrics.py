@@ -13,6 +13,10 @@ process, as in the tests, keep their own counts).
     diffship_images_total                     counter: images returned (images/s = rate(diffship_images_total[1m]))
     diffship_images_per_second                gauge: images returned over the last 60 s / 60
     diffship_retries_total                    counter: requests sent again after their replica died (Ray gateway)
+    diffship_run_images                       histogram: images per denoising loop run under memory admission (a
+                                              batch over the budget runs as several)
+    diffship_disconnects_total{stage}         counter: clients that hung up: upload (sending the body), waiting
+                                              (queued or running: the call withdrawn)
 """
 
 from __future__ import annotations
@@ -52,6 +56,10 @@ class ServiceMetrics:
         self.images = Counter("diffship_images", "Images returned", registry=registry)
         self.retries = Counter("diffship_retries", "Requests sent again after their replica died (Ray)",
                                registry=registry)
+        self.run_images = Histogram("diffship_run_images", "Images per loop run under memory admission",
+                                    buckets=size_buckets, registry=registry)
+        self.disconnects = Counter("diffship_disconnects", "Clients that hung up, by stage (upload, waiting)",
+                                   ["stage"], registry=registry)
         self.images_per_second = Gauge("diffship_images_per_second", "Images returned over the last 60 s / 60",
                                        registry=registry)
         self.images_per_second.set_function(self._recent_rate)

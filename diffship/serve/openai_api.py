@@ -130,24 +130,11 @@ def _transparent(picture: Any) -> Any:
 
 
 def decode_image(value: str, name: str) -> Any:
-    """A base64 PNG, JPEG or WebP image as a PIL image."""
-    import binascii
-    import io
+    """A base64 PNG, JPEG or WebP image (serve/images.py: format by its first bytes, pixels from its header before
+    decoding) as a loaded PIL image."""
+    from diffship.serve.images import decode_base64_image
 
-    from PIL import Image, UnidentifiedImageError
-
-    encoded = "".join((value.split(",", 1)[1] if value.startswith("data:") else value).split())
-    try:
-        with Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)), formats=["PNG", "JPEG", "WEBP"]) as image:
-            if image.width * image.height > MAX_INPUT_PIXELS:  # from the header, before decoding
-                raise ApiInputError(f"{name} is {image.width}x{image.height} pixels; at most {MAX_INPUT_PIXELS} "
-                                    f"pixels (4096x4096) here")
-            image.load()
-            return image.copy()
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, ApiInputError):
-            raise
-        raise ApiInputError(f"{name} is not a base64-encoded PNG, JPEG or WebP image ({type(exc).__name__})") from None
+    return decode_base64_image(value, name)
 
 
 def response(result: GenerationResult, body: Any = None, model_name: str = "") -> dict[str, Any]:

@@ -65,8 +65,9 @@ def _value(part: Message, field: str) -> Any:
 class MultipartEdits:
     """ASGI middleware: a multipart ``POST /v1/images/edits`` reaches the app as its JSON equivalent."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
+        self.max_bytes = max_bytes  # the door's body limit (serve/limits.py) holds before the form is read
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         content_type = _header(scope, b"content-type")
@@ -74,7 +75,11 @@ class MultipartEdits:
                 or not content_type.lower().startswith("multipart/form-data")):
             await self.app(scope, receive, send)
             return
-        raw = await _read(receive)
+        raw = await _read(receive, self.max_bytes) if _declared(scope) <= self.max_bytes else None
+        if raw is None:
+            message = f"the request body is over {self.max_bytes} bytes, the most taken"
+            await JSONResponse(openai_api.error(message, "invalid"), status_code=413)(scope, receive, send)
+            return
         try:
             converted = await asyncio.to_thread(form_to_json, content_type, raw)
         except (FormError, UnicodeDecodeError, ValueError) as exc:
@@ -90,13 +95,22 @@ def _header(scope: Scope, name: bytes) -> str:
     return next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == name), "")
 
 
-async def _read(receive: Receive) -> bytes:
-    chunks = []
+def _declared(scope: Scope) -> int:
+    length = _header(scope, b"content-length")
+    return int(length) if length.isdigit() else 0
+
+
+async def _read(receive: Receive, max_bytes: int) -> bytes | None:
+    """The body, or None once it is over ``max_bytes``."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             break
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > max_bytes:
+            return None
         if not message.get("more_body", False):
             break
     return b"".join(chunks)

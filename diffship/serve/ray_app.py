@@ -9,12 +9,15 @@ or from Python: ``serve.run(application(ServeConfig(package=Path("packages/sd15"
   loop (size, steps, scheduler), keeps each call's seed, deadline and cancellation, and is the same code with or
   without Ray. A replica takes ``max_batch + max_queue`` requests at once, so that its batcher sees enough of them;
   beyond that Ray's router holds up to ``max_queue`` more per replica, then the gateway answers 429.
-- A replica that dies (killed, out of memory, GPU fault) takes its requests with it: the gateway sends each of them
-  again, to a live replica, up to ``RETRIES`` times (generation is deterministic for a seed, so a retry gives the same
-  image), and answers 503 with the reason only when every try failed. Ray starts a replacement replica.
+- A replica that dies (killed, out of memory, GPU fault) while running or holding a request answers it 500 naming the
+  cause, and the request is not sent again: it may be what killed the replica, and would kill the next one. A request
+  that found its replica already gone before it was taken (``ReplicaUnavailableError``) is sent to a live one, up to
+  ``RETRIES`` times, and answered 503 only when every try failed. Ray starts a replacement replica.
+- SIGTERM and Ctrl-C drain: the gateway refuses new requests (503) and waits for the ones it accepted, then Serve and
+  Ray shut down (``run_on_ray``), as the single process does.
 - A client that disconnects has its request cancelled in the replica (Ray propagates the cancellation).
-- ``GET /metrics`` on the gateway counts requests, outcomes, latency and retries; batch and stage metrics live in each
-  replica (``ImageReplica.metrics_text``) and Ray's own metrics.
+- ``GET /metrics`` on the gateway counts requests, outcomes, latency, retries and disconnects; batch and stage metrics
+  live in each replica (``ImageReplica.metrics_text``) and Ray's own metrics (not aggregated at the gateway yet).
 - Every node runs replicas from its own install: diffship importable (installed, or this repository at the same path,
   which ``PYTHONPATH`` names) and the package at the same absolute path (shared storage), as Ray does not ship them.
 - Autoscaling: pass ``autoscaling`` (Ray's ``autoscaling_config``: ``min_replicas``, ``max_replicas``,
@@ -43,7 +46,7 @@ from diffship.runtime.errors import PipelineError
 from diffship.serve.apis import API_FORMATS
 from diffship.serve.app import create_app
 from diffship.serve.metrics import ServiceMetrics
-from diffship.serve.service import Disconnected, ImageService, Reply, ServeConfig
+from diffship.serve.service import Disconnected, ImageService, Reply, ServeConfig, replica_id
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,8 @@ class RayBackend:
         self.metrics = ServiceMetrics(config.batch.max_batch)
         self.ready = True  # Ray routes to the gateway only once the replicas it depends on are up
         self.draining = False
-        self.replica = f"gateway {os.uname().nodename}:{os.getpid()}"
+        self.in_flight = 0
+        self.replica = f"gateway-{replica_id().removeprefix('replica-')}"
 
     def start(self) -> None:
         pass
@@ -105,7 +109,15 @@ class RayBackend:
     async def respond(self, api: str, raw: bytes, timeout_s: float | None = None,
                       disconnected: Disconnected | None = None) -> Reply:
         received = time.perf_counter()
-        reply = await self._forward(api, raw, timeout_s, disconnected)
+        if self.draining:
+            reply = Reply(503, API_FORMATS[api].error("the service is shutting down", "closed"), {"Retry-After": "5"},
+                          "closed")
+        else:
+            self.in_flight += 1
+            try:
+                reply = await self._forward(api, raw, timeout_s, disconnected)
+            finally:
+                self.in_flight -= 1
         self.metrics.observe_request(api, reply.outcome, time.perf_counter() - received, reply.images)
         return reply
 
@@ -120,8 +132,18 @@ class RayBackend:
                 return _deadline_reply(error_body)
             response = self.images.respond.remote(api, raw, remaining)
             try:
-                return await _unless_disconnected(response, disconnected, error_body, deadline)
-            except (RayActorError, ReplicaUnavailableError) as exc:
+                reply = await _unless_disconnected(response, disconnected, error_body, deadline)
+                if reply.outcome == "cancelled":
+                    self.metrics.disconnects.labels("waiting").inc()
+                return reply
+            except RayActorError as exc:
+                # Died holding this request: perhaps because of it. Sent again, it could kill the next replica too.
+                log.warning("an image replica died holding a request; answered 500, not sent again (%s)",
+                            type(exc).__name__)
+                message = (f"the image replica running this request died ({type(exc).__name__}: out of memory, "
+                           "killed, or a device fault); not sent again, as it may be what killed it")
+                return Reply(500, error_body(message, "replica_lost"), {}, "replica_lost")
+            except ReplicaUnavailableError as exc:
                 lost.append(type(exc).__name__)
                 self.metrics.retries.inc()
                 log.warning("an image replica died with a request (%s); sending it again", type(exc).__name__)
@@ -168,6 +190,14 @@ class Gateway:
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self.backend, manage_backend=False)
+
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new requests (503) and wait, up to ``timeout_s``, for the accepted ones; how many are left."""
+        self.backend.stop()
+        deadline = time.monotonic() + timeout_s
+        while self.backend.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.backend.in_flight
 
 
 def application(config: ServeConfig, replicas: int = 1, gpus_per_replica: float = 0.0,
@@ -247,5 +277,19 @@ def run_on_ray(config: ServeConfig, replicas: int, host: str, port: int, address
         echo(f"deploying {replicas} replica(s) of {config.package} ({'1 GPU' if gpus else '1 CPU'} each) on Ray")
         serve.run(application(config, replicas, gpus), name="diffship", route_prefix="/")
         echo(f"serving on {url} (Ctrl-C stops)")
-        while True:
-            time.sleep(1)
+        _until_signalled()
+        echo("shutting down: finishing the requests accepted")
+        left = serve.get_app_handle("diffship").drain.remote(config.timeout_s + 5).result()
+        if left:
+            echo(f"{left} request(s) still running after {config.timeout_s + 5:g}s; stopping anyway")
+
+
+def _until_signalled() -> None:
+    """Wait for SIGTERM or SIGINT (Ctrl-C), then return, as uvicorn does before it drains."""
+    import signal
+
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass

@@ -5,22 +5,25 @@ shutdown. Everything an HTTP answer needs comes back as a ``Reply`` (data: it cr
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import os
+import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from diffship.runtime.batching import Batcher, BatcherClosed, BatchSettings, DeadlineExceeded, QueueFull
+from diffship.runtime.batching import Batcher, BatcherClosed, BatchSettings, DeadlineExceeded, QueueFull, Ticket
 from diffship.runtime.calls import Call
 from diffship.runtime.errors import PipelineCancelled, PipelineError, PipelineInputError
 from diffship.runtime.pipeline import GenerationResult, Pipeline
 from diffship.serve.apis import API_FORMATS
+from diffship.serve.limits import BodyTooLarge, DoorLimits, ReadTimeout, read_json
+from diffship.serve.memory import Admission, MemoryModel, TooLarge, default_budget, measure, memory_note, merge, split
+from diffship.serve.security import SecurityPolicy
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,16 @@ class ServeConfig:
     """Deadline of a request from its arrival, queued and running (504 after it)."""
     warmup: bool = True
     """Run one guided step at the default size before reporting ready (first-call costs are paid at start)."""
+    door: DoorLimits = field(default_factory=DoorLimits)
+    """Body size, read timeouts, JSON shape, uploaded image pixels (serve/limits.py)."""
+    memory_budget: int | Literal["auto"] | None = None
+    """Bytes a batch may grow the process by (serve/memory.py): "auto", a share of the memory available once the
+    engines are loaded (``cli.py serve``'s default); None: no admission by memory (the runtime's own decode check
+    only)."""
+    security: SecurityPolicy = field(default_factory=SecurityPolicy)
+    """API keys, basic auth, CORS and Host allow-lists (serve/security.py); default: open, as a library."""
+    memory_model: MemoryModel | None = None
+    """A model measured before (tests, a restarted replica); None: measured at start when a budget is set."""
 
     def limit_s(self, requested_s: float | None) -> float:
         """A request's time limit: the one it asked for (``X-Request-Timeout``), at most ``timeout_s``."""
@@ -72,10 +85,12 @@ class ImageService:
         self.pipeline = pipeline
         self.metrics = ServiceMetrics(config.batch.max_batch)
         self.batcher: Batcher | None = None
+        self.admission: Admission | None = None
         self.ready = False
         self.draining = False
-        self.replica = f"{os.uname().nodename}:{os.getpid()}"
-        """Who answered: sent as X-Diffship-Replica (with Ray, which replica took the request)."""
+        self.replica = replica_id()
+        """Who answered: sent as X-Diffship-Replica (with Ray, which replica took the request); opaque, as a client
+        has no business knowing the host name and PID (the log at start maps one to the other)."""
         self._start_lock = threading.Lock()
 
     def start(self) -> None:
@@ -88,12 +103,31 @@ class ImageService:
                 self.pipeline = Pipeline.from_package(
                     self.config.package, backend=self.config.backend, precision=self.config.precision,
                     threads=self.config.threads, device=self.config.device, loras=self.config.loras)
-            self.batcher = Batcher(self.pipeline, self.config.batch, on_batch=self.metrics.observe_batch)
+            self.admission = self._admission(self.pipeline)
+            runner = self.pipeline if self.admission is None else _AdmittedRunner(self.pipeline, self.admission,
+                                                                                  self.metrics.run_images.observe)
+            self.batcher = Batcher(runner, self.config.batch, on_batch=self.metrics.observe_batch)
             if self.config.warmup:
                 self.pipeline("warm-up", num_inference_steps=1, guidance_scale=7.5, seed=0)
             self.ready = True
-            log.info("serving %s (%s, %s): ready in %.1fs", self.config.package, self.pipeline.backend,
-                     self.pipeline.precision, time.perf_counter() - started)
+            log.info("serving %s (%s, %s): ready in %.1fs; %s; replica %s is %s:%d", self.config.package,
+                     self.pipeline.backend, self.pipeline.precision, time.perf_counter() - started,
+                     memory_note(self.admission), self.replica, os.uname().nodename, os.getpid())
+
+    def _admission(self, pipeline: Pipeline) -> Admission | None:
+        budget = self.config.memory_budget
+        if budget is None:
+            return None
+        if pipeline.device != "cpu":
+            # Peaks are read from the process's resident memory; a GPU's memory is not modelled yet.
+            log.warning("memory admission off: the engines run on %s, whose memory is not measured", pipeline.device)
+            return None
+        model = self.config.memory_model or measure(lambda side: pipeline(
+            "memory", num_inference_steps=1, guidance_scale=7.5, seed=0, height=side, width=side))
+        budget = default_budget() if budget == "auto" else budget
+        if model is None or budget is None:
+            return None
+        return Admission(model, budget, self.config.batch.max_batch)
 
     def stop(self, drain: bool = True) -> None:
         """Refuse new calls; with ``drain``, finish every accepted one first."""
@@ -127,15 +161,23 @@ class ImageService:
             if not self.ready:
                 raise BatcherClosed("the service is shutting down" if self.draining else
                                     "the service is starting (engines loading or warming up); retry shortly")
-            body = _json(raw)
-            call = await asyncio.to_thread(self.prepare, spoken.parse(body))  # an image call may open the VAE encoder
+            # Off the event loop: JSON parsing, image decoding (in parse) and opening the VAE encoder are CPU-bound.
+            body = await asyncio.to_thread(read_json, raw, self.config.door)
+            call = await asyncio.to_thread(lambda: self.prepare(spoken.parse(body)))
             result = await self.generate(call, disconnected, timeout_s)
             payload = await asyncio.to_thread(spoken.response, result, body, self.model_name())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status and a message
             status, outcome, headers = classify(exc)
             message = str(exc) if outcome != "failed" or isinstance(exc, PipelineError) else "internal error (logged)"
-            return Reply(status, spoken.error(message, outcome), headers, outcome)
+            return Reply(status, spoken.error(self._public(message), outcome), headers, outcome)
         return Reply(200, payload, images=len(result.images))
+
+    def _public(self, message: str) -> str:
+        """``message`` without the package's absolute path (runtime messages name it for the operator; a client
+        sees the package by name)."""
+        for root in {str(self.config.package.resolve()), str(self.config.package)}:
+            message = message.replace(root, f"package {self.config.package.name!r}")
+        return message
 
     def prepare(self, arguments: dict[str, Any]) -> Call:
         """A checked call (raises PipelineInputError with the Python API's message)."""
@@ -143,30 +185,74 @@ class ImageService:
         return self.pipeline.prepare(**arguments)
 
     async def generate(self, call: Call, disconnected: Disconnected, timeout_s: float | None = None) -> GenerationResult:
-        """Queue ``call`` and wait for it, up to ``timeout_s`` (at most the configured timeout); a client that goes
-        away has its call withdrawn. Raises QueueFull, BatcherClosed, DeadlineExceeded, PipelineCancelled, or the
-        call's own error."""
+        """Queue ``call`` (in pieces that fit one batch's memory, with admission on) and wait for it, up to
+        ``timeout_s`` (at most the configured timeout); a client that goes away has its call withdrawn. Raises
+        QueueFull, BatcherClosed, DeadlineExceeded, PipelineCancelled, TooLarge, or the call's own error."""
         assert self.batcher is not None, "start() first"
-        ticket = self.batcher.submit(call, self.config.limit_s(timeout_s))
-        waiting = asyncio.wrap_future(ticket.future)
-        # Settled after we stopped waiting (a cancelled request task): mark its outcome read, or asyncio logs it.
-        waiting.add_done_callback(lambda future: future.cancelled() or future.exception())
+        most = self.config.batch.max_batch
+        if self.admission is not None:
+            pieces = self.admission.pieces(call)
+        elif call.images > most and call.batch_key() is not None:
+            pieces = split(call, most)  # max_batch holds across batch_size x n_iter too
+        else:
+            pieces = [call]
+        limit_s = self.config.limit_s(timeout_s)
+        tickets: list[Ticket] = []
+        try:
+            for piece in pieces:
+                tickets.append(self.batcher.submit(piece, limit_s))
+        except Exception:
+            for ticket in tickets:
+                ticket.cancel()
+            raise
+        results = await self._wait(tickets, disconnected)
+        return results[0] if len(results) == 1 else merge(results)
+
+    async def _wait(self, tickets: list[Ticket], disconnected: Disconnected) -> list[GenerationResult]:
+        waiting = [asyncio.wrap_future(ticket.future) for ticket in tickets]
+        for future in waiting:
+            # Settled after we stopped waiting (a cancelled request task): mark its outcome read, or asyncio logs it.
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+        withdrawn = False
         try:
             while True:
-                done, _ = await asyncio.wait({waiting}, timeout=DISCONNECT_POLL_S)
-                if done:
-                    return waiting.result()
-                ticket.check_deadline()
-                if await disconnected():
+                _, pending = await asyncio.wait(set(waiting), timeout=DISCONNECT_POLL_S)
+                failed = [future for future in waiting if future.done() and future.exception() is not None]
+                if failed or not pending:
+                    if failed:
+                        for ticket in tickets:
+                            ticket.cancel()  # one piece failed: the others' images are not wanted
+                    return [future.result() for future in waiting]
+                for ticket in tickets:
+                    ticket.check_deadline()
+                if not withdrawn and await disconnected():
                     log.info("client went away: request withdrawn")
-                    ticket.cancel()
+                    self.metrics.disconnects.labels("waiting").inc()
+                    for ticket in tickets:
+                        ticket.cancel()
+                    withdrawn = True
         except asyncio.CancelledError:
-            ticket.cancel()  # the server dropped the request task (client gone, or shutdown timed out)
+            for ticket in tickets:
+                ticket.cancel()  # the server dropped the request task (client gone, or shutdown timed out)
             raise
+
+
+class _AdmittedRunner:
+    """The pipeline, its batches run in groups that fit the memory budget."""
+
+    def __init__(self, pipeline: Pipeline, admission: Admission, observe: Callable[[int], None]) -> None:
+        self.pipeline, self.admission, self.observe = pipeline, admission, observe
+
+    def run_batch(self, calls: list[Call]) -> list[GenerationResult | PipelineError]:
+        return self.admission.run_batch(self.pipeline, calls, self.observe)
 
 
 def classify(exc: BaseException) -> tuple[int, str, dict[str, str]]:
     """(HTTP status, outcome label for metrics, extra headers) for an error."""
+    if isinstance(exc, (BodyTooLarge, TooLarge)):
+        return 413, "invalid", {}
+    if isinstance(exc, ReadTimeout):
+        return 408, "invalid", {}
     if isinstance(exc, PipelineInputError):
         return 422, "invalid", {}
     if isinstance(exc, QueueFull):
@@ -182,13 +268,6 @@ def classify(exc: BaseException) -> tuple[int, str, dict[str, str]]:
     return 500, "failed", {}
 
 
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw, parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineInputError(f"the request body is not valid JSON ({exc})") from None
-
-
-def _refuse_constant(name: str) -> Any:
-    raise PipelineInputError(f"the request body holds {name}, which JSON does not have; give finite numbers")
-
+def replica_id() -> str:
+    """An opaque name for this process (X-Diffship-Replica)."""
+    return f"replica-{secrets.token_hex(4)}"

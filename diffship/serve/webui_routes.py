@@ -14,7 +14,6 @@ import io
 from pathlib import Path
 from typing import Any
 
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +22,7 @@ from starlette.routing import Route
 from diffship.runtime.errors import PipelineInputError
 from diffship.runtime.infotext import parse_infotext
 from diffship.serve import a1111_api, openai_api
+from diffship.serve.limits import BodyTooLarge, DoorLimits, ReadTimeout, read_body, read_json
 from diffship.serve.models import ModelSet, ServedModels, current_package, switch
 from diffship.serve.openai_edits import MultipartEdits
 from diffship.serve.progress import JobTracking, Progress
@@ -74,11 +74,7 @@ class WebUi:
     def middleware(self) -> list[Middleware]:
         return [Middleware(ServedModels, current=self.current, models=self.models),
                 Middleware(LoraContext, backend=self.backend, lora_dir=self.lora_dir),
-                Middleware(JobTracking, progress=self.progress, paths=TRACKED, model=self.current), Middleware(MultipartEdits)]
-
-    @property
-    def exception_handlers(self) -> dict[int, Any]:
-        return {404: _json_error, 405: _json_error}
+                Middleware(JobTracking, progress=self.progress, paths=TRACKED, model=self.current), Middleware(MultipartEdits, max_bytes=self.backend.config.door.max_body_bytes)]
 
     # ------------------------------------------------------------------ answers
 
@@ -123,7 +119,7 @@ class WebUi:
 
     async def _set_options(self, request: Request) -> Response:
         try:
-            body = await _body(request)
+            body = await _body(request, self.backend.config.door)
             if not isinstance(body, dict):
                 raise PipelineInputError("the options must be a JSON object of option: value")
             current = self.options()
@@ -138,19 +134,19 @@ class WebUi:
                     raise PipelineInputError("sd_model_checkpoint must be a string (a title of /sdapi/v1/sd-models)")
                 await asyncio.to_thread(switch, self.backend, self.models.find(wanted))
         except PipelineInputError as exc:
-            return JSONResponse(a1111_api.error(str(exc), "invalid"), status_code=422)
+            return JSONResponse(a1111_api.error(str(exc), "invalid"), status_code=_status(exc))
         return JSONResponse(None)
 
     async def _png_info(self, request: Request) -> Response:
         """The web UI's ``PNGInfoResponse``: the infotext, the other text chunks, the infotext's fields."""
         try:
-            body = await _body(request)
+            body = await _body(request, self.backend.config.door)
             image = body.get("image") if isinstance(body, dict) else None
             if not isinstance(image, str) or not image:
                 raise PipelineInputError("image is required: a base64-encoded PNG")
             items = await asyncio.to_thread(_text_chunks, image)
         except PipelineInputError as exc:
-            return JSONResponse(a1111_api.error(str(exc), "invalid"), status_code=422)
+            return JSONResponse(a1111_api.error(str(exc), "invalid"), status_code=_status(exc))
         info = str(items.pop("parameters", ""))
         return JSONResponse({"info": info, "items": items, "parameters": parse_infotext(info) if info else {}})
 
@@ -169,13 +165,10 @@ class WebUi:
         return listing
 
 
-async def _body(request: Request) -> Any:
-    import json
-
-    try:
-        return json.loads(await request.body())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PipelineInputError(f"the request body is not valid JSON ({exc})") from None
+async def _body(request: Request, door: DoorLimits) -> Any:
+    """The JSON body within the door's limits (serve/limits.py), as the API routes read theirs."""
+    raw = await read_body(request, door.max_body_bytes, door.read_timeout_s)
+    return await asyncio.to_thread(read_json, raw, door)
 
 
 def _text_chunks(value: str) -> dict[str, Any]:
@@ -194,8 +187,6 @@ def _text_chunks(value: str) -> dict[str, Any]:
         raise PipelineInputError(f"image is not a base64-encoded PNG ({type(exc).__name__})") from None
 
 
-async def _json_error(request: Request, exc: Exception) -> Response:
-    """FastAPI's error body (``{"detail": ...}``): the web UI's clients parse every answer as JSON."""
-    status = exc.status_code if isinstance(exc, HTTPException) else 500
-    detail = exc.detail if isinstance(exc, HTTPException) else "Internal Server Error"
-    return JSONResponse({"detail": detail}, status_code=status)
+def _status(exc: PipelineInputError) -> int:
+    """413 for a body over the door's limit, 408 for one sent too slowly, 422 for the rest (as the API routes)."""
+    return 413 if isinstance(exc, BodyTooLarge) else 408 if isinstance(exc, ReadTimeout) else 422

@@ -109,7 +109,7 @@ def test_seeds_give_the_same_bytes_and_images_per_prompt_split_into_calls(packag
 @pytest.mark.parametrize(
     "arguments,fragment",
     [
-        ({"num_inference_steps": 0}, "num_inference_steps must be an integer from 1 to 1000"),
+        ({"num_inference_steps": 0}, "num_inference_steps must be an integer from 1 to 999"),
         ({"guidance_scale": -1.0}, "guidance_scale must be finite and >= 0"),
         ({"scheduler": "nope"}, "unknown scheduler 'nope'"),
         ({"height": 72}, "not a multiple of 64"),

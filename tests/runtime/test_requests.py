@@ -41,7 +41,7 @@ class Weird:
 @pytest.mark.parametrize(
     "arguments,fragment",
     [
-        ({"num_inference_steps": 5000}, "num_inference_steps must be an integer from 1 to 1000"),
+        ({"num_inference_steps": 5000}, "num_inference_steps must be an integer from 1 to 999"),
         ({"num_images_per_prompt": 100}, "num_images_per_prompt must be an integer from 1 to 32"),
         ({"prompt": ["a"] * 20, "num_images_per_prompt": 2}, "40 images; one call makes at most 32"),
         ({"height": 4096, "width": 4096}, "at most 4,194,304 (Limits.max_pixels)"),

@@ -180,3 +180,69 @@ def test_starting_mid_schedule_matches_diffusers(name: str, steps: int, strength
         scale = max(float(np.max(np.abs(expected))), 1.0)
         error = float(np.max(np.abs(our_sample - expected)))
         assert error <= STEP_TOLERANCE * scale, f"step {i} (t={t}): max diff {error:.3e} vs scale {scale:.3e}"
+
+
+MOST_STEPS = [Case(name, base) for name in SHORT_NAMES if name not in ("lcm", "tcd") for base in ("sd15", "sd21")]
+"""Every scheduler at the most steps a call may ask for (LCM and TCD stop at their original_inference_steps, 50)."""
+
+
+TOP_TIMESTEP_ATOL = 1e-4
+TOP_SAMPLE_TOLERANCE = 1e-3
+"""The bars at 999 steps, looser than the grid's: float32 rounding (torch's non-IEEE sqrt in the sigma tables) puts
+fractional timesteps near t = 0 a few 1e-6 apart, and 999 steps compound the grid's per-step 1e-5 to a few 1e-5
+(measured: at most 3.1e-4 of the scale, DPM++ SDE on SD 2.1). A real divergence (a wrong coefficient, a skipped step)
+is orders larger. LMS on Karras sigmas: 2e-2 (measured 1.2e-3 on SD 1.5, 5.2e-3 on SD 2.1): its order-4 coefficients
+integrate Lagrange polynomials through sigmas that crowd to ~1e-4 apart at 999 Karras steps, where float32 ulps of the
+sigma table move the coefficients themselves."""
+TOP_SAMPLE_TOLERANCES = {"lms_karras": 2e-2}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", MOST_STEPS, ids=lambda case: case.id)
+def test_scheduler_matches_diffusers_at_the_most_steps(case: Case, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffship.runtime.requests import Limits
+
+    steps = Limits().max_steps
+    reference = reference_scheduler(case, steps)
+    ours = make_scheduler(case.name, case.config(), steps)
+    np.testing.assert_allclose(ours.timesteps, reference.timesteps.numpy(), rtol=1e-6, atol=TOP_TIMESTEP_ATOL)
+    noise = np.random.default_rng(11).standard_normal((len(ours.timesteps) + 1, *SHAPE)).astype(np.float32)
+    feed_noise(reference, noise, monkeypatch)
+    drawn = 0
+    start = np.random.default_rng(3).standard_normal(SHAPE).astype(np.float32)
+    ref_sample = torch.from_numpy(start) * reference.init_noise_sigma
+    our_sample = start * np.float32(ours.init_noise_sigma)
+    for i, t in enumerate(reference.timesteps):
+        ref_input = reference.scale_model_input(ref_sample, t)
+        ref_output = torch.from_numpy(fake_model(ref_input.numpy(), float(t)))
+        ref_sample = reference.step(ref_output, t, ref_sample, return_dict=False, **step_kwargs(reference, case.eta))[0]
+        our_noise = noise[drawn] if ours.noise_at(i) else None
+        drawn += our_noise is not None
+        our_output = fake_model(ours.scale_model_input(our_sample, i), float(ours.timesteps[i]))
+        our_sample = ours.step(our_output, i, our_sample, noise=our_noise)
+    expected = ref_sample.numpy()
+    assert np.isfinite(expected).all() and np.isfinite(our_sample).all()
+    scale = max(float(np.max(np.abs(expected))), 1.0)
+    assert float(np.max(np.abs(our_sample - expected))) <= TOP_SAMPLE_TOLERANCES.get(case.name, TOP_SAMPLE_TOLERANCE) * scale
+
+
+@pytest.mark.parametrize("case", [case for case in MOST_STEPS if resolve_scheduler(case.name)[0].below_train_steps],
+                         ids=lambda case: case.id)
+def test_where_diffusers_fails_at_train_steps_ours_refuses_by_name(case: Case) -> None:
+    """At num_train_timesteps steps these classes overrun (IndexError) or repeat a timestep (NaN) in diffusers 0.42:
+    ours refuses with the largest count it runs, which is also the default Limits().max_steps."""
+    from diffship.runtime.requests import Limits
+
+    reference = reference_scheduler(case, 1000)
+    sample = torch.ones(SHAPE)
+    try:
+        for t in reference.timesteps:
+            sample = reference.step(torch.full(SHAPE, 0.1), t, sample, return_dict=False)[0]
+        failed = not bool(torch.isfinite(sample).all())
+    except IndexError:
+        failed = True
+    if "karras" not in case.name:  # Karras sigmas do not repeat: refused for a uniform maximum, not for a failure
+        assert failed
+    with pytest.raises(SchedulerError, match="takes at most 999 steps"):
+        make_scheduler(case.name, case.config(), 1000)
+    assert Limits().max_steps == 999

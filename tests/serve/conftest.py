@@ -13,7 +13,9 @@ import pytest
 from diffship.runtime import Pipeline
 from diffship.runtime.batching import BatchSettings
 from diffship.serve.app import create_app
+from diffship.serve.limits import DoorLimits
 from diffship.serve.local import serve_in_thread
+from diffship.serve.security import SecurityPolicy
 from diffship.serve.service import ImageService, ServeConfig
 
 
@@ -25,10 +27,17 @@ def serve_pipe(tiny_package: Path) -> Pipeline:
 @contextlib.contextmanager
 def running_service(pipe: Pipeline, package: Path, **settings: object) -> Iterator[tuple[str, ImageService]]:
     batch = BatchSettings(**{k: v for k, v in settings.items() if k in ("max_batch", "max_wait_s", "max_queue")})
+    door = settings.get("door", DoorLimits())
+    assert isinstance(door, DoorLimits)
     config = ServeConfig(package=package, batch=batch, timeout_s=float(settings.get("timeout_s", 60.0)),  # type: ignore[arg-type]
-                         warmup=bool(settings.get("warmup", False)))
+                         warmup=bool(settings.get("warmup", False)), door=door,
+                         memory_budget=settings.get("memory_budget"),  # type: ignore[arg-type]
+                         memory_model=settings.get("memory_model"),  # type: ignore[arg-type]
+                         security=settings.get("security", SecurityPolicy()))  # type: ignore[arg-type]
     service = ImageService(config, pipeline=pipe)
-    with serve_in_thread(create_app(service)) as url:
+    keys = sorted(config.security.api_keys)
+    headers = {"authorization": f"Bearer {keys[0]}"} if keys else None
+    with serve_in_thread(create_app(service), read_timeout_s=door.read_timeout_s, headers=headers) as url:
         yield url, service
 
 

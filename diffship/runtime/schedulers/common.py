@@ -362,6 +362,11 @@ class Scheduler:
     FIXED: ClassVar[Mapping[str, Any]] = {}
     ALIASES: ClassVar[Mapping[str, Mapping[Any, Any]]] = {}
     zero_snr_floor: ClassVar[bool] = False
+    below_train_steps: ClassVar[bool] = False
+    """At most num_train_timesteps - 1 steps: at num_train_timesteps the spacing of these classes either overruns the
+    last train timestep (leading spacing plus steps_offset: DDIM, PNDM) or repeats a timestep (linspace rounded:
+    DPM-Solver, DEIS, UniPC, whose next step then divides by a zero log-SNR gap). diffusers 0.42 fails there too
+    (IndexError, NaN); refused by name here instead."""
     """Sigma-based schedulers floor the last cumulative alpha at 2**-24 under zero terminal SNR, as diffusers does."""
 
     timesteps: np.ndarray
@@ -390,8 +395,19 @@ class Scheduler:
         """Steps taken since ``begin_index`` (multistep warm-up counts these, not the index)."""
         self.begin_index = 0
         self.config = resolve_config(self.class_name, config, self.DEFAULTS, self.CHOICES, self.FIXED, self.ALIASES)
+        most = self.most_steps()
+        if most is not None and self.num_inference_steps > most:
+            over = self.num_inference_steps > most + 1
+            raise SchedulerError(
+                (f"num_inference_steps {self.num_inference_steps} exceeds num_train_timesteps {most + 1}: " if over
+                 else "") + f"{self.class_name} takes at most {most} steps (num_train_timesteps - 1: at "
+                f"{most + 1} its timestep spacing overruns or repeats a train timestep), got {self.num_inference_steps}")
         self.alphas_cumprod = make_alphas_cumprod(self.config, self.class_name, zero_snr_floor=self.zero_snr_floor)
         self._schedule(self.num_inference_steps)
+
+    def most_steps(self) -> int | None:
+        """The most inference steps this scheduler runs with its config (None: no bound of its own)."""
+        return int(self.config["num_train_timesteps"]) - 1 if self.below_train_steps else None
 
     def _schedule(self, count: int) -> None:
         """Set ``timesteps`` and ``init_noise_sigma`` (and any per-step tables) for ``count`` steps."""

@@ -30,6 +30,7 @@ from diffship.runtime.schedulers.common import (
 
 class DDIM(Scheduler):
     class_name = "DDIMScheduler"
+    below_train_steps = True
     DEFAULTS = {
         **BETA_DEFAULTS,
         **THRESHOLD_DEFAULTS,

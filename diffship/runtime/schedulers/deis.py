@@ -48,6 +48,7 @@ def _ind3(t: np.float32, b: np.float32, c: np.float32, d: np.float32) -> np.floa
 
 class DEIS(MultistepSigmaScheduler):
     class_name = "DEISMultistepScheduler"
+    below_train_steps = True
     DEFAULTS = {
         **BETA_DEFAULTS,
         **THRESHOLD_DEFAULTS,

@@ -43,6 +43,7 @@ SDE = "sde-dpmsolver++"
 
 class DPMSolverMultistep(MultistepSigmaScheduler):
     class_name = "DPMSolverMultistepScheduler"
+    below_train_steps = True
     DEFAULTS = {
         **BETA_DEFAULTS,
         "solver_order": 2,

@@ -34,6 +34,7 @@ RK_CALLS = 4 * RK_STEPS
 
 class PNDM(Scheduler):
     class_name = "PNDMScheduler"
+    below_train_steps = True
     DEFAULTS = {
         **BETA_DEFAULTS,
         "skip_prk_steps": False,

@@ -59,6 +59,7 @@ def _refuse_nan_final_step(cfg: Mapping[str, Any]) -> None:
 
 class UniPC(MultistepSigmaScheduler):
     class_name = "UniPCMultistepScheduler"
+    below_train_steps = True
     DEFAULTS = {
         **BETA_DEFAULTS,
         **THRESHOLD_DEFAULTS,

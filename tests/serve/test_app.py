@@ -138,7 +138,8 @@ def test_invalid_input_answers_422_with_the_python_apis_message(
         ("/sdapi/v1/txt2img", {"prompt": "a", "steps": "20"}, "steps must be an integer, got a string"),
         ("/sdapi/v1/txt2img", [1, 2], "must be a JSON object"),
         ("/sdapi/v1/img2img", {"prompt": "a"}, "init_images must be a list of exactly one"),
-        ("/sdapi/v1/img2img", {"prompt": "a", "init_images": ["bm90IGFuIGltYWdl"]}, "is not a base64-encoded PNG"),
+        ("/sdapi/v1/img2img", {"prompt": "a", "init_images": ["bm90IGFuIGltYWdl"]},
+         "init_images[0] must be a PNG, JPEG or WebP image"),
     ],
 )
 def test_request_shape_errors_answer_422_naming_the_field(

@@ -147,5 +147,5 @@ def test_oversized_images_are_refused_from_their_header(serve_pipe: Pipeline, ti
         with pytest.raises(openai.UnprocessableEntityError) as edit:
             client.images.edit(image=("huge.png", huge.getvalue(), "image/png"), prompt="a", response_format="b64_json")
         info = httpx.post(f"{url}/sdapi/v1/png-info", json={"image": base64.b64encode(huge.getvalue()).decode()})
-    assert "image is 5000x4000 pixels; at most 16777216 pixels (4096x4096) here" in str(edit.value)
+    assert "image is 5000x4000 pixels; at most 16777216 pixels (4096x4096) are taken" in str(edit.value)
     assert info.status_code == 422 and "image is 5000x4000 pixels" in info.text

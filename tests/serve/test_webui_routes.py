@@ -157,8 +157,8 @@ def test_web_ui_listings_png_info_and_unknown_routes_answer_json(serve_pipe: Pip
     assert info["parameters"]["Size-1"] == "64" and info["parameters"]["Prompt"] == "a fox, at dusk"
     assert json.loads(info["items"]["diffship"])["seed"] == 11
     assert not_png.status_code == 422 and "image is not a base64-encoded PNG" in not_png.text
-    assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
-    assert wrong_method.status_code == 405 and wrong_method.json() == {"detail": "Method Not Allowed"}
+    assert missing.status_code == 404 and missing.json()["detail"] == "Not Found"
+    assert wrong_method.status_code == 405 and wrong_method.json()["detail"] == "Method Not Allowed"
 
 
 def test_inpainting_mask_invert_true_is_the_inverted_mask(serve_pipe: Pipeline, tiny_package: Path) -> None:

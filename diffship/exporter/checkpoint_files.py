@@ -61,6 +61,16 @@ class Checkpoint:
     has_ema: bool
     """The file also carries an EMA copy (``model_ema.*``); the non-EMA weights are exported, as diffusers does."""
     pickle: bool
+    unet_width: int = 0
+    """The UNet's first block width (``conv_in``'s output channels: 320 in SD 1.x/2.x and SDXL)."""
+    context_width: int = 0
+    """The width of the text the UNet attends to (768 SD 1.x, 1024 SD 2.x, 2048 SDXL, 1280 the refiner)."""
+
+    def fits(self, unet_config: dict[str, object]) -> bool:
+        """Whether a UNet config has this file's widths (its first block and cross-attention)."""
+        blocks = unet_config.get("block_out_channels")
+        first = blocks[0] if isinstance(blocks, list) and blocks else None
+        return first == self.unet_width and unet_config.get("cross_attention_dim") == self.context_width
 
     def describe(self) -> str:
         return (f"{self.architecture.description}, {self.weights_dtype} weights, "
@@ -70,8 +80,11 @@ class Checkpoint:
 def inspect_checkpoint(path: Path, allow_pickle: bool = False) -> Checkpoint:
     """The architecture of the file at ``path``, or a CheckpointError saying what it is instead."""
     shapes, dtypes, pickled = read_tensor_names(path, allow_pickle)
+    context = next((shape[1] for name, shape in shapes.items()
+                    if name.startswith(UNET) and name.endswith("attn2.to_k.weight") and len(shape) == 2), 0)
     return Checkpoint(path, classify(path, shapes), _main_dtype(dtypes), any(k.startswith(VAE_PREFIXES) for k in shapes),
-                      sum(k.startswith("model_ema.") for k in shapes) > 100, pickled)
+                      sum(k.startswith("model_ema.") for k in shapes) > 100, pickled,
+                      shapes[UNET + "input_blocks.0.0.weight"][0], context)
 
 
 def read_tensor_names(path: Path, allow_pickle: bool) -> tuple[dict[str, tuple[int, ...]], dict[str, str], bool]:
@@ -206,6 +219,8 @@ def _other_architecture(shapes: dict[str, tuple[int, ...]]) -> str:
         return "a Stable Diffusion 3 checkpoint (MMDiT transformer), not SD 1.x/2.x/SDXL"
     if any("double_blocks." in k for k in keys):
         return "a Flux checkpoint (transformer with double blocks), not SD 1.x/2.x/SDXL"
+    if any(k.startswith(("transformer_blocks.", "single_transformer_blocks.", "joint_transformer_blocks.")) for k in keys):
+        return "a diffusers-format transformer (an SD3/Flux-style DiT), not SD 1.x/2.x/SDXL"
     if any(k.startswith(("down_blocks.", "mid_block.", "up_blocks.")) for k in keys):
         return "a diffusers-format UNet file, not a complete checkpoint (give the pipeline folder it belongs to)"
     try:

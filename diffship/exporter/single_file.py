@@ -80,6 +80,14 @@ def plan_load(path: Path, options: SourceOptions) -> LoadPlan:
     if preset.family != architecture.family or unet.get("in_channels", 4) != architecture.unet_in_channels:
         raise CheckpointError(f"--config {config} is a {preset.family} model with a {unet.get('in_channels', 4)}-"
                               f"channel UNet, but {path.name} is {architecture.description}; choose matching configs")
+    if not checkpoint.fits(unet):
+        fitting = [name for name, p in PRESETS.items() if p.family == architecture.family and
+                   checkpoint.fits(_config_json(name, "unet") or {}) and
+                   (_config_json(name, "unet") or {}).get("in_channels", 4) == architecture.unet_in_channels]
+        raise CheckpointError(
+            f"{path.name}'s UNet is {checkpoint.unet_width} wide and attends to {checkpoint.context_width}-wide text; the "
+            f"{config} configs are {unet['block_out_channels'][0]} and {unet.get('cross_attention_dim')}: "
+            + (f"pass --config {fitting[0]}" if fitting else "no bundled configs fit this file"))
     if not prediction:
         scheduler = _config_json(config, "scheduler_config") or {}
         prediction = scheduler.get("prediction_type", "epsilon")

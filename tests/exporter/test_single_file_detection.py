@@ -49,10 +49,13 @@ def test_single_file_plan_prediction_type_from_flag_sidecar_or_configs(tiny_file
     assert plan_load(path, SourceOptions(config="tiny-v")).prediction_type == "v_prediction"
     flagged = plan_load(path, SourceOptions(config="tiny-v", prediction_type="epsilon"))
     assert (flagged.prediction_type, flagged.prediction_from) == ("epsilon", "--prediction-type")
-    # Without --config, an SD 2.x file gets the full-size configs: 768 v-prediction, or the 512 base for epsilon.
-    assert plan_load(path, SourceOptions(prediction_type="epsilon")).config == "sd21-base"
+    # Without --config, an SD 2.x file gets the full-size configs (which a tiny file does not fit, as the refusal
+    # says): 768 v-prediction, or the 512 base for epsilon.
+    with pytest.raises(CheckpointError, match="the sd21-base configs"):
+        plan_load(path, SourceOptions(prediction_type="epsilon"))
     path.with_suffix(".yaml").unlink()
-    assert plan_load(path, SourceOptions()).config == "sd21"
+    with pytest.raises(CheckpointError, match="the sd21 configs"):
+        plan_load(path, SourceOptions())
 
 
 def test_single_file_plan_refuses_configs_of_another_architecture(tiny_files: dict[str, Path]) -> None:
@@ -130,3 +133,10 @@ def test_single_file_ckpt_with_code_is_refused_without_running_it(tmp_path: Path
     with pytest.raises(CheckpointError, match="weights_only=True.*nothing in it was executed"):
         inspect_checkpoint(ckpt, allow_pickle=True)
     assert "this must never run" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_single_file_at_other_widths_names_the_configs_that_fit(model: str, tiny_files: dict[str, Path]) -> None:
+    # Detection picks the full-size configs; a tiny file does not fit them, and the bundled tiny ones are named.
+    with pytest.raises(CheckpointError, match=f"32 wide .* pass --config {model}$"):
+        plan_load(tiny_files[model], SourceOptions())

@@ -254,13 +254,16 @@ def sidecar_parameterization(path: Path) -> tuple[str | None, Path | None]:
             break
     else:
         return None, None
-    import yaml
+    # diffusers' own reader of these files (yaml.safe_load: data only), given a local path so it never goes online.
+    from diffusers.loaders.single_file_utils import fetch_original_config
 
     try:
-        config = yaml.safe_load(sidecar.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{sidecar} (the config beside the checkpoint) is not valid YAML ({exc}); fix or remove "
-                              "it, or pass --prediction-type") from None
-    params = (config or {}).get("model", {}).get("params", {}) if isinstance(config, dict) else {}
+        config = fetch_original_config(str(sidecar), local_files_only=True)
+    except Exception as exc:  # yaml's errors, or a file that is not text
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{sidecar} (the config beside the checkpoint) is not valid YAML ({reason}); fix or "
+                              "remove it, or pass --prediction-type") from None
+    model = config.get("model") if isinstance(config, dict) else None
+    params = model.get("params") if isinstance(model, dict) else None
     value = params.get("parameterization", "eps") if isinstance(params, dict) else "eps"
     return ("v_prediction" if value == "v" else "epsilon"), sidecar

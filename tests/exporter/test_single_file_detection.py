@@ -140,3 +140,11 @@ def test_single_file_at_other_widths_names_the_configs_that_fit(model: str, tiny
     # Detection picks the full-size configs; a tiny file does not fit them, and the bundled tiny ones are named.
     with pytest.raises(CheckpointError, match=f"32 wide .* pass --config {model}$"):
         plan_load(tiny_files[model], SourceOptions())
+
+
+def test_single_file_unreadable_sidecar_is_one_error(tiny_files: dict[str, Path], tmp_path: Path) -> None:
+    path = tmp_path / "sd1.safetensors"
+    shutil.copyfile(tiny_files["tiny"], path)
+    path.with_suffix(".yaml").write_text("model: [unclosed\n")
+    with pytest.raises(CheckpointError, match="sd1.yaml .* is not valid YAML"):
+        plan_load(path, SourceOptions(config="tiny"))

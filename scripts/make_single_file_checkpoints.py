@@ -153,12 +153,15 @@ def open_clip_to_original(state: Mapping[str, torch.Tensor], prefix: str) -> dic
     return out
 
 
-def to_original(source: Any, include_vae: bool = True) -> dict[str, torch.Tensor]:
-    """Every module of a ``SourceModels`` under its name in the original single file."""
+def to_original(source: Any, include_vae: bool = True, clip_layout: str | None = None) -> dict[str, torch.Tensor]:
+    """Every module of a ``SourceModels`` under its name in the original single file; ``clip_layout="hf"`` stores an
+    SD 2.x text encoder in the transformers layout (``cond_stage_model.transformer.``), as some trainers save it."""
     state: dict[str, torch.Tensor] = unet_to_original(source.unet.state_dict(), source.unet.config)
     if include_vae:
         state.update(vae_to_original(source.vae.state_dict(), source.vae.config))
     for component, (layout, prefix) in TEXT_ENCODER_LAYOUTS[source.family].items():
+        if clip_layout == "hf" and source.family == "sd2":
+            layout, prefix = "hf", "cond_stage_model.transformer."
         encoder_state = source.text_encoders[component].state_dict()
         convert = hf_clip_to_original if layout == "hf" else open_clip_to_original
         state.update(convert(encoder_state, prefix))
@@ -195,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the stored tensors")
     parser.add_argument("--no-vae", action="store_true", help="leave the VAE out (as many finetunes are shared)")
+    parser.add_argument("--clip-layout", choices=["original", "hf"], default="original",
+                        help="hf: an SD 2.x text encoder in the transformers layout instead of OpenCLIP's")
     parser.add_argument("--out", required=True, type=Path, help="the .safetensors file to write")
     parser.add_argument("--check", action="store_true", help="read it back with diffusers' from_single_file and "
                         "compare every tensor (fp32 files: exactly)")
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     from diffship.exporter.sources import load_source
 
     source = load_source(model=args.model, random_weights=args.random_weights, seed=args.seed)
-    write_checkpoint(to_original(source, include_vae=not args.no_vae), args.out, args.dtype)
+    write_checkpoint(to_original(source, include_vae=not args.no_vae, clip_layout=args.clip_layout), args.out, args.dtype)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:,.1f} MB, {source.family}, {args.dtype}"
           f"{', no VAE' if args.no_vae else ''})")
     if args.check:

@@ -174,7 +174,10 @@ def classify(path: Path, shapes: dict[str, tuple[int, ...]]) -> Architecture:
     elif any(k.startswith("cond_stage_model.model.") for k in keys):
         name = "sd2"
     elif any(k.startswith("cond_stage_model.transformer.") for k in keys):
-        name = "sd1"
+        # SD 2.x's OpenCLIP-H saved in the transformers layout (some trainers do): the UNet's linear projections
+        # (SD 1.x's are 1x1 convolutions) tell them apart.
+        proj_in = next((shape for k, shape in shapes.items() if k.startswith(UNET) and k.endswith(".proj_in.weight")), ())
+        name = "sd2" if len(proj_in) == 2 else "sd1"
     else:
         raise CheckpointError(f"{path} holds a UNet but no text encoder (no cond_stage_model.* or conditioner.* "
                               f"tensors): a UNet-only extract cannot be exported alone; {ACCEPTED}")

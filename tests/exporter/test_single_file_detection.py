@@ -148,3 +148,28 @@ def test_single_file_unreadable_sidecar_is_one_error(tiny_files: dict[str, Path]
     path.with_suffix(".yaml").write_text("model: [unclosed\n")
     with pytest.raises(CheckpointError, match="sd1.yaml .* is not valid YAML"):
         plan_load(path, SourceOptions(config="tiny"))
+
+
+def test_single_file_sd2_text_encoder_in_the_transformers_layout(tmp_path: Path) -> None:
+    from scripts.make_single_file_checkpoints import to_original, write_checkpoint
+
+    original = load_source(model="tiny-v")
+    path = write_checkpoint(to_original(original, clip_layout="hf"), tmp_path / "sd2-hf.safetensors")
+    assert inspect_checkpoint(path).architecture.name == "sd2"
+    source = load_source(model_path=path, options=SourceOptions(config="tiny-v"))
+    assert source.weights_sha256() == original.weights_sha256()
+
+
+def test_single_file_with_an_ema_copy_exports_the_non_ema_weights(tmp_path: Path,
+                                                                   tiny_files: dict[str, Path]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(tiny_files["tiny"]))
+    # The LDM trainer's EMA copy: model_ema.<UNet name without its dots>; zeros here, so using it would show.
+    ema = {"model_ema." + "".join(k.split(".")[1:]): torch.zeros_like(v) for k, v in tensors.items()
+           if k.startswith("model.diffusion_model.")}
+    save_file({**tensors, **ema, "model_ema.num_updates": torch.tensor(7)}, str(tmp_path / "ema.safetensors"))
+    found = inspect_checkpoint(tmp_path / "ema.safetensors")
+    assert found.has_ema and "EMA copy ignored" in found.describe()
+    source = load_source(model_path=tmp_path / "ema.safetensors", options=SourceOptions(config="tiny"))
+    assert source.weights_sha256() == load_source(model="tiny").weights_sha256()

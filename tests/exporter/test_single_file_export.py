@@ -122,3 +122,13 @@ def test_single_file_export_again_is_skipped(file_package: Callable[[str], Path]
     before = (out / "manifest.json").read_bytes()
     assert export_package(request("tiny", tiny_files["tiny"], out)).skipped
     assert (out / "manifest.json").read_bytes() == before
+
+
+def test_single_file_source_is_rebuilt_from_the_manifest(file_package: Callable[[str], Path]) -> None:
+    # What bench and parity do to get diffusers' side of a package: the recorded file, configs and overrides.
+    from diffship.exporter.sources import load_source_from_info
+
+    recorded = ModelPackage.open(file_package("tiny-v")).manifest.source
+    rebuilt = load_source_from_info(dict(recorded))
+    assert rebuilt.weights_sha256() == recorded["weights_sha256"]
+    assert rebuilt.scheduler_config()["prediction_type"] == recorded["prediction_type"] == "v_prediction"

@@ -207,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
     from diffship.exporter.sources import load_source
 
     source = load_source(model=args.model, random_weights=args.random_weights, seed=args.seed)
+    if args.dtype != "fp32":  # in place, tensor by tensor: a full-size SDXL never holds fp32 and fp16 copies at once
+        for module in source.modules().values():
+            torch.nn.Module.to(module, DTYPES[args.dtype])
     write_checkpoint(to_original(source, include_vae=not args.no_vae, clip_layout=args.clip_layout), args.out, args.dtype)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:,.1f} MB, {source.family}, {args.dtype}"
           f"{', no VAE' if args.no_vae else ''})")

@@ -8,22 +8,24 @@ from typing import TYPE_CHECKING
 import click
 
 from diffship.commands.help import Command
-from diffship.commands.options import parse_dtypes
+from diffship.commands.options import checkpoint_source_options, parse_dtypes
 from diffship.runtime.tables import format_table
 
 if TYPE_CHECKING:
     from diffship.exporter.package import ExportResult
 
 
-@click.command(cls=Command, short_help="Export a diffusers pipeline to a verified ONNX package.")
+@click.command(cls=Command, short_help="Export a diffusers model or checkpoint to an ONNX package.")
 @click.option("--model", help="Preset: shapes (trained here, ships in models/), tiny, tiny-v, tiny-inpaint, tiny-xl, "
               "tiny-xl-refiner (local, random weights), sd15, sd21-base, sd21, sd15-inpaint, sd2-inpaint, sdxl, "
               "sdxl-refiner, sdxl-turbo, sd-turbo (hub ids).")
 @click.option(
     "--model-path",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="A local diffusers folder (e.g. a save_pretrained output) instead of --model: a StableDiffusion(Img2Img|"
-    "Inpaint)Pipeline or a StableDiffusionXL(Img2Img)Pipeline.",
+    "Inpaint)Pipeline or a StableDiffusionXL(Img2Img)Pipeline; or a single-file checkpoint (.safetensors in the "
+    "original layout: SD 1.x, SD 2.x, SDXL base or refiner, inpainting variants), e.g. --model-path "
+    "~/models/dreamshaper_8.safetensors.",
 )
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Package folder to write.")
 @click.option(
@@ -44,8 +46,10 @@ if TYPE_CHECKING:
 @click.option("--clip-skip", type=click.IntRange(min=0), default=0, show_default=True,
               help="Text-encoder layers to skip from the end, as diffusers' clip_skip (0: the model's own layer; SDXL "
               "reads the penultimate one). Built into the text encoder graphs; generate then uses it for every image.")
+@checkpoint_source_options()
 def export(model: str | None, model_path: Path | None, out: Path, random_weights: bool, seed: int, dtypes: str,
-           exporter: str, opset: int, force: bool, clip_skip: int) -> None:
+           exporter: str, opset: int, force: bool, clip_skip: int, vae: Path | None, variant: str | None,
+           prediction_type: str | None, config_preset: str | None, allow_pickle: bool) -> None:
     """Export a diffusers pipeline to a self-describing, verified ONNX model package.
 
     \b
@@ -57,12 +61,16 @@ def export(model: str | None, model_path: Path | None, out: Path, random_weights
       {prog} export --model tiny --dtype fp16 --out packages/tiny-fp16
       {prog} export --model sdxl --random-weights --dtype fp16 --out packages/sdxl-random
       {prog} export --model-path /models/anime-sd15 --clip-skip 1 --out packages/anime
+      {prog} export --model-path ~/models/dreamshaper_8.safetensors --out packages/dreamshaper
+      {prog} export --model-path ~/models/v2-1_768-ema-pruned.safetensors --prediction-type v_prediction --out packages/sd21
+      {prog} export --model-path ~/models/sd15-inpainting.safetensors --vae ~/models/vae-ft-mse-840000.safetensors --out packages/inpaint
 
     Every component is checked with onnx.checker and compared with its torch module in ONNX Runtime at two shapes;
     the export fails if any misses the parity bars. Re-running with identical inputs is skipped unless --force.
     """
     from diffship.exporter.onnx_export import ExportOptions
     from diffship.exporter.package import ExportRequest, export_package
+    from diffship.exporter.sources import SourceOptions, check_source_arguments
 
     try:
         options = ExportOptions(exporter=exporter, opset=opset)
@@ -70,9 +78,16 @@ def export(model: str | None, model_path: Path | None, out: Path, random_weights
         raise click.BadParameter(str(exc), param_hint="--opset") from None
     if (model is None) == (model_path is None):
         raise click.UsageError("give exactly one of --model NAME or --model-path DIR")
+    sources = SourceOptions(vae=vae, variant=variant, prediction_type=prediction_type, config=config_preset,
+                            allow_pickle=allow_pickle)
+    check_source_arguments(model, model_path, random_weights, sources)
+    if model_path is not None and model_path.is_file():
+        from diffship.exporter.single_file import plan_load
+
+        click.echo(plan_load(model_path, sources).describe())  # refusals come from here, before anything is written
     result = export_package(ExportRequest(out=out, model=model, model_path=model_path, random_weights=random_weights,
                                           seed=seed, dtypes=parse_dtypes(dtypes), options=options, force=force,
-                                          clip_skip=clip_skip))
+                                          clip_skip=clip_skip, source_options=sources))
     if result.skipped:
         click.echo(f"{out}: up to date, nothing exported (use --force to re-export)")
         return

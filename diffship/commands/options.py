@@ -167,6 +167,35 @@ def force_option() -> Callable[[FC], FC]:
     return click.option("--force", is_flag=True, help="Rebuild even when an engine with the same inputs exists.")
 
 
+def checkpoint_source_options() -> Callable[[FC], FC]:
+    """export's options for a --model-path that is a single-file checkpoint or a diffusers folder saved with a
+    variant (docs/design.md, "Single-file checkpoints")."""
+    options = [
+        click.option("--vae", type=click.Path(exists=True, path_type=Path), metavar="FILE_OR_FOLDER",
+                     help="Replace the checkpoint's or folder's VAE (or give one to a file that has none): a VAE "
+                     ".safetensors in either layout or a diffusers VAE folder, e.g. --vae sdxl-vae-fp16-fix/."),
+        click.option("--variant", help="Weights variant of a diffusers folder saved with save_pretrained(variant=...): "
+                     "--variant fp16 loads *.fp16.safetensors (found by itself when it is the only one)."),
+        click.option("--prediction-type", type=click.Choice(["epsilon", "v_prediction"]),
+                     help="What a single-file checkpoint's UNet predicts, e.g. --prediction-type v_prediction for SD 2.x "
+                     "768 or v-prediction finetunes (default: the web UI's <file>.yaml beside it, else the detected "
+                     "architecture's)."),
+        click.option("--config", "config_preset", metavar="PRESET",
+                     help="Bundled configs to read a single file with instead of the detected architecture's, for "
+                     "models at other widths, e.g. --config tiny-xl."),
+        click.option("--allow-pickle", is_flag=True,
+                     help="Accept .ckpt (pickle) checkpoints, read with torch.load(weights_only=True) so nothing in "
+                     "them runs, e.g. --model-path v1-5-pruned-emaonly.ckpt --allow-pickle."),
+    ]
+
+    def apply(f: FC) -> FC:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
 # ---------------------------------------------------------------------------------------------------- value parsers
 
 

@@ -40,7 +40,7 @@ from diffship.core.specs import ComponentSpec, PipelineConstants, dim_multiples,
 from diffship.engines.onnx.weight_maps import map_weights
 from diffship.exporter.families import family_exporter
 from diffship.exporter.onnx_export import ExportOptions, export_component, parameter_bytes, streams_weights
-from diffship.exporter.sources import SourceModels, check_source_arguments, load_source
+from diffship.exporter.sources import SourceModels, SourceOptions, check_source_arguments, load_source
 from diffship.exporter.verify import check_onnx, verify_component
 from diffship.runtime.timing import peak_rss_bytes
 
@@ -73,6 +73,8 @@ class ExportRequest:
     force: bool = False
     clip_skip: int = 0
     """Text-encoder layers to skip from the end, as diffusers' ``clip_skip`` (0: its None), built into the graphs."""
+    source_options: SourceOptions = field(default_factory=SourceOptions)
+    """How a ``model_path`` checkpoint file or variant folder is read (--vae, --variant, --prediction-type ...)."""
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,11 @@ def export_package(request: ExportRequest, on_progress: Callable[[str], None] | 
     """Export ``request``'s model into a verified package at ``request.out`` (see module docstring)."""
     progress = ElapsedLog(log, on_progress)
     _check_request(request)  # before minutes of loading
-    check_source_arguments(request.model, request.model_path, request.random_weights)
+    check_source_arguments(request.model, request.model_path, request.random_weights, request.source_options)
     _check_destination(Path(request.out))
     progress(f"loading {request.model or request.model_path}{' (random weights)' if request.random_weights else ''}")
-    source = load_source(request.model, request.model_path, request.random_weights, request.seed)
+    source = load_source(request.model, request.model_path, request.random_weights, request.seed,
+                         request.source_options)
     try:
         return export_source(source, request, progress)
     finally:

@@ -39,6 +39,27 @@ class SourceError(DiffshipError):
 
 
 @dataclass(frozen=True)
+class SourceOptions:
+    """How to read a ``--model-path`` that is not a plain diffusers folder (docs/design.md, "Single-file
+    checkpoints"); every field set is recorded in the manifest's source."""
+
+    vae: Path | None = None
+    """A VAE file or folder that replaces the one in the checkpoint or folder."""
+    variant: str | None = None
+    """A diffusers folder's weight variant (``fp16``: ``*.fp16.safetensors``)."""
+    prediction_type: str | None = None
+    """``epsilon`` or ``v_prediction`` for a single file (else its sidecar .yaml, else the configs' default)."""
+    config: str | None = None
+    """Bundled configs (a preset name) a single file is read with, instead of the detected architecture's."""
+    allow_pickle: bool = False
+    """Read ``.ckpt`` files (with ``torch.load(weights_only=True)``)."""
+
+    def given(self) -> list[str]:
+        return [f"--{name.replace('_', '-')}" for name in ("vae", "variant", "prediction_type", "config", "allow_pickle")
+                if getattr(self, name) not in (None, False)]
+
+
+@dataclass(frozen=True)
 class ModelPreset:
     name: str
     family: str
@@ -169,8 +190,20 @@ class SourceModels:
             self._scratch = None
 
 
-def check_source_arguments(model: str | None, model_path: str | os.PathLike[str] | None, random_weights: bool) -> None:
+def check_source_arguments(model: str | None, model_path: str | os.PathLike[str] | None, random_weights: bool,
+                           options: SourceOptions | None = None) -> None:
     """Reject impossible combinations before anything slow happens."""
+    given = options.given() if options is not None else []
+    if model is not None and given:
+        raise SourceError(f"{', '.join(given)} apply to --model-path (a checkpoint file or diffusers folder), not to "
+                          "--model presets")
+    if model_path is not None and given:
+        single = Path(model_path).is_file()
+        wrong = [o for o in given if o in (("--variant",) if single else ("--prediction-type", "--config",
+                                                                          "--allow-pickle"))]
+        if wrong:
+            raise SourceError(f"{', '.join(wrong)} apply to {'diffusers folders' if single else 'single-file checkpoints'}"
+                              f", and {model_path} is {'a file' if single else 'a folder'}")
     if (model is None) == (model_path is None):
         raise SourceError("give exactly one of --model NAME or --model-path DIR")
     if model_path is not None and random_weights:
@@ -186,11 +219,20 @@ def load_source(
     model_path: str | os.PathLike[str] | None = None,
     random_weights: bool = False,
     seed: int = DEFAULT_SEED,
+    options: SourceOptions | None = None,
 ) -> SourceModels:
     """Resolve ``--model``/``--model-path``/``--random-weights`` into torch modules (float32, eval mode)."""
-    check_source_arguments(model, model_path, random_weights)
+    options = options or SourceOptions()
+    check_source_arguments(model, model_path, random_weights, options)
+    if model_path is not None and Path(model_path).is_file():
+        from diffship.exporter.single_file import load_single_file
+
+        return load_single_file(Path(model_path), options)
     if model_path is not None:
-        return _load_diffusers_dir(Path(model_path), {"kind": "path", "path": str(Path(model_path).resolve())})
+        info: dict[str, Any] = {"kind": "path", "path": str(Path(model_path).resolve())}
+        if options.variant or options.vae:  # only when set, so that earlier packages keep their export keys
+            info["overrides"] = {"variant": options.variant, "vae": str(options.vae.resolve()) if options.vae else None}
+        return _load_diffusers_dir(Path(model_path), info, options=options)
     assert model is not None
     preset = PRESETS[model]
     if preset.folder is not None:
@@ -203,8 +245,13 @@ def load_source(
 def load_source_from_info(info: dict[str, Any]) -> SourceModels:
     """Rebuild the source recorded in a manifest (``manifest.source``)."""
     kind = info.get("kind")
-    if kind == "path":
-        return load_source(model_path=info["path"])
+    overrides = info.get("overrides") or {}
+    if kind in ("path", "single_file"):
+        vae = overrides.get("vae")
+        return load_source(model_path=info["path"], options=SourceOptions(
+            vae=Path(vae) if vae else None, variant=overrides.get("variant"),
+            prediction_type=overrides.get("prediction_type"), config=overrides.get("config"),
+            allow_pickle=bool(overrides.get("allow_pickle"))))
     if kind in ("tiny", "random"):
         return load_source(model=info["model"], random_weights=kind == "random", seed=info.get("seed", DEFAULT_SEED))
     if kind in ("hub", "bundled"):
@@ -262,7 +309,7 @@ def _build_from_configs(preset: ModelPreset, seed: int) -> SourceModels:
         scheduler_config_path=scheduler_path,
         info={"kind": "tiny" if preset.hub_id is None else "random", "model": preset.name, "seed": seed,
               "hub_id": preset.hub_id, "random_weights": True},
-        pipeline_options=_pipeline_options(json.loads(index.read_text(encoding="utf-8"))) if index.is_file() else {},
+        pipeline_options=pipeline_options(json.loads(index.read_text(encoding="utf-8"))) if index.is_file() else {},
         _scratch=scratch,
     )
 
@@ -273,7 +320,7 @@ def _transformers_class(name: str) -> Any:
     return getattr(transformers, name)
 
 
-def _pipeline_options(index: dict[str, Any]) -> dict[str, Any]:
+def pipeline_options(index: dict[str, Any]) -> dict[str, Any]:
     """The settings of a ``model_index.json`` that change what the pipeline computes."""
     return {key: index[key] for key in ("force_zeros_for_empty_prompt", "requires_aesthetics_score") if key in index}
 
@@ -313,22 +360,33 @@ def _load_hub(preset: ModelPreset) -> SourceModels:
     return _load_diffusers_dir(Path(folder), info, family=preset.family)
 
 
-def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None = None) -> SourceModels:
+def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None = None,
+                        options: SourceOptions | None = None) -> SourceModels:
     from diffship.exporter.families import tokenizer_folder
 
+    options = options or SourceOptions()
     exporter, index = _pipeline_exporter(folder)
     _require_folders(folder, index, ("unet", "vae", "scheduler"))  # before the family is read from the UNet's config
     family = family or exporter.family_of_folder(folder, index)
     encoders = get_family(family).text_encoders
     _require_folders(folder, index, (*encoders, *(tokenizer_folder(c) for c in encoders)))
+    variant = weights_variant(folder, options.variant)
+    if variant:
+        log.info("loading the %s weights of %s (*.%s.safetensors)", variant, folder, variant)
+        info["variant"] = variant
 
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     try:
         text_encoders = {component: _transformers_class(exporter.text_encoder_class(component)).from_pretrained(
-            folder / component, torch_dtype=torch.float32).eval() for component in encoders}
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
-        vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32)
+            folder / component, torch_dtype=torch.float32, variant=variant).eval() for component in encoders}
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32, variant=variant)
+        if options.vae is not None:
+            from diffship.exporter.single_file import load_vae
+
+            vae = load_vae(options.vae, folder, options.allow_pickle)
+        else:
+            vae = AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32, variant=variant)
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot load the models in {folder}: {str(exc).splitlines()[0]}") from exc
     return SourceModels(
@@ -339,7 +397,7 @@ def _load_diffusers_dir(folder: Path, info: dict[str, Any], family: str | None =
         tokenizers={component: folder / tokenizer_folder(component) for component in encoders},
         scheduler_config_path=folder / "scheduler" / "scheduler_config.json",
         info=info,
-        pipeline_options=_pipeline_options(index),
+        pipeline_options=pipeline_options(index),
     )
 
 
@@ -372,3 +430,29 @@ def _pipeline_exporter(folder: Path) -> tuple[FamilyExporter, dict[str, Any]]:
         raise SourceError(f"{folder} holds a {pipeline_class}; diffship exports {', '.join(pipeline_classes())} "
                           "folders (SD 1.x / 2.x, SDXL)")
     return exporter, index
+
+
+WEIGHT_STEMS = ("diffusion_pytorch_model", "model")
+
+
+def weights_variant(folder: Path, variant: str | None) -> str | None:
+    """The variant to load a diffusers folder with: ``variant`` when given (checked), none when the UNet has plain
+    weights, else the one variant its UNet folder holds (``fp16`` for ``*.fp16.safetensors``)."""
+    unet = folder / "unet"
+    found = sorted({p.name.split(".")[-2] for p in unet.glob("*.*.safetensors") if p.name.split(".")[0] in WEIGHT_STEMS
+                    and not p.name.split(".")[-2].isdigit() and "-of-" not in p.name.split(".")[-2]})
+    plain = any((unet / f"{stem}.{ext}").is_file() for stem in WEIGHT_STEMS for ext in ("safetensors", "bin"))
+    if variant is not None:
+        if variant not in found:
+            raise SourceError(f"{unet} has no {variant} weights (no *.{variant}.safetensors); it has "
+                              f"{', '.join(found + (['the plain weights'] if plain else [])) or 'no weights'}")
+        return variant
+    if plain:
+        return None
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise SourceError(f"{unet} holds the variants {', '.join(found)} and no plain weights; choose one with "
+                          f"--variant (e.g. --variant {found[0]})")
+    raise SourceError(f"{unet} has no weights (no diffusion_pytorch_model.safetensors nor a variant such as "
+                      "diffusion_pytorch_model.fp16.safetensors, which --variant fp16 would load)")

@@ -430,8 +430,8 @@ def format_cold_start(cold_start: dict[str, ChildFigures]) -> str:
         overhead = start_up(child)
         ratios = ["-", "-"]
         if baseline is not None and name != "diffusers":
-            ratios = [format_ratio(baseline['first_image_s'] / child['first_image_s']),
-                      format_ratio(start_up(baseline) / overhead) if overhead > 0 else "-"]
+            ratios = [f"{baseline['first_image_s'] / child['first_image_s']:.1f}x",
+                      f"{start_up(baseline) / overhead:.1f}x" if overhead > 0 else "-"]
         rows.append([name, *(f"{stages[k]:.2f}" if k in stages else "-"
                              for k in ("interpreter_s", "import_s", "open_s", "warm_up_s", "image_s")),
                      f"{child['first_image_s']:.2f}", f"{overhead:.2f}", *ratios,

@@ -25,8 +25,12 @@ import numpy as np
 from diffship.core.errors import DiffshipError
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "shapes"
-AXES = {"steps": int, "guidance": float, "scheduler": str, "precision": str}
-DEFAULTS: dict[str, Any] = {"steps": 20, "guidance": 4.0, "scheduler": None, "precision": "fp32"}
+AXES = {"steps": int, "guidance": float, "scheduler": str, "precision": str, "cache": int, "cutoff": float}
+DEFAULTS: dict[str, Any] = {"steps": 20, "guidance": 4.0, "scheduler": None, "precision": "fp32", "cache": 1,
+                            "cutoff": 1.0}
+FEWER_FLOPS = {"cache": ("cache_interval", 1), "cutoff": ("guidance_cutoff", 1.0)}
+"""Axes of the fewer-FLOPs settings: the pipeline argument each sets, and its value when off (docs/design.md, "Fewer
+FLOPs: guidance schedule and feature caching"); a case leaves an axis out, or sets it off, for the usual path."""
 Z95 = 1.959963984540054
 
 
@@ -134,7 +138,7 @@ def run_case(pipe: Any, quality_set: QualitySet, case: Mapping[str, Any], batch:
         if [int(p["seed"]) for p in chunk] != list(range(first, first + len(chunk))):
             raise QualityError("quality prompts need consecutive seeds (a call's images take seed, seed+1, ...)")
         result = pipe([p["prompt"] for p in chunk], num_inference_steps=case["steps"], guidance_scale=case["guidance"],
-                      scheduler=case.get("scheduler"), seed=first)
+                      scheduler=case.get("scheduler"), seed=first, **fewer_flops(case))
         images += [np.asarray(image) for image in result.images]
     return images, time.perf_counter() - started
 
@@ -184,20 +188,33 @@ def _pipelines(open_pipeline: Callable[[str], Any]) -> Iterator[Callable[[str], 
             pipe.close()
 
 
+def fewer_flops(case: Mapping[str, Any]) -> dict[str, Any]:
+    """The pipeline arguments of the case's fewer-FLOPs axes that are on (none when all are off)."""
+    return {argument: case[key] for key, (argument, off) in FEWER_FLOPS.items() if case.get(key, off) != off}
+
+
+def _fewer_flops_label(row: Mapping[str, Any]) -> str:
+    return "".join(f", {key} {row[key]:g}" for key, (_, off) in FEWER_FLOPS.items() if row.get(key, off) != off)
+
+
 def describe_case(row: Mapping[str, Any]) -> str:
-    return f"{row['scheduler']} {row['steps']} steps, guidance {row['guidance']:g}, {row['precision']}"
+    return f"{row['scheduler']} {row['steps']} steps, guidance {row['guidance']:g}, {row['precision']}" + \
+        _fewer_flops_label(row)
 
 
 def format_quality_table(result: Mapping[str, Any]) -> str:
     from diffship.runtime.tables import format_table
 
     scored = result["scored"]
-    header = ["scheduler", "steps", "guidance", "precision", *scored, "all three", "ms / image", "all / s"]
+    # The fewer-FLOPs columns only where some case sets them: the usual table stays as it was.
+    extra = [key for key, (_, off) in FEWER_FLOPS.items() if any(r.get(key, off) != off for r in result["cases"])]
+    header = ["scheduler", "steps", "guidance", "precision", *extra, *scored, "all three", "ms / image", "all / s"]
 
     def cell(entry: Mapping[str, float]) -> str:
         return f"{entry['accuracy']:.0%} [{entry['low']:.0%}-{entry['high']:.0%}]"
 
     rows = [[r["scheduler"], r["steps"], f"{r['guidance']:g}", r["precision"],
+             *(f"{r.get(key, FEWER_FLOPS[key][1]):g}" for key in extra),
              *(cell(r["scores"][name]) for name in scored), cell(r["scores"]["all"]),
              f"{r['seconds_per_image'] * 1000:.0f}", f"{r['quality_per_second']:.1f}"] for r in result["cases"]]
     return format_table(header, rows)
@@ -212,7 +229,7 @@ class SampleSheet:
     rows: list[tuple[str, list[np.ndarray]]] = field(default_factory=list)
 
     def keep(self, row: Mapping[str, Any], images: Sequence[np.ndarray]) -> None:
-        label = f"{row['scheduler']} {row['steps']} g{row['guidance']:g} {row['precision']}"
+        label = f"{row['scheduler']} {row['steps']} g{row['guidance']:g} {row['precision']}" + _fewer_flops_label(row)
         self.rows.append((label, list(images[: self.per_case])))
 
     def render(self, quality_set: QualitySet) -> np.ndarray:
@@ -251,8 +268,8 @@ def plot_quality(result: Mapping[str, Any], path: Path) -> Path | None:
     x_key = varying[0]
     series: dict[str, list[Mapping[str, Any]]] = {}
     for case in cases:
-        label = ", ".join(f"{k} {case[k]}" for k in ("scheduler", "steps", "guidance", "precision")
-                          if k != x_key and len({c[k] for c in cases}) > 1) or "all cases"
+        label = ", ".join(f"{k} {case.get(k)}" for k in ("scheduler", "steps", "guidance", "precision", *FEWER_FLOPS)
+                          if k != x_key and len({c.get(k) for c in cases}) > 1) or "all cases"
         series.setdefault(label, []).append(case)
     panels = [*result["scored"], "all"]
     plt = pyplot()

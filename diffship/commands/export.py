@@ -46,10 +46,14 @@ if TYPE_CHECKING:
 @click.option("--clip-skip", type=click.IntRange(min=0), default=0, show_default=True,
               help="Text-encoder layers to skip from the end, as diffusers' clip_skip (0: the model's own layer; SDXL "
               "reads the penultimate one). Built into the text encoder graphs; generate then uses it for every image.")
+@click.option("--cache-branch", type=click.IntRange(min=0),
+              help="Also export DeepCache's two UNet graphs split at this branch (0: the shallowest, most reuse; "
+              "block x (layers per block + 1) + layer, as the DeepCache authors number them), so that generate "
+              "--cache-interval N runs one full UNet step in N. E.g. --cache-branch 0.")
 @checkpoint_source_options()
 def export(model: str | None, model_path: Path | None, out: Path, random_weights: bool, seed: int, dtypes: str,
-           exporter: str, opset: int, force: bool, clip_skip: int, vae: Path | None, variant: str | None,
-           prediction_type: str | None, config_preset: str | None, allow_pickle: bool) -> None:
+           exporter: str, opset: int, force: bool, clip_skip: int, cache_branch: int | None, vae: Path | None,
+           variant: str | None, prediction_type: str | None, config_preset: str | None, allow_pickle: bool) -> None:
     """Export a diffusers pipeline to a self-describing, verified ONNX model package.
 
     \b
@@ -64,6 +68,7 @@ def export(model: str | None, model_path: Path | None, out: Path, random_weights
       {prog} export --model-path ~/models/dreamshaper_8.safetensors --out packages/dreamshaper
       {prog} export --model-path ~/models/v2-1_768-ema-pruned.safetensors --prediction-type v_prediction --out packages/sd21
       {prog} export --model-path ~/models/sd15-inpainting.safetensors --vae ~/models/vae-ft-mse-840000.safetensors --out packages/inpaint
+      {prog} export --model sd15 --random-weights --cache-branch 0 --out packages/sd15-random
 
     Every component is checked with onnx.checker and compared with its torch module in ONNX Runtime at two shapes;
     the export fails if any misses the parity bars. Re-running with identical inputs is skipped unless --force.
@@ -90,8 +95,17 @@ def export(model: str | None, model_path: Path | None, out: Path, random_weights
                                           clip_skip=clip_skip, source_options=sources))
     if result.skipped:
         click.echo(f"{out}: up to date, nothing exported (use --force to re-export)")
+    else:
+        click.echo(_report_table(result))
+    if cache_branch is not None:
+        from diffship.exporter.cache_graphs import add_cache_graphs, has_cache_graphs
+
+        if result.skipped and not force and has_cache_graphs(out, cache_branch):
+            click.echo(f"{out}: DeepCache graphs at branch {cache_branch} up to date")
+        else:
+            add_cache_graphs(out, cache_branch, opset, progress=click.echo)
+    if result.skipped:
         return
-    click.echo(_report_table(result))
     click.echo(f"package: {out}   total {result.seconds:.1f}s   peak memory {result.peak_rss_bytes / 2**30:.2f} GiB")
 
 

@@ -16,6 +16,7 @@ from diffship.commands.display import StepProgress, scheduler_table, timing_tabl
 from diffship.commands.help import Command
 from diffship.commands.options import (
     backend_option,
+    cache_options,
     cuda_graphs_option,
     device_option,
     guidance_option,
@@ -64,7 +65,8 @@ def _grid(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 
 
 PASSED_ON = ("scheduler", "height", "width", "mask_image", "strength", "padding_mask_crop", "sample_mode", "eta",
-             "long_prompts", "prompt_weighting", "guidance_rescale", "guidance_cutoff", "guidance_interval")
+             "long_prompts", "prompt_weighting", "guidance_rescale", "guidance_cutoff", "guidance_interval", "cache_interval",
+             "cache_schedule", "cache_center")
 """Options that are ``Pipeline.__call__`` arguments of the same name."""
 MICRO_CONDITIONING = {"original_size": "original_size", "target_size": "target_size",
                       "crops_coords_top_left": "crop_top_left", "negative_original_size": "negative_original_size",
@@ -108,6 +110,9 @@ class GenerateOptions:
     guidance_rescale: float
     guidance_cutoff: float | None
     guidance_interval: tuple[float, float] | None
+    cache_interval: int | None
+    cache_schedule: str
+    cache_center: int | None
     original_size: tuple[int, int] | None
     target_size: tuple[int, int] | None
     crop_top_left: tuple[int, int] | None
@@ -170,7 +175,7 @@ class GenerateOptions:
               help="Image k uses seed + k (numpy's generator; default, or -1: random, printed).")
 @click.option("--images", "images_per_prompt", default=1, show_default=True, help="Images per prompt.")
 @click.option("--grid", multiple=True, callback=_grid,
-              help="Sweep KEY=V1,V2,... (KEY: steps, guidance, scheduler, seed, strength, cutoff, interval) into "
+              help="Sweep KEY=V1,V2,... (KEY: steps, guidance, scheduler, seed, strength, cutoff, interval, cache) into "
                    "one labelled contact sheet; give it twice for rows x columns. interval values are LOW:HIGH, e.g. "
                    "--grid cutoff=1,0.5,0.2 --grid interval=0:inf,0.28:5.42.")
 @click.option("--out", default="generated.png", show_default=True, type=click.Path(path_type=Path),
@@ -213,6 +218,7 @@ class GenerateOptions:
               help="Pull the guided prediction's spread back toward the conditional one's, 0 to 1 (diffusers' "
                    "guidance_rescale; 0.7 suits zero-terminal-SNR models).")
 @guidance_schedule_options()
+@cache_options()
 @click.option("--original-size", callback=parse_pair, metavar="HEIGHT,WIDTH",
               help="SDXL: the size the model is told the training image had (default: the output size).")
 @click.option("--target-size", callback=parse_pair, metavar="HEIGHT,WIDTH",
@@ -266,6 +272,10 @@ def generate(**options: Any) -> None:
           --out fox-cutoff.png
       {prog} generate --package packages/tiny --prompt "a red fox" --steps 30 --guidance-interval 0.28,5.42 \\
           --grid cutoff=1,0.6,0.3 --out cutoffs.png
+      {prog} generate --package packages/sd15-random --prompt "a red fox" --steps 50 --cache-interval 5 \\
+          --cache-schedule nonuniform --cache-center 15 --out fox-cached.png
+      {prog} generate --package packages/sd15-random --prompt "a red fox" --steps 50 \\
+          --grid cache=1,3,5 --grid cutoff=1,0.5 --out cache-grid.png
       {prog} generate --package packages/sdxl --refiner packages/sdxl-refiner --prompt "a red fox" \\
           --steps 40 --guidance 5 --denoising-end 0.8 --out fox.png
 

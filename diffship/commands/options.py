@@ -158,6 +158,27 @@ def guidance_schedule_options() -> Callable[[FC], FC]:
     return decorate
 
 
+def cache_options() -> Callable[[FC], FC]:
+    """``--cache-interval``, ``--cache-schedule`` and ``--cache-center``: DeepCache (packages exported with
+    ``--cache-branch``)."""
+    interval = click.option(
+        "--cache-interval", type=click.IntRange(1),
+        help="DeepCache: run the full UNet one step in N and only its outer layers in between, from the deep "
+             "feature the last full step kept (packages exported with --cache-branch). E.g. --cache-interval 3. "
+             "Default: off (1).")
+    schedule = click.option(
+        "--cache-schedule", type=click.Choice(["uniform", "nonuniform"]), default="uniform", show_default=True,
+        help="Where the full steps fall: every N-th, or the DeepCache authors' non-uniform schedule, denser around "
+             "--cache-center (default 30%% of the steps).")
+    center = click.option("--cache-center", type=click.IntRange(1),
+                          help="With --cache-schedule nonuniform: the step the full steps cluster around, e.g. 15 of 50.")
+
+    def decorate(function: FC) -> FC:
+        return interval(schedule(center(function)))
+
+    return decorate
+
+
 def components_option() -> Callable[[FC], FC]:
     return click.option("--components",
                         help="Comma-separated components (default: all, the VAE encoder for image input included).")

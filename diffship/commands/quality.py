@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 @scheduler_option("Scheduler name (default: the package's own; see generate --scheduler list).")
 @precision_option("fp32", help="Which engines ONNX Runtime runs (int8 needs build-ort --precision int8).")
 @click.option("--grid", "grid_values", multiple=True, metavar="KEY=V1,V2,...",
-              help="Sweep steps, guidance, scheduler or precision; several --grid give every combination.")
+              help="Sweep steps, guidance, scheduler, precision, cache (DeepCache's interval: a package exported with "
+                   "--cache-branch) or cutoff (the guidance cutoff); several --grid give every combination, e.g. "
+                   "--grid cache=1,3,5 --grid cutoff=1,0.5.")
 @click.option("--prompts", "prompt_limit", type=click.IntRange(1), help="Score only the first N prompts (default all).")
 @threads_option()
 @out_dir_option("quality-out", "Folder for quality.json, quality.png (a plot, when steps or guidance vary) and "

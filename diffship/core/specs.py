@@ -16,9 +16,16 @@ from diffship.core.reading import build, obj, typed_fields
 Dim = int | str
 """A tensor dimension: a fixed size, or the name of a symbolic dimension (see ``SYMBOLIC_DIMS``)."""
 
-SYMBOLIC_DIMS = ("batch", "latent_height", "latent_width", "image_height", "image_width", "text_length")
+SYMBOLIC_DIMS = ("batch", "latent_height", "latent_width", "image_height", "image_width", "text_length",
+                 "cache_height", "cache_width")
 """The symbolic dimension names a package may use; all derive from (batch, image height, image width) and the number
-of prompt chunks (``text_length``: the UNet's text sequence, one text-encoder window per chunk of a long prompt)."""
+of prompt chunks (``text_length``: the UNet's text sequence, one text-encoder window per chunk of a long prompt).
+``cache_height``/``cache_width``: the DeepCache feature's size, the latent size halved (rounded up) once per UNet
+block before the package's cache branch (``CACHE_COMPONENTS`` only)."""
+
+CACHE_COMPONENTS = ("unet_cache_full", "unet_cache_shallow")
+"""DeepCache's two UNet graphs (``export --cache-branch``; exporter/deepcache.py). Engine builds leave them out
+unless named: their shape profiles (the feature's size) are not derived yet, so they run from the exported ONNX."""
 
 NUMPY_DTYPES = ("float32", "float16", "int64", "int32")
 

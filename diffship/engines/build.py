@@ -19,6 +19,7 @@ from diffship.core.files import publish_files, remove_stale_work, work_folder
 from diffship.core.manifest import ComponentVariant, EngineEntry, EngineSet, Manifest
 from diffship.core.package import ModelPackage
 from diffship.core.progress import ElapsedLog
+from diffship.core.specs import CACHE_COMPONENTS
 from diffship.engines.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,8 @@ def build_engine_set(
     progress = ElapsedLog(log, on_progress)
     package = ModelPackage.open(package_path)
     _remove_stale_work(package)
-    components = list(package.manifest.components) if components is None else list(components)
+    components = [c for c in package.manifest.components if c not in CACHE_COMPONENTS] if components is None \
+        else list(components)
     unknown = [c for c in components if c not in package.manifest.components]
     if unknown:
         raise EngineError(f"package has no {', '.join(unknown)}; components: {', '.join(package.manifest.components)}")

@@ -34,14 +34,14 @@ class Call:
 
     def batch_key(self) -> Hashable | None:
         """Equal keys may share a loop: same size, steps, scheduler, eta, guided or not, guidance rescale, guidance
-        schedule and the family's own text arguments (SDXL's micro-conditioning). None: this call runs
+        schedule, feature caching and the family's own text arguments (SDXL's micro-conditioning). None: this call runs
         alone (image tasks, long prompts and injected draws are per-call work the loop does not share)."""
         request = self.request
         if self.inputs is not None or request.long_prompts or request.injected:
             return None
         return (request.height, request.width, request.steps, request.scheduler, request.eta,
                 request.guided, request.guidance_rescale, request.text_options, request.handoff,
-                request.guidance_schedule)
+                request.guidance_schedule, request.feature_caching)
 
     def cancelled(self) -> bool:
         return self.cancel is not None and bool(self.cancel())

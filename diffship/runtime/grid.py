@@ -37,9 +37,10 @@ GRID_KEYS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "strength": ("strength", float),
     "cutoff": ("guidance_cutoff", float),
     "interval": ("guidance_interval", _interval),
+    "cache": ("cache_interval", int),
 }
 """Sweepable keys: their ``Pipeline.__call__`` argument and value type."""
-UNSET_UNSHOWN = frozenset({"cutoff", "interval"})
+UNSET_UNSHOWN = frozenset({"cutoff", "interval", "cache"})
 """Keys a sheet's title leaves out when they are not set (most calls never set them)."""
 
 
@@ -130,7 +131,8 @@ def sweep(
 
 
 DESCRIBED_AS = {"steps": "steps", "guidance": "guidance_scale", "scheduler": "scheduler", "seed": "seed",
-                "strength": "strength", "cutoff": "guidance_cutoff", "interval": "guidance_interval"}
+                "strength": "strength", "cutoff": "guidance_cutoff", "interval": "guidance_interval",
+                "cache": "cache_interval"}
 """The field of an image's parameters (``GenerationResult.parameters``) that each grid key sets."""
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -61,8 +61,11 @@ class ClassifierFreeGuidance:
         uncond: Mapping[str, np.ndarray] | None,
         guidance_scale: float | np.ndarray,
         guidance_rescale: float = 0.0,
+        runner: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None,
     ) -> None:
         self.unet = unet
+        self.runner = runner
+        """What runs the UNet on a batch's feeds (default: ``unet``; DeepCache: runtime/feature_cache.py)."""
         self.guidance_scale = guidance_scale
         self.guidance_rescale = guidance_rescale
         self.enabled = uncond is not None and is_guided(guidance_scale)
@@ -88,6 +91,8 @@ class ClassifierFreeGuidance:
 
     def _run(self, batch: np.ndarray, timestep: float, conditioning: Mapping[str, np.ndarray]) -> np.ndarray:
         feeds = {"sample": batch, "timestep": np.full((len(batch),), timestep, dtype=np.float32), **conditioning}
+        if self.runner is not None:
+            return self.runner(feeds)
         return run_engine(self.unet, feeds)["model_output"]
 
 

@@ -56,6 +56,7 @@ from diffship.runtime.conditioning import (
     read_image_inputs,
 )
 from diffship.runtime.errors import PipelineCancelled, PipelineError, PipelineInputError
+from diffship.runtime.feature_cache import FULL, SHALLOW, FeatureCache
 from diffship.runtime.gate import EngineGate, holds_engines
 from diffship.runtime.guidance import ClassifierFreeGuidance, run_engine
 from diffship.runtime.handoff import Handoff, check_handoff
@@ -295,6 +296,9 @@ class Pipeline:
         family_options: Mapping[str, Any] | None = None,
         guidance_cutoff: float | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        cache_interval: int | None = None,
+        cache_schedule: str = "uniform",
+        cache_center: int | None = None,
     ) -> Call:
         """Check a call's arguments (the same as ``__call__``'s) without running it: a ``Call`` for ``run_batch``, or
         a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image.
@@ -307,7 +311,10 @@ class Pipeline:
         ``family_options``: arguments only some families take, by name (the SDXL ones above may come this way too);
         the package family's text side checks them. ``guidance_cutoff`` (fraction of the steps after which guidance
         stops, diffusers' CFG cutoff callbacks) and ``guidance_interval`` ((low, high] sigma range in which it
-        applies): the other steps run the UNet on the conditional half alone (runtime/schedule_guidance.py)."""
+        applies): the other steps run the UNet on the conditional half alone (runtime/schedule_guidance.py).
+        ``cache_interval`` N (DeepCache, packages exported with ``--cache-branch``): one full UNet step in N, the
+        others run its outer layers from the deep feature the last full step kept; ``cache_schedule`` ``uniform`` or
+        ``nonuniform`` (denser around step ``cache_center``), runtime/feature_cache.py."""
         family_arguments = _family_arguments(family_options, (
             original_size, crops_coords_top_left, target_size, negative_original_size, negative_crops_coords_top_left,
             negative_target_size, aesthetic_score, negative_aesthetic_score))
@@ -328,7 +335,8 @@ class Pipeline:
             draws=self._draw_order(inputs, handoff),
             strength=inputs.strength if inputs is not None and handoff.noises_start else None,
             eta=eta, long_prompts=long_prompts, prompt_weighting=prompt_weighting, guidance_rescale=guidance_rescale,
-            guidance_cutoff=guidance_cutoff, guidance_interval=guidance_interval,
+            guidance_cutoff=guidance_cutoff, guidance_interval=guidance_interval, cache_interval=cache_interval,
+            cache_schedule=cache_schedule, cache_center=cache_center,
         )
         text_options = self.text.check(family_arguments, inputs is not None, long_prompts)
         request = replace(request, handoff=handoff, text_options=text_options)
@@ -343,6 +351,23 @@ class Pipeline:
             self._check_given_latents(inputs.latents, request)
         if cancel is not None and not callable(cancel):
             raise PipelineInputError(f"cancel must be callable (returning True to stop), got {type(cancel).__name__}")
+        if request.feature_caching is not None:
+            if self.loras:
+                raise PipelineInputError("cache_interval with LoRAs is not supported yet: the DeepCache graphs have no "
+                                         "LoRA weight maps; run without cache_interval, or without LoRAs")
+            self._open_cache_graphs()
+
+    def _open_cache_graphs(self) -> None:
+        """The DeepCache graphs, opened on the first call that asks for them (runtime/feature_cache.py)."""
+        if FULL in self.engines:
+            return
+        missing = [c for c in (FULL, SHALLOW) if c not in self.package.manifest.components]
+        if missing:
+            raise PipelineInputError(f"{self.package.root} has no DeepCache graphs ({', '.join(missing)}), which "
+                                     f"cache_interval needs; export them with {command('export ... --cache-branch 0')}")
+        with self._open_lock:
+            if FULL not in self.engines:
+                self.engines = {**self.engines, **self._open([FULL, SHALLOW], self._open_request)}
 
     @holds_engines
     @_arguments_of(prepare)
@@ -393,8 +418,11 @@ class Pipeline:
         with timer.stage("vae_encode") if task is not None else contextlib.nullcontext():
             start = starting_point(self.constants, task, draws, sampler, first, len(generators), self._encode_image)
         latents = start.latents
-        denoise = ClassifierFreeGuidance(self.engines["unet"], cond, uncond, guidance_scales(calls),
-                                         request.guidance_rescale)
+        caching = request.feature_caching
+        denoise = ClassifierFreeGuidance(
+            self.engines["unet"], cond, uncond, guidance_scales(calls), request.guidance_rescale,
+            None if caching is None else FeatureCache(self.engines[FULL], self.engines[SHALLOW],
+                                                      caching.full_steps(stop - first)))
         rows = image_slices(calls)
         outcomes: list[GenerationResult | PipelineError | None] = [None] * len(calls)
         guided = request.guidance_schedule.guided_steps(sampler, first, stop)

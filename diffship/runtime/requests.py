@@ -19,6 +19,7 @@ import numpy as np
 from diffship.core.errors import command
 from diffship.core.specs import PipelineConstants
 from diffship.runtime.errors import PipelineInputError
+from diffship.runtime.feature_cache import FeatureCaching, check_feature_caching
 from diffship.runtime.guidance import is_guided
 from diffship.runtime.handoff import Handoff
 from diffship.runtime.prompts import WEIGHTINGS
@@ -72,6 +73,8 @@ class Request:
     """Where in the schedule the call starts and stops, and whether it returns images or latents."""
     guidance_schedule: GuidanceSchedule = GuidanceSchedule()
     """The steps classifier-free guidance applies at (``guidance_cutoff``, ``guidance_interval``); default: all."""
+    feature_caching: FeatureCaching | None = None
+    """DeepCache (``cache_interval``, ``cache_schedule``, ``cache_center``): None, the plain UNet every step."""
 
     @property
     def batch(self) -> int:
@@ -146,6 +149,9 @@ def validate_request(
     text_options: TextOptions | None = None,
     guidance_cutoff: Any = None,
     guidance_interval: Any = None,
+    cache_interval: Any = None,
+    cache_schedule: Any = "uniform",
+    cache_center: Any = None,
 ) -> Request:
     """A checked request, or a PipelineInputError saying what was wrong and what is allowed.
 
@@ -180,9 +186,10 @@ def validate_request(
         checked[name] = _noise(constants, name, value, height, width, batch, len(prompts), images_per_prompt)
     _check_options(callback, eta, long_prompts, prompt_weighting, guidance_rescale)
     schedule = check_guidance_schedule(guidance_cutoff, guidance_interval)
+    caching = check_feature_caching(cache_interval, cache_schedule, cache_center)
     return Request(prompts, negatives, steps, guidance, scheduler, int(height), int(width), images_per_prompt,
                    [seed + k for k in range(batch)], checked, float(eta), long_prompts, prompt_weighting,
-                   float(guidance_rescale), text_options, guidance_schedule=schedule)
+                   float(guidance_rescale), text_options, guidance_schedule=schedule, feature_caching=caching)
 
 
 def _prompts(prompt: Any, negative_prompt: Any, limits: Limits) -> tuple[list[str], list[str] | None]:

@@ -70,6 +70,7 @@ def describe_images(package: ModelPackage, request: Request, scheduler: str, tas
         "guidance_scale": request.guidance_scale,
         **({"guidance_rescale": request.guidance_rescale} if request.guidance_rescale else {}),
         **request.guidance_schedule.describe(),
+        **(request.feature_caching.describe() if request.feature_caching is not None else {}),
         **(request.text_options.describe() if request.text_options is not None else {}),
         "scheduler": request.scheduler or scheduler,
         **({"eta": request.eta} if request.eta else {}),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from diffship.commands.display import StepProgress, scheduler_table, timing_table
+from diffship.commands.display import scheduler_table, timing_table
 from diffship.commands.help import Command
 from diffship.commands.options import (
     backend_option,
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     import numpy as np
 
+    from diffship.core.progress import ProgressBar
     from diffship.runtime.grid import GridAxis
     from diffship.runtime.pipeline import Pipeline
 
@@ -262,25 +263,27 @@ def generate(**options: Any) -> None:
 
 def run_generate(options: GenerateOptions) -> None:
     """Check everything that needs no model, open the package, then run one batch, a grid or a hand-off."""
+    from diffship.core.progress import ProgressBar
     from diffship.runtime import Pipeline
 
     _check_combination(options)
     seed = secrets.randbelow(2**31) if options.seed is None else options.seed
-    arguments = options.arguments(seed)
+    bar = ProgressBar()  # stderr, and only when it is a terminal
+    arguments = {**options.arguments(seed), "progress": bar}
     targets = options.targets()
     check_outputs(targets, options.overwrite)
     pipe = Pipeline.from_package(options.package, loras=options.loras, **options.opening())
     if options.refiner is not None:
-        _refine(pipe, options, arguments, targets)
+        _refine(pipe, options, arguments, targets, bar)
         return
     with pipe:
         if options.grid:
-            _sweep(pipe, options, arguments, seed)
+            _sweep(pipe, options, arguments, seed, bar)
         else:
-            progress = StepProgress()
-            result = pipe(list(options.prompts), num_images_per_prompt=options.images_per_prompt, callback=progress,
-                          **arguments)
-            progress.done()
+            try:
+                result = pipe(list(options.prompts), num_images_per_prompt=options.images_per_prompt, **arguments)
+            finally:
+                bar.done()
             _write_images(targets, result.images, result.parameters)
             click.echo(timing_table(result.timings, len(result.images)))
 
@@ -298,38 +301,42 @@ def _check_combination(options: GenerateOptions) -> None:
         raise click.BadParameter(f"{options.out}: give a .png path", param_hint="--out")
 
 
-def _sweep(pipe: Pipeline, options: GenerateOptions, arguments: dict[str, Any], seed: int) -> None:
+def _sweep(pipe: Pipeline, options: GenerateOptions, arguments: dict[str, Any], seed: int, bar: ProgressBar) -> None:
     from diffship.runtime.grid import sweep
     from diffship.runtime.images import save_png
 
-    progress = StepProgress()
-    grid = sweep(pipe, options.prompts[0], options.grid, arguments, cell_callback=progress.cell)
-    progress.done()
+    def cell(index: int, count: int) -> None:
+        bar.label = f"[cell {index + 1}/{count}] "
+
+    try:
+        grid = sweep(pipe, options.prompts[0], options.grid, arguments, cell_callback=cell)
+    finally:
+        bar.done()
     save_png(grid.sheet, options.out, grid.parameters)
     counts = [len(axis.values) for axis in options.grid]
     click.echo(f"wrote {options.out}  ({' x '.join(map(str, counts))} grid, seed {seed})")
     click.echo(timing_table(grid.timings, math.prod(counts)))
 
 
-def _refine(base: Pipeline, options: GenerateOptions, arguments: dict[str, Any], targets: list[Path]) -> None:
+def _refine(base: Pipeline, options: GenerateOptions, arguments: dict[str, Any], targets: list[Path],
+            bar: ProgressBar) -> None:
     """The SDXL hand-off: ``base`` (closed by run_ensemble before the refiner opens) -> the --refiner package."""
     from diffship.runtime import Pipeline
     from diffship.runtime.ensemble import DEFAULT_DENOISING_END, run_ensemble
 
     refiner = options.refiner
     assert refiner is not None
-    progress = StepProgress()
     handoff = DEFAULT_DENOISING_END if options.denoising_end is None else options.denoising_end
 
     def open_refiner() -> Pipeline:
-        progress.done()
+        bar.done()
         opened = Pipeline.from_package(refiner, **options.opening())
         click.echo(f"refining in {refiner} from {handoff:g} of the schedule")
         return opened
 
     result = run_ensemble(base, open_refiner, options.prompts, arguments, options.images_per_prompt,
-                          options.denoising_end, callback=progress)
-    progress.done()
+                          options.denoising_end)
+    bar.done()
     _write_images(targets, result.refined.images, result.parameters)
     click.echo("base:\n" + timing_table(result.base.timings, len(result.refined.images)))
     click.echo("refiner:\n" + timing_table(result.refined.timings, len(result.refined.images)))

@@ -41,6 +41,7 @@ import numpy as np
 
 from diffship.core.errors import PackageError, command
 from diffship.core.package import ModelPackage
+from diffship.core.progress import ProgressCallback
 from diffship.engines.backend import Backend, OpenRequest, OpenSettings, Selection, get_backend
 from diffship.engines.base import EngineBase
 from diffship.runtime.calls import Call, Cancel, guidance_scales, image_slices
@@ -61,6 +62,7 @@ from diffship.runtime.guidance import ClassifierFreeGuidance, run_engine
 from diffship.runtime.handoff import Handoff, check_handoff
 from diffship.runtime.images import to_uint8
 from diffship.runtime.lora import LoraRequest, lora_weights
+from diffship.runtime.previews import StepReporter, check_preview_every
 from diffship.runtime.requests import (
     Limits,
     Request,
@@ -293,6 +295,8 @@ class Pipeline:
         output_type: str = "image",
         clip_skip: int | None = None,
         family_options: Mapping[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+        preview_every: int = 0,
     ) -> Call:
         """Check a call's arguments (the same as ``__call__``'s) without running it: a ``Call`` for ``run_batch``, or
         a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image.
@@ -303,7 +307,8 @@ class Pipeline:
         (``denoising_end`` with ``output_type="latent"``, then ``image=latents`` with ``denoising_start``:
         runtime/handoff.py). ``clip_skip`` is fixed at export (``--clip-skip``): None or the package's own value.
         ``family_options``: arguments only some families take, by name (the SDXL ones above may come this way too);
-        the package family's text side checks them."""
+        the package family's text side checks them. ``progress(event)``: a ``core.progress.StepEvent`` after each step
+        (step of steps, and every ``preview_every`` steps a cheap RGB preview of the latents: runtime/previews.py)."""
         family_arguments = _family_arguments(family_options, (
             original_size, crops_coords_top_left, target_size, negative_original_size, negative_crops_coords_top_left,
             negative_target_size, aesthetic_score, negative_aesthetic_score))
@@ -328,7 +333,22 @@ class Pipeline:
         text_options = self.text.check(family_arguments, inputs is not None, long_prompts)
         request = replace(request, handoff=handoff, text_options=text_options)
         self._check_call(request, inputs, cancel)
-        return Call(request, inputs, callback, cancel)
+        return Call(request, inputs, self._reporter(request, inputs, callback, progress, preview_every), cancel)
+
+    def _reporter(self, request: Request, inputs: ImageInputs | None, callback: StepCallback | None,
+                  progress: ProgressCallback | None, preview_every: Any) -> StepCallback | None:
+        """The step callback the call runs with: the caller's, or with ``progress`` a ``StepReporter`` around it."""
+        every = check_preview_every(preview_every, self.family.preview_factors, self.family.name)
+        if progress is None:
+            if every:
+                raise PipelineInputError("preview_every needs a progress callback to send the previews to")
+            return callback
+        if not callable(progress):
+            raise PipelineInputError(f"progress must be callable (it gets a StepEvent), got {type(progress).__name__}")
+        sampler = self._make_scheduler(request)
+        first, stop = request.handoff.window(
+            sampler, start_index(request.steps, inputs.strength, sampler.order) if inputs is not None else 0)
+        return StepReporter(callback, progress, stop - first, every, self.family.preview_factors)
 
     def _check_call(self, request: Request, inputs: ImageInputs | None, cancel: Cancel | None) -> None:
         """What can only be checked with the whole request: the hand-off window, given latents, ``cancel``."""

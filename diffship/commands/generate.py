@@ -24,6 +24,7 @@ from diffship.commands.options import (
     parse_pair,
     precision_option,
     threads_option,
+    vae_tiles_option,
 )
 
 if TYPE_CHECKING:
@@ -64,7 +65,7 @@ def _grid(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 
 
 PASSED_ON = ("scheduler", "height", "width", "mask_image", "strength", "padding_mask_crop", "sample_mode", "eta",
-             "long_prompts", "prompt_weighting", "guidance_rescale")
+             "long_prompts", "prompt_weighting", "guidance_rescale", "vae_tiles")
 """Options that are ``Pipeline.__call__`` arguments of the same name."""
 MICRO_CONDITIONING = {"original_size": "original_size", "target_size": "target_size",
                       "crops_coords_top_left": "crop_top_left", "negative_original_size": "negative_original_size",
@@ -117,6 +118,7 @@ class GenerateOptions:
     refiner: Path | None
     denoising_end: float | None
     overwrite: bool
+    vae_tiles: str
 
     def opening(self) -> dict[str, Any]:
         """``Pipeline.from_package``'s arguments, LoRAs apart (the refiner of a hand-off takes none)."""
@@ -226,6 +228,7 @@ class GenerateOptions:
               help="With --refiner: the fraction of the schedule the base runs before handing over, strictly between "
                    "0 and 1 (default 0.8).")
 @click.option("--overwrite", is_flag=True, help="Replace PNGs that already exist (otherwise that is an error).")
+@vae_tiles_option()
 def generate(**options: Any) -> None:
     """Generate images from a model package, without PyTorch: from a prompt, from a picture (--image) or repainting
     part of one (--image with --mask).
@@ -255,6 +258,8 @@ def generate(**options: Any) -> None:
           --original-size 1024,1024 --target-size 1024,1024 --crop-top-left 0,0 --out fox.png
       {prog} generate --package packages/sdxl --refiner packages/sdxl-refiner --prompt "a red fox" \\
           --steps 40 --guidance 5 --denoising-end 0.8 --out fox.png
+      {prog} generate --package packages/sdxl --prompt "a castle" --height 2048 --width 2048 \\
+          --vae-tiles auto --out big.png
 
     PNGs carry their generation parameters (JSON) in a "parameters" text chunk. A timing table per stage ends the run.
     """

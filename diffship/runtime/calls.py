@@ -40,7 +40,7 @@ class Call:
         if self.inputs is not None or request.long_prompts or request.injected:
             return None
         return (request.height, request.width, request.steps, request.scheduler, request.eta,
-                request.guided, request.guidance_rescale, request.text_options, request.handoff)
+                request.guided, request.guidance_rescale, request.text_options, request.handoff, request.vae_tile)
 
     def cancelled(self) -> bool:
         return self.cancel is not None and bool(self.cancel())

@@ -27,6 +27,7 @@ the draws for that (``latents``; ``start_noise``, ``image_noise``, ``masked_imag
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -78,6 +79,7 @@ from diffship.runtime.starts import draw_order, starting_point
 from diffship.runtime.text import Conditioning, Size, TextSide, open_text_side
 from diffship.runtime.timing import StageTimer, Timings
 from diffship.runtime.tokenizer import CLIPTokenizer
+from diffship.runtime.vae_tiling import VaeTiles, choose_tile, tiled
 
 if TYPE_CHECKING:
     from diffship.engines.ort import OrtOptions
@@ -297,6 +299,7 @@ class Pipeline:
         family_options: Mapping[str, Any] | None = None,
         progress: ProgressCallback | None = None,
         preview_every: int = 0,
+        vae_tiles: str | int = "auto",
     ) -> Call:
         """Check a call's arguments (the same as ``__call__``'s) without running it: a ``Call`` for ``run_batch``, or
         a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image.
@@ -308,7 +311,9 @@ class Pipeline:
         runtime/handoff.py). ``clip_skip`` is fixed at export (``--clip-skip``): None or the package's own value.
         ``family_options``: arguments only some families take, by name (the SDXL ones above may come this way too);
         the package family's text side checks them. ``progress(event)``: a ``core.progress.StepEvent`` after each step
-        (step of steps, and every ``preview_every`` steps a cheap RGB preview of the latents: runtime/previews.py)."""
+        (step of steps, and every ``preview_every`` steps a cheap RGB preview of the latents: runtime/previews.py).
+        ``vae_tiles``: ``auto``, ``off`` or a tile side in pixels: decode and encode in tiles as diffusers'
+        ``enable_vae_tiling`` (runtime/vae_tiling.py; auto: for large pictures or beyond the VAE engine's profile)."""
         family_arguments = _family_arguments(family_options, (
             original_size, crops_coords_top_left, target_size, negative_original_size, negative_crops_coords_top_left,
             negative_target_size, aesthetic_score, negative_aesthetic_score))
@@ -322,8 +327,9 @@ class Pipeline:
             sized = inputs.default_size(self.constants.vae_scale_factor,
                                         (self.constants.default_height, self.constants.default_width))
             height, width = sized[0] if height is None else height, sized[1] if width is None else width
+        tiles = VaeTiles.parse(vae_tiles)
         request = validate_request(
-            self.constants, self.size_limits(), self.limits, prompt, negative_prompt, num_inference_steps,
+            self.constants, self.size_limits(vae=tiles.mode == "off"), replace(self.limits, check_memory=False), prompt, negative_prompt, num_inference_steps,
             guidance_scale, scheduler, height, width, seed, num_images_per_prompt,
             dict(zip(INJECTED_DRAWS, (latents, start_noise, image_noise, masked_image_noise), strict=True)), callback,
             draws=self._draw_order(inputs, handoff),
@@ -331,7 +337,7 @@ class Pipeline:
             eta=eta, long_prompts=long_prompts, prompt_weighting=prompt_weighting, guidance_rescale=guidance_rescale,
         )
         text_options = self.text.check(family_arguments, inputs is not None, long_prompts)
-        request = replace(request, handoff=handoff, text_options=text_options)
+        request = replace(request, handoff=handoff, text_options=text_options, vae_tile=self._vae_tile(request, tiles))
         self._check_call(request, inputs, cancel)
         return Call(request, inputs, self._reporter(request, inputs, callback, progress, preview_every), cancel)
 
@@ -406,7 +412,8 @@ class Pipeline:
             sampler, start_index(request.steps, task.strength, sampler.order) if task is not None else 0)
         sampler.begin(first)
         with timer.stage("vae_encode") if task is not None else contextlib.nullcontext():
-            start = starting_point(self.constants, task, draws, sampler, first, len(generators), self._encode_image)
+            start = starting_point(self.constants, task, draws, sampler, first, len(generators),
+                                   functools.partial(self._encode_image, tile=request.vae_tile))
         latents = start.latents
         denoise = ClassifierFreeGuidance(self.engines["unet"], cond, uncond, guidance_scales(calls),
                                          request.guidance_rescale)
@@ -453,7 +460,8 @@ class Pipeline:
                                                    latents[rows[index]].copy())
         elif running:
             with timer.stage("vae_decode"):
-                pixels = self._decode(np.concatenate([latents[rows[index]] for index in running]))
+                pixels = self._decode(np.concatenate([latents[rows[index]] for index in running]),
+                                      calls[0].request.vae_tile)
             timings = timer.finish()
             ends = np.cumsum([calls[index].images for index in running])[:-1]
             for index, decoded in zip(running, np.split(pixels, ends), strict=True):
@@ -509,10 +517,16 @@ class Pipeline:
         return {name: injected[name] if name in injected else _draw(generators, shape)
                 for name in self._draw_order(calls[0].inputs, request.handoff)}
 
-    def _encode_image(self, pixels: np.ndarray, noise: np.ndarray | None, batch: int) -> np.ndarray:
-        """Scaled latents of one preprocessed image for each of ``batch`` images: one encoder run, one draw per image
-        from its distribution (``noise`` None: its mean, repeated)."""
-        parameters = run_engine(self.engines["vae_encoder"], {"sample": pixels})["latent_parameters"]
+    def _encode_image(self, pixels: np.ndarray, noise: np.ndarray | None, batch: int,
+                      tile: int | None = None) -> np.ndarray:
+        """Scaled latents of one preprocessed image for each of ``batch`` images: one encoder run (or one per
+        ``tile``), one draw per image from its distribution (``noise`` None: its mean, repeated)."""
+
+        def run(part: np.ndarray) -> np.ndarray:
+            return run_engine(self.engines["vae_encoder"], {"sample": part})["latent_parameters"]
+
+        factor = self.constants.vae_scale_factor
+        parameters = run(pixels) if tile is None else tiled(run, pixels, tile, tile // factor)
         latents = latent_sample(parameters, noise)
         if noise is None:
             latents = np.repeat(latents, batch, axis=0)
@@ -572,19 +586,35 @@ class Pipeline:
                     "TensorRT: build-trt --fp32)")
         return "check guidance_scale and the scheduler config"
 
-    def _decode(self, latents: np.ndarray) -> np.ndarray:
+    def _decode(self, latents: np.ndarray, tile: int | None = None) -> np.ndarray:
         scaled = latents / self.constants.scaling_factor
         if self.constants.shift_factor is not None:
             scaled = scaled + self.constants.shift_factor
-        return run_engine(self.engines["vae_decoder"], {"latent_sample": scaled})["sample"]
+
+        def run(part: np.ndarray) -> np.ndarray:
+            return run_engine(self.engines["vae_decoder"], {"latent_sample": part})["sample"]
+
+        factor = self.constants.vae_scale_factor
+        return run(scaled) if tile is None else tiled(run, scaled, tile // factor, tile)
+
+    def _vae_tile(self, request: Request, tiles: VaeTiles) -> int | None:
+        """The tile side the call's VAE runs with (None: untiled); see runtime/vae_tiling.py."""
+        bounds = self.size_limits(components=("vae_decoder",))
+        fits = all(low <= value and (high is None or value <= high)
+                   for value, (low, high) in ((request.height, bounds.height), (request.width, bounds.width)))
+        native = max(self.constants.default_height, self.constants.default_width)
+        return choose_tile(tiles, native, request.height, request.width, request.batch, fits, self.limits.check_memory)
 
     # ------------------------------------------------------------------ checks and bookkeeping
 
-    def size_limits(self) -> SizeLimits:
-        """The pixel heights and widths the loaded engines accept (from their shape profiles)."""
+    def size_limits(self, vae: bool = True, components: Sequence[str] | None = None) -> SizeLimits:
+        """The pixel heights and widths the loaded engines accept (from their shape profiles); ``vae`` False: the
+        VAE's left out (a tiled VAE takes any size), ``components``: only these."""
         factor = self.constants.vae_scale_factor
         bounds: list[list[Any]] = [[self.constants.spatial_multiple, None], [self.constants.spatial_multiple, None]]
         for component, input_name, latent in SIZED_INPUTS:
+            if (components is not None and component not in components) or (not vae and component.startswith("vae_")):
+                continue
             engine = self.engines.get(component)
             profile = engine.profile if engine is not None else None
             if profile is None:

@@ -66,6 +66,8 @@ class Request:
     """The family's own text arguments, checked by its text side (SDXL: ``MicroConditioning``); None: none."""
     handoff: Handoff = Handoff()
     """Where in the schedule the call starts and stops, and whether it returns images or latents."""
+    vae_tile: int | None = None
+    """The tile side in pixels the VAE decodes and encodes with (runtime/vae_tiling.py); None: one untiled run."""
 
     @property
     def batch(self) -> int:

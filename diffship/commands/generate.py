@@ -32,9 +32,11 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from diffship.core.progress import ProgressBar
+    from diffship.core.progress import ProgressBar, ProgressCallback, StepEvent
     from diffship.runtime.grid import GridAxis
+    from diffship.runtime.hires import HiresFix
     from diffship.runtime.pipeline import Pipeline
+    from diffship.runtime.results import GenerationResult
 
 
 def _list_schedulers(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -119,6 +121,25 @@ class GenerateOptions:
     denoising_end: float | None
     overwrite: bool
     vae_tiles: str
+    hires_scale: float | None
+    hires_upscaler: str
+    hires_strength: float
+    hires_steps: int | None
+    hires_scheduler: str | None
+    hires_prompt: str | None
+    hires_negative_prompt: str | None
+    preview_every: int
+    preview_dir: Path | None
+
+    def hires(self) -> HiresFix | None:
+        """The second pass of the hires fix, if --hires-scale asks for one."""
+        from diffship.runtime.hires import HiresFix
+
+        if self.hires_scale is None:
+            return None
+        return HiresFix(scale=self.hires_scale, upscaler=self.hires_upscaler, strength=self.hires_strength,
+                        steps=self.hires_steps, scheduler=self.hires_scheduler, prompt=self.hires_prompt,
+                        negative_prompt=self.hires_negative_prompt)
 
     def opening(self) -> dict[str, Any]:
         """``Pipeline.from_package``'s arguments, LoRAs apart (the refiner of a hand-off takes none)."""
@@ -229,6 +250,30 @@ class GenerateOptions:
                    "0 and 1 (default 0.8).")
 @click.option("--overwrite", is_flag=True, help="Replace PNGs that already exist (otherwise that is an error).")
 @vae_tiles_option()
+@click.option("--hires-scale", type=float,
+              help="Hires fix (the web UI's): generate at --height/--width, upscale by this factor (1 to 8; the "
+                   "result must be a multiple of 8 pixels), then run image-to-image at the larger size. Example: "
+                   "--hires-scale 2")
+@click.option("--hires-upscaler", default="latent", show_default=True,
+              type=click.Choice(["latent", "latent-antialiased", "latent-bicubic", "latent-bicubic-antialiased",
+                                 "latent-nearest", "latent-nearest-exact", "lanczos"]),
+              help="With --hires-scale: resize the latents (torch's interpolate modes, as the web UI's Latent "
+                   "upscalers) or the decoded picture (lanczos, then encoded again). Example: --hires-upscaler "
+                   "latent-bicubic")
+@click.option("--hires-strength", default=0.7, show_default=True, type=float,
+              help="With --hires-scale: how much of the second pass's schedule runs, in (0, 1] (the web UI's "
+                   "denoising strength). Example: --hires-strength 0.55")
+@click.option("--hires-steps", type=click.IntRange(1),
+              help="With --hires-scale: the second pass's steps (default: --steps). Example: --hires-steps 15")
+@click.option("--hires-scheduler", help="With --hires-scale: the second pass's scheduler (default: --scheduler's).")
+@click.option("--hires-prompt", help="With --hires-scale: the second pass's prompt (default: --prompt).")
+@click.option("--hires-negative-prompt", help="With --hires-scale: the second pass's negative prompt (default: "
+              "--negative-prompt).")
+@click.option("--preview-every", default=0, show_default=True, type=click.IntRange(0),
+              help="Write a cheap preview of the latents (the web UI's 'Approx cheap', 1/8 size) every N steps and at "
+                   "each pass's last, into --preview-dir; 0: none. Example: --preview-every 5 --preview-dir previews/")
+@click.option("--preview-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for --preview-every's PNGs: PASS-STEP-IMAGE.png (such as 1-0005-00.png).")
 def generate(**options: Any) -> None:
     """Generate images from a model package, without PyTorch: from a prompt, from a picture (--image) or repainting
     part of one (--image with --mask).
@@ -260,6 +305,11 @@ def generate(**options: Any) -> None:
           --steps 40 --guidance 5 --denoising-end 0.8 --out fox.png
       {prog} generate --package packages/sdxl --prompt "a castle" --height 2048 --width 2048 \\
           --vae-tiles auto --out big.png
+      {prog} generate --package packages/sd15 --prompt "a castle" --height 512 --width 512 \\
+          --hires-scale 2 --hires-upscaler latent-bicubic --hires-strength 0.55 --hires-steps 15 \\
+          --out castle-1024.png
+      {prog} generate --package packages/tiny --prompt "a fox" --steps 30 --preview-every 5 \\
+          --preview-dir previews/
 
     PNGs carry their generation parameters (JSON) in a "parameters" text chunk. A timing table per stage ends the run.
     """
@@ -274,7 +324,9 @@ def run_generate(options: GenerateOptions) -> None:
     _check_combination(options)
     seed = secrets.randbelow(2**31) if options.seed is None else options.seed
     bar = ProgressBar()  # stderr, and only when it is a terminal
-    arguments = {**options.arguments(seed), "progress": bar}
+    arguments = {**options.arguments(seed), "progress": progress_of(bar, options.preview_dir),
+                 **({"preview_every": options.preview_every} if options.preview_every else {})}
+    hires = options.hires()
     targets = options.targets()
     check_outputs(targets, options.overwrite)
     pipe = Pipeline.from_package(options.package, loras=options.loras, **options.opening())
@@ -286,15 +338,48 @@ def run_generate(options: GenerateOptions) -> None:
             _sweep(pipe, options, arguments, seed, bar)
         else:
             try:
-                result = pipe(list(options.prompts), num_images_per_prompt=options.images_per_prompt, **arguments)
+                result = _generate(pipe, options, arguments, hires)
             finally:
                 bar.done()
             _write_images(targets, result.images, result.parameters)
             click.echo(timing_table(result.timings, len(result.images)))
 
 
+def _generate(pipe: Pipeline, options: GenerateOptions, arguments: dict[str, Any],
+              hires: HiresFix | None) -> GenerationResult:
+    """One batch, or with --hires-scale the two passes of the hires fix."""
+    from diffship.runtime.hires import run_hires
+
+    arguments = {**arguments, "num_images_per_prompt": options.images_per_prompt}
+    if hires is None:
+        return pipe(list(options.prompts), **arguments)
+    return run_hires(pipe, list(options.prompts), hires, arguments)
+
+
+def progress_of(bar: ProgressBar, preview_dir: Path | None) -> ProgressCallback:
+    """The bar, and with --preview-dir each preview written as PASS-STEP-IMAGE.png."""
+    if preview_dir is None:
+        return bar
+
+    def report(event: StepEvent) -> None:
+        bar(event)
+        if event.preview is not None:
+            from diffship.runtime.images import save_png
+
+            for index, picture in enumerate(event.preview):
+                save_png(picture, preview_dir / f"{event.pass_index + 1}-{event.step:04d}-{index:02d}.png",
+                         {"preview": event.pass_name, "step": event.step, "steps": event.steps})
+
+    return report
+
+
 def _check_combination(options: GenerateOptions) -> None:
     """Options that do not go together, refused before any work."""
+    if options.hires_scale is not None and (options.grid or options.refiner is not None
+                                            or options.init_image is not None):
+        raise click.UsageError("--hires-scale starts from text: it takes no --grid, --refiner or --image")
+    if (options.preview_every > 0) != (options.preview_dir is not None):
+        raise click.UsageError("--preview-every N and --preview-dir DIR go together: give both")
     if options.denoising_end is not None and options.refiner is None:
         raise click.UsageError("--denoising-end is where --refiner takes over: give --refiner PACKAGE too")
     if options.refiner is not None and (options.grid or options.init_image is not None or options.mask_image is not None):

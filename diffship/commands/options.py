@@ -226,3 +226,10 @@ def vae_tiles_option() -> Callable[[FC], FC]:
                              "the model's native size when the picture is over 1024x1024, beyond the VAE engine's "
                              "profile or too big for memory; SIZE (a multiple of 32, such as 512) tiles whenever the "
                              "picture is larger than SIZE; off never. Example: --vae-tiles 512")
+
+
+def hires_scale_option() -> Callable[[FC], FC]:
+    """``--hires-scale`` on the builders: engines that also take a hires fix's second pass."""
+    return click.option("--hires-scale", type=click.FloatRange(1.0, 8.0),
+                        help="Also cover a hires fix's second pass (generate --hires-scale): --height/--width (default: "
+                             "the model's size) times this, in the same engines. Example: --hires-scale 2")

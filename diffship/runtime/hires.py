@@ -115,10 +115,53 @@ def _good_scale(height: int, width: int, multiple: int, near: float) -> float | 
     return min(candidates, key=lambda s: abs(s - near)) if candidates else None
 
 
+@dataclass(frozen=True)
+class HiresPlan:
+    """A hires-fix call checked and split in its parts, for whoever runs the calls (``run_hires`` directly, the
+    service through its queue): ``first`` runs, ``second(done)`` gives the calls of the second pass from its result,
+    ``finish`` joins both passes' results into one."""
+
+    pipe: Pipeline
+    hires: HiresFix
+    prompt: str | Sequence[str]
+    first: Call
+    second_arguments: dict[str, Any]
+    size: tuple[int, int]
+    """The second pass's (height, width)."""
+    steps: int
+
+    def second(self, done: GenerationResult) -> list[Call]:
+        """The second pass's calls: one on the upscaled latents, or one per Lanczos-upscaled picture."""
+        if self.hires.latent:
+            assert done.latents is not None
+            mode, antialias = UPSCALERS[self.hires.upscaler] or ("", False)
+            factor = self.pipe.constants.vae_scale_factor
+            upscaled = interpolate(done.latents, (self.size[0] // factor, self.size[1] // factor), mode, antialias)
+            return [self.pipe.prepare(self.prompt, image=upscaled, **self.second_arguments)]
+        return _pixel_calls(self.pipe, self.prompt, done, self.size, self.second_arguments)
+
+    def finish(self, done: GenerationResult, finished: Sequence[GenerationResult]) -> GenerationResult:
+        timings = done.timings
+        for result in finished:
+            timings = timings.add(result.timings)
+        name = finished[0].parameters[0]["scheduler"]
+        return GenerationResult([image for result in finished for image in result.images], timings,
+                                [{**_first_pass(params), "hires": self.hires.describe(*self.size, self.steps, name)}
+                                 for params in done.parameters])
+
+
 def run_hires(pipe: Pipeline, prompt: str | Sequence[str], hires: HiresFix, arguments: Mapping[str, Any] | None = None,
               hires_noise: np.ndarray | None = None) -> GenerationResult:
     """The first pass (``arguments``: ``Pipeline.__call__``'s, text-to-image), the upscale, the second pass. Both
     calls are checked before either runs. ``hires_noise``: the second pass's injected ``start_noise``."""
+    plan = plan_hires(pipe, prompt, hires, arguments, hires_noise)
+    done = _run(pipe, plan.first)
+    return plan.finish(done, [_run(pipe, call) for call in plan.second(done)])
+
+
+def plan_hires(pipe: Pipeline, prompt: str | Sequence[str], hires: HiresFix, arguments: Mapping[str, Any] | None = None,
+               hires_noise: np.ndarray | None = None) -> HiresPlan:
+    """Both passes checked (the second with a stand-in for the first's output), nothing run."""
     arguments = dict(arguments or {})
     if arguments.get("image") is not None or arguments.get("mask_image") is not None:
         raise PipelineInputError("the hires fix starts from text: give no image or mask_image (upscale a picture with "
@@ -130,8 +173,8 @@ def run_hires(pipe: Pipeline, prompt: str | Sequence[str], hires: HiresFix, argu
     high, wide = hires.target(request.height, request.width, pipe.constants.spatial_multiple)
     steps = hires.steps if hires.steps is not None else request.steps
     second_arguments = {**{k: v for k, v in arguments.items() if k not in SECOND_PASS_DROPS},
-                        "num_inference_steps": steps, "seed": request.seeds[0], "height": high, "width": wide, "strength": hires.strength,
-                        "scheduler": hires.scheduler or arguments.get("scheduler"),
+                        "num_inference_steps": steps, "seed": request.seeds[0], "height": high, "width": wide,
+                        "strength": hires.strength, "scheduler": hires.scheduler or arguments.get("scheduler"),
                         "negative_prompt": hires.negative_prompt if hires.negative_prompt is not None
                         else arguments.get("negative_prompt"), "start_noise": hires_noise,
                         **({"progress": in_pass(progress, "hires", 1, 2)} if progress else {})}
@@ -145,19 +188,7 @@ def run_hires(pipe: Pipeline, prompt: str | Sequence[str], hires: HiresFix, argu
         hint = (f" ({command(f'build-trt --hires-scale {high / request.height:g}')} builds engines that cover both "
                 "passes)") if "loaded engines" in str(exc) else ""
         raise PipelineInputError(f"the hires pass at {wide}x{high} (width x height): {exc}{hint}") from None
-    done = _run(pipe, first)
-    if hires.latent:
-        assert done.latents is not None
-        mode, antialias = UPSCALERS[hires.upscaler] or ("", False)
-        factor = pipe.constants.vae_scale_factor
-        upscaled = interpolate(done.latents, (high // factor, wide // factor), mode, antialias)
-        finished = pipe(second_prompt, image=upscaled, **second_arguments)
-    else:
-        finished = _pixel_pass(pipe, second_prompt, done, (high, wide), second_arguments)
-    name = finished.parameters[0]["scheduler"]
-    return GenerationResult(finished.images, done.timings.add(finished.timings),
-                            [{**_first_pass(params), "hires": hires.describe(high, wide, steps, name)}
-                             for params in done.parameters])
+    return HiresPlan(pipe, hires, second_prompt, first, second_arguments, (high, wide), steps)
 
 
 def _run(pipe: Pipeline, call: Call) -> GenerationResult:
@@ -167,25 +198,20 @@ def _run(pipe: Pipeline, call: Call) -> GenerationResult:
     return outcome
 
 
-def _pixel_pass(pipe: Pipeline, prompt: str | Sequence[str], done: GenerationResult, size: tuple[int, int],
-                arguments: dict[str, Any]) -> GenerationResult:
+def _pixel_calls(pipe: Pipeline, prompt: str | Sequence[str], done: GenerationResult, size: tuple[int, int],
+                 arguments: dict[str, Any]) -> list[Call]:
     """The second pass from Lanczos-upscaled pictures: one image-to-image call per picture (each its own prompt,
     negative prompt and seed), as one image input is one picture."""
-    prompts = [prompt] * len(done.images) if isinstance(prompt, str) else \
-        [p for p in prompt for _ in range(len(done.images) // len(prompt))]
+    count = len(done.images)
+    prompts = [prompt] * count if isinstance(prompt, str) else [p for p in prompt for _ in range(count // len(prompt))]
     negative = arguments.get("negative_prompt")
-    negatives = [negative] * len(done.images) if negative is None or isinstance(negative, str) else \
-        [n for n in negative for _ in range(len(done.images) // len(negative))]
+    negatives = [negative] * count if negative is None or isinstance(negative, str) else \
+        [n for n in negative for _ in range(count // len(negative))]
     noise = arguments.get("start_noise")
-    results = []
-    for k, (image, params) in enumerate(zip(done.images, done.parameters, strict=True)):
-        own = {**arguments, "seed": params["seed"], "negative_prompt": negatives[k], "num_images_per_prompt": 1,
-               "start_noise": None if noise is None else noise[k : k + 1]}
-        results.append(pipe(prompts[k], image=lanczos(image, size), **own))
-    timings = results[0].timings
-    for result in results[1:]:
-        timings = timings.add(result.timings)
-    return GenerationResult([r.images[0] for r in results], timings, [r.parameters[0] for r in results])
+    return [pipe.prepare(prompts[k], image=lanczos(image, size),
+                         **{**arguments, "seed": params["seed"], "negative_prompt": negatives[k],
+                            "num_images_per_prompt": 1, "start_noise": None if noise is None else noise[k : k + 1]})
+            for k, (image, params) in enumerate(zip(done.images, done.parameters, strict=True))]
 
 
 def _first_pass(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 ``negative_prompt``, ``steps``, ``cfg_scale``, ``width``, ``height``, ``seed`` (-1: random), ``sampler_name`` (the web
 UI's names: ``Euler a``, ``DPM++ 2M Karras``, ...; ``scheduler: "Karras"`` as newer clients send it), ``batch_size``,
 ``n_iter``, ``eta`` -> base64 PNGs and an ``info`` JSON string with the seeds and infotexts. The web UI's other fields
-are accepted and ignored unless they ask for something this server does not do (hires fix, face restoration, tiling,
-variation seeds, styles, scripts), which answers 422 naming the field. Absent ``width``/``height``/``sampler_name``
+are accepted and ignored unless they ask for something this server does not do (face restoration, tiling, variation
+seeds, styles, scripts), which answers 422 naming the field. The hires fix (``enable_hr`` and its ``hr_*`` fields) is
+serve/hires_fields.py. Absent ``width``/``height``/``sampler_name``
 mean the package's own default size and scheduler; absent ``steps`` means the web UI's 20.
 
 ``POST /sdapi/v1/img2img`` adds ``init_images`` (one base64 image), ``denoising_strength`` (default 0.75), and for
@@ -22,12 +23,13 @@ from typing import Any
 from diffship.runtime.images import png_bytes
 from diffship.runtime.pipeline import GenerationResult
 from diffship.runtime.schedulers import NOT_IMPLEMENTED, SHORT_NAMES, WEB_UI_NAMES
+from diffship.serve import hires_fields
 from diffship.serve.fields import ApiInputError, check_object, take
 from diffship.serve.formats import ApiFormat, Listing
 
 DEFAULT_STEPS = 20
 UNSUPPORTED = {
-    "enable_hr": "hires fix", "restore_faces": "face restoration", "tiling": "tiling",
+    "restore_faces": "face restoration", "tiling": "tiling",
     "styles": "styles", "script_name": "scripts", "alwayson_scripts": "scripts",
 }
 """Fields whose non-empty value asks for something this server does not do."""
@@ -66,7 +68,7 @@ def parse(body: Any) -> dict[str, Any]:
     eta = take(body, "eta", (int, float))
     if eta is not None:
         arguments["eta"] = eta
-    return arguments
+    return arguments | hires_fields.parse(body)  # enable_hr and its hr_* fields (serve/hires_fields.py)
 
 
 def parse_img2img(body: Any) -> dict[str, Any]:
@@ -150,7 +152,7 @@ def infotext(parameters: dict[str, Any], model_name: str) -> str:
         lines.append(f"Negative prompt: {parameters['negative_prompt']}")
     lines.append(f"Steps: {parameters['steps']}, Sampler: {web_ui_name(parameters['scheduler'])}, CFG scale: "
                  f"{parameters['guidance_scale']:g}, Seed: {parameters['seed']}, Size: {parameters['width']}x"
-                 f"{parameters['height']}, Model: {model_name}, Version: diffship")
+                 f"{parameters['height']}{hires_fields.infotext(parameters)}, Model: {model_name}, Version: diffship")
     return "\n".join(lines)
 
 

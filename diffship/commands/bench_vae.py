@@ -11,7 +11,7 @@ from diffship.commands.help import Command
 from diffship.commands.options import json_option, parse_list
 
 
-@click.command("bench-vae", cls=Command, short_help="Peak memory of VAE decodes, tiled and not, against diffusers.")
+@click.command("bench-vae", cls=Command, short_help="Peak memory of VAE decodes, tiled or not, vs diffusers.")
 @click.option("--model", default="sd15", show_default=True,
               help="Preset whose VAE architecture is measured, with seeded random weights (sd15, sdxl, tiny, ...).")
 @click.option("--sizes", default="1024,2048,3072", show_default=True, help="Comma-separated square sizes in pixels.")

@@ -11,6 +11,7 @@ decoding (model included) and ``decode`` what the decode added above the memory 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,13 +58,19 @@ def prepare_vae(preset: str, folder: Path, seed: int = 0) -> Path:
 
 
 def measure(folder: Path, sizes: Sequence[int], modes: Sequence[str], tile: int,
-            progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
-    """Every (size, mode) case in its own process; a case that fails (out of memory) is recorded as such."""
-    cases = []
+            progress: Callable[[str], None] = lambda line: None, timeout_s: float | None = None) -> dict[str, Any]:
+    """Every (size, mode) case in its own process; a case that fails (out of memory) or runs past ``timeout_s`` is
+    recorded as such."""
+    cases: list[dict[str, Any]] = []
     for size in sizes:
         for mode in modes:
             progress(f"{mode} at {size}x{size} ...")
-            done = run_module("diffship.bench.vae_tiles", ["--child", mode, absolute(folder), str(size), str(tile)])
+            try:
+                done = run_module("diffship.bench.vae_tiles", ["--child", mode, absolute(folder), str(size), str(tile)],
+                                  timeout_s=timeout_s)
+            except subprocess.TimeoutExpired:
+                cases.append({"mode": mode, "size": size, "error": f"timed out after {timeout_s:g}s"})
+                continue
             lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
             if done.returncode != 0 or not lines:
                 cases.append({"mode": mode, "size": size, "error": (done.stderr.strip().splitlines() or

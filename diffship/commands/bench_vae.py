@@ -22,8 +22,10 @@ from diffship.commands.options import json_option, parse_list
               help="Tile side in pixels, as --vae-tiles SIZE and diffusers' tile_sample_min_size (a multiple of 32).")
 @click.option("--work", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the exported VAE (default: under $DIFFSHIP_CACHE).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(1), help="Seconds one case may run (default: no limit).")
 @json_option("bench-vae.json")
-def bench_vae(model: str, sizes: str, modes: str, tile: int, work: Path | None, json_path: Path) -> None:
+def bench_vae(model: str, sizes: str, modes: str, tile: int, work: Path | None, timeout_s: float | None,
+              json_path: Path) -> None:
     """Peak resident memory and time of one VAE decode per case, each in a fresh process: diffship's ONNX Runtime
     decoder whole and in tiles, and diffusers' tiled decode, on the same random weights.
 
@@ -47,7 +49,8 @@ def bench_vae(model: str, sizes: str, modes: str, tile: int, work: Path | None, 
     if model not in PRESETS:
         raise click.BadParameter(f"unknown preset {model!r}; choose one of {', '.join(PRESETS)}", param_hint="--model")
     folder = prepare_vae(model, work or cache_dir() / "bench-vae" / model)
-    result = measure(folder, parse_list(sizes, int, "--sizes"), chosen, tile, lambda line: click.echo(line, err=True))
+    result = measure(folder, parse_list(sizes, int, "--sizes"), chosen, tile, lambda line: click.echo(line, err=True),
+                     timeout_s)
     result |= {"model": model, "machine": describe_machine()}
     write_json_atomic(json_path, result)
     click.echo(format_table(result))

@@ -25,6 +25,10 @@ def test_bench_vae_measures_every_case_in_its_own_process(tmp_path: Path) -> Non
     assert all("error" not in case and case["peak_mb"] >= case["decode_mb"] >= 0 for case in cases.values())
     assert [cases[(256, mode)]["tiles"] for mode in ("untiled", "tiled", "diffusers-tiled")] == [1, 36, 36]
     assert "256        tiled" in result.output and (tmp_path / "vae" / "ready.json").exists()
+    slow = CliRunner().invoke(cli, ["bench-vae", "--model", "tiny", "--sizes", "512", "--modes", "diffusers-tiled",
+                                    "--tile", "64", "--timeout", "1", "--work", str(tmp_path / "vae"), "--json", str(out)])
+    assert slow.exit_code == 0, slow.output
+    assert json.loads(out.read_text())["cases"][0]["error"] == "timed out after 1s"
 
 
 def test_bench_vae_refuses_an_unknown_mode(tmp_path: Path) -> None:

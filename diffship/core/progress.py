@@ -67,6 +67,7 @@ class ProgressBar:
         """A prefix for every line (a grid's cell)."""
         self._pass: tuple[str, int] | None = None
         self._started = 0.0
+        self._first = 0
         self._drawn = False
 
     def __call__(self, event: StepEvent) -> None:
@@ -74,23 +75,26 @@ class ProgressBar:
             return
         key = (event.pass_name, event.pass_index)
         if key != self._pass:
+            # The pass's clock starts at its first step's end: rates count the steps after it (the first one also
+            # pays for warm-up, and when it began is not seen here).
             self._end_line()
-            self._pass, self._started = key, self.clock()
-        self.stream.write("\r" + self.render(event, self.clock() - self._started))
+            self._pass, self._started, self._first = key, self.clock(), event.step
+        self.stream.write("\r" + self.render(event, self.clock() - self._started, self._first))
         self.stream.flush()
         self._drawn = True
         if event.step >= event.steps:
             self._end_line()
 
-    def render(self, event: StepEvent, elapsed: float) -> str:
-        """The bar's text for ``event``, ``elapsed`` seconds into its pass."""
+    def render(self, event: StepEvent, elapsed: float, first: int = 0) -> str:
+        """The bar's text for ``event``, ``elapsed`` seconds after step ``first`` of its pass ended."""
         filled = self.WIDTH * event.step // max(event.steps, 1)
-        rate = event.step / elapsed if elapsed > 0 else 0.0
-        remaining = (event.steps - event.step) / rate if rate > 0 else None
+        rate = (event.step - first) / elapsed if elapsed > 0 and event.step > first else None
+        remaining = (event.steps - event.step) / rate if rate else None
         name = f"{event.pass_name} {event.pass_index + 1}/{event.passes} " if event.passes > 1 else ""
+        speed = "-- it/s" if rate is None else f"{rate:.2f} it/s"
         eta = "ETA --" if remaining is None else f"ETA {_duration(remaining)}"
         return (f"{self.label}{name}[{'#' * filled}{'.' * (self.WIDTH - filled)}] {event.step:>{len(str(event.steps))}}"
-                f"/{event.steps}  {rate:.2f} it/s  {eta}  ")
+                f"/{event.steps}  {speed}  {eta}  ")
 
     def _end_line(self) -> None:
         if self._drawn:

@@ -102,13 +102,14 @@ def test_cheap_preview_is_the_web_uis_approximation(family: object) -> None:
 def test_bar_draws_rate_and_eta_on_a_terminal() -> None:
     stream, clock = Terminal(), Clock()
     bar = ProgressBar(stream, clock=clock)
-    bar(StepEvent(1, 4, 999.0))  # the pass starts at the first event: its own time is not counted
+    bar(StepEvent(1, 4, 999.0))  # the pass's clock starts here: the first step's own time is not seen
+    assert stream.getvalue() == "\r[######..................] 1/4  -- it/s  ETA --  "
     clock.now = 2.0
     bar(StepEvent(2, 4, 800.0))
-    assert stream.getvalue().split("\r")[-1] == "[############............] 2/4  1.00 it/s  ETA 2s  "
+    assert stream.getvalue().split("\r")[-1] == "[############............] 2/4  0.50 it/s  ETA 4s  "
     clock.now = 4.0
     bar(StepEvent(4, 4, 1.0))
-    assert stream.getvalue().endswith("[########################] 4/4  1.00 it/s  ETA 0s  \n")
+    assert stream.getvalue().endswith("[########################] 4/4  0.75 it/s  ETA 0s  \n")
 
 
 def test_bar_starts_a_line_per_pass_and_names_it() -> None:
@@ -135,3 +136,9 @@ def test_generate_prints_nothing_extra_when_stderr_is_not_a_terminal(pipe: Pipel
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     assert result.stdout.startswith(f"wrote {tmp_path / 'fox.png'}")
+
+
+def test_bar_writes_long_etas_in_minutes_and_hours() -> None:
+    bar = ProgressBar(io.StringIO())
+    assert bar.render(StepEvent(11, 1000, 1.0), 10.0, 1).endswith("1.00 it/s  ETA 16m29s  ")
+    assert bar.render(StepEvent(2, 5000, 1.0), 1.0, 1).endswith("1.00 it/s  ETA 1h23m  ")

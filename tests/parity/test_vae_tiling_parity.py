@@ -93,3 +93,16 @@ def test_auto_tiles_large_pictures_at_the_native_size() -> None:
     assert choose_tile(VaeTiles.parse("off"), 512, 2048, 2048, 1, True, False) is None
     assert choose_tile(VaeTiles.parse("256"), 512, 512, 320, 1, True, False) == 256
     assert choose_tile(VaeTiles.parse(256), 512, 256, 256, 1, True, False) is None  # one tile: diffusers' rule
+
+
+def test_tiled_decode_matches_diffusers_on_sdxl(tiny_xl_package: Path, tiny_xl_dir: Path) -> None:
+    xl = Pipeline.from_package(tiny_xl_package, backend="ort", precision="fp32", device="cpu")
+    vae = diffusers.AutoencoderKL.from_pretrained(str(tiny_xl_dir / "vae")).eval()
+    vae.enable_tiling()
+    vae.tile_sample_min_size, vae.tile_latent_min_size = TILE, TILE // 8
+    latents = np.random.default_rng(4).standard_normal((1, 4, SIZE[1] // 8, SIZE[0] // 8), dtype=np.float32)
+    ours = xl._decode(latents * np.float32(xl.constants.scaling_factor), tile=TILE)
+    with torch.inference_mode():
+        expected = vae.tiled_decode(torch.from_numpy(latents)).sample.numpy()
+    assert ours.shape == expected.shape == (1, 3, SIZE[1], SIZE[0])
+    assert np.abs(to_pixels(ours) - to_pixels(expected)).max() <= 2

@@ -65,6 +65,10 @@ def measure(folder: Path, sizes: Sequence[int], modes: Sequence[str], tile: int,
     for size in sizes:
         for mode in modes:
             progress(f"{mode} at {size}x{size} ...")
+            refusal = _too_big(mode, size, tile)
+            if refusal is not None:  # on a shared machine an out-of-memory kill may take a neighbour's process
+                cases.append({"mode": mode, "size": size, "error": refusal})
+                continue
             try:
                 done = run_module("diffship.bench.vae_tiles", ["--child", mode, absolute(folder), str(size), str(tile)],
                                   timeout_s=timeout_s)
@@ -79,6 +83,22 @@ def measure(folder: Path, sizes: Sequence[int], modes: Sequence[str], tile: int,
                 cases.append({"mode": mode, "size": size, **json.loads(lines[-1])})
             progress(f"  {cases[-1]}")
     return {"tile": tile, "cases": cases}
+
+
+MARGIN = 2**30
+"""Held back beyond a case's estimate (the model, the interpreter, the libraries)."""
+
+
+def _too_big(mode: str, size: int, tile: int) -> str | None:
+    """Why a case is not run (its estimate beyond this machine's available memory), or None."""
+    from diffship.runtime.requests import DECODE_BYTES_PER_PIXEL, available_memory
+
+    side = size if mode == "untiled" or size <= tile else tile
+    needed = DECODE_BYTES_PER_PIXEL * side * side + 12 * size * size + MARGIN
+    available = available_memory()
+    if available is not None and needed > available:
+        return f"not run: needs about {needed / 2**30:.1f} GiB, {available / 2**30:.1f} GiB available"
+    return None
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -34,3 +34,13 @@ def test_bench_vae_measures_every_case_in_its_own_process(tmp_path: Path) -> Non
 def test_bench_vae_refuses_an_unknown_mode(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["bench-vae", "--model", "tiny", "--modes", "tiled,fast", "--work", str(tmp_path)])
     assert result.exit_code == 2 and "fast: give some of untiled, tiled, diffusers-tiled" in result.output
+
+
+def test_cases_beyond_the_available_memory_are_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffship.bench import vae_tiles
+    from diffship.runtime import requests
+
+    monkeypatch.setattr(requests, "available_memory", lambda: 4 * 2**30)
+    assert vae_tiles._too_big("untiled", 2048, 512) == "not run: needs about 13.0 GiB, 4.0 GiB available"
+    assert vae_tiles._too_big("tiled", 2048, 512) is None
+    assert vae_tiles._too_big("diffusers-tiled", 2048, 512) is None

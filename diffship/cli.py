@@ -17,6 +17,7 @@ from diffship.commands.bench import bench
 from diffship.commands.bench_lora import bench_lora
 from diffship.commands.bench_samplers import bench_samplers
 from diffship.commands.bench_serve import bench_serve
+from diffship.commands.bench_vae import bench_vae
 from diffship.commands.build_ort import build_ort
 from diffship.commands.build_trt import build_trt
 from diffship.commands.export import export
@@ -66,7 +67,7 @@ def cli(verbose: bool) -> None:
 
 
 cli.add_section("Commands", [export, build_ort, build_trt, generate, serve, verify])
-cli.add_section("Developer tools", [bench, bench_lora, bench_serve, bench_samplers, quality, parity])
+cli.add_section("Developer tools", [bench, bench_lora, bench_serve, bench_samplers, bench_vae, quality, parity])
 
 
 class Terminated(KeyboardInterrupt):

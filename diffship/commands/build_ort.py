@@ -10,6 +10,7 @@ from diffship.commands.help import Command
 from diffship.commands.options import (
     components_option,
     force_option,
+    hires_scale_option,
     package_option,
     parse_components,
     precision_option,
@@ -34,9 +35,10 @@ from diffship.runtime.tables import format_table
 @click.option("--calibration-size", type=click.IntRange(64, 2048), default=None,
               help="int8: image side of the calibration runs in pixels (default: the model's, capped at 256).")
 @threads_option("ONNX Runtime threads for the calibration runs.")
+@hires_scale_option()
 def build_ort(package: Path, precision: str, components: str | None, force: bool, target: str,
               calibration_prompts: Path | None, calibration_steps: int, calibration_size: int | None,
-              threads: int | None) -> None:
+              threads: int | None, hires_scale: float | None) -> None:
     """Build ONNX Runtime engines: attention fused; for the CPU, graphs also optimised for this CPU once and saved.
 
     \b
@@ -44,6 +46,7 @@ def build_ort(package: Path, precision: str, components: str | None, force: bool
       {prog} build-ort --package packages/sd15-random
       {prog} build-ort --package packages/sd15-random --precision fp16 --target cuda
       {prog} build-ort --package packages/sd15-random --precision int8 --calibration-steps 8
+      {prog} build-ort --package packages/sd15-random --hires-scale 2
 
     The runtime then loads these (the cpu set on a CPU of the same family, the cuda set on the CUDA provider, with the
     same onnxruntime) instead of the plain ONNX: faster sessions, less memory, faster UNet steps (see BENCHMARKS.md).
@@ -52,6 +55,9 @@ def build_ort(package: Path, precision: str, components: str | None, force: bool
     """
     from diffship.engines.ort.build import build_ort_engines
     from diffship.runtime.calibration import calibration_for
+
+    if hires_scale is not None:
+        _check_hires(package, hires_scale)
 
     calibration = None
     if precision == "int8":
@@ -69,3 +75,15 @@ def build_ort(package: Path, precision: str, components: str | None, force: bool
             for c in outcome.components]
     click.echo(format_table(["component", "build", "attention blocks fused", "session load"], rows))
     click.echo(f"engines: {outcome.folder}")
+
+
+def _check_hires(package: Path, scale: float) -> None:
+    """ONNX Runtime engines take any size, so one set covers both passes of a hires fix; what is checked, before
+    anything is built, is that the second pass's size is one the model takes."""
+    from diffship.core.package import ModelPackage
+    from diffship.core.profiles import hires_size
+
+    constants = ModelPackage.open(package).constants
+    high, wide = hires_size(constants, constants.default_height, constants.default_width, scale)
+    click.echo(f"hires fix x{scale:g}: ONNX Runtime engines take any size, so these cover both passes "
+               f"({constants.default_width}x{constants.default_height} and {wide}x{high})")

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 import click
 
 from diffship.commands.help import Command
-from diffship.commands.options import components_option, force_option, package_option, parse_bytes, parse_components
+from diffship.commands.options import (
+    components_option,
+    force_option,
+    hires_scale_option,
+    package_option,
+    parse_bytes,
+    parse_components,
+)
 from diffship.runtime.tables import format_table
 
 if TYPE_CHECKING:
@@ -44,9 +51,11 @@ if TYPE_CHECKING:
               help="Mark the weights a LoRA can change refittable, so LoRAs are refitted into the engines at load time "
                    "instead of rebuilding (needs the package's weight maps, and an NVIDIA GPU to build).")
 @force_option()
+@hires_scale_option()
 def build_trt(package: Path, fp16: bool, backend: str, archs: str | None, height: int | None, width: int | None,
               min_size: int | None, max_size: int | None, batch: str | None, static: bool, prompt_chunks: str,
-              opt_level: int, workspace: str | None, components: str | None, refittable: bool, force: bool) -> None:
+              opt_level: int, workspace: str | None, components: str | None, refittable: bool, force: bool,
+              hires_scale: float | None) -> None:
     """Build TensorRT or TensorRT-RTX engines for a package, into PACKAGE/engines/<backend>-<archs>-<precision>/.
 
     \b
@@ -57,6 +66,7 @@ def build_trt(package: Path, fp16: bool, backend: str, archs: str | None, height
       {prog} build-trt --package packages/sd15 --fp16 --min-size 256 --max-size 1024 --batch 1-4
       {prog} build-trt --package packages/sd15 --fp16 --refittable      # LoRA by refit (GPU machine)
       {prog} build-trt --package packages/sd15 --fp16 --prompt-chunks 1-3  # --long-prompts up to 225 tokens
+      {prog} build-trt --package packages/sd15 --fp16 --height 512 --width 512 --hires-scale 2  # 512 and 1024
 
     Each engine comes with a per-layer precision report (<component>.layers.json) taken from the builder's own log;
     an engine whose inputs (ONNX digest, shapes, precision, targets, library version, settings) did not change is
@@ -67,6 +77,11 @@ def build_trt(package: Path, fp16: bool, backend: str, archs: str | None, height
     from diffship.engines.tensorrt.build import BuildRequest, build_engines
 
     shapes = _shapes(package, batch, static, (height, width), (min_size, max_size), prompt_chunks)
+    if hires_scale is not None:
+        from diffship.core.package import ModelPackage
+        from diffship.core.profiles import cover_hires
+
+        shapes = cover_hires(shapes, ModelPackage.open(package).constants, hires_scale, (height, width))
     if backend == "auto":
         backend = "trt" if "trt" in available_backends() and local_gpu_arch() is not None else "trt-rtx"
     config = BuildConfig(backend=backend, precision="fp16" if fp16 else "fp32",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from diffship.commands.display import StepProgress, scheduler_table, timing_table
+from diffship.commands.display import scheduler_table, timing_table
 from diffship.commands.help import Command
 from diffship.commands.options import (
     backend_option,
@@ -26,6 +26,7 @@ from diffship.commands.options import (
     parse_pair,
     precision_option,
     threads_option,
+    vae_tiles_option,
 )
 
 if TYPE_CHECKING:
@@ -33,8 +34,11 @@ if TYPE_CHECKING:
 
     import numpy as np
 
+    from diffship.core.progress import ProgressBar, ProgressCallback, StepEvent
     from diffship.runtime.grid import GridAxis
+    from diffship.runtime.hires import HiresFix
     from diffship.runtime.pipeline import Pipeline
+    from diffship.runtime.results import GenerationResult
 
 
 def _list_schedulers(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -65,8 +69,8 @@ def _grid(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -
 
 
 PASSED_ON = ("scheduler", "height", "width", "mask_image", "strength", "padding_mask_crop", "sample_mode", "eta",
-             "long_prompts", "prompt_weighting", "guidance_rescale", "guidance_cutoff", "guidance_interval", "cache_interval",
-             "cache_schedule", "cache_center")
+             "long_prompts", "prompt_weighting", "guidance_rescale", "guidance_cutoff", "guidance_interval",
+             "cache_interval", "cache_schedule", "cache_center", "vae_tiles")
 """Options that are ``Pipeline.__call__`` arguments of the same name."""
 MICRO_CONDITIONING = {"original_size": "original_size", "target_size": "target_size",
                       "crops_coords_top_left": "crop_top_left", "negative_original_size": "negative_original_size",
@@ -124,7 +128,27 @@ class GenerateOptions:
     refiner: Path | None
     denoising_end: float | None
     overwrite: bool
+    vae_tiles: str
+    hires_scale: float | None
+    hires_upscaler: str
+    hires_strength: float
+    hires_steps: int | None
+    hires_scheduler: str | None
+    hires_prompt: str | None
+    hires_negative_prompt: str | None
+    preview_every: int
+    preview_dir: Path | None
     lora_dir: Path | None = None
+
+    def hires(self) -> HiresFix | None:
+        """The second pass of the hires fix, if --hires-scale asks for one."""
+        from diffship.runtime.hires import HiresFix
+
+        if self.hires_scale is None:
+            return None
+        return HiresFix(scale=self.hires_scale, upscaler=self.hires_upscaler, strength=self.hires_strength,
+                        steps=self.hires_steps, scheduler=self.hires_scheduler, prompt=self.hires_prompt,
+                        negative_prompt=self.hires_negative_prompt)
 
     def opening(self) -> dict[str, Any]:
         """``Pipeline.from_package``'s arguments, LoRAs apart (the refiner of a hand-off takes none)."""
@@ -241,6 +265,31 @@ class GenerateOptions:
               help="With --refiner: the fraction of the schedule the base runs before handing over, strictly between "
                    "0 and 1 (default 0.8).")
 @click.option("--overwrite", is_flag=True, help="Replace PNGs that already exist (otherwise that is an error).")
+@vae_tiles_option()
+@click.option("--hires-scale", type=float,
+              help="Hires fix (the web UI's): generate at --height/--width, upscale by this factor (1 to 8; the "
+                   "result must be a multiple of 8 pixels), then run image-to-image at the larger size. Example: "
+                   "--hires-scale 2")
+@click.option("--hires-upscaler", default="latent", show_default=True,
+              type=click.Choice(["latent", "latent-antialiased", "latent-bicubic", "latent-bicubic-antialiased",
+                                 "latent-nearest", "latent-nearest-exact", "lanczos"]),
+              help="With --hires-scale: resize the latents (torch's interpolate modes, as the web UI's Latent "
+                   "upscalers) or the decoded picture (lanczos, then encoded again). Example: --hires-upscaler "
+                   "latent-bicubic")
+@click.option("--hires-strength", default=0.7, show_default=True, type=float,
+              help="With --hires-scale: how much of the second pass's schedule runs, in (0, 1] (the web UI's "
+                   "denoising strength). Example: --hires-strength 0.55")
+@click.option("--hires-steps", type=click.IntRange(1),
+              help="With --hires-scale: the second pass's steps (default: --steps). Example: --hires-steps 15")
+@click.option("--hires-scheduler", help="With --hires-scale: the second pass's scheduler (default: --scheduler's).")
+@click.option("--hires-prompt", help="With --hires-scale: the second pass's prompt (default: --prompt).")
+@click.option("--hires-negative-prompt", help="With --hires-scale: the second pass's negative prompt (default: "
+              "--negative-prompt).")
+@click.option("--preview-every", default=0, show_default=True, type=click.IntRange(0),
+              help="Write a cheap preview of the latents (the web UI's 'Approx cheap', 1/8 size) every N steps and at "
+                   "each pass's last, into --preview-dir; 0: none. Example: --preview-every 5 --preview-dir previews/")
+@click.option("--preview-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder for --preview-every's PNGs: PASS-STEP-IMAGE.png (such as 1-0005-00.png).")
 def generate(**options: Any) -> None:
     """Generate images from a model package, without PyTorch: from a prompt, from a picture (--image) or repainting
     part of one (--image with --mask).
@@ -278,6 +327,13 @@ def generate(**options: Any) -> None:
           --grid cache=1,3,5 --grid cutoff=1,0.5 --out cache-grid.png
       {prog} generate --package packages/sdxl --refiner packages/sdxl-refiner --prompt "a red fox" \\
           --steps 40 --guidance 5 --denoising-end 0.8 --out fox.png
+      {prog} generate --package packages/sdxl --prompt "a castle" --height 2048 --width 2048 \\
+          --vae-tiles auto --out big.png
+      {prog} generate --package packages/sd15 --prompt "a castle" --height 512 --width 512 \\
+          --hires-scale 2 --hires-upscaler latent-bicubic --hires-strength 0.55 --hires-steps 15 \\
+          --out castle-1024.png
+      {prog} generate --package packages/tiny --prompt "a fox" --steps 30 --preview-every 5 \\
+          --preview-dir previews/
 
     PNGs carry the web UI's infotext in a "parameters" text chunk and diffship's JSON in a "diffship" one. A timing
     table per stage ends the run.
@@ -287,26 +343,30 @@ def generate(**options: Any) -> None:
 
 def run_generate(options: GenerateOptions) -> None:
     """Check everything that needs no model, open the package, then run one batch, a grid or a hand-off."""
+    from diffship.core.progress import ProgressBar
     from diffship.runtime import Pipeline
 
     _check_combination(options)
     options = _with_prompt_tags(options)
     seed = secrets.randbelow(2**31) if options.seed is None else options.seed
-    arguments = options.arguments(seed)
+    bar = ProgressBar()  # stderr, and only when it is a terminal
+    arguments = {**options.arguments(seed), "progress": progress_of(bar, options.preview_dir),
+                 **({"preview_every": options.preview_every} if options.preview_every else {})}
+    hires = options.hires()
     targets = options.targets()
     check_outputs(targets, options.overwrite)
     pipe = Pipeline.from_package(options.package, loras=options.loras, **options.opening())
     if options.refiner is not None:
-        _refine(pipe, options, arguments, targets)
+        _refine(pipe, options, arguments, targets, bar)
         return
     with pipe:
         if options.grid:
-            _sweep(pipe, options, arguments, seed)
+            _sweep(pipe, options, arguments, seed, bar)
         else:
-            progress = StepProgress()
-            result = pipe(list(options.prompts), num_images_per_prompt=options.images_per_prompt, callback=progress,
-                          **arguments)
-            progress.done()
+            try:
+                result = _generate(pipe, options, arguments, hires)
+            finally:
+                bar.done()
             _write_images(targets, result.images, result.parameters)
             click.echo(timing_table(result.timings, len(result.images)))
 
@@ -324,8 +384,41 @@ def _with_prompt_tags(options: GenerateOptions) -> GenerateOptions:
     return replace(options, prompts=tagged.prompts, loras=(*options.loras, *extra))
 
 
+def _generate(pipe: Pipeline, options: GenerateOptions, arguments: dict[str, Any],
+              hires: HiresFix | None) -> GenerationResult:
+    """One batch, or with --hires-scale the two passes of the hires fix."""
+    from diffship.runtime.hires import run_hires
+
+    arguments = {**arguments, "num_images_per_prompt": options.images_per_prompt}
+    if hires is None:
+        return pipe(list(options.prompts), **arguments)
+    return run_hires(pipe, list(options.prompts), hires, arguments)
+
+
+def progress_of(bar: ProgressBar, preview_dir: Path | None) -> ProgressCallback:
+    """The bar, and with --preview-dir each preview written as PASS-STEP-IMAGE.png."""
+    if preview_dir is None:
+        return bar
+
+    def report(event: StepEvent) -> None:
+        bar(event)
+        if event.preview is not None:
+            from diffship.runtime.images import save_png
+
+            for index, picture in enumerate(event.preview):
+                save_png(picture, preview_dir / f"{event.pass_index + 1}-{event.step:04d}-{index:02d}.png",
+                         {"preview": event.pass_name, "step": event.step, "steps": event.steps})
+
+    return report
+
+
 def _check_combination(options: GenerateOptions) -> None:
     """Options that do not go together, refused before any work."""
+    if options.hires_scale is not None and (options.grid or options.refiner is not None
+                                            or options.init_image is not None):
+        raise click.UsageError("--hires-scale starts from text: it takes no --grid, --refiner or --image")
+    if (options.preview_every > 0) != (options.preview_dir is not None):
+        raise click.UsageError("--preview-every N and --preview-dir DIR go together: give both")
     if options.denoising_end is not None and options.refiner is None:
         raise click.UsageError("--denoising-end is where --refiner takes over: give --refiner PACKAGE too")
     if options.refiner is not None and (options.grid or options.init_image is not None or options.mask_image is not None):
@@ -337,38 +430,42 @@ def _check_combination(options: GenerateOptions) -> None:
         raise click.BadParameter(f"{options.out}: give a .png path", param_hint="--out")
 
 
-def _sweep(pipe: Pipeline, options: GenerateOptions, arguments: dict[str, Any], seed: int) -> None:
+def _sweep(pipe: Pipeline, options: GenerateOptions, arguments: dict[str, Any], seed: int, bar: ProgressBar) -> None:
     from diffship.runtime.grid import sweep
     from diffship.runtime.images import save_png
 
-    progress = StepProgress()
-    grid = sweep(pipe, options.prompts[0], options.grid, arguments, cell_callback=progress.cell)
-    progress.done()
+    def cell(index: int, count: int) -> None:
+        bar.label = f"[cell {index + 1}/{count}] "
+
+    try:
+        grid = sweep(pipe, options.prompts[0], options.grid, arguments, cell_callback=cell)
+    finally:
+        bar.done()
     save_png(grid.sheet, options.out, grid.parameters)
     counts = [len(axis.values) for axis in options.grid]
     click.echo(f"wrote {options.out}  ({' x '.join(map(str, counts))} grid, seed {seed})")
     click.echo(timing_table(grid.timings, math.prod(counts)))
 
 
-def _refine(base: Pipeline, options: GenerateOptions, arguments: dict[str, Any], targets: list[Path]) -> None:
+def _refine(base: Pipeline, options: GenerateOptions, arguments: dict[str, Any], targets: list[Path],
+            bar: ProgressBar) -> None:
     """The SDXL hand-off: ``base`` (closed by run_ensemble before the refiner opens) -> the --refiner package."""
     from diffship.runtime import Pipeline
     from diffship.runtime.ensemble import DEFAULT_DENOISING_END, run_ensemble
 
     refiner = options.refiner
     assert refiner is not None
-    progress = StepProgress()
     handoff = DEFAULT_DENOISING_END if options.denoising_end is None else options.denoising_end
 
     def open_refiner() -> Pipeline:
-        progress.done()
+        bar.done()
         opened = Pipeline.from_package(refiner, **options.opening())
         click.echo(f"refining in {refiner} from {handoff:g} of the schedule")
         return opened
 
     result = run_ensemble(base, open_refiner, options.prompts, arguments, options.images_per_prompt,
-                          options.denoising_end, callback=progress)
-    progress.done()
+                          options.denoising_end)
+    bar.done()
     _write_images(targets, result.refined.images, result.parameters)
     click.echo("base:\n" + timing_table(result.base.timings, len(result.refined.images)))
     click.echo("refiner:\n" + timing_table(result.refined.timings, len(result.refined.images)))

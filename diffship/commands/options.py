@@ -286,3 +286,31 @@ def scheduler_names(text: str, what: str) -> list[str]:
 
     names = list(SHORT_NAMES) if text.strip() == "all" else parse_list(text, str, what)
     return check_schedulers(names, what)
+
+
+def _check_vae_tiles(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from diffship.runtime.errors import PipelineInputError
+    from diffship.runtime.vae_tiling import VaeTiles
+
+    try:
+        VaeTiles.parse(value)
+    except PipelineInputError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+def vae_tiles_option() -> Callable[[FC], FC]:
+    """``--vae-tiles auto|off|SIZE`` (runtime/vae_tiling.py), checked while parsing."""
+    return click.option("--vae-tiles", default="auto", show_default=True, callback=_check_vae_tiles,
+                        metavar="auto|off|SIZE",
+                        help="Decode (and encode) in overlapping tiles as diffusers' enable_vae_tiling: auto tiles at "
+                             "the model's native size when the picture is over 1024x1024, beyond the VAE engine's "
+                             "profile or too big for memory; SIZE (a multiple of 32, such as 512) tiles whenever the "
+                             "picture is larger than SIZE; off never. Example: --vae-tiles 512")
+
+
+def hires_scale_option() -> Callable[[FC], FC]:
+    """``--hires-scale`` on the builders: engines that also take a hires fix's second pass."""
+    return click.option("--hires-scale", type=click.FloatRange(1.0, 8.0),
+                        help="Also cover a hires fix's second pass (generate --hires-scale): --height/--width (default: "
+                             "the model's size) times this, in the same engines. Example: --hires-scale 2")

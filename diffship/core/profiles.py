@@ -112,3 +112,31 @@ def size_ranges(
         return Range(low, min(max(opt_height, low), high), high), Range(low, min(max(opt_width, low), high), high)
     except ValueError as exc:
         raise ProfileError(f"--min-size/--max-size: {exc}") from None
+
+
+def cover_hires(request: ShapeRequest, constants: PipelineConstants, scale: float,
+                base: tuple[int | None, int | None] = (None, None)) -> ShapeRequest:
+    """``request`` widened to take a hires fix's second pass too: ``base`` (height, width; default the request's
+    optimal size) times ``scale``, as the runtime computes it (``runtime.hires``, the web UI's ``int(side * scale)``).
+    A static request has one shape and cannot hold both passes: refused, naming both sizes."""
+    height = base[0] or request.height.opt
+    width = base[1] or request.width.opt
+    high, wide = hires_size(constants, height, width, scale)
+    if request.static:
+        raise ProfileError(f"a static build has one shape and the hires fix runs two ({width}x{height}, then "
+                           f"{wide}x{high}); build without --static to cover both")
+    return ShapeRequest(batch=request.batch, prompt_chunks=request.prompt_chunks,
+                        height=Range(min(request.height.min, height), request.height.opt, max(request.height.max, high)),
+                        width=Range(min(request.width.min, width), request.width.opt, max(request.width.max, wide)))
+
+
+def hires_size(constants: PipelineConstants, height: int, width: int, scale: float) -> tuple[int, int]:
+    """The second pass's (height, width) for ``scale``, or a ProfileError when the model cannot take it."""
+    if not 1.0 <= scale <= 8.0:
+        raise ProfileError(f"--hires-scale must be from 1 to 8, got {scale:g}")
+    high, wide = int(height * scale), int(width * scale)
+    multiple = constants.spatial_multiple
+    if high % multiple or wide % multiple:
+        raise ProfileError(f"--hires-scale {scale:g} of {width}x{height} gives {wide}x{high} (width x height), not a "
+                           f"multiple of {multiple} pixels ({constants.size_rule})")
+    return high, wide

@@ -41,7 +41,7 @@ class Call:
             return None
         return (request.height, request.width, request.steps, request.scheduler, request.eta,
                 request.guided, request.guidance_rescale, request.text_options, request.handoff,
-                request.guidance_schedule, request.feature_caching)
+                request.guidance_schedule, request.feature_caching, request.vae_tile)
 
     def cancelled(self) -> bool:
         return self.cancel is not None and bool(self.cancel())

@@ -48,13 +48,26 @@ def infotext(parameters: Mapping[str, Any]) -> str:
     pairs: list[tuple[str, Any]] = [
         ("Steps", parameters.get("steps")), ("Sampler", web_ui_sampler(str(parameters.get("scheduler", "")))),
         ("CFG scale", _number(parameters.get("guidance_scale"))), ("Seed", parameters.get("seed")),
-        ("Size", f"{parameters.get('width')}x{parameters.get('height')}"),
+        ("Size", f"{parameters.get('width')}x{parameters.get('height')}"), *_hires(parameters.get("hires")),
         ("Model hash", (model.get("weights_sha256") or "")[:10] or None), ("Model", model.get("name")),
         ("Denoising strength", _number(parameters.get("strength"))), ("Eta", _number(parameters.get("eta"))),
         ("Version", "diffship"),
     ]
     lines.append(", ".join(f"{key}: {_quote(str(value))}" for key, value in pairs if value is not None))
     return "\n".join(lines)
+
+
+def _hires(hires: Any) -> list[tuple[str, Any]]:
+    """The web UI's hires-fix pairs (its second pass: strength, scale or size, steps, upscaler), or none."""
+    if not isinstance(hires, Mapping):
+        return []
+    from diffship.runtime.hires import WEB_UI_UPSCALERS
+
+    names = {short: name for name, short in WEB_UI_UPSCALERS.items()}
+    size = (("Hires upscale", _number(hires["scale"])) if "scale" in hires
+            else ("Hires resize", f"{hires.get('width')}x{hires.get('height')}"))
+    return [("Denoising strength", _number(hires.get("strength"))), size, ("Hires steps", hires.get("steps")),
+            ("Hires upscaler", names.get(str(hires.get("upscaler")), hires.get("upscaler")))]
 
 
 def parse_infotext(text: str) -> dict[str, str]:

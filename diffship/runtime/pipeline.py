@@ -27,6 +27,7 @@ the draws for that (``latents``; ``start_noise``, ``image_noise``, ``masked_imag
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -41,6 +42,7 @@ import numpy as np
 
 from diffship.core.errors import PackageError, command
 from diffship.core.package import ModelPackage
+from diffship.core.progress import ProgressCallback
 from diffship.engines.backend import Backend, OpenRequest, OpenSettings, Selection, get_backend
 from diffship.engines.base import EngineBase
 from diffship.runtime.calls import Call, Cancel, guidance_scales, image_slices
@@ -62,6 +64,7 @@ from diffship.runtime.guidance import ClassifierFreeGuidance, run_engine
 from diffship.runtime.handoff import Handoff, check_handoff
 from diffship.runtime.images import to_uint8
 from diffship.runtime.lora import LoraRequest, lora_weights
+from diffship.runtime.previews import StepReporter, check_preview_every
 from diffship.runtime.requests import (
     Limits,
     Request,
@@ -77,6 +80,7 @@ from diffship.runtime.starts import draw_order, starting_point
 from diffship.runtime.text import Conditioning, Size, TextSide, open_text_side
 from diffship.runtime.timing import StageTimer, Timings
 from diffship.runtime.tokenizer import CLIPTokenizer
+from diffship.runtime.vae_tiling import VaeTiles, choose_tile, tiled
 
 if TYPE_CHECKING:
     from diffship.engines.ort import OrtOptions
@@ -299,22 +303,17 @@ class Pipeline:
         cache_interval: int | None = None,
         cache_schedule: str = "uniform",
         cache_center: int | None = None,
+        progress: ProgressCallback | None = None,
+        preview_every: int = 0,
+        vae_tiles: str | int = "auto",
     ) -> Call:
         """Check a call's arguments (the same as ``__call__``'s) without running it: a ``Call`` for ``run_batch``, or
-        a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image.
-
-        SDXL packages also take the micro-conditioning (``original_size``, ``crops_coords_top_left``,
-        ``target_size`` as (height, width) / (top, left) pixels, their ``negative_*`` variants; the refiner's
-        ``aesthetic_score``), as diffusers' StableDiffusionXLPipeline does, and the base -> refiner hand-off
-        (``denoising_end`` with ``output_type="latent"``, then ``image=latents`` with ``denoising_start``:
-        runtime/handoff.py). ``clip_skip`` is fixed at export (``--clip-skip``): None or the package's own value.
-        ``family_options``: arguments only some families take, by name (the SDXL ones above may come this way too);
-        the package family's text side checks them. ``guidance_cutoff`` (fraction of the steps after which guidance
-        stops, diffusers' CFG cutoff callbacks) and ``guidance_interval`` ((low, high] sigma range in which it
-        applies): the other steps run the UNet on the conditional half alone (runtime/schedule_guidance.py).
-        ``cache_interval`` N (DeepCache, packages exported with ``--cache-branch``): one full UNet step in N, the
-        others run its outer layers from the deep feature the last full step kept; ``cache_schedule`` ``uniform`` or
-        ``nonuniform`` (denser around step ``cache_center``), runtime/feature_cache.py."""
+        a PipelineInputError saying what was wrong. Opens the VAE encoder if the call gives an image. README "Python
+        API" documents each argument; the ones some families take (SDXL's micro-conditioning and refiner score) may
+        also come in ``family_options``, checked by the family's text side; ``clip_skip`` is fixed at export. Where the
+        rest are handled: the SDXL hand-off (``denoising_start``/``_end``) runtime/handoff.py; ``guidance_cutoff``/
+        ``_interval`` runtime/schedule_guidance.py; ``cache_*`` (DeepCache) runtime/feature_cache.py; ``progress``,
+        ``preview_every`` core/progress.py, runtime/previews.py; ``vae_tiles`` runtime/vae_tiling.py."""
         family_arguments = _family_arguments(family_options, (
             original_size, crops_coords_top_left, target_size, negative_original_size, negative_crops_coords_top_left,
             negative_target_size, aesthetic_score, negative_aesthetic_score))
@@ -323,13 +322,11 @@ class Pipeline:
                                    self.family.img2img_strength)
         handoff = check_handoff(self.family, denoising_start, denoising_end, output_type, inputs is not None,
                                 strength is not None)
-        self._check_task(inputs)
-        if inputs is not None:
-            sized = inputs.default_size(self.constants.vae_scale_factor,
-                                        (self.constants.default_height, self.constants.default_width))
-            height, width = sized[0] if height is None else height, sized[1] if width is None else width
+        height, width = self._task_size(inputs, height, width)
+        tiles = VaeTiles.parse(vae_tiles)
         request = validate_request(
-            self.constants, self.size_limits(), self.limits, prompt, negative_prompt, num_inference_steps,
+            self.constants, self.size_limits(vae=tiles.mode == "off"), replace(self.limits, check_memory=False),
+            prompt, negative_prompt, num_inference_steps,
             guidance_scale, scheduler, height, width, seed, num_images_per_prompt,
             dict(zip(INJECTED_DRAWS, (latents, start_noise, image_noise, masked_image_noise), strict=True)), callback,
             draws=self._draw_order(inputs, handoff),
@@ -339,9 +336,34 @@ class Pipeline:
             cache_schedule=cache_schedule, cache_center=cache_center,
         )
         text_options = self.text.check(family_arguments, inputs is not None, long_prompts)
-        request = replace(request, handoff=handoff, text_options=text_options)
+        request = replace(request, handoff=handoff, text_options=text_options, vae_tile=self._vae_tile(request, tiles))
         self._check_call(request, inputs, cancel)
-        return Call(request, inputs, callback, cancel)
+        return Call(request, inputs, self._reporter(request, inputs, callback, progress, preview_every), cancel)
+
+    def _task_size(self, inputs: ImageInputs | None, height: int | None, width: int | None
+                   ) -> tuple[int | None, int | None]:
+        """The package can do the task (``_check_task``); an image task's size defaults to its image's."""
+        self._check_task(inputs)
+        if inputs is None:
+            return height, width
+        sized = inputs.default_size(self.constants.vae_scale_factor,
+                                    (self.constants.default_height, self.constants.default_width))
+        return sized[0] if height is None else height, sized[1] if width is None else width
+
+    def _reporter(self, request: Request, inputs: ImageInputs | None, callback: StepCallback | None,
+                  progress: ProgressCallback | None, preview_every: Any) -> StepCallback | None:
+        """The step callback the call runs with: the caller's, or with ``progress`` a ``StepReporter`` around it."""
+        every = check_preview_every(preview_every, self.family.preview_factors, self.family.name)
+        if progress is None:
+            if every:
+                raise PipelineInputError("preview_every needs a progress callback to send the previews to")
+            return callback
+        if not callable(progress):
+            raise PipelineInputError(f"progress must be callable (it gets a StepEvent), got {type(progress).__name__}")
+        sampler = self._make_scheduler(request)
+        first, stop = request.handoff.window(
+            sampler, start_index(request.steps, inputs.strength, sampler.order) if inputs is not None else 0)
+        return StepReporter(callback, progress, stop - first, every, self.family.preview_factors)
 
     def _check_call(self, request: Request, inputs: ImageInputs | None, cancel: Cancel | None) -> None:
         """What can only be checked with the whole request: the hand-off window, given latents, ``cancel``."""
@@ -416,7 +438,8 @@ class Pipeline:
             sampler, start_index(request.steps, task.strength, sampler.order) if task is not None else 0)
         sampler.begin(first)
         with timer.stage("vae_encode") if task is not None else contextlib.nullcontext():
-            start = starting_point(self.constants, task, draws, sampler, first, len(generators), self._encode_image)
+            start = starting_point(self.constants, task, draws, sampler, first, len(generators),
+                                   functools.partial(self._encode_image, tile=request.vae_tile))
         latents = start.latents
         caching = request.feature_caching
         denoise = ClassifierFreeGuidance(
@@ -467,7 +490,8 @@ class Pipeline:
                                                    latents[rows[index]].copy())
         elif running:
             with timer.stage("vae_decode"):
-                pixels = self._decode(np.concatenate([latents[rows[index]] for index in running]))
+                pixels = self._decode(np.concatenate([latents[rows[index]] for index in running]),
+                                      calls[0].request.vae_tile)
             timings = timer.finish()
             ends = np.cumsum([calls[index].images for index in running])[:-1]
             for index, decoded in zip(running, np.split(pixels, ends), strict=True):
@@ -523,10 +547,16 @@ class Pipeline:
         return {name: injected[name] if name in injected else _draw(generators, shape)
                 for name in self._draw_order(calls[0].inputs, request.handoff)}
 
-    def _encode_image(self, pixels: np.ndarray, noise: np.ndarray | None, batch: int) -> np.ndarray:
-        """Scaled latents of one preprocessed image for each of ``batch`` images: one encoder run, one draw per image
-        from its distribution (``noise`` None: its mean, repeated)."""
-        parameters = run_engine(self.engines["vae_encoder"], {"sample": pixels})["latent_parameters"]
+    def _encode_image(self, pixels: np.ndarray, noise: np.ndarray | None, batch: int,
+                      tile: int | None = None) -> np.ndarray:
+        """Scaled latents of one preprocessed image for each of ``batch`` images: one encoder run (or one per
+        ``tile``), one draw per image from its distribution (``noise`` None: its mean, repeated)."""
+
+        def run(part: np.ndarray) -> np.ndarray:
+            return run_engine(self.engines["vae_encoder"], {"sample": part})["latent_parameters"]
+
+        factor = self.constants.vae_scale_factor
+        parameters = run(pixels) if tile is None else tiled(run, pixels, tile, tile // factor)
         latents = latent_sample(parameters, noise)
         if noise is None:
             latents = np.repeat(latents, batch, axis=0)
@@ -586,19 +616,35 @@ class Pipeline:
                     "TensorRT: build-trt --fp32)")
         return "check guidance_scale and the scheduler config"
 
-    def _decode(self, latents: np.ndarray) -> np.ndarray:
+    def _decode(self, latents: np.ndarray, tile: int | None = None) -> np.ndarray:
         scaled = latents / self.constants.scaling_factor
         if self.constants.shift_factor is not None:
             scaled = scaled + self.constants.shift_factor
-        return run_engine(self.engines["vae_decoder"], {"latent_sample": scaled})["sample"]
+
+        def run(part: np.ndarray) -> np.ndarray:
+            return run_engine(self.engines["vae_decoder"], {"latent_sample": part})["sample"]
+
+        factor = self.constants.vae_scale_factor
+        return run(scaled) if tile is None else tiled(run, scaled, tile // factor, tile)
+
+    def _vae_tile(self, request: Request, tiles: VaeTiles) -> int | None:
+        """The tile side the call's VAE runs with (None: untiled); see runtime/vae_tiling.py."""
+        bounds = self.size_limits(components=("vae_decoder",))
+        fits = all(low <= value and (high is None or value <= high)
+                   for value, (low, high) in ((request.height, bounds.height), (request.width, bounds.width)))
+        native = max(self.constants.default_height, self.constants.default_width)
+        return choose_tile(tiles, native, request.height, request.width, request.batch, fits, self.limits.check_memory)
 
     # ------------------------------------------------------------------ checks and bookkeeping
 
-    def size_limits(self) -> SizeLimits:
-        """The pixel heights and widths the loaded engines accept (from their shape profiles)."""
+    def size_limits(self, vae: bool = True, components: Sequence[str] | None = None) -> SizeLimits:
+        """The pixel heights and widths the loaded engines accept (from their shape profiles); ``vae`` False: the
+        VAE's left out (a tiled VAE takes any size), ``components``: only these."""
         factor = self.constants.vae_scale_factor
         bounds: list[list[Any]] = [[self.constants.spatial_multiple, None], [self.constants.spatial_multiple, None]]
         for component, input_name, latent in SIZED_INPUTS:
+            if (components is not None and component not in components) or (not vae and component.startswith("vae_")):
+                continue
             engine = self.engines.get(component)
             profile = engine.profile if engine is not None else None
             if profile is None:

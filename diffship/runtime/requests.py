@@ -75,6 +75,8 @@ class Request:
     """The steps classifier-free guidance applies at (``guidance_cutoff``, ``guidance_interval``); default: all."""
     feature_caching: FeatureCaching | None = None
     """DeepCache (``cache_interval``, ``cache_schedule``, ``cache_center``): None, the plain UNet every step."""
+    vae_tile: int | None = None
+    """The tile side in pixels the VAE decodes and encodes with (runtime/vae_tiling.py); None: one untiled run."""
 
     @property
     def batch(self) -> int:

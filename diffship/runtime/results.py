@@ -77,6 +77,7 @@ def describe_images(package: ModelPackage, request: Request, scheduler: str, tas
         **({"long_prompts": True, "prompt_weighting": request.prompt_weighting} if request.long_prompts else {}),
         "height": request.height,
         "width": request.width,
+        **({"vae_tile": request.vae_tile} if request.vae_tile else {}),
         **_image_task(request, task),
         **{k: v for k, v in asdict(request.handoff).items() if v is not None and v != "image"},
         **({"injected": sorted(request.injected)} if request.injected else {}),

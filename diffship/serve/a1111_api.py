@@ -2,8 +2,9 @@
 ``negative_prompt``, ``steps``, ``cfg_scale``, ``width``, ``height``, ``seed`` (-1: random), ``sampler_name`` (the web
 UI's names: ``Euler a``, ``DPM++ 2M Karras``, ...; ``scheduler: "Karras"`` as newer clients send it), ``batch_size``,
 ``n_iter``, ``eta`` -> base64 PNGs and an ``info`` JSON string with the seeds and infotexts. The web UI's other fields
-are accepted and ignored unless they ask for something this server does not do (hires fix, face restoration, tiling,
-variation seeds, styles, scripts), which answers 422 naming the field. Absent ``width``/``height``/``sampler_name``
+are accepted and ignored unless they ask for something this server does not do (face restoration, tiling, variation
+seeds, styles, scripts), which answers 422 naming the field. The hires fix (``enable_hr`` and its ``hr_*`` fields) is
+serve/hires_fields.py. Absent ``width``/``height``/``sampler_name``
 mean the package's own default size and scheduler; absent ``steps`` means the web UI's 20.
 
 ``POST /sdapi/v1/img2img`` adds ``init_images`` (one base64 image), ``denoising_strength`` (default 0.75), and for
@@ -23,6 +24,7 @@ from diffship.runtime.images import png_bytes
 from diffship.runtime.infotext import infotext, web_ui_sampler
 from diffship.runtime.pipeline import GenerationResult
 from diffship.runtime.schedulers import NOT_IMPLEMENTED, SHORT_NAMES, WEB_UI_NAMES
+from diffship.serve import hires_fields
 from diffship.serve.fields import ApiInputError, check_object, take
 from diffship.serve.formats import ApiFormat, Listing
 from diffship.serve.progress import CURRENT_JOB
@@ -30,7 +32,7 @@ from diffship.serve.prompt_loras import tagged
 
 DEFAULT_STEPS = 20
 UNSUPPORTED = {
-    "enable_hr": "hires fix", "restore_faces": "face restoration", "tiling": "tiling",
+    "restore_faces": "face restoration", "tiling": "tiling",
     "styles": "styles", "script_name": "scripts", "alwayson_scripts": "scripts",
 }
 """Fields whose non-empty value asks for something this server does not do."""
@@ -75,6 +77,7 @@ def parse(body: Any) -> dict[str, Any]:
     eta = take(body, "eta", (int, float))
     if eta is not None:
         arguments["eta"] = eta
+    arguments |= hires_fields.parse(body)  # enable_hr and its hr_* fields (serve/hires_fields.py)
     return _overridden(take(body, "override_settings", dict) or {}, arguments)
 
 

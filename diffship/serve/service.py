@@ -20,6 +20,7 @@ from diffship.runtime.batching import Batcher, BatcherClosed, BatchSettings, Dea
 from diffship.runtime.calls import Call
 from diffship.runtime.errors import PipelineCancelled, PipelineError, PipelineInputError
 from diffship.runtime.pipeline import GenerationResult, Pipeline
+from diffship.serve import hires_fields
 from diffship.serve.apis import API_FORMATS
 from diffship.serve.limits import BodyTooLarge, DoorLimits, ReadTimeout, read_json
 from diffship.serve.memory import Admission, MemoryModel, TooLarge, default_budget, measure, memory_note, merge, split
@@ -163,8 +164,12 @@ class ImageService:
                                     "the service is starting (engines loading or warming up); retry shortly")
             # Off the event loop: JSON parsing, image decoding (in parse) and opening the VAE encoder are CPU-bound.
             body = await asyncio.to_thread(read_json, raw, self.config.door)
-            call = await asyncio.to_thread(lambda: self.prepare(spoken.parse(body)))
-            result = await self.generate(call, disconnected, timeout_s)
+            arguments = await asyncio.to_thread(spoken.parse, body)
+            if hires_fields.HIRES in arguments:  # two passes, each through the queue
+                result = await hires_fields.generate(self, arguments, disconnected, timeout_s)
+            else:
+                call = await asyncio.to_thread(self.prepare, arguments)  # an image call may open the VAE encoder
+                result = await self.generate(call, disconnected, timeout_s)
             payload = await asyncio.to_thread(spoken.response, result, body, self.model_name())
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status and a message
             status, outcome, headers = classify(exc)

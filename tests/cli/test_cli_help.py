@@ -15,7 +15,7 @@ from diffship.cli import cli
 from tests.conftest import ROOT, run_cli
 
 USER_COMMANDS = ["export", "build-ort", "build-trt", "generate", "serve", "verify"]
-DEVELOPER_TOOLS = ["bench", "bench-lora", "bench-serve", "bench-samplers", "quality", "parity"]
+DEVELOPER_TOOLS = ["bench", "bench-lora", "bench-serve", "bench-samplers", "bench-vae", "quality", "parity"]
 
 
 def section(text: str, title: str) -> list[str]:

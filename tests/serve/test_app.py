@@ -133,7 +133,7 @@ def test_invalid_input_answers_422_with_the_python_apis_message(
         ("/v1/images/generations", {"prompt": "a", "n": 11}, "n must be from 1 to 10"),
         ("/v1/images/generations", {"prompt": "a", "colour": "red"}, "unknown field(s) colour"),
         ("/v1/images/generations", {"n": 1}, "prompt is required"),
-        ("/sdapi/v1/txt2img", {"prompt": "a", "enable_hr": True}, "hires fix is not supported"),
+        ("/sdapi/v1/txt2img", {"prompt": "a", "restore_faces": True}, "face restoration is not supported"),
         ("/sdapi/v1/txt2img", {"prompt": "a", "sampler_name": "DPM fast"}, "not implemented here"),
         ("/sdapi/v1/txt2img", {"prompt": "a", "steps": "20"}, "steps must be an integer, got a string"),
         ("/sdapi/v1/txt2img", [1, 2], "must be a JSON object"),

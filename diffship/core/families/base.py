@@ -52,6 +52,9 @@ class Family:
     """Text encoders whose token embeddings a textual-inversion embedding extends (the order its vectors come in)."""
     constants_rule: Callable[[PipelineConstants], str | None] | None = None
     """What else the family's constants must satisfy (SDXL: how many time ids); the reason they do not, or None."""
+    preview_factors: tuple[tuple[float, float, float], ...] = ()
+    """Live previews: one (R, G, B) weight row per latent channel, the web UI's "Approx cheap" latent -> RGB map
+    (``rgb = latents . factors``, then ``(rgb + 1) / 2``); empty: the family has no cheap preview."""
 
     def check_constants(self, constants: PipelineConstants) -> str | None:
         """Why ``constants`` (a manifest's) cannot be this family's, or None: its text encoders, in its order, the

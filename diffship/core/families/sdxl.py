@@ -88,6 +88,10 @@ def time_ids_rule(count: int, what: str) -> Callable[[PipelineConstants], str | 
     return rule
 
 
+XL_PREVIEW_FACTORS = ((0.3448, 0.4168, 0.4395), (-0.1953, -0.0290, 0.0250), (0.1074, 0.0886, -0.0163),
+                      (-0.3730, -0.2499, -0.2088))
+"""The web UI's "Approx cheap" latent -> RGB factors for SDXL's VAE latents (modules/sd_vae_approx.py)."""
+
 SDXL = Family(
     name="sdxl",
     description="Stable Diffusion XL (two CLIP text encoders, pooled-prompt and micro-conditioning inputs)",
@@ -106,6 +110,7 @@ SDXL = Family(
     adapters={"unet": ("unet", "lora_unet")},
     embeddings=("text_encoder", "text_encoder_2"),
     constants_rule=time_ids_rule(6, "an SDXL base UNet (original size, crop corner, target size)"),
+    preview_factors=XL_PREVIEW_FACTORS,
 )
 
 SDXL_REFINER = replace(

@@ -64,6 +64,10 @@ def latent_contract(constants: PipelineConstants) -> dict[str, ComponentSpec]:
     return {spec.name: spec for spec in specs}
 
 
+SD_PREVIEW_FACTORS = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
+"""The web UI's "Approx cheap" latent -> RGB factors for SD 1.x/2.x latents (modules/sd_vae_approx.py,
+``cheap_approximation``); SD 2.x shares SD 1.x's VAE, so its latents read the same."""
+
 SD1 = Family(
     name="sd1",
     description="Stable Diffusion 1.x (CLIP ViT-L text encoder, epsilon prediction)",
@@ -76,6 +80,7 @@ SD1 = Family(
     text_encoders=("text_encoder",),
     adapters={"unet": ("unet", "lora_unet"), "text_encoder": ("text_encoder", "lora_te")},
     embeddings=("text_encoder",),
+    preview_factors=SD_PREVIEW_FACTORS,
 )
 
 SD2 = replace(

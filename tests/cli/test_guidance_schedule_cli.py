@@ -33,7 +33,7 @@ def generate(package: Path, out: Path, *arguments: str) -> tuple[np.ndarray, dic
                                       *arguments])
     assert result.exit_code == 0, result.output
     with Image.open(out) as image:
-        return np.asarray(image.convert("RGB")), json.loads(image.text["parameters"])
+        return np.asarray(image.convert("RGB")), json.loads(image.text["diffship"])
 
 
 def test_generate_guidance_schedule_is_the_calls_and_is_recorded(package: Path, tmp_path: Path) -> None:
@@ -98,6 +98,6 @@ def test_export_cache_branch_then_generate_cache_interval(tiny_package: Path, tm
                    "--cache-schedule", "nonuniform", "--cache-center", "2", "--seed", "1", "--out", str(out))
     assert made.returncode == 0, made.stderr
     with Image.open(out) as image:
-        parameters = json.loads(image.text["parameters"])
+        parameters = json.loads(image.text["diffship"])
     assert (parameters["cache_interval"], parameters["cache_schedule"], parameters["cache_center"]) == \
         (3, "nonuniform", 2)

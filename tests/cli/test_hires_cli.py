@@ -53,7 +53,7 @@ def test_generate_hires_writes_one_png_recording_both_passes(package: Path, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["castle.png"]
     with Image.open(tmp_path / "castle.png") as image:
         assert image.size == (128, 128)
-        parameters = json.loads(image.info["parameters"])
+        parameters = json.loads(image.info["diffship"])
     assert (parameters["height"], parameters["steps"]) == (64, 2)
     assert parameters["hires"] == {"upscaler": "latent-bicubic", "scale": 2.0, "height": 128, "width": 128,
                                    "strength": 0.55, "steps": 3, "scheduler": "euler", "prompt": "a castle, detailed"}

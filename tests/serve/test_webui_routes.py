@@ -220,3 +220,28 @@ def test_override_settings_are_honoured_or_refused_never_ignored(serve_pipe: Pip
     assert answers["clip"].status_code == 422 and str(python_clip.value) in answers["clip"].json()["detail"]
     assert answers["vae"].status_code == 422 and "override_settings.sd_vae: this server cannot change it" in (
         answers["vae"].text)
+
+
+def test_progress_current_image_is_the_jobs_latest_cheap_preview_as_a_png(serve_pipe: Pipeline,
+                                                                          tiny_package: Path) -> None:
+    body = {"prompt": "a lighthouse", "steps": 30, "width": 64, "height": 64, "seed": 5, "sampler_name": "Euler"}
+    events: list[Any] = []
+    serve_pipe("a lighthouse", guidance_scale=7.0, num_inference_steps=30, height=64, width=64, seed=5,
+               scheduler="Euler", progress=events.append, preview_every=5)
+    expected = {event.step: event.preview[0] for event in events if event.preview is not None}
+    with web_ui_service(serve_pipe, (tiny_package,)) as (url, _):
+        submitted = Submitted(url, body)
+        polls, skipping = [], []
+        while submitted.thread.is_alive():
+            polls.append(httpx.get(f"{url}/sdapi/v1/progress", params={"skip_current_image": "false"}).json())
+            skipping.append(httpx.get(f"{url}/sdapi/v1/progress", params={"skip_current_image": "true"}).json())
+        assert submitted.answer().status_code == 200
+    shown = [(poll["state"]["sampling_step"], np.asarray(Image.open(io.BytesIO(base64.b64decode(
+        poll["current_image"]))).convert("RGB"))) for poll in polls if poll["current_image"] is not None]
+    assert shown, "no poll saw a preview"
+    assert sorted(expected) == list(range(5, 31, 5))
+    for step, picture in shown:  # a recent preview made by the step the poll saw (the counter moves first)
+        assert picture.shape == (8, 8, 3)
+        assert any(np.array_equal(picture, expected[s]) for s in expected if step - 10 <= s <= step), step
+    assert all(poll["current_image"] is None for poll in polls if poll["state"]["sampling_step"] < 5)
+    assert all(poll["current_image"] is None for poll in skipping)

@@ -25,6 +25,7 @@ import numpy as np
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from diffship.core.progress import StepEvent
+from diffship.runtime.calls import FINISH_EARLY, FinishEarly
 
 PREVIEW_EVERY = 5
 """Steps between a web-UI job's live previews (its ``show_progress_every_n_steps``): each is the runtime's cheap latent
@@ -59,15 +60,25 @@ class Job:
         """The pipeline's step callback (called on its worker thread, once per image row: the highest step wins)."""
         self.sampling_started = True
         self.step = max(self.step, step + 1)
+        if step + 1 >= self.steps:
+            self.skipped = False  # a skip that came after the piece's last check has nothing left to end
 
     def progressed(self, event: StepEvent) -> None:
         """The pipeline's progress callback: keeps the latest preview (the step counter is ``step_done``'s)."""
         if event.preview is not None:
             self.preview = event.preview
 
-    def stopped(self) -> bool:
-        """The pipeline's ``cancel``: True once ``/interrupt`` or ``/skip`` reached this job."""
-        return self.interrupted or self.skipped
+    def stopped(self) -> bool | FinishEarly:
+        """The pipeline's ``cancel``, as the web UI's interrupt and skip: ``FINISH_EARLY`` (the images sampled so far
+        are decoded and answered). ``/interrupt`` holds for the rest of the job (a piece of it not yet begun ends
+        with nothing, and the answer has the images done); ``/skip`` ends the piece sampling now and is then spent,
+        so the job's later pieces run in full (the web UI's skip goes on to the next batch)."""
+        if self.interrupted:
+            return FINISH_EARLY
+        if self.skipped:
+            self.skipped = False
+            return FINISH_EARLY
+        return False
 
 
 class Progress:

@@ -227,6 +227,10 @@ class ImageService:
                     if failed:
                         for ticket in tickets:
                             ticket.cancel()  # one piece failed: the others' images are not wanted
+                        if not withdrawn and _stopped_by_its_cancel(failed):
+                            done = [t.future.result() for t in tickets if t.future.exception() is None]
+                            if done:
+                                return done  # interrupted (the web UI's /interrupt): the images as far as they got
                     return [future.result() for future in waiting]
                 for ticket in tickets:
                     ticket.check_deadline()
@@ -240,6 +244,12 @@ class ImageService:
             for ticket in tickets:
                 ticket.cancel()  # the server dropped the request task (client gone, or shutdown timed out)
             raise
+
+
+def _stopped_by_its_cancel(failed: list[asyncio.Future[GenerationResult]]) -> bool:
+    """Every failure is the call's own cancel (no deadline, no client gone: those are the ticket's): a request
+    interrupted between its pieces, whose finished pieces stand (``runtime.calls.FINISH_EARLY``)."""
+    return all(type(future.exception()) is PipelineCancelled for future in failed)
 
 
 class _AdmittedRunner:
@@ -267,7 +277,7 @@ def classify(exc: BaseException) -> tuple[int, str, dict[str, str]]:
     if isinstance(exc, DeadlineExceeded):
         return 504, "deadline", {}
     if isinstance(exc, PipelineCancelled):
-        return 499, "cancelled", {}  # nobody reads it: the client went away
+        return 499, "cancelled", {}  # the client went away (or interrupted a piece before its first step)
     if not isinstance(exc, PipelineError):
         log.error("request failed", exc_info=exc)
     return 500, "failed", {}

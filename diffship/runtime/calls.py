@@ -16,7 +16,6 @@ from diffship.runtime.conditioning import ImageInputs
 from diffship.runtime.requests import Request, StepCallback
 
 
-
 class FinishEarly:
     """What a ``cancel`` may return instead of True (``FINISH_EARLY``): stop sampling and decode the images as far as
     they got (the web UI's interrupt). Truthy, so a reader that only asks ``bool(cancel())`` still stops."""

@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from diffship.core.progress import StepEvent
@@ -53,8 +52,8 @@ class Job:
     skipped: bool = False
     preview_every: int = 0
     """Steps between previews (0: the served family has no cheap preview)."""
-    preview: tuple[np.ndarray, ...] | None = None
-    """The latest preview, one picture per image of the piece that made it."""
+    preview: tuple[Any, ...] | None = None
+    """The latest preview (``StepEvent.preview``: uint8 [h, w, 3] arrays), one per image of the piece that made it."""
 
     def step_done(self, step: int, timestep: float, latents: Any) -> None:
         """The pipeline's step callback (called on its worker thread, once per image row: the highest step wins)."""
@@ -141,25 +140,25 @@ class Progress:
                 "current_image": None if preview is None else png_base64(grid(preview)), "textinfo": None}
 
 
-def grid(pictures: Sequence[np.ndarray]) -> np.ndarray:
-    """Pictures of one size side by side, as the web UI's ``image_grid`` lays out a batch: about as many rows as
-    columns (rows: the square root, rounded), filled row by row, black where the last row is short."""
+def grid(pictures: Sequence[Any]) -> Any:
+    """Pictures of one size side by side (a PIL image), as the web UI's ``image_grid`` lays out a batch: about as
+    many rows as columns (rows: the square root, rounded), filled row by row, black where the last row is short."""
+    from PIL import Image
+
     rows = max(1, round(math.sqrt(len(pictures))))
     columns = math.ceil(len(pictures) / rows)
-    height, width, channels = pictures[0].shape
-    out = np.zeros((rows * height, columns * width, channels), np.uint8)
+    height, width = pictures[0].shape[:2]
+    out = Image.new("RGB", (columns * width, rows * height))
     for index, picture in enumerate(pictures):
         row, column = divmod(index, columns)
-        out[row * height:(row + 1) * height, column * width:(column + 1) * width] = picture
+        out.paste(Image.fromarray(picture), (column * width, row * height))
     return out
 
 
-def png_base64(picture: np.ndarray) -> str:
-    """A uint8 RGB picture as the web UI's API sends one: base64 of the PNG file, no ``data:`` prefix."""
-    from PIL import Image
-
+def png_base64(picture: Any) -> str:
+    """A PIL picture as the web UI's API sends one: base64 of the PNG file, no ``data:`` prefix."""
     buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
+    picture.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 

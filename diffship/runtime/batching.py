@@ -26,7 +26,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from diffship.runtime.calls import Call
+from diffship.runtime.calls import Call, Cancel
 from diffship.runtime.errors import PipelineCancelled, PipelineError
 from diffship.runtime.pipeline import GenerationResult
 
@@ -290,6 +290,6 @@ class Batcher:
                 log.exception("the on_batch callback failed")
 
 
-def _either(call: Call, ticket: Ticket) -> Callable[[], bool]:
-    """The call's own cancel, or the ticket's (cancelled, or past its deadline)."""
+def _either(call: Call, ticket: Ticket) -> Cancel:
+    """The ticket's stop (cancelled, or past its deadline), or the call's own cancel as it said (``FINISH_EARLY`` kept)."""
     return lambda: ticket.stopping() or call.cancelled()

@@ -15,8 +15,20 @@ import numpy as np
 from diffship.runtime.conditioning import ImageInputs
 from diffship.runtime.requests import Request, StepCallback
 
-Cancel = Callable[[], bool]
-"""Asked between steps: True stops the call (``PipelineCancelled``). ``threading.Event().is_set`` is one."""
+
+class FinishEarly:
+    """What a ``cancel`` may return instead of True (``FINISH_EARLY``): stop sampling and decode the images as far as
+    they got (the web UI's interrupt). Truthy, so a reader that only asks ``bool(cancel())`` still stops."""
+
+    def __repr__(self) -> str:
+        return "FINISH_EARLY"
+
+
+FINISH_EARLY = FinishEarly()
+
+Cancel = Callable[[], bool | FinishEarly]
+"""Asked between steps: True stops the call (``PipelineCancelled``); ``FINISH_EARLY`` ends it with its images decoded
+at the step reached (``PipelineCancelled`` still, when no step was taken). ``threading.Event().is_set`` is one."""
 
 
 @dataclass(frozen=True)
@@ -43,8 +55,13 @@ class Call:
                 request.guided, request.guidance_rescale, request.text_options, request.handoff,
                 request.guidance_schedule, request.feature_caching, request.vae_tile)
 
-    def cancelled(self) -> bool:
-        return self.cancel is not None and bool(self.cancel())
+    def cancelled(self) -> bool | FinishEarly:
+        """False, True, or ``FINISH_EARLY`` as the call's ``cancel`` said (kept as is: callers that wrap it pass the
+        request to finish early on)."""
+        if self.cancel is None:
+            return False
+        stop = self.cancel()
+        return stop if isinstance(stop, FinishEarly) else bool(stop)
 
 
 def guidance_scales(calls: list[Call]) -> float | np.ndarray:

@@ -45,7 +45,7 @@ from diffship.core.package import ModelPackage
 from diffship.core.progress import ProgressCallback
 from diffship.engines.backend import Backend, OpenRequest, OpenSettings, Selection, get_backend
 from diffship.engines.base import EngineBase
-from diffship.runtime.calls import Call, Cancel, guidance_scales, image_slices
+from diffship.runtime.calls import FINISH_EARLY, Call, Cancel, guidance_scales, image_slices
 from diffship.runtime.conditioning import (
     TASKS,
     ImageInput,
@@ -449,10 +449,12 @@ class Pipeline:
         rows = image_slices(calls)
         outcomes: list[GenerationResult | PipelineError | None] = [None] * len(calls)
         guided = request.guidance_schedule.guided_steps(sampler, first, stop)
+        held: dict[int, np.ndarray] = {}
+        """Latents of calls that finish early (``FINISH_EARLY``), as they were when asked; decoded with the rest."""
 
         for i in range(first, stop):
-            self._stop_cancelled(calls, outcomes, i, sampler)
-            if all(outcome is not None for outcome in outcomes):
+            self._stop_cancelled(calls, outcomes, i, sampler, first, held, latents, rows)
+            if all(outcome is not None or index in held for index, outcome in enumerate(outcomes)):
                 break
             timestep = float(sampler.timesteps[i])
             with timer.stage("scheduler"):
@@ -467,11 +469,15 @@ class Pipeline:
                 if start.known is not None:  # a 4-channel UNet inpaints: the known region is put back each step
                     latents = start.keep_known(latents, sampler, i)
             for index, (call, row) in enumerate(zip(calls, rows, strict=True)):
-                if outcomes[index] is None:
+                if outcomes[index] is None and index not in held:
                     outcomes[index] = self._check_finite(latents[row], i, call.request, sampler)
-                if outcomes[index] is None and call.callback is not None:
-                    call.callback(i - first, timestep, latents[row])
+                    if outcomes[index] is None and call.callback is not None:
+                        call.callback(i - first, timestep, latents[row])
 
+        if held:
+            latents = latents.copy()
+            for index, early in held.items():
+                latents[rows[index]] = early
         self._finish_all(calls, outcomes, latents, rows, task, sampler, timer)
         return [outcome for outcome in outcomes if outcome is not None]
 
@@ -497,11 +503,20 @@ class Pipeline:
             for index, decoded in zip(running, np.split(pixels, ends), strict=True):
                 outcomes[index] = self._finish(calls[index], decoded, task, sampler, timings)
 
-    def _stop_cancelled(self, calls: list[Call], outcomes: list[Any], i: int, sampler: Scheduler) -> None:
+    def _stop_cancelled(self, calls: list[Call], outcomes: list[Any], i: int, sampler: Scheduler, first: int,
+                        held: dict[int, np.ndarray], latents: np.ndarray, rows: list[slice]) -> None:
+        """Calls whose ``cancel`` says so stop: ``PipelineCancelled``, or with ``FINISH_EARLY`` after a step was
+        taken, their latents held to be decoded as they are now."""
         for index, call in enumerate(calls):
-            if outcomes[index] is None and call.cancelled():
-                outcomes[index] = PipelineCancelled(
-                    f"cancelled before step {i + 1} of {len(sampler.timesteps)}")
+            if outcomes[index] is not None or index in held:
+                continue
+            stop = call.cancelled()
+            if stop is FINISH_EARLY and i > first:
+                held[index] = latents[rows[index]].copy()
+                log.info("call finished early before step %d of %d: its images decoded as they are",
+                         i + 1, len(sampler.timesteps))
+            elif stop:
+                outcomes[index] = PipelineCancelled(f"cancelled before step {i + 1} of {len(sampler.timesteps)}")
 
     def _finish(self, call: Call, pixels: np.ndarray, task: ImageTask | None, sampler: Scheduler,
                 timings: Timings) -> GenerationResult | PipelineError:

@@ -27,7 +27,7 @@ from diffship.runtime.schedulers import NOT_IMPLEMENTED, SHORT_NAMES, WEB_UI_NAM
 from diffship.serve import hires_fields
 from diffship.serve.fields import ApiInputError, check_object, take
 from diffship.serve.formats import ApiFormat, Listing
-from diffship.serve.progress import CURRENT_JOB
+from diffship.serve.progress import CURRENT_JOB, PREVIEW_EVERY
 from diffship.serve.prompt_loras import tagged
 
 DEFAULT_STEPS = 20
@@ -38,7 +38,8 @@ UNSUPPORTED = {
 """Fields whose non-empty value asks for something this server does not do."""
 SCHEDULER_SUFFIXES = {"automatic": "", "karras": " Karras"}
 OPTIONS: dict[str, Any] = {"sd_checkpoint_hash": None, "samples_format": "png", "CLIP_stop_at_last_layers": 1,
-                           "eta_noise_seed_delta": 0, "sd_vae": "Automatic", "show_progress_every_n_steps": 0}
+                           "eta_noise_seed_delta": 0, "sd_vae": "Automatic",
+                           "show_progress_every_n_steps": PREVIEW_EVERY}
 """The web UI's options as this server has them (``GET /sdapi/v1/options`` adds ``sd_model_checkpoint``): a request's
 ``override_settings`` may restate them; ``CLIP_stop_at_last_layers`` is the call's ``clip_skip`` plus one."""
 WEB_UI_DEFAULT_SAMPLER = "Euler"
@@ -104,7 +105,8 @@ def _overridden(settings: dict[str, Any], arguments: dict[str, Any]) -> dict[str
 
 
 def _tracked(arguments: dict[str, Any]) -> dict[str, Any]:
-    """The request's web-UI job (``serve.progress``), if it has one, sees each step and may stop the call."""
+    """The request's web-UI job (``serve.progress``), if it has one, sees each step (and its previews, where the
+    family has them) and may stop the call."""
     job = CURRENT_JOB.get()
     if job is None:
         return arguments
@@ -112,7 +114,8 @@ def _tracked(arguments: dict[str, Any]) -> dict[str, Any]:
     strength = arguments.get("strength")
     # image-to-image runs the last part of the schedule that denoising_strength keeps, as diffusers counts it
     job.steps = steps if strength is None else max(1, min(int(steps * strength), steps))
-    return {**arguments, "callback": job.step_done, "cancel": job.stopped}
+    previews = {"progress": job.progressed, "preview_every": job.preview_every} if job.preview_every else {}
+    return {**arguments, "callback": job.step_done, "cancel": job.stopped, **previews}
 
 
 def parse_txt2img(body: Any) -> dict[str, Any]:

@@ -17,6 +17,11 @@ process, as in the tests, keep their own counts).
                                               batch over the budget runs as several)
     diffship_disconnects_total{stage}         counter: clients that hung up: upload (sending the body), waiting
                                               (queued or running: the call withdrawn)
+
+Under Ray the batches run in the replicas: each replica keeps its batch and stage observations since its last answer
+(``keep_deltas``) and sends them with the answer (``MetricDeltas``), which the gateway replays into its own registry
+(``apply``), so that the gateway's ``/metrics`` sums every replica's batches. A batch ending just after the answers it
+served rides on the replica's next answer.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from dataclasses import dataclass
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811 - re-exported under our name
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,8 +40,21 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160, 320)
 RATE_WINDOW_S = 60.0
 
 
+@dataclass(frozen=True)
+class MetricDeltas:
+    """A replica's batch observations since its last answer (data: crosses Ray's process boundary)."""
+
+    batches: tuple[BatchReport, ...] = ()
+    runs: tuple[int, ...] = ()
+    """Images per loop run under memory admission (``diffship_run_images``)."""
+
+
 class ServiceMetrics:
-    def __init__(self, max_batch: int) -> None:
+    def __init__(self, max_batch: int, keep_deltas: bool = False) -> None:
+        self.keep_deltas = keep_deltas
+        """Also keep each batch observation for ``take_deltas`` (a Ray replica)."""
+        self._batches: list[BatchReport] = []
+        self._runs: list[int] = []
         self.registry = CollectorRegistry()
         registry = self.registry
         self.queue_depth = Gauge("diffship_queue_depth", "Calls waiting for a batch", registry=registry)
@@ -67,12 +86,36 @@ class ServiceMetrics:
         self._lock = threading.Lock()
 
     def observe_batch(self, report: BatchReport) -> None:
+        if self.keep_deltas:
+            with self._lock:
+                self._batches.append(report)
         self.batch_images.observe(report.images)
         self.batch_calls.observe(report.calls)
         for wait in report.queue_waits_s:
             self.queue_wait.observe(wait)
         for stage, seconds in report.stage_seconds.items():
             self.stage_seconds.labels(stage).observe(seconds)
+
+    def observe_run(self, images: int) -> None:
+        """One denoising loop of ``images`` run under memory admission."""
+        if self.keep_deltas:
+            with self._lock:
+                self._runs.append(images)
+        self.run_images.observe(images)
+
+    def take_deltas(self) -> MetricDeltas:
+        """The batch observations since the last call (``keep_deltas``), handed over once."""
+        with self._lock:
+            deltas = MetricDeltas(tuple(self._batches), tuple(self._runs))
+            self._batches, self._runs = [], []
+        return deltas
+
+    def apply(self, deltas: MetricDeltas) -> None:
+        """A replica's observations, counted here as if this service had run its batches (the Ray gateway)."""
+        for report in deltas.batches:
+            self.observe_batch(report)
+        for images in deltas.runs:
+            self.observe_run(images)
 
     def observe_request(self, api: str, outcome: str, seconds: float, images: int = 0) -> None:
         self.requests.labels(api, outcome).inc()
@@ -97,4 +140,4 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["CONTENT_TYPE", "ServiceMetrics"]
+__all__ = ["CONTENT_TYPE", "MetricDeltas", "ServiceMetrics"]

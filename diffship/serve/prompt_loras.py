@@ -17,6 +17,7 @@ from diffship.runtime.calls import Call
 from diffship.runtime.errors import PipelineError
 from diffship.runtime.lora import LoraRequest
 from diffship.runtime.pipeline import GenerationResult, Pipeline
+from diffship.runtime.previews import StepReporter
 from diffship.runtime.prompt_tags import lora_tags
 from diffship.runtime.requests import StepCallback
 
@@ -50,7 +51,10 @@ def tagged(arguments: dict[str, Any]) -> dict[str, Any]:
 
 
 def loras_of(call: Call) -> tuple[LoraRequest, ...]:
-    return call.callback.loras if isinstance(call.callback, WithLoras) else ()
+    callback = call.callback
+    if isinstance(callback, StepReporter):  # a call that asked for progress (a web-UI job's previews) wraps its own
+        callback = callback.callback
+    return callback.loras if isinstance(callback, WithLoras) else ()
 
 
 class LoraRunner:

@@ -16,8 +16,10 @@ or from Python: ``serve.run(application(ServeConfig(package=Path("packages/sd15"
 - SIGTERM and Ctrl-C drain: the gateway refuses new requests (503) and waits for the ones it accepted, then Serve and
   Ray shut down (``run_on_ray``), as the single process does.
 - A client that disconnects has its request cancelled in the replica (Ray propagates the cancellation).
-- ``GET /metrics`` on the gateway counts requests, outcomes, latency, retries and disconnects; batch and stage metrics
-  live in each replica (``ImageReplica.metrics_text``) and Ray's own metrics (not aggregated at the gateway yet).
+- ``GET /metrics`` on the gateway counts requests, outcomes, latency, retries and disconnects, and the batch and stage
+  metrics of every replica summed: each replica sends its batch observations since its last answer with the answer
+  (``serve.metrics.MetricDeltas``) and the gateway adds them to its own. The queue depth and running images gauges
+  stay per replica (``ImageReplica.metrics_text``), as do Ray's own metrics.
 - Every node runs replicas from its own install: diffship importable (installed, or this repository at the same path,
   which ``PYTHONPATH`` names) and the package at the same absolute path (shared storage), as Ray does not ship them.
 - Autoscaling: pass ``autoscaling`` (Ray's ``autoscaling_config``: ``min_replicas``, ``max_replicas``,
@@ -62,11 +64,12 @@ class ImageReplica:
     """One replica: opens and warms its pipeline before Ray routes it any request."""
 
     def __init__(self, config: ServeConfig) -> None:
-        self.service = ImageService(config)
+        self.service = ImageService(config, keep_deltas=True)
         self.service.start()
 
     async def respond(self, api: str, raw: bytes, timeout_s: float | None) -> Reply:
-        return await self.service.respond(api, raw, timeout_s)
+        reply = await self.service.respond(api, raw, timeout_s)
+        return replace(reply, metrics=self.service.metrics.take_deltas())  # summed at the gateway
 
     def metrics_text(self) -> bytes:
         return self.service.metrics_text()
@@ -133,6 +136,8 @@ class RayBackend:
             response = self.images.respond.remote(api, raw, remaining)
             try:
                 reply = await _unless_disconnected(response, disconnected, error_body, deadline)
+                if reply.metrics is not None:
+                    self.metrics.apply(reply.metrics)
                 if reply.outcome == "cancelled":
                     self.metrics.disconnects.labels("waiting").inc()
                 return reply

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from diffship.runtime.batching import Batcher, BatcherClosed, BatchSettings, DeadlineExceeded, QueueFull, Ticket
 from diffship.runtime.calls import Call
@@ -25,6 +25,9 @@ from diffship.serve.apis import API_FORMATS
 from diffship.serve.limits import BodyTooLarge, DoorLimits, ReadTimeout, read_json
 from diffship.serve.memory import Admission, MemoryModel, TooLarge, default_budget, measure, memory_note, merge, split
 from diffship.serve.security import SecurityPolicy
+
+if TYPE_CHECKING:
+    from diffship.serve.metrics import MetricDeltas
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     outcome: str = "ok"
     images: int = 0
+    metrics: MetricDeltas | None = None
+    """A Ray replica's batch observations since its last answer, for the gateway's ``/metrics``."""
 
 
 def _never_disconnected() -> Awaitable[bool]:
@@ -79,12 +84,12 @@ class ServeConfig:
 
 
 class ImageService:
-    def __init__(self, config: ServeConfig, pipeline: Pipeline | None = None) -> None:
+    def __init__(self, config: ServeConfig, pipeline: Pipeline | None = None, keep_deltas: bool = False) -> None:
         from diffship.serve.metrics import ServiceMetrics
 
         self.config = config
         self.pipeline = pipeline
-        self.metrics = ServiceMetrics(config.batch.max_batch)
+        self.metrics = ServiceMetrics(config.batch.max_batch, keep_deltas)
         self.batcher: Batcher | None = None
         self.admission: Admission | None = None
         self.ready = False
@@ -106,7 +111,7 @@ class ImageService:
                     threads=self.config.threads, device=self.config.device, loras=self.config.loras)
             self.admission = self._admission(self.pipeline)
             runner = self.pipeline if self.admission is None else _AdmittedRunner(self.pipeline, self.admission,
-                                                                                  self.metrics.run_images.observe)
+                                                                                  self.metrics.observe_run)
             self.batcher = Batcher(runner, self.config.batch, on_batch=self.metrics.observe_batch)
             if self.config.warmup:
                 self.pipeline("warm-up", num_inference_steps=1, guidance_scale=7.5, seed=0)
@@ -227,6 +232,10 @@ class ImageService:
                     if failed:
                         for ticket in tickets:
                             ticket.cancel()  # one piece failed: the others' images are not wanted
+                        if not withdrawn and _stopped_by_its_cancel(failed):
+                            done = [t.future.result() for t in tickets if t.future.exception() is None]
+                            if done:
+                                return done  # interrupted (the web UI's /interrupt): the images as far as they got
                     return [future.result() for future in waiting]
                 for ticket in tickets:
                     ticket.check_deadline()
@@ -240,6 +249,12 @@ class ImageService:
             for ticket in tickets:
                 ticket.cancel()  # the server dropped the request task (client gone, or shutdown timed out)
             raise
+
+
+def _stopped_by_its_cancel(failed: list[asyncio.Future[GenerationResult]]) -> bool:
+    """Every failure is the call's own cancel (no deadline, no client gone: those are the ticket's): a request
+    interrupted between its pieces, whose finished pieces stand (``runtime.calls.FINISH_EARLY``)."""
+    return all(type(future.exception()) is PipelineCancelled for future in failed)
 
 
 class _AdmittedRunner:
@@ -267,7 +282,7 @@ def classify(exc: BaseException) -> tuple[int, str, dict[str, str]]:
     if isinstance(exc, DeadlineExceeded):
         return 504, "deadline", {}
     if isinstance(exc, PipelineCancelled):
-        return 499, "cancelled", {}  # nobody reads it: the client went away
+        return 499, "cancelled", {}  # the client went away (or interrupted a piece before its first step)
     if not isinstance(exc, PipelineError):
         log.error("request failed", exc_info=exc)
     return 500, "failed", {}

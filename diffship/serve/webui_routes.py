@@ -25,7 +25,7 @@ from diffship.serve import a1111_api, openai_api
 from diffship.serve.limits import BodyTooLarge, DoorLimits, ReadTimeout, read_body, read_json
 from diffship.serve.models import ModelSet, ServedModels, current_package, switch
 from diffship.serve.openai_edits import MultipartEdits
-from diffship.serve.progress import JobTracking, Progress
+from diffship.serve.progress import PREVIEW_EVERY, JobTracking, Progress
 from diffship.serve.prompt_loras import LoraContext
 
 PREFIX = "/sdapi/v1"
@@ -74,13 +74,21 @@ class WebUi:
     def middleware(self) -> list[Middleware]:
         return [Middleware(ServedModels, current=self.current, models=self.models),
                 Middleware(LoraContext, backend=self.backend, lora_dir=self.lora_dir),
-                Middleware(JobTracking, progress=self.progress, paths=TRACKED, model=self.current), Middleware(MultipartEdits, max_bytes=self.backend.config.door.max_body_bytes)]
+                Middleware(JobTracking, progress=self.progress, paths=TRACKED, model=self.current,
+                           previews=self.preview_every),
+                Middleware(MultipartEdits, max_bytes=self.backend.config.door.max_body_bytes)]
 
     # ------------------------------------------------------------------ answers
 
     def current(self) -> str:
         package = current_package(self.backend)
         return package.name if package is not None else self.backend.model_name()
+
+    def preview_every(self) -> int:
+        """Steps between a new job's previews: ``PREVIEW_EVERY`` where the served family has cheap previews (under
+        Ray the gateway runs no pipeline: none)."""
+        pipeline = getattr(self.backend, "pipeline", None)
+        return PREVIEW_EVERY if pipeline is not None and pipeline.family.preview_factors else 0
 
     def sd_models(self) -> list[dict[str, Any]]:
         """The web UI's ``SDModelItem`` per package (named by folder: no path leaves the server)."""
@@ -105,7 +113,9 @@ class WebUi:
     # ------------------------------------------------------------------ endpoints
 
     async def _progress(self, request: Request) -> Response:
-        return JSONResponse(self.progress.snapshot())
+        """The web UI's ``ProgressRequest``: ``skip_current_image`` (default false) leaves the preview out."""
+        skip = request.query_params.get("skip_current_image", "false").lower() in ("true", "1", "yes", "on")
+        return JSONResponse(await asyncio.to_thread(self.progress.snapshot, skip))  # a PNG to encode
 
     def _stopping(self, skip: bool) -> Any:
         async def stop(request: Request) -> Response:

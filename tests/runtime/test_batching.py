@@ -14,8 +14,9 @@ import pytest
 
 from diffship.runtime import Pipeline
 from diffship.runtime.batching import Batcher, BatcherClosed, BatchReport, BatchSettings, DeadlineExceeded, QueueFull
-from diffship.runtime.calls import Call
+from diffship.runtime.calls import FINISH_EARLY, Call
 from diffship.runtime.errors import PipelineCancelled, PipelineInputError
+from diffship.runtime.images import to_uint8
 from diffship.runtime.timing import peak_rss_bytes
 
 CALLS: list[dict[str, Any]] = [
@@ -75,6 +76,26 @@ def test_a_cancelled_call_leaves_its_batch_companions_unchanged(pipe: Pipeline) 
     assert isinstance(outcomes[0], PipelineCancelled)
     for one, together in zip(alone[1:], outcomes[1:], strict=True):
         assert_same_images(one, together)
+
+
+def test_finish_early_decodes_a_calls_images_at_the_step_reached_and_leaves_its_companions(pipe: Pipeline) -> None:
+    alone = [pipe(**kwargs, num_inference_steps=5) for kwargs in CALLS[1:]]
+    seen: list[np.ndarray] = []
+    calls = [pipe.prepare(**CALLS[0], num_inference_steps=5, callback=lambda s, t, x: seen.append(x.copy()),
+                          cancel=lambda: FINISH_EARLY if len(seen) >= 2 else False),
+             *[pipe.prepare(**kwargs, num_inference_steps=5) for kwargs in CALLS[1:]]]
+    batcher = Batcher(pipe, BatchSettings(max_batch=8, max_wait_s=2.0))  # the batcher passes FINISH_EARLY on
+    try:
+        tickets = [batcher.submit(call) for call in calls]
+        results = [ticket.result(timeout=120) for ticket in tickets]
+    finally:
+        batcher.close()
+    assert len(seen) == 2  # no step after the one it finished at
+    np.testing.assert_array_equal(results[0].images[0], to_uint8(pipe._decode(seen[-1]))[0])
+    for one, together in zip(alone, results[1:], strict=True):
+        assert_same_images(one, together)
+    with pytest.raises(PipelineCancelled, match="cancelled before step 1 of"):  # no step taken: nothing to decode
+        pipe(**CALLS[0], num_inference_steps=5, cancel=lambda: FINISH_EARLY)
 
 
 def test_batcher_gathers_concurrent_compatible_calls_into_one_batch(pipe: Pipeline) -> None:

@@ -96,6 +96,12 @@ def test_two_replicas_share_requests_and_a_killed_one_loses_none(
     with Image.open(io.BytesIO(base64.b64decode(first.json()["data"][0]["b64_json"]))) as image:
         expected = serve_pipe("a red fox", height=64, width=64, num_inference_steps=3, seed=0).images[0]
         np.testing.assert_array_equal(np.asarray(image.convert("RGB")), expected)
+    # The replicas' batches, summed at the gateway: every image and call of the 12 in some batch of at most 2.
+    gateway = httpx.get(f"{ray_url}/metrics").text
+    batches = metric(gateway, "diffship_batch_images_count")
+    assert metric(gateway, "diffship_batch_images_sum") == 12 and metric(gateway, "diffship_batch_calls_sum") == 12
+    assert 6 <= batches <= 12 and metric(gateway, "diffship_stage_seconds_count", stage="unet") == batches
+    assert metric(gateway, "diffship_queue_wait_seconds_count") == 12
 
     victim = replica_pids()[0]  # X-Diffship-Replica is opaque: the process titles Ray sets name the replicas
 

@@ -76,13 +76,14 @@ def test_web_ui_client_polls_progress_until_done_then_interrupts_and_skips_one(s
         done = submitted.answer()
         after = httpx.get(f"{url}/sdapi/v1/progress").json()
 
-        stopped = Submitted(url, {**body, "steps": 500})
+        # batch_size 1 x n_iter 2 with --max-batch 1: two pieces, the web UI's two batches
+        stopped = Submitted(url, {**body, "steps": 500, "n_iter": 2})
         wait_for(lambda: httpx.get(f"{url}/sdapi/v1/progress").json()["state"]["sampling_step"] > 0)
         assert httpx.post(f"{url}/sdapi/v1/interrupt").json() == {}
         during = httpx.get(f"{url}/sdapi/v1/progress").json()
         interrupted = stopped.answer()
 
-        skipped_one = Submitted(url, {**body, "steps": 500})
+        skipped_one = Submitted(url, {**body, "steps": 100, "n_iter": 2})
         wait_for(lambda: httpx.get(f"{url}/sdapi/v1/progress").json()["state"]["sampling_step"] > 0)
         assert httpx.post(f"{url}/sdapi/v1/skip").json() == {}
         while_skipping = httpx.get(f"{url}/sdapi/v1/progress").json()
@@ -99,10 +100,17 @@ def test_web_ui_client_polls_progress_until_done_then_interrupts_and_skips_one(s
     assert all(p["eta_relative"] >= 0 for p in running)
     assert after["state"]["job_count"] == 0 and after["state"]["job"] == ""
     assert during["state"]["interrupted"] is True
-    assert interrupted.status_code != 200 and "cancelled before step" in interrupted.json()["detail"]
-    assert int(interrupted.json()["detail"].split("before step ")[1].split()[0]) < 500
+    # as the web UI: 200 with the images as far as they got; the interrupted batch's next one never runs
+    assert interrupted.status_code == 200, interrupted.text
+    assert len(interrupted.json()["images"]) == 1 and json.loads(interrupted.json()["info"])["all_seeds"] == [5]
     assert while_skipping["state"]["skipped"] is True and while_skipping["state"]["interrupted"] is False
-    assert skipped.status_code != 200 and "cancelled before step" in skipped.json()["detail"]
+    # the skipped batch ends early, the next one runs in full
+    assert skipped.status_code == 200, skipped.text
+    first, second = (decode(image)[0] for image in skipped.json()["images"])
+    full = [serve_pipe("a lighthouse", guidance_scale=7.0, num_inference_steps=100, height=64, width=64, seed=seed,
+                       scheduler="Euler").images[0] for seed in (5, 6)]
+    assert not np.array_equal(first, full[0])
+    np.testing.assert_array_equal(second, full[1])
 
 
 def test_web_ui_client_switches_models_through_options(serve_pipe: Pipeline, tiny_package: Path,
@@ -220,3 +228,28 @@ def test_override_settings_are_honoured_or_refused_never_ignored(serve_pipe: Pip
     assert answers["clip"].status_code == 422 and str(python_clip.value) in answers["clip"].json()["detail"]
     assert answers["vae"].status_code == 422 and "override_settings.sd_vae: this server cannot change it" in (
         answers["vae"].text)
+
+
+def test_progress_current_image_is_the_jobs_latest_cheap_preview_as_a_png(serve_pipe: Pipeline,
+                                                                          tiny_package: Path) -> None:
+    body = {"prompt": "a lighthouse", "steps": 30, "width": 64, "height": 64, "seed": 5, "sampler_name": "Euler"}
+    events: list[Any] = []
+    serve_pipe("a lighthouse", guidance_scale=7.0, num_inference_steps=30, height=64, width=64, seed=5,
+               scheduler="Euler", progress=events.append, preview_every=5)
+    expected = {event.step: event.preview[0] for event in events if event.preview is not None}
+    with web_ui_service(serve_pipe, (tiny_package,)) as (url, _):
+        submitted = Submitted(url, body)
+        polls, skipping = [], []
+        while submitted.thread.is_alive():
+            polls.append(httpx.get(f"{url}/sdapi/v1/progress", params={"skip_current_image": "false"}).json())
+            skipping.append(httpx.get(f"{url}/sdapi/v1/progress", params={"skip_current_image": "true"}).json())
+        assert submitted.answer().status_code == 200
+    shown = [(poll["state"]["sampling_step"], np.asarray(Image.open(io.BytesIO(base64.b64decode(
+        poll["current_image"]))).convert("RGB"))) for poll in polls if poll["current_image"] is not None]
+    assert shown, "no poll saw a preview"
+    assert sorted(expected) == list(range(5, 31, 5))
+    for step, picture in shown:  # a recent preview made by the step the poll saw (the counter moves first)
+        assert picture.shape == (8, 8, 3)
+        assert any(np.array_equal(picture, expected[s]) for s in expected if step - 10 <= s <= step), step
+    assert all(poll["current_image"] is None for poll in polls if poll["state"]["sampling_step"] < 5)
+    assert all(poll["current_image"] is None for poll in skipping)

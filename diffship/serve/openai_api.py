@@ -31,8 +31,11 @@ IGNORED = ("model", "quality", "style", "user", "moderation", "background", "inp
 EXTENSION_ARGUMENTS: tuple[tuple[str, str, type | tuple[type, ...]], ...] = (
     ("negative_prompt", "negative_prompt", str), ("steps", "num_inference_steps", int),
     ("guidance_scale", "guidance_scale", (int, float)), ("seed", "seed", int), ("scheduler", "scheduler", str),
+    ("guidance_cutoff", "guidance_cutoff", (int, float)), ("guidance_interval", "guidance_interval", list),
+    ("cache_interval", "cache_interval", int), ("cache_schedule", "cache_schedule", str),
+    ("cache_center", "cache_center", int), ("vae_tiles", "vae_tiles", (str, int)),
 )
-"""(field, Pipeline argument, JSON type)."""
+"""(field, Pipeline argument, JSON type): the Python API's names, so its messages name the client's fields."""
 EXTENSIONS = tuple(field for field, _, _ in EXTENSION_ARGUMENTS)
 KNOWN = ("prompt", "n", "size", "response_format", "output_format", "output_compression", *IGNORED, *EXTENSIONS)
 EDIT_KNOWN = (*KNOWN, "image", "mask", "strength")
@@ -65,7 +68,7 @@ def parse(body: Any, known: tuple[str, ...] = KNOWN) -> dict[str, Any]:
     for field, argument, kind in EXTENSION_ARGUMENTS:
         value = take(body, field, kind)
         if value is not None:
-            arguments[argument] = value
+            arguments[argument] = tuple(value) if isinstance(value, list) else value  # [low, high] -> (low, high)
     return tagged(arguments)
 
 

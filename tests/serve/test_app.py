@@ -265,3 +265,24 @@ def test_a_service_that_cannot_start_says_why_on_readyz(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="failed to start: .*manifest"):
         with serve_in_thread(create_app(ImageService(ServeConfig(package=tmp_path, warmup=False)))):
             pass
+
+
+def test_openai_extensions_carry_the_guidance_schedule(serve_pipe: Pipeline, tiny_package: Path) -> None:
+    """``guidance_cutoff`` and ``guidance_interval`` reach the pipeline under the Python API's names (README "Fewer
+    FLOPs"); a bad value answers 422 with the Python API's message, which names the same field."""
+    schedule = {"guidance_cutoff": 0.5, "guidance_interval": [0.5, 20.0]}
+    with running_service(serve_pipe, tiny_package) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="not-checked", max_retries=0)
+        response = client.images.generate(prompt="a red fox", size="64x64", response_format="b64_json",
+                                          extra_body={"steps": 4, "seed": 3, **schedule})
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            client.images.generate(prompt="a fox", size="64x64", response_format="b64_json",
+                                   extra_body={"guidance_cutoff": 2})
+    expected = serve_pipe("a red fox", num_inference_steps=4, seed=3, height=64, width=64, guidance_cutoff=0.5,
+                          guidance_interval=(0.5, 20.0))
+    plain = serve_pipe("a red fox", num_inference_steps=4, seed=3, height=64, width=64)
+    assert response.data is not None and response.data[0].b64_json is not None
+    pixels, _ = decode(response.data[0].b64_json)
+    np.testing.assert_array_equal(pixels, expected.images[0])
+    assert not np.array_equal(pixels, plain.images[0])  # the schedule changed the image
+    assert "guidance_cutoff" in str(refused.value)

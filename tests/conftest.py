@@ -67,7 +67,7 @@ def _gpu_present() -> bool:
         return False
 
 
-EXPORT_FIXTURES = {"tiny_package", "tiny_legacy_package", "tiny_xl_package", "tiny_xl_dir", "tiny_xl_refiner_package", "tiny_xl_refiner_dir", "tiny_v_package", "tiny_inpaint_package", "shapes_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files"}
+EXPORT_FIXTURES = {"tiny_package", "tiny_legacy_package", "tiny_xl_package", "tiny_xl_dir", "tiny_xl_refiner_package", "tiny_xl_refiner_dir", "tiny_v_package", "tiny_inpaint_package", "shapes_package", "packages", "pretrained_dirs", "reference_pipelines", "cache_dir", "ort_built_package", "lora_files", "file_package"}
 """Fixtures that export models with torch: a test using one is marked ``export`` (left out of make test-fast)."""
 
 

@@ -89,6 +89,7 @@ def test_sdxl_guidance_cutoff_matches_diffusers_callback(scheduler: str | None, 
     assert worst <= 2, f"max pixel difference {worst}/255"
 
 
+@pytest.mark.export  # its fixture is looked up by name, which the conftest cannot see
 @pytest.mark.parametrize("model", ["tiny", "tiny_xl"])
 def test_the_cutoff_changes_the_image(model: str, request: pytest.FixtureRequest) -> None:
     # The cases above could pass with a cutoff that did nothing if guidance barely mattered on the tiny models.

@@ -41,8 +41,6 @@ KNOWN = ("prompt", "n", "size", "response_format", "output_format", "output_comp
 EDIT_KNOWN = (*KNOWN, "image", "mask", "strength")
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 DEFAULT_STRENGTH = 0.75
-MAX_INPUT_PIXELS = 4096 * 4096
-"""The largest image an edit may send (its size is read from the header before the image is decoded)."""
 
 
 def parse(body: Any, known: tuple[str, ...] = KNOWN) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import io
 from pathlib import Path
 from typing import Any
 
@@ -182,19 +181,18 @@ async def _body(request: Request, door: DoorLimits) -> Any:
 
 
 def _text_chunks(value: str) -> dict[str, Any]:
-    from PIL import Image, UnidentifiedImageError
+    """A base64 PNG's text chunks, read through the service's one decoder (serve/images.py: the pixel limit from the
+    header; the text after the pixels needs the decode)."""
+    from diffship.serve.images import decode_image, image_format
 
     encoded = "".join((value.split(",", 1)[1] if value.startswith("data:") else value).split())
     try:
-        with Image.open(io.BytesIO(base64.b64decode(encoded, validate=True)), formats=["PNG"]) as image:
-            if image.width * image.height > openai_api.MAX_INPUT_PIXELS:  # text after the pixels needs a decode
-                raise PipelineInputError(f"image is {image.width}x{image.height} pixels; at most "
-                                         f"{openai_api.MAX_INPUT_PIXELS} pixels (4096x4096) here")
-            return {key: str(text) for key, text in image.text.items()}  # type: ignore[attr-defined]
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        if isinstance(exc, PipelineInputError):
-            raise
-        raise PipelineInputError(f"image is not a base64-encoded PNG ({type(exc).__name__})") from None
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        data = b""
+    if image_format(data) != "PNG":
+        raise PipelineInputError("image is not a base64-encoded PNG (its first bytes are not a PNG's)")
+    return {key: str(text) for key, text in decode_image(data, "image").info.items() if isinstance(text, str)}
 
 
 def _status(exc: PipelineInputError) -> int:
